@@ -1,0 +1,83 @@
+//! Core configuration: one TOML file, every field optional with the default documented here.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CoreConfig {
+    /// QUIC listen address. Default `127.0.0.1:7000`.
+    pub listen: SocketAddr,
+    /// Server certificate chain and key (PEM). Defaults `core.pem`, `core.key`.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// When set, edges must present a client certificate signed by this CA (mutual TLS).
+    pub client_ca: Option<PathBuf>,
+    /// Directory for the dedupe index. Default `data/core`.
+    pub data_dir: PathBuf,
+    /// How long a delivered batch ID is remembered. Default 48 hours.
+    pub dedupe_ttl_hours: u64,
+    pub sink: SinkConfig,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7000)),
+            cert: PathBuf::from("core.pem"),
+            key: PathBuf::from("core.key"),
+            client_ca: None,
+            data_dir: PathBuf::from("data/core"),
+            dedupe_ttl_hours: 48,
+            sink: SinkConfig::default(),
+        }
+    }
+}
+
+/// Where events go.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum SinkConfig {
+    /// fsync'd NDJSON files, for trying Sluice without a broker.
+    File {
+        /// Default `data/core/sink`.
+        dir: PathBuf,
+    },
+    Kafka(KafkaConfig),
+}
+
+impl Default for SinkConfig {
+    fn default() -> Self {
+        SinkConfig::File {
+            dir: PathBuf::from("data/core/sink"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// `bootstrap.servers`. Default `127.0.0.1:9092`.
+    pub brokers: String,
+    /// Events go to `<topic_prefix><region>`. Default `events.`.
+    pub topic_prefix: String,
+    /// Dead-letter topic. Default `events.dlq`.
+    pub dlq_topic: String,
+    /// Extra librdkafka properties (e.g. security settings). `acks` and `enable.idempotence` are
+    /// fixed and cannot be overridden.
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: "127.0.0.1:9092".into(),
+            topic_prefix: "events.".into(),
+            dlq_topic: "events.dlq".into(),
+            properties: BTreeMap::new(),
+        }
+    }
+}

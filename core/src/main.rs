@@ -1,0 +1,3 @@
+fn main() -> anyhow::Result<()> {
+    sluice_core::cli::main()
+}

@@ -1,0 +1,43 @@
+//! Sinks: where core makes events durable. `deliver` returns only when every event of every
+//! batch is stored (DESIGN rule 6); an error means "nothing may be acked", never "skip".
+
+mod file;
+mod kafka;
+
+pub use file::{
+    DEAD_LETTER_FILE as DEAD_LETTER_FILE_NAME, EVENTS_FILE as EVENTS_FILE_NAME, FileSink,
+};
+pub use kafka::KafkaSink;
+
+use sluice_wire::BatchRecord;
+
+use crate::config::SinkConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("file sink: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("kafka: {0}")]
+    Kafka(String),
+}
+
+pub enum Sink {
+    File(FileSink),
+    Kafka(KafkaSink),
+}
+
+impl Sink {
+    pub fn from_config(config: &SinkConfig) -> Result<Self, SinkError> {
+        Ok(match config {
+            SinkConfig::File { dir } => Sink::File(FileSink::open(dir)?),
+            SinkConfig::Kafka(k) => Sink::Kafka(KafkaSink::new(k)?),
+        })
+    }
+
+    pub async fn deliver(&self, batches: &[&BatchRecord]) -> Result<(), SinkError> {
+        match self {
+            Sink::File(s) => s.deliver(batches).await,
+            Sink::Kafka(s) => s.deliver(batches).await,
+        }
+    }
+}

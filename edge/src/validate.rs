@@ -1,0 +1,287 @@
+//! Per-event validation and normalization. Pure: the caller supplies the clock and identity.
+//!
+//! Parsing borrows from the request body (no `serde_json::Value`), which is what keeps the hot
+//! path at millions of events per second per core.
+
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use sluice_wire::EventRecord;
+use uuid::Uuid;
+
+const MAX_NAME_LEN: usize = 200;
+const MAX_ID_LEN: usize = 200;
+/// Epoch values below this are seconds, above it milliseconds (1e11 s is the year 5138;
+/// 1e11 ms is March 1973).
+const SECONDS_MS_BOUNDARY: f64 = 1e11;
+
+/// Everything about the request that every event inherits.
+#[derive(Debug, Clone)]
+pub struct BatchContext<'a> {
+    pub batch_id: Uuid,
+    pub tenant: &'a str,
+    pub env: &'a str,
+    pub region: &'a str,
+    pub received_at_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Reject {
+    pub index: usize,
+    pub code: &'static str,
+    pub message: String,
+}
+
+#[derive(Deserialize)]
+struct InEvent<'a> {
+    #[serde(borrow, default)]
+    event: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    distinct_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    timestamp: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    event_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    properties: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    context: Option<&'a RawValue>,
+}
+
+/// The normalized event as produced to Kafka.
+#[derive(Serialize)]
+struct OutEvent<'a> {
+    event_id: &'a str,
+    event: &'a str,
+    distinct_id: &'a str,
+    /// Client-side event time, epoch ms (defaults to `received_at`).
+    timestamp: i64,
+    received_at: u64,
+    tenant: &'a str,
+    env: &'a str,
+    region: &'a str,
+    batch_id: &'a Uuid,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    properties: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    context: Option<&'a RawValue>,
+}
+
+fn reject(index: usize, code: &'static str, message: impl Into<String>) -> Reject {
+    Reject {
+        index,
+        code,
+        message: message.into(),
+    }
+}
+
+/// Validates the `index`-th event of a batch and returns its normalized form.
+pub fn normalize(ctx: &BatchContext<'_>, index: usize, json: &[u8]) -> Result<EventRecord, Reject> {
+    let input: InEvent<'_> = serde_json::from_slice(json).map_err(|e| {
+        let code = if e.is_data() {
+            "invalid_type"
+        } else {
+            "malformed_json"
+        };
+        reject(index, code, e.to_string())
+    })?;
+    let event = required_str(index, "event", input.event.as_deref(), MAX_NAME_LEN)?;
+    let distinct_id = required_str(
+        index,
+        "distinct_id",
+        input.distinct_id.as_deref(),
+        MAX_ID_LEN,
+    )?;
+    let timestamp = match input.timestamp {
+        None => ctx.received_at_ms as i64,
+        Some(raw) => parse_timestamp(raw.get()).ok_or_else(|| {
+            reject(
+                index,
+                "invalid_timestamp",
+                format!(
+                    "`timestamp` {} is not RFC 3339 or epoch seconds/milliseconds",
+                    raw.get()
+                ),
+            )
+        })?,
+    };
+    for (field, value) in [("properties", input.properties), ("context", input.context)] {
+        if let Some(v) = value
+            && !v.get().starts_with('{')
+        {
+            return Err(reject(
+                index,
+                "invalid_type",
+                format!("`{field}` must be an object"),
+            ));
+        }
+    }
+    let event_id = match input.event_id.as_deref() {
+        Some(id) => required_str(index, "event_id", Some(id), MAX_ID_LEN)?.to_string(),
+        None => sluice_wire::ids::derived_event_id(&ctx.batch_id, index).to_string(),
+    };
+    let out = OutEvent {
+        event_id: &event_id,
+        event,
+        distinct_id,
+        timestamp,
+        received_at: ctx.received_at_ms,
+        tenant: ctx.tenant,
+        env: ctx.env,
+        region: ctx.region,
+        batch_id: &ctx.batch_id,
+        properties: input.properties,
+        context: input.context,
+    };
+    let json = serde_json::to_vec(&out).map_err(|e| reject(index, "internal", e.to_string()))?;
+    Ok(EventRecord { event_id, json })
+}
+
+fn required_str<'s>(
+    index: usize,
+    field: &str,
+    value: Option<&'s str>,
+    max: usize,
+) -> Result<&'s str, Reject> {
+    match value {
+        None => Err(reject(
+            index,
+            "missing_field",
+            format!("`{field}` is required"),
+        )),
+        Some(v) if v.trim().is_empty() => Err(reject(
+            index,
+            "missing_field",
+            format!("`{field}` is empty"),
+        )),
+        Some(v) if v.len() > max => Err(reject(
+            index,
+            "field_too_long",
+            format!("`{field}` is longer than {max} bytes"),
+        )),
+        Some(v) => Ok(v),
+    }
+}
+
+/// RFC 3339 string, or epoch seconds / milliseconds as a number. Returns epoch ms.
+pub fn parse_timestamp(raw: &str) -> Option<i64> {
+    if raw.starts_with('"') {
+        let s: Cow<'_, str> = serde_json::from_str(raw).ok()?;
+        let t =
+            time::OffsetDateTime::parse(&s, &time::format_description::well_known::Rfc3339).ok()?;
+        i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
+    } else {
+        let n: f64 = raw.parse().ok()?;
+        if !n.is_finite() || n < 0.0 {
+            return None;
+        }
+        let ms = if n < SECONDS_MS_BOUNDARY {
+            n * 1000.0
+        } else {
+            n
+        };
+        (ms < i64::MAX as f64).then_some(ms as i64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx() -> BatchContext<'static> {
+        BatchContext {
+            batch_id: Uuid::from_u128(42),
+            tenant: "acme",
+            env: "prod",
+            region: "eu",
+            received_at_ms: 1_700_000_000_123,
+        }
+    }
+
+    fn out(rec: &EventRecord) -> serde_json::Value {
+        serde_json::from_slice(&rec.json).unwrap()
+    }
+
+    #[test]
+    fn normalizes_timestamp_forms_to_epoch_ms() {
+        assert_eq!(
+            parse_timestamp(r#""2023-11-14T22:13:20Z""#),
+            Some(1_700_000_000_000)
+        );
+        assert_eq!(
+            parse_timestamp(r#""2023-11-14T23:13:20.5+01:00""#),
+            Some(1_700_000_000_500)
+        );
+        assert_eq!(parse_timestamp("1700000000"), Some(1_700_000_000_000));
+        assert_eq!(parse_timestamp("1700000000.25"), Some(1_700_000_000_250));
+        assert_eq!(parse_timestamp("1700000000123"), Some(1_700_000_000_123));
+        for bad in [
+            r#""yesterday""#,
+            "-5",
+            "true",
+            "null",
+            r#""2023-13-01T00:00:00Z""#,
+        ] {
+            assert_eq!(parse_timestamp(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn enriches_and_keeps_client_fields() {
+        let rec = normalize(&ctx(), 0, br#"{"event":"signup","distinct_id":"u1","timestamp":1700000000,"event_id":"e-1","properties":{"plan":"pro"},"tenant":"evil"}"#).unwrap();
+        assert_eq!(rec.event_id, "e-1");
+        let v = out(&rec);
+        assert_eq!(v["event"], "signup");
+        assert_eq!(v["timestamp"], 1_700_000_000_000i64);
+        assert_eq!(v["received_at"], 1_700_000_000_123u64);
+        assert_eq!(v["region"], "eu");
+        assert_eq!(
+            v["tenant"], "acme",
+            "tenant comes from the key, never the body"
+        );
+        assert_eq!(v["properties"]["plan"], "pro");
+    }
+
+    #[test]
+    fn assigns_deterministic_event_ids() {
+        let body = br#"{"event":"e","distinct_id":"u"}"#;
+        let a = normalize(&ctx(), 7, body).unwrap();
+        let b = normalize(&ctx(), 7, body).unwrap();
+        assert_eq!(a.event_id, b.event_id);
+        assert_ne!(a.event_id, normalize(&ctx(), 8, body).unwrap().event_id);
+        assert_eq!(v_ts(&a), 1_700_000_000_123);
+    }
+
+    fn v_ts(rec: &EventRecord) -> i64 {
+        out(rec)["timestamp"].as_i64().unwrap()
+    }
+
+    #[test]
+    fn rejects_with_codes() {
+        let cases: [(&[u8], &str); 7] = [
+            (br#"{"distinct_id":"u"}"#, "missing_field"),
+            (br#"{"event":"","distinct_id":"u"}"#, "missing_field"),
+            (br#"{"event":"e"}"#, "missing_field"),
+            (br#"{"event":5,"distinct_id":"u"}"#, "invalid_type"),
+            (
+                br#"{"event":"e","distinct_id":"u","timestamp":"soon"}"#,
+                "invalid_timestamp",
+            ),
+            (
+                br#"{"event":"e","distinct_id":"u","properties":[1]}"#,
+                "invalid_type",
+            ),
+            (br#"{"event":"e","#, "malformed_json"),
+        ];
+        for (body, code) in cases {
+            let r = normalize(&ctx(), 3, body).unwrap_err();
+            assert_eq!(
+                (r.index, r.code),
+                (3, code),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! The edge write-ahead log.
+//!
+//! Architecture invariant: an append completes only after `fdatasync` has returned success for
+//! the record's bytes. One writer thread does group commit: it takes every append waiting, writes
+//! them, syncs once, then completes all of them. After any failed write or sync the WAL latches
+//! failed (fsyncgate: Linux may drop dirty pages after reporting the error once, so a later
+//! "successful" sync proves nothing) and refuses appends until the process reopens and re-verifies it.
+//!
+//! Layout: `<dir>/<seq:020>.wal` segments of records framed by `sluice_wire::record`, and
+//! `<dir>/ack.watermark`, the position up to which core has acknowledged. Segments entirely
+//! before the watermark are deleted.
+
+mod reader;
+mod recovery;
+mod segment;
+mod watermark;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
+
+use tokio::sync::{oneshot, watch};
+
+pub use reader::{ReadOutcome, WalReader};
+pub use recovery::{TailRecovery, recover_tail};
+pub use segment::{QUARANTINE_EXT, list_segments, segment_path};
+
+use crate::config::WalConfig;
+
+/// A point in the WAL: byte `offset` of segment `segment`. Ordered by (segment, offset).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Position {
+    pub segment: u64,
+    pub offset: u64,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum WalError {
+    #[error("WAL budget exhausted ({used} of {budget} bytes unforwarded)")]
+    Full { used: u64, budget: u64 },
+    #[error("WAL failed after an I/O error and refuses appends until restarted: {0}")]
+    Failed(String),
+    #[error("WAL writer has stopped")]
+    Closed,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("opening WAL in {dir}: {source}")]
+pub struct OpenError {
+    pub dir: PathBuf,
+    pub source: std::io::Error,
+}
+
+/// Counters the writer keeps for metrics and benchmarks.
+#[derive(Debug, Default)]
+pub struct WalStats {
+    pub groups: AtomicU64,
+    pub records: AtomicU64,
+    pub bytes: AtomicU64,
+    pub sync_nanos: AtomicU64,
+}
+
+#[derive(Debug)]
+pub(crate) struct Shared {
+    /// Bytes in live segment files (written minus deleted): what the budget limits.
+    pub disk_bytes: AtomicU64,
+    pub failed: AtomicBool,
+    pub stats: WalStats,
+}
+
+struct Append {
+    bytes: Vec<u8>,
+    done: oneshot::Sender<Result<(), WalError>>,
+}
+
+/// Handle to the WAL: appends go to the writer thread; the reader tails committed data.
+#[derive(Clone)]
+pub struct Wal {
+    tx: mpsc::Sender<Append>,
+    shared: Arc<Shared>,
+    budget: u64,
+    dir: PathBuf,
+    committed: watch::Receiver<Position>,
+}
+
+impl Wal {
+    /// Recovers the directory and starts the writer thread on a fresh segment.
+    pub fn open(config: &WalConfig) -> Result<(Wal, WalReader), OpenError> {
+        let dir = config.dir.clone();
+        let err = |source| OpenError {
+            dir: dir.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&dir).map_err(err)?;
+        let acked = watermark::load(&dir).map_err(err)?.unwrap_or_default();
+        let mut segments = list_segments(&dir).map_err(err)?;
+        if let Some(&(last, _)) = segments.last() {
+            let tail = recover_tail(&dir, last).map_err(err)?;
+            if let Some(s) = segments.last_mut() {
+                s.1 = tail.valid_bytes;
+            }
+        }
+        // Segments wholly before the watermark were acked but their deletion did not finish.
+        let (acked_segments, live): (Vec<_>, Vec<_>) = segments
+            .into_iter()
+            .partition(|&(seq, _)| seq < acked.segment);
+        for (seq, _) in &acked_segments {
+            std::fs::remove_file(segment_path(&dir, *seq)).map_err(err)?;
+        }
+        if !acked_segments.is_empty() {
+            segment::sync_dir(&dir).map_err(err)?;
+        }
+        let next_seq = live
+            .last()
+            .map_or(1, |&(seq, _)| seq + 1)
+            .max(acked.segment)
+            .max(1);
+        let disk_bytes: u64 = live.iter().map(|&(_, len)| len).sum();
+        let shared = Arc::new(Shared {
+            disk_bytes: AtomicU64::new(disk_bytes),
+            failed: AtomicBool::new(false),
+            stats: WalStats::default(),
+        });
+        let start = Position {
+            segment: next_seq,
+            offset: 0,
+        };
+        let (committed_tx, committed_rx) = watch::channel(start);
+        let writer =
+            writer::Writer::create(config, next_seq, shared.clone(), committed_tx).map_err(err)?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("wal-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(err)?;
+        tracing::info!(dir = %dir.display(), acked_segment = acked.segment, acked_offset = acked.offset,
+            live_segments = live.len(), unforwarded_bytes = disk_bytes, "wal: opened");
+        let reader = WalReader::new(
+            dir.clone(),
+            committed_rx.clone(),
+            acked.max(Position {
+                segment: live.first().map_or(next_seq, |s| s.0),
+                offset: 0,
+            }),
+            shared.clone(),
+        );
+        Ok((
+            Wal {
+                tx,
+                shared,
+                budget: config.budget_bytes,
+                dir,
+                committed: committed_rx,
+            },
+            reader,
+        ))
+    }
+
+    /// Appends one framed record; resolves once it is durable.
+    pub async fn append(&self, bytes: Vec<u8>) -> Result<(), WalError> {
+        if self.shared.failed.load(Ordering::Acquire) {
+            return Err(WalError::Failed("a previous write or fsync failed".into()));
+        }
+        let used = self.shared.disk_bytes.load(Ordering::Relaxed);
+        if used + bytes.len() as u64 > self.budget {
+            return Err(WalError::Full {
+                used,
+                budget: self.budget,
+            });
+        }
+        let (done, wait) = oneshot::channel();
+        self.tx
+            .send(Append { bytes, done })
+            .map_err(|_| WalError::Closed)?;
+        wait.await.map_err(|_| WalError::Closed)?
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn stats(&self) -> &WalStats {
+        &self.shared.stats
+    }
+
+    pub fn unforwarded_bytes(&self) -> u64 {
+        self.shared.disk_bytes.load(Ordering::Relaxed)
+    }
+
+    /// The end of the last durable record.
+    pub fn committed(&self) -> Position {
+        *self.committed.borrow()
+    }
+}

@@ -1,0 +1,204 @@
+//! Tailing committed WAL data for the forwarder, and trimming what core has acknowledged.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use sluice_wire::record::{HEADER_LEN, RecordError, check_record};
+use tokio::sync::watch;
+
+use super::segment::{list_segments, quarantine, segment_path, sync_dir};
+use super::{Position, Shared, watermark};
+
+#[derive(Debug)]
+pub enum ReadOutcome {
+    /// Whole records `[start, end)` of `segment`.
+    Records {
+        segment: u64,
+        start: u64,
+        end: u64,
+        data: Vec<u8>,
+        count: u32,
+    },
+    /// `from` is the end of a finished segment; continue at this position.
+    NextSegment(Position),
+    /// Nothing committed after `from` yet.
+    UpToDate,
+    /// A committed record failed its checksum: bit rot or an outside writer.
+    Corrupt {
+        segment: u64,
+        offset: u64,
+        error: RecordError,
+    },
+}
+
+pub struct WalReader {
+    dir: PathBuf,
+    committed: watch::Receiver<Position>,
+    acked: Position,
+    shared: Arc<Shared>,
+}
+
+impl WalReader {
+    pub(super) fn new(
+        dir: PathBuf,
+        committed: watch::Receiver<Position>,
+        acked: Position,
+        shared: Arc<Shared>,
+    ) -> Self {
+        Self {
+            dir,
+            committed,
+            acked,
+            shared,
+        }
+    }
+
+    /// Position up to which core has acknowledged; forwarding (re)starts here (DESIGN rule 5).
+    pub fn acked(&self) -> Position {
+        self.acked
+    }
+
+    pub fn committed(&self) -> Position {
+        *self.committed.borrow()
+    }
+
+    /// Waits until data past `from` is committed. Returns `false` if the WAL writer is gone.
+    pub async fn wait_past(&mut self, from: Position) -> bool {
+        self.committed.wait_for(|c| *c > from).await.is_ok()
+    }
+
+    /// Reads whole committed records starting at `from`, about `max_bytes` of them (at least one).
+    pub fn read(&self, from: Position, max_bytes: usize) -> io::Result<ReadOutcome> {
+        let committed = self.committed();
+        if from >= committed {
+            return Ok(ReadOutcome::UpToDate);
+        }
+        let file = match File::open(segment_path(&self.dir, from.segment)) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return self.next_segment(from, committed);
+            }
+            Err(e) => return Err(e),
+        };
+        let limit = if from.segment == committed.segment {
+            committed.offset
+        } else {
+            file.metadata()?.len()
+        };
+        if from.offset >= limit {
+            return self.next_segment(from, committed);
+        }
+        let available = (limit - from.offset) as usize;
+        let mut data = vec![0u8; available.min(max_bytes.max(HEADER_LEN))];
+        file.read_exact_at(&mut data, from.offset)?;
+        let mut used = 0usize;
+        let mut count = 0u32;
+        loop {
+            match check_record(&data[used..]) {
+                Ok(Some(len)) => {
+                    used += len;
+                    count += 1;
+                }
+                Ok(None) if count == 0 => {
+                    // The first record is larger than `max_bytes`: read exactly that record.
+                    let len = HEADER_LEN
+                        + u32::from_le_bytes([data[0], data[1], data[2], data[3]]) as usize;
+                    if len > available {
+                        return Ok(corrupt(from, RecordError::Incomplete));
+                    }
+                    data.resize(len, 0);
+                    file.read_exact_at(&mut data, from.offset)?;
+                }
+                Ok(None) => break,
+                Err(error) => {
+                    if count == 0 {
+                        return Ok(corrupt(from, error));
+                    }
+                    break;
+                }
+            }
+            if used == data.len() {
+                break;
+            }
+        }
+        data.truncate(used);
+        Ok(ReadOutcome::Records {
+            segment: from.segment,
+            start: from.offset,
+            end: from.offset + used as u64,
+            data,
+            count,
+        })
+    }
+
+    fn next_segment(&self, from: Position, committed: Position) -> io::Result<ReadOutcome> {
+        let next = list_segments(&self.dir)?
+            .into_iter()
+            .map(|(seq, _)| seq)
+            .find(|&seq| seq > from.segment)
+            .unwrap_or(committed.segment)
+            .max(from.segment + 1);
+        Ok(ReadOutcome::NextSegment(Position {
+            segment: next,
+            offset: 0,
+        }))
+    }
+
+    /// Records that core acknowledged everything before `to`: persists the watermark, then
+    /// deletes segments that lie wholly before it.
+    pub fn ack(&mut self, to: Position) -> io::Result<()> {
+        if to <= self.acked {
+            return Ok(());
+        }
+        watermark::store(&self.dir, to)?;
+        self.acked = to;
+        let mut deleted = false;
+        for (seq, len) in list_segments(&self.dir)? {
+            if seq >= to.segment {
+                break;
+            }
+            std::fs::remove_file(segment_path(&self.dir, seq))?;
+            self.shared.disk_bytes.fetch_sub(
+                len.min(self.shared.disk_bytes.load(Ordering::Relaxed)),
+                Ordering::Relaxed,
+            );
+            deleted = true;
+        }
+        if deleted {
+            sync_dir(&self.dir)?;
+        }
+        Ok(())
+    }
+
+    /// Takes a segment with a corrupt committed record out of service and moves past it. The
+    /// records after the corruption are kept in the quarantined file for `sluicectl wal`.
+    pub fn quarantine(&mut self, segment: u64) -> io::Result<Position> {
+        let len = std::fs::metadata(segment_path(&self.dir, segment))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        let path = quarantine(&self.dir, segment)?;
+        self.shared.disk_bytes.fetch_sub(
+            len.min(self.shared.disk_bytes.load(Ordering::Relaxed)),
+            Ordering::Relaxed,
+        );
+        tracing::error!(segment, path = %path.display(), "wal: corrupt segment quarantined; its remaining records need operator recovery");
+        let next = Position {
+            segment: segment + 1,
+            offset: 0,
+        };
+        self.ack(next)?;
+        Ok(next)
+    }
+}
+
+fn corrupt(at: Position, error: RecordError) -> ReadOutcome {
+    ReadOutcome::Corrupt {
+        segment: at.segment,
+        offset: at.offset,
+        error,
+    }
+}

@@ -1,0 +1,123 @@
+//! The group-commit writer thread.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, mpsc};
+use std::time::Instant;
+
+use tokio::sync::watch;
+
+use super::segment::{segment_path, sync_dir};
+use super::{Append, Position, Shared, WalError};
+use crate::config::WalConfig;
+
+pub(super) struct Writer {
+    dir: std::path::PathBuf,
+    segment_bytes: u64,
+    max_group_bytes: usize,
+    file: File,
+    pos: Position,
+    shared: Arc<Shared>,
+    committed: watch::Sender<Position>,
+    buf: Vec<u8>,
+}
+
+impl Writer {
+    pub fn create(
+        config: &WalConfig,
+        seq: u64,
+        shared: Arc<Shared>,
+        committed: watch::Sender<Position>,
+    ) -> std::io::Result<Self> {
+        let file = create_segment(&config.dir, seq)?;
+        Ok(Self {
+            dir: config.dir.clone(),
+            segment_bytes: config.segment_bytes,
+            max_group_bytes: config.max_group_bytes,
+            file,
+            pos: Position {
+                segment: seq,
+                offset: 0,
+            },
+            shared,
+            committed,
+            buf: Vec::with_capacity(config.max_group_bytes),
+        })
+    }
+
+    pub fn run(mut self, rx: mpsc::Receiver<Append>) {
+        let mut group = Vec::new();
+        while let Ok(first) = rx.recv() {
+            let mut bytes = first.bytes.len();
+            group.push(first);
+            while bytes < self.max_group_bytes {
+                match rx.try_recv() {
+                    Ok(next) => {
+                        bytes += next.bytes.len();
+                        group.push(next);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let result = self.commit(&group);
+            for append in group.drain(..) {
+                let _ = append.done.send(result.clone());
+            }
+        }
+        tracing::info!("wal: writer stopped");
+    }
+
+    fn commit(&mut self, group: &[Append]) -> Result<(), WalError> {
+        if self.shared.failed.load(Ordering::Acquire) {
+            return Err(WalError::Failed("a previous write or fsync failed".into()));
+        }
+        let result = self.write_and_sync(group);
+        if let Err(e) = &result {
+            self.shared.failed.store(true, Ordering::Release);
+            tracing::error!(error = %e, segment = self.pos.segment, "wal: I/O error, refusing appends until restart");
+        }
+        result.map_err(|e| WalError::Failed(e.to_string()))
+    }
+
+    fn write_and_sync(&mut self, group: &[Append]) -> std::io::Result<()> {
+        self.buf.clear();
+        for append in group {
+            self.buf.extend_from_slice(&append.bytes);
+        }
+        let len = self.buf.len() as u64;
+        if self.pos.offset > 0 && self.pos.offset + len > self.segment_bytes {
+            let next = self.pos.segment + 1;
+            self.file = create_segment(&self.dir, next)?;
+            self.pos = Position {
+                segment: next,
+                offset: 0,
+            };
+        }
+        self.file.write_all(&self.buf)?;
+        let started = Instant::now();
+        self.file.sync_data()?;
+        let stats = &self.shared.stats;
+        stats
+            .sync_nanos
+            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        stats.groups.fetch_add(1, Ordering::Relaxed);
+        stats
+            .records
+            .fetch_add(group.len() as u64, Ordering::Relaxed);
+        stats.bytes.fetch_add(len, Ordering::Relaxed);
+        self.shared.disk_bytes.fetch_add(len, Ordering::Relaxed);
+        self.pos.offset += len;
+        self.committed.send_replace(self.pos);
+        Ok(())
+    }
+}
+
+fn create_segment(dir: &std::path::Path, seq: u64) -> std::io::Result<File> {
+    let file = OpenOptions::new()
+        .create_new(true)
+        .append(true)
+        .open(segment_path(dir, seq))?;
+    sync_dir(dir)?;
+    Ok(file)
+}

@@ -1,0 +1,145 @@
+//! `sluicectl dev`: core and edge in one process on loopback, with throwaway certificates, a fresh
+//! API key and the embedded file sink (or a mock / real Kafka cluster).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
+use sluice_core::config::{CoreConfig, KafkaConfig, SinkConfig};
+use sluice_edge::config::EdgeConfig;
+
+use crate::devpki::write_dev_pki;
+
+/// The region `dev` stamps on events; events go to topic `events.dev`.
+pub const DEV_REGION: &str = "dev";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KafkaChoice {
+    /// Embedded NDJSON file sink.
+    None,
+    /// librdkafka's in-process mock cluster.
+    Mock,
+    /// A real broker list.
+    Brokers(String),
+}
+
+impl std::str::FromStr for KafkaChoice {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "" | "none" | "file" => KafkaChoice::None,
+            "mock" => KafkaChoice::Mock,
+            brokers => KafkaChoice::Brokers(brokers.to_string()),
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct DevOptions {
+    pub dir: PathBuf,
+    pub http: SocketAddr,
+    pub quic: SocketAddr,
+    pub kafka: KafkaChoice,
+}
+
+pub struct DevPipeline {
+    pub edge: sluice_edge::Edge,
+    pub core: sluice_core::Core,
+    pub api_key: String,
+    /// Where the file sink writes, when it is used.
+    pub sink_dir: Option<PathBuf>,
+    /// Bootstrap servers of the Kafka sink, when it is used.
+    pub brokers: Option<String>,
+    pub topic: String,
+    /// Kept alive for as long as the pipeline runs.
+    pub mock: Option<MockCluster<'static, DefaultProducerContext>>,
+}
+
+pub async fn start(opts: &DevOptions) -> anyhow::Result<DevPipeline> {
+    let dir = &opts.dir;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let pki = write_dev_pki(&dir.join("pki")).context("generating dev certificates")?;
+    let keys_file = dir.join("keys.toml");
+    let _ = std::fs::remove_file(&keys_file);
+    let (_, api_key) = crate::keys::add(&keys_file, "dev", "development")?;
+    let topic = format!("events.{DEV_REGION}");
+
+    let (sink, sink_dir, brokers, mock) = match &opts.kafka {
+        KafkaChoice::None => {
+            let d = dir.join("sink");
+            (SinkConfig::File { dir: d.clone() }, Some(d), None, None)
+        }
+        KafkaChoice::Mock => {
+            let mock = MockCluster::new(3).context("starting the mock Kafka cluster")?;
+            mock.create_topic(&topic, 3, 3).context("creating topic")?;
+            mock.create_topic("events.dlq", 1, 3)
+                .context("creating DLQ topic")?;
+            let b = mock.bootstrap_servers();
+            (kafka_sink(&b), None, Some(b), Some(mock))
+        }
+        KafkaChoice::Brokers(b) => (kafka_sink(b), None, Some(b.clone()), None),
+    };
+    let core = sluice_core::start(CoreConfig {
+        listen: opts.quic,
+        cert: pki.core_cert.clone(),
+        key: pki.core_key.clone(),
+        client_ca: Some(pki.ca_cert.clone()),
+        data_dir: dir.join("core"),
+        sink,
+        ..CoreConfig::default()
+    })
+    .await
+    .context("starting core")?;
+    let mut edge_config = EdgeConfig {
+        listen: opts.http,
+        region: DEV_REGION.into(),
+        keys_file,
+        ..EdgeConfig::default()
+    };
+    edge_config.wal.dir = dir.join("wal");
+    edge_config.forwarder.core_addr = core.addr;
+    edge_config.forwarder.ca_cert = pki.ca_cert.clone();
+    edge_config.forwarder.client_cert = Some(pki.edge_cert.clone());
+    edge_config.forwarder.client_key = Some(pki.edge_key.clone());
+    let edge = sluice_edge::start(edge_config)
+        .await
+        .context("starting edge")?;
+    Ok(DevPipeline {
+        edge,
+        core,
+        api_key,
+        sink_dir,
+        brokers,
+        topic,
+        mock,
+    })
+}
+
+fn kafka_sink(brokers: &str) -> SinkConfig {
+    SinkConfig::Kafka(KafkaConfig {
+        brokers: brokers.to_string(),
+        ..KafkaConfig::default()
+    })
+}
+
+impl DevPipeline {
+    pub fn curl_line(&self) -> String {
+        format!(
+            "curl -i -X POST http://{}/v1/events -H 'Authorization: Bearer {}' -H 'Content-Type: application/json' \
+             -d '[{{\"event\":\"signup\",\"distinct_id\":\"user-1\",\"properties\":{{\"plan\":\"pro\"}}}}]'",
+            self.edge.http_addr, self.api_key
+        )
+    }
+
+    pub async fn shutdown(self) {
+        self.edge.shutdown().await;
+        self.core.shutdown().await;
+    }
+}
+
+/// The sink file events land in with the file sink.
+pub fn events_file(sink_dir: &Path) -> PathBuf {
+    sink_dir.join(sluice_core::sink::EVENTS_FILE_NAME)
+}

@@ -1,0 +1,50 @@
+//! `sluicectl keys new|list|revoke`: edits the edge's keys file, which holds only key hashes.
+//! The edge's file is replaced atomically so a running edge never reads a half-written file.
+
+use std::path::Path;
+
+use anyhow::Context;
+use sluice_edge::auth::{KeysFile, new_key, read_keys_file};
+
+fn load_or_empty(path: &Path) -> anyhow::Result<KeysFile> {
+    if path.exists() {
+        Ok(read_keys_file(path)?)
+    } else {
+        Ok(KeysFile::default())
+    }
+}
+
+/// Writes `file` to `path` via a temporary file and rename.
+pub fn save(path: &Path, file: &KeysFile) -> anyhow::Result<()> {
+    let text = toml::to_string_pretty(file).context("encoding keys file")?;
+    let tmp = path.with_extension("toml.tmp");
+    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
+    Ok(())
+}
+
+/// Adds a key for (tenant, env) and returns `(key id, secret)`; the secret is shown once.
+pub fn add(path: &Path, tenant: &str, env: &str) -> anyhow::Result<(String, String)> {
+    let mut file = load_or_empty(path)?;
+    let (entry, secret) = new_key(tenant, env);
+    let id = entry.id.clone();
+    file.keys.push(entry);
+    save(path, &file)?;
+    Ok((id, secret))
+}
+
+pub fn list(path: &Path) -> anyhow::Result<KeysFile> {
+    load_or_empty(path)
+}
+
+pub fn revoke(path: &Path, id: &str) -> anyhow::Result<()> {
+    let mut file = load_or_empty(path)?;
+    let entry = file
+        .keys
+        .iter_mut()
+        .find(|k| k.id == id)
+        .with_context(|| format!("no key with id {id} in {}", path.display()))?;
+    entry.revoked = true;
+    save(path, &file)
+}

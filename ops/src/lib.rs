@@ -1,0 +1,5 @@
+//! Operator tooling behind `sluicectl`, as a library so the test harness reuses it.
+
+pub mod dev;
+pub mod devpki;
+pub mod keys;

@@ -1,0 +1,13 @@
+//! Sluice's on-disk and on-wire formats.
+//!
+//! Architecture invariant: only this crate defines bytes that outlive a process or cross a
+//! machine: the WAL record framing ([`record`]), the forwarder frames ([`frame`]) and the
+//! edge↔core protocol messages ([`protocol`]). Everything here is pure (no IO, no clock), so it
+//! is unit- and property-testable.
+
+pub mod frame;
+pub mod ids;
+pub mod protocol;
+pub mod record;
+
+pub use record::{BatchRecord, EventRecord, RecordError, Stream};
