@@ -51,9 +51,7 @@ pub enum SinkConfig {
 
 impl Default for SinkConfig {
     fn default() -> Self {
-        SinkConfig::File {
-            dir: PathBuf::from("data/core/sink"),
-        }
+        SinkConfig::File { dir: PathBuf::from("data/core/sink") }
     }
 }
 

@@ -49,9 +49,7 @@ impl DedupeIndex for RedbDedupe {
     fn seen(&self, ids: &[Uuid]) -> Result<Vec<bool>, DedupeError> {
         let txn = self.db.begin_read().map_err(err)?;
         let table = txn.open_table(BATCHES).map_err(err)?;
-        ids.iter()
-            .map(|id| Ok(table.get(id.as_u128()).map_err(err)?.is_some()))
-            .collect()
+        ids.iter().map(|id| Ok(table.get(id.as_u128()).map_err(err)?.is_some())).collect()
     }
 
     fn record(&self, ids: &[Uuid], now_ms: u64) -> Result<(), DedupeError> {
@@ -75,9 +73,7 @@ impl DedupeIndex for RedbDedupe {
         {
             let mut batches = txn.open_table(BATCHES).map_err(err)?;
             let mut by_time = txn.open_table(BY_TIME).map_err(err)?;
-            let old = by_time
-                .extract_from_if((0, 0)..(cutoff_ms, 0), |_, _| true)
-                .map_err(err)?;
+            let old = by_time.extract_from_if((0, 0)..(cutoff_ms, 0), |_, _| true).map_err(err)?;
             for entry in old {
                 let (key, _) = entry.map_err(err)?;
                 let (_, id) = key.value();

@@ -23,19 +23,13 @@ pub enum StartError {
     #[error("TLS: {0}")]
     Tls(#[from] tls::TlsError),
     #[error("data dir {path}: {source}")]
-    DataDir {
-        path: String,
-        source: std::io::Error,
-    },
+    DataDir { path: String, source: std::io::Error },
     #[error(transparent)]
     Dedupe(#[from] dedupe::DedupeError),
     #[error("sink: {0}")]
     Sink(#[from] sink::SinkError),
     #[error("binding {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Bind { addr: SocketAddr, source: std::io::Error },
 }
 
 pub struct Core {
@@ -45,29 +39,15 @@ pub struct Core {
 }
 
 pub async fn start(config: CoreConfig) -> Result<Core, StartError> {
-    let server_config =
-        tls::quic_server_config(&config.cert, &config.key, config.client_ca.as_deref())?;
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
-        path: config.data_dir.display().to_string(),
-        source,
-    })?;
-    let dedupe: Arc<dyn DedupeIndex> =
-        Arc::new(RedbDedupe::open(&config.data_dir.join("dedupe.redb"))?);
+    let server_config = tls::quic_server_config(&config.cert, &config.key, config.client_ca.as_deref())?;
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|source| StartError::DataDir { path: config.data_dir.display().to_string(), source })?;
+    let dedupe: Arc<dyn DedupeIndex> = Arc::new(RedbDedupe::open(&config.data_dir.join("dedupe.redb"))?);
     let sink = sink::Sink::from_config(&config.sink)?;
-    let endpoint = quinn::Endpoint::server(server_config, config.listen).map_err(|source| {
-        StartError::Bind {
-            addr: config.listen,
-            source,
-        }
-    })?;
-    let addr = endpoint.local_addr().map_err(|source| StartError::Bind {
-        addr: config.listen,
-        source,
-    })?;
-    let ingest = Arc::new(server::Ingest {
-        dedupe: dedupe.clone(),
-        sink,
-    });
+    let endpoint = quinn::Endpoint::server(server_config, config.listen)
+        .map_err(|source| StartError::Bind { addr: config.listen, source })?;
+    let addr = endpoint.local_addr().map_err(|source| StartError::Bind { addr: config.listen, source })?;
+    let ingest = Arc::new(server::Ingest { dedupe: dedupe.clone(), sink });
     let ttl_ms = config.dedupe_ttl_hours * 3600 * 1000;
     let expiry = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(60));
@@ -84,17 +64,11 @@ pub async fn start(config: CoreConfig) -> Result<Core, StartError> {
     });
     let server = tokio::spawn(server::serve(endpoint.clone(), ingest));
     tracing::info!(%addr, "core: listening");
-    Ok(Core {
-        addr,
-        endpoint,
-        tasks: vec![server, expiry],
-    })
+    Ok(Core { addr, endpoint, tasks: vec![server, expiry] })
 }
 
 fn server_now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Core {

@@ -43,15 +43,8 @@ pub async fn serve(endpoint: quinn::Endpoint, ingest: Arc<Ingest>) {
     }
 }
 
-async fn handle_stream(
-    ingest: Arc<Ingest>,
-    mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
-) {
-    let ack = match recv
-        .read_to_end(4 + MAX_HEADER_LEN + MAX_COMPRESSED_LEN)
-        .await
-    {
+async fn handle_stream(ingest: Arc<Ingest>, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+    let ack = match recv.read_to_end(4 + MAX_HEADER_LEN + MAX_COMPRESSED_LEN).await {
         Ok(msg) => ingest.process(&msg).await,
         Err(e) => {
             tracing::warn!(error = %e, "core: reading frame failed");
@@ -73,9 +66,7 @@ async fn handle_stream(
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Ingest {
@@ -84,18 +75,14 @@ impl Ingest {
         let (header, payload) = match protocol::decode_message(msg) {
             Ok(x) => x,
             Err(e) => {
-                return Ack::Rejected {
-                    reason: format!("bad frame message: {e}"),
-                };
+                return Ack::Rejected { reason: format!("bad frame message: {e}") };
             }
         };
         let batches = match frame::decompress(payload, header.raw_len as usize) {
             Ok(b) => b,
             Err(e) => {
                 tracing::error!(edge = %header.edge_id, segment = header.segment, start = header.start, error = %e, "core: undecodable frame");
-                return Ack::Rejected {
-                    reason: e.to_string(),
-                };
+                return Ack::Rejected { reason: e.to_string() };
             }
         };
         let ids: Vec<_> = batches.iter().map(|b| b.batch_id).collect();
@@ -103,29 +90,18 @@ impl Ingest {
         let seen = match tokio::task::spawn_blocking(move || dedupe.seen(&ids)).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
-                return Ack::Retry {
-                    reason: e.to_string(),
-                };
+                return Ack::Retry { reason: e.to_string() };
             }
             Err(e) => {
-                return Ack::Retry {
-                    reason: e.to_string(),
-                };
+                return Ack::Retry { reason: e.to_string() };
             }
         };
-        let fresh: Vec<&BatchRecord> = batches
-            .iter()
-            .zip(&seen)
-            .filter(|(_, s)| !**s)
-            .map(|(b, _)| b)
-            .collect();
+        let fresh: Vec<&BatchRecord> = batches.iter().zip(&seen).filter(|(_, s)| !**s).map(|(b, _)| b).collect();
         let duplicates = batches.len() - fresh.len();
         if !fresh.is_empty() {
             if let Err(e) = self.sink.deliver(&fresh).await {
                 tracing::warn!(edge = %header.edge_id, segment = header.segment, error = %e, "core: sink refused frame; edge will resend");
-                return Ack::Retry {
-                    reason: e.to_string(),
-                };
+                return Ack::Retry { reason: e.to_string() };
             }
             let ids: Vec<_> = fresh.iter().map(|b| b.batch_id).collect();
             let dedupe = self.dedupe.clone();

@@ -53,15 +53,9 @@ pub enum AuthError {
 #[derive(Debug, thiserror::Error)]
 pub enum KeysFileError {
     #[error("reading {path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    Io { path: String, source: std::io::Error },
     #[error("parsing {path}: {source}")]
-    Parse {
-        path: String,
-        source: toml::de::Error,
-    },
+    Parse { path: String, source: toml::de::Error },
     #[error("key {id}: hash must be `sha256:` followed by 64 hex digits")]
     BadHash { id: String },
 }
@@ -91,9 +85,7 @@ impl KeyStore {
     pub fn from_file(file: KeysFile) -> Result<Self, KeysFileError> {
         let mut by_hash = HashMap::with_capacity(file.keys.len());
         for entry in file.keys {
-            let hash = parse_hash(&entry.hash).ok_or_else(|| KeysFileError::BadHash {
-                id: entry.id.clone(),
-            })?;
+            let hash = parse_hash(&entry.hash).ok_or_else(|| KeysFileError::BadHash { id: entry.id.clone() })?;
             by_hash.insert(hash, entry);
         }
         Ok(Self { by_hash })
@@ -106,34 +98,21 @@ impl KeyStore {
     pub fn authenticate(&self, secret: Option<&str>) -> Result<Principal, AuthError> {
         let secret = secret.ok_or(AuthError::Missing)?;
         let presented = hash_key(secret);
-        let (stored, entry) = self
-            .by_hash
-            .get_key_value(&presented)
-            .ok_or(AuthError::Unknown)?;
+        let (stored, entry) = self.by_hash.get_key_value(&presented).ok_or(AuthError::Unknown)?;
         if !bool::from(stored.ct_eq(&presented)) {
             return Err(AuthError::Unknown);
         }
         if entry.revoked {
             return Err(AuthError::Revoked);
         }
-        Ok(Principal {
-            key_id: entry.id.clone(),
-            tenant: entry.tenant.clone(),
-            env: entry.env.clone(),
-        })
+        Ok(Principal { key_id: entry.id.clone(), tenant: entry.tenant.clone(), env: entry.env.clone() })
     }
 }
 
 pub fn read_keys_file(path: &Path) -> Result<KeysFile, KeysFileError> {
     let display = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| KeysFileError::Io {
-        path: display.clone(),
-        source,
-    })?;
-    toml::from_str(&text).map_err(|source| KeysFileError::Parse {
-        path: display,
-        source,
-    })
+    let text = std::fs::read_to_string(path).map_err(|source| KeysFileError::Io { path: display.clone(), source })?;
+    toml::from_str(&text).map_err(|source| KeysFileError::Parse { path: display, source })
 }
 
 /// Creates a new random key for (tenant, env); returns the entry to store and the secret to hand
@@ -163,20 +142,11 @@ mod tests {
         let (a, secret_a) = new_key("acme", "prod");
         let (mut b, secret_b) = new_key("acme", "dev");
         b.revoked = true;
-        let store = KeyStore::from_file(KeysFile {
-            keys: vec![a.clone(), b],
-        })
-        .unwrap();
+        let store = KeyStore::from_file(KeysFile { keys: vec![a.clone(), b] }).unwrap();
         let p = store.authenticate(Some(&secret_a)).unwrap();
-        assert_eq!(
-            (p.tenant.as_str(), p.env.as_str(), p.key_id),
-            ("acme", "prod", a.id)
-        );
+        assert_eq!((p.tenant.as_str(), p.env.as_str(), p.key_id), ("acme", "prod", a.id));
         assert_eq!(store.authenticate(Some(&secret_b)), Err(AuthError::Revoked));
-        assert_eq!(
-            store.authenticate(Some("slk_nope")),
-            Err(AuthError::Unknown)
-        );
+        assert_eq!(store.authenticate(Some("slk_nope")), Err(AuthError::Unknown));
         assert_eq!(store.authenticate(None), Err(AuthError::Missing));
     }
 

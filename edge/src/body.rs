@@ -33,11 +33,7 @@ pub enum BodyError {
 }
 
 /// Returns the decompressed body, refusing anything that inflates past `max_bytes`.
-pub fn decode<'a>(
-    raw: &'a [u8],
-    content_encoding: Option<&str>,
-    max_bytes: usize,
-) -> Result<Cow<'a, [u8]>, BodyError> {
+pub fn decode<'a>(raw: &'a [u8], content_encoding: Option<&str>, max_bytes: usize) -> Result<Cow<'a, [u8]>, BodyError> {
     let too_large = BodyError::TooLarge { limit: max_bytes };
     match content_encoding.map(str::trim) {
         None | Some("") | Some("identity") => {
@@ -110,27 +106,15 @@ mod tests {
     fn gzip_bomb_stops_at_the_limit() {
         let bomb = gzip(&vec![b' '; 50 * 1024 * 1024]);
         assert!(bomb.len() < 100 * 1024);
-        assert_eq!(
-            decode(&bomb, Some("gzip"), 512 * 1024),
-            Err(BodyError::TooLarge { limit: 512 * 1024 })
-        );
+        assert_eq!(decode(&bomb, Some("gzip"), 512 * 1024), Err(BodyError::TooLarge { limit: 512 * 1024 }));
     }
 
     #[test]
     fn gzip_round_trip_and_errors() {
         assert_eq!(&*decode(&gzip(b"[1]"), Some("GZIP"), 100).unwrap(), b"[1]");
-        assert!(matches!(
-            decode(b"not gzip", Some("gzip"), 100),
-            Err(BodyError::BadGzip(_))
-        ));
-        assert!(matches!(
-            decode(b"x", Some("br"), 100),
-            Err(BodyError::UnsupportedEncoding(_))
-        ));
-        assert_eq!(
-            decode(&[b' '; 101], None, 100),
-            Err(BodyError::TooLarge { limit: 100 })
-        );
+        assert!(matches!(decode(b"not gzip", Some("gzip"), 100), Err(BodyError::BadGzip(_))));
+        assert!(matches!(decode(b"x", Some("br"), 100), Err(BodyError::UnsupportedEncoding(_))));
+        assert_eq!(decode(&[b' '; 101], None, 100), Err(BodyError::TooLarge { limit: 100 }));
     }
 
     #[test]
@@ -143,25 +127,10 @@ mod tests {
 
     #[test]
     fn limits_and_malformed() {
-        assert_eq!(
-            split(b"[1,2,3]", BodyFormat::JsonArray, 2),
-            Err(BodyError::TooManyEvents { limit: 2 })
-        );
-        assert_eq!(
-            split(b"1\n2\n3\n", BodyFormat::Ndjson, 2),
-            Err(BodyError::TooManyEvents { limit: 2 })
-        );
-        assert!(matches!(
-            split(b"[1,", BodyFormat::JsonArray, 2),
-            Err(BodyError::Malformed(_))
-        ));
-        assert!(matches!(
-            split(b"{}", BodyFormat::JsonArray, 2),
-            Err(BodyError::Malformed(_))
-        ));
-        assert_eq!(
-            split(b"[]", BodyFormat::JsonArray, 2),
-            Err(BodyError::Empty)
-        );
+        assert_eq!(split(b"[1,2,3]", BodyFormat::JsonArray, 2), Err(BodyError::TooManyEvents { limit: 2 }));
+        assert_eq!(split(b"1\n2\n3\n", BodyFormat::Ndjson, 2), Err(BodyError::TooManyEvents { limit: 2 }));
+        assert!(matches!(split(b"[1,", BodyFormat::JsonArray, 2), Err(BodyError::Malformed(_))));
+        assert!(matches!(split(b"{}", BodyFormat::JsonArray, 2), Err(BodyError::Malformed(_))));
+        assert_eq!(split(b"[]", BodyFormat::JsonArray, 2), Err(BodyError::Empty));
     }
 }

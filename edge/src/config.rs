@@ -46,10 +46,7 @@ pub struct LimitsConfig {
 
 impl Default for LimitsConfig {
     fn default() -> Self {
-        Self {
-            max_events: 500,
-            max_body_bytes: 512 * 1024,
-        }
+        Self { max_events: 500, max_body_bytes: 512 * 1024 }
     }
 }
 

@@ -46,22 +46,11 @@ impl Forwarder {
         reader: WalReader,
         client: quinn::ClientConfig,
     ) -> std::io::Result<Self> {
-        let bind: SocketAddr = if config.core_addr.is_ipv6() {
-            "[::]:0"
-        } else {
-            "0.0.0.0:0"
-        }
-        .parse()
-        .map_err(std::io::Error::other)?;
+        let bind: SocketAddr =
+            if config.core_addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse().map_err(std::io::Error::other)?;
         let mut endpoint = quinn::Endpoint::client(bind)?;
         endpoint.set_default_client_config(client);
-        Ok(Self {
-            config,
-            edge_id,
-            endpoint,
-            conn: None,
-            reader,
-        })
+        Ok(Self { config, edge_id, endpoint, conn: None, reader })
     }
 
     /// Runs until `stop` turns true. I/O errors on the WAL itself end the loop with an error.
@@ -72,8 +61,7 @@ impl Forwarder {
                 return Ok(());
             }
             let from = self.reader.acked();
-            let outcome =
-                tokio::task::block_in_place(|| self.reader.read(from, self.config.frame_bytes))?;
+            let outcome = tokio::task::block_in_place(|| self.reader.read(from, self.config.frame_bytes))?;
             match outcome {
                 ReadOutcome::UpToDate => {
                     tokio::select! {
@@ -81,24 +69,12 @@ impl Forwarder {
                         _ = stop.changed() => {}
                     }
                 }
-                ReadOutcome::NextSegment(next) => {
-                    tokio::task::block_in_place(|| self.reader.ack(next))?
-                }
-                ReadOutcome::Corrupt {
-                    segment,
-                    offset,
-                    error,
-                } => {
+                ReadOutcome::NextSegment(next) => tokio::task::block_in_place(|| self.reader.ack(next))?,
+                ReadOutcome::Corrupt { segment, offset, error } => {
                     tracing::error!(segment, offset, %error, "forwarder: corrupt committed record");
                     tokio::task::block_in_place(|| self.reader.quarantine(segment))?;
                 }
-                ReadOutcome::Records {
-                    segment,
-                    start,
-                    end,
-                    data,
-                    count,
-                } => {
+                ReadOutcome::Records { segment, start, end, data, count } => {
                     let header = FrameHeader {
                         protocol_version: PROTOCOL_VERSION,
                         edge_id: self.edge_id.clone(),
@@ -116,19 +92,8 @@ impl Forwarder {
                         };
                         match result {
                             Ok(()) => {
-                                tokio::task::block_in_place(|| {
-                                    self.reader.ack(Position {
-                                        segment,
-                                        offset: end,
-                                    })
-                                })?;
-                                tracing::debug!(
-                                    segment,
-                                    start,
-                                    end,
-                                    records = count,
-                                    "forwarder: frame acked"
-                                );
+                                tokio::task::block_in_place(|| self.reader.ack(Position { segment, offset: end }))?;
+                                tracing::debug!(segment, start, end, records = count, "forwarder: frame acked");
                                 backoff = MIN_BACKOFF;
                                 break;
                             }
@@ -139,12 +104,7 @@ impl Forwarder {
                             }
                             Err(e) => {
                                 tracing::warn!(error = %e, segment, start, retry_in_ms = backoff.as_millis() as u64, "forwarder: frame not acked, will resend");
-                                if matches!(
-                                    e,
-                                    SendError::Connect(_)
-                                        | SendError::Stream(_)
-                                        | SendError::Timeout(_)
-                                ) {
+                                if matches!(e, SendError::Connect(_) | SendError::Stream(_) | SendError::Timeout(_)) {
                                     self.conn = None;
                                 }
                                 tokio::select! {
@@ -183,22 +143,12 @@ impl Forwarder {
         let conn = self.connection().await?;
         let timeout = Duration::from_secs(self.config.ack_timeout_secs);
         let exchange = async {
-            let (mut send, mut recv) = conn
-                .open_bi()
-                .await
-                .map_err(|e| SendError::Stream(e.to_string()))?;
-            send.write_all(message)
-                .await
-                .map_err(|e| SendError::Stream(e.to_string()))?;
-            send.finish()
-                .map_err(|e| SendError::Stream(e.to_string()))?;
-            recv.read_to_end(64 * 1024)
-                .await
-                .map_err(|e| SendError::Stream(e.to_string()))
+            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| SendError::Stream(e.to_string()))?;
+            send.write_all(message).await.map_err(|e| SendError::Stream(e.to_string()))?;
+            send.finish().map_err(|e| SendError::Stream(e.to_string()))?;
+            recv.read_to_end(64 * 1024).await.map_err(|e| SendError::Stream(e.to_string()))
         };
-        let reply = tokio::time::timeout(timeout, exchange)
-            .await
-            .map_err(|_| SendError::Timeout(timeout))??;
+        let reply = tokio::time::timeout(timeout, exchange).await.map_err(|_| SendError::Timeout(timeout))??;
         match protocol::decode_ack(&reply).map_err(|e| SendError::Stream(e.to_string()))? {
             Ack::Stored => Ok(()),
             Ack::Retry { reason } => Err(SendError::Retry(reason)),

@@ -48,16 +48,10 @@ async fn request_id(mut req: Request, next: Next) -> Response {
     let id = req
         .headers()
         .get(REQUEST_ID)
-        .filter(|v| {
-            v.len() <= 64
-                && v.as_bytes()
-                    .iter()
-                    .all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_')
-        })
+        .filter(|v| v.len() <= 64 && v.as_bytes().iter().all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_'))
         .cloned()
         .unwrap_or_else(|| {
-            HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
-                .unwrap_or(HeaderValue::from_static("invalid"))
+            HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()).unwrap_or(HeaderValue::from_static("invalid"))
         });
     req.extensions_mut().insert(RequestId(id.clone()));
     let mut resp = next.run(req).await;
@@ -85,13 +79,7 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            message: message.into(),
-            details: None,
-            retry_after_secs: None,
-        }
+        Self { status, code, message: message.into(), details: None, retry_after_secs: None }
     }
 }
 
@@ -103,8 +91,7 @@ impl IntoResponse for ApiError {
         }
         let mut resp = (self.status, Json(json!({ "error": error }))).into_response();
         if let Some(secs) = self.retry_after_secs {
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         resp
     }
@@ -124,21 +111,14 @@ impl From<AuthError> for ApiError {
 fn body_error(e: BodyError, limits: &LimitsConfig) -> ApiError {
     match e {
         BodyError::TooLarge { .. } | BodyError::TooManyEvents { .. } => {
-            let mut err = ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                format!("{e}; split the batch"),
-            );
-            err.details = Some(
-                json!({ "max_bytes": limits.max_body_bytes, "max_events": limits.max_events }),
-            );
+            let mut err =
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", format!("{e}; split the batch"));
+            err.details = Some(json!({ "max_bytes": limits.max_body_bytes, "max_events": limits.max_events }));
             err
         }
-        BodyError::UnsupportedEncoding(_) => ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_encoding",
-            e.to_string(),
-        ),
+        BodyError::UnsupportedEncoding(_) => {
+            ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_encoding", e.to_string())
+        }
         BodyError::BadGzip(_) | BodyError::Malformed(_) | BodyError::Empty => {
             ApiError::new(StatusCode::BAD_REQUEST, "malformed_body", e.to_string())
         }
@@ -147,11 +127,9 @@ fn body_error(e: BodyError, limits: &LimitsConfig) -> ApiError {
 
 fn wal_error(e: WalError) -> ApiError {
     let mut err = match e {
-        WalError::Full { .. } => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "wal_full",
-            "the edge is buffering its limit; retry later",
-        ),
+        WalError::Full { .. } => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "wal_full", "the edge is buffering its limit; retry later")
+        }
         WalError::Failed(_) | WalError::Closed => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "storage_unavailable",
@@ -163,19 +141,11 @@ fn wal_error(e: WalError) -> ApiError {
 }
 
 fn api_key(headers: &HeaderMap) -> Option<&str> {
-    if let Some(v) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    {
+    if let Some(v) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
         let (scheme, token) = v.trim().split_once(' ')?;
-        return scheme
-            .eq_ignore_ascii_case("bearer")
-            .then_some(token.trim());
+        return scheme.eq_ignore_ascii_case("bearer").then_some(token.trim());
     }
-    headers
-        .get("x-api-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
+    headers.get("x-api-key").and_then(|v| v.to_str().ok()).map(str::trim)
 }
 
 fn body_format(headers: &HeaderMap) -> Result<BodyFormat, ApiError> {
@@ -183,29 +153,20 @@ fn body_format(headers: &HeaderMap) -> Result<BodyFormat, ApiError> {
         return Ok(BodyFormat::JsonArray);
     };
     let ct = ct.to_str().unwrap_or("");
-    let mime = ct
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     match mime.as_str() {
         "application/json" | "text/plain" => Ok(BodyFormat::JsonArray),
         "application/x-ndjson" | "application/ndjson" => Ok(BodyFormat::Ndjson),
         _ => Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
-            format!(
-                "Content-Type `{ct}` is not supported; use application/json or application/x-ndjson"
-            ),
+            format!("Content-Type `{ct}` is not supported; use application/json or application/x-ndjson"),
         )),
     }
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 async fn ingest(
@@ -220,21 +181,10 @@ async fn ingest(
     let limits = &state.limits;
     let raw: Bytes = axum::body::to_bytes(body, limits.max_body_bytes)
         .await
-        .map_err(|_| {
-            body_error(
-                BodyError::TooLarge {
-                    limit: limits.max_body_bytes,
-                },
-                limits,
-            )
-        })?;
-    let encoding = headers
-        .get(header::CONTENT_ENCODING)
-        .map(|v| v.to_str().unwrap_or("invalid"));
-    let decoded =
-        body::decode(&raw, encoding, limits.max_body_bytes).map_err(|e| body_error(e, limits))?;
-    let events =
-        body::split(&decoded, format, limits.max_events).map_err(|e| body_error(e, limits))?;
+        .map_err(|_| body_error(BodyError::TooLarge { limit: limits.max_body_bytes }, limits))?;
+    let encoding = headers.get(header::CONTENT_ENCODING).map(|v| v.to_str().unwrap_or("invalid"));
+    let decoded = body::decode(&raw, encoding, limits.max_body_bytes).map_err(|e| body_error(e, limits))?;
+    let events = body::split(&decoded, format, limits.max_events).map_err(|e| body_error(e, limits))?;
 
     let ctx = BatchContext {
         batch_id: sluice_wire::ids::new_batch_id(),
@@ -252,11 +202,7 @@ async fn ingest(
         }
     }
     if accepted.is_empty() {
-        let mut err = ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "no_valid_events",
-            "no event in the batch is valid",
-        );
+        let mut err = ApiError::new(StatusCode::BAD_REQUEST, "no_valid_events", "no event in the batch is valid");
         err.details = Some(json!({ "rejected": rejected }));
         return Err(err);
     }
@@ -271,13 +217,8 @@ async fn ingest(
         events: accepted,
     };
     let mut bytes = Vec::with_capacity(decoded.len() + 256);
-    encode_record(&record, &mut bytes).map_err(|e| {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            e.to_string(),
-        )
-    })?;
+    encode_record(&record, &mut bytes)
+        .map_err(|e| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", e.to_string()))?;
     if let Err(e) = state.wal.append(bytes).await {
         tracing::warn!(tenant_id = %principal.tenant, request_id, error = %e, "ingest: append refused");
         return Err(wal_error(e));

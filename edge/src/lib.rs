@@ -31,10 +31,7 @@ pub enum StartError {
     #[error("forwarder TLS: {0}")]
     Tls(#[from] tls::TlsError),
     #[error("binding {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Bind { addr: SocketAddr, source: std::io::Error },
     #[error("forwarder endpoint: {0}")]
     Endpoint(std::io::Error),
 }
@@ -55,11 +52,7 @@ pub async fn start(config: EdgeConfig) -> Result<Edge, StartError> {
     let (stop, stop_rx) = watch::channel(false);
     let forwarder = if config.forwarder.enabled {
         let f = &config.forwarder;
-        let client = tls::quic_client_config(
-            &f.ca_cert,
-            f.client_cert.as_deref(),
-            f.client_key.as_deref(),
-        )?;
+        let client = tls::quic_client_config(&f.ca_cert, f.client_cert.as_deref(), f.client_key.as_deref())?;
         let fwd = forwarder::Forwarder::new(f.clone(), config.edge_id.clone(), reader, client)
             .map_err(StartError::Endpoint)?;
         Some(tokio::spawn(fwd.run(stop_rx.clone())))
@@ -68,14 +61,8 @@ pub async fn start(config: EdgeConfig) -> Result<Edge, StartError> {
     };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .map_err(|source| StartError::Bind {
-            addr: config.listen,
-            source,
-        })?;
-    let http_addr = listener.local_addr().map_err(|source| StartError::Bind {
-        addr: config.listen,
-        source,
-    })?;
+        .map_err(|source| StartError::Bind { addr: config.listen, source })?;
+    let http_addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.listen, source })?;
     let state = Arc::new(http::AppState {
         keys,
         wal: wal.clone(),
@@ -92,13 +79,7 @@ pub async fn start(config: EdgeConfig) -> Result<Edge, StartError> {
             .await
     });
     tracing::info!(%http_addr, edge_id = %config.edge_id, region = %config.region, "edge: listening");
-    Ok(Edge {
-        http_addr,
-        wal,
-        stop,
-        server,
-        forwarder,
-    })
+    Ok(Edge { http_addr, wal, stop, server, forwarder })
 }
 
 impl Edge {

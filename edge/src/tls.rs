@@ -9,10 +9,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("reading {path}: {source}")]
-    Pem {
-        path: String,
-        source: rustls_pki_types::pem::Error,
-    },
+    Pem { path: String, source: rustls_pki_types::pem::Error },
     #[error("TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
     #[error("QUIC crypto configuration: {0}")]
@@ -24,17 +21,11 @@ pub enum TlsError {
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     CertificateDer::pem_file_iter(path)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|source| TlsError::Pem {
-            path: path.display().to_string(),
-            source,
-        })
+        .map_err(|source| TlsError::Pem { path: path.display().to_string(), source })
 }
 
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    PrivateKeyDer::from_pem_file(path).map_err(|source| TlsError::Pem {
-        path: path.display().to_string(),
-        source,
-    })
+    PrivateKeyDer::from_pem_file(path).map_err(|source| TlsError::Pem { path: path.display().to_string(), source })
 }
 
 pub fn quic_client_config(
@@ -46,21 +37,16 @@ pub fn quic_client_config(
     for cert in load_certs(ca)? {
         roots.add(cert)?;
     }
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13])?
-    .with_root_certificates(roots);
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots);
     let mut crypto = match (client_cert, client_key) {
-        (Some(cert), Some(key)) => {
-            builder.with_client_auth_cert(load_certs(cert)?, load_key(key)?)?
-        }
+        (Some(cert), Some(key)) => builder.with_client_auth_cert(load_certs(cert)?, load_key(key)?)?,
         (None, None) => builder.with_no_client_auth(),
         _ => return Err(TlsError::HalfClientIdentity),
     };
     crypto.alpn_protocols = vec![sluice_wire::protocol::ALPN.to_vec()];
-    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(crypto)
-        .map_err(|e| TlsError::Quic(e.to_string()))?;
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(crypto).map_err(|e| TlsError::Quic(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
     let mut transport = quinn::TransportConfig::default();
     transport.keep_alive_interval(Some(std::time::Duration::from_secs(5)));

@@ -69,40 +69,24 @@ struct OutEvent<'a> {
 }
 
 fn reject(index: usize, code: &'static str, message: impl Into<String>) -> Reject {
-    Reject {
-        index,
-        code,
-        message: message.into(),
-    }
+    Reject { index, code, message: message.into() }
 }
 
 /// Validates the `index`-th event of a batch and returns its normalized form.
 pub fn normalize(ctx: &BatchContext<'_>, index: usize, json: &[u8]) -> Result<EventRecord, Reject> {
     let input: InEvent<'_> = serde_json::from_slice(json).map_err(|e| {
-        let code = if e.is_data() {
-            "invalid_type"
-        } else {
-            "malformed_json"
-        };
+        let code = if e.is_data() { "invalid_type" } else { "malformed_json" };
         reject(index, code, e.to_string())
     })?;
     let event = required_str(index, "event", input.event.as_deref(), MAX_NAME_LEN)?;
-    let distinct_id = required_str(
-        index,
-        "distinct_id",
-        input.distinct_id.as_deref(),
-        MAX_ID_LEN,
-    )?;
+    let distinct_id = required_str(index, "distinct_id", input.distinct_id.as_deref(), MAX_ID_LEN)?;
     let timestamp = match input.timestamp {
         None => ctx.received_at_ms as i64,
         Some(raw) => parse_timestamp(raw.get()).ok_or_else(|| {
             reject(
                 index,
                 "invalid_timestamp",
-                format!(
-                    "`timestamp` {} is not RFC 3339 or epoch seconds/milliseconds",
-                    raw.get()
-                ),
+                format!("`timestamp` {} is not RFC 3339 or epoch seconds/milliseconds", raw.get()),
             )
         })?,
     };
@@ -110,11 +94,7 @@ pub fn normalize(ctx: &BatchContext<'_>, index: usize, json: &[u8]) -> Result<Ev
         if let Some(v) = value
             && !v.get().starts_with('{')
         {
-            return Err(reject(
-                index,
-                "invalid_type",
-                format!("`{field}` must be an object"),
-            ));
+            return Err(reject(index, "invalid_type", format!("`{field}` must be an object")));
         }
     }
     let event_id = match input.event_id.as_deref() {
@@ -138,28 +118,13 @@ pub fn normalize(ctx: &BatchContext<'_>, index: usize, json: &[u8]) -> Result<Ev
     Ok(EventRecord { event_id, json })
 }
 
-fn required_str<'s>(
-    index: usize,
-    field: &str,
-    value: Option<&'s str>,
-    max: usize,
-) -> Result<&'s str, Reject> {
+fn required_str<'s>(index: usize, field: &str, value: Option<&'s str>, max: usize) -> Result<&'s str, Reject> {
     match value {
-        None => Err(reject(
-            index,
-            "missing_field",
-            format!("`{field}` is required"),
-        )),
-        Some(v) if v.trim().is_empty() => Err(reject(
-            index,
-            "missing_field",
-            format!("`{field}` is empty"),
-        )),
-        Some(v) if v.len() > max => Err(reject(
-            index,
-            "field_too_long",
-            format!("`{field}` is longer than {max} bytes"),
-        )),
+        None => Err(reject(index, "missing_field", format!("`{field}` is required"))),
+        Some(v) if v.trim().is_empty() => Err(reject(index, "missing_field", format!("`{field}` is empty"))),
+        Some(v) if v.len() > max => {
+            Err(reject(index, "field_too_long", format!("`{field}` is longer than {max} bytes")))
+        }
         Some(v) => Ok(v),
     }
 }
@@ -168,19 +133,14 @@ fn required_str<'s>(
 pub fn parse_timestamp(raw: &str) -> Option<i64> {
     if raw.starts_with('"') {
         let s: Cow<'_, str> = serde_json::from_str(raw).ok()?;
-        let t =
-            time::OffsetDateTime::parse(&s, &time::format_description::well_known::Rfc3339).ok()?;
+        let t = time::OffsetDateTime::parse(&s, &time::format_description::well_known::Rfc3339).ok()?;
         i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
     } else {
         let n: f64 = raw.parse().ok()?;
         if !n.is_finite() || n < 0.0 {
             return None;
         }
-        let ms = if n < SECONDS_MS_BOUNDARY {
-            n * 1000.0
-        } else {
-            n
-        };
+        let ms = if n < SECONDS_MS_BOUNDARY { n * 1000.0 } else { n };
         (ms < i64::MAX as f64).then_some(ms as i64)
     }
 }
@@ -205,24 +165,12 @@ mod tests {
 
     #[test]
     fn normalizes_timestamp_forms_to_epoch_ms() {
-        assert_eq!(
-            parse_timestamp(r#""2023-11-14T22:13:20Z""#),
-            Some(1_700_000_000_000)
-        );
-        assert_eq!(
-            parse_timestamp(r#""2023-11-14T23:13:20.5+01:00""#),
-            Some(1_700_000_000_500)
-        );
+        assert_eq!(parse_timestamp(r#""2023-11-14T22:13:20Z""#), Some(1_700_000_000_000));
+        assert_eq!(parse_timestamp(r#""2023-11-14T23:13:20.5+01:00""#), Some(1_700_000_000_500));
         assert_eq!(parse_timestamp("1700000000"), Some(1_700_000_000_000));
         assert_eq!(parse_timestamp("1700000000.25"), Some(1_700_000_000_250));
         assert_eq!(parse_timestamp("1700000000123"), Some(1_700_000_000_123));
-        for bad in [
-            r#""yesterday""#,
-            "-5",
-            "true",
-            "null",
-            r#""2023-13-01T00:00:00Z""#,
-        ] {
+        for bad in [r#""yesterday""#, "-5", "true", "null", r#""2023-13-01T00:00:00Z""#] {
             assert_eq!(parse_timestamp(bad), None, "{bad}");
         }
     }
@@ -236,10 +184,7 @@ mod tests {
         assert_eq!(v["timestamp"], 1_700_000_000_000i64);
         assert_eq!(v["received_at"], 1_700_000_000_123u64);
         assert_eq!(v["region"], "eu");
-        assert_eq!(
-            v["tenant"], "acme",
-            "tenant comes from the key, never the body"
-        );
+        assert_eq!(v["tenant"], "acme", "tenant comes from the key, never the body");
         assert_eq!(v["properties"]["plan"], "pro");
     }
 
@@ -264,24 +209,13 @@ mod tests {
             (br#"{"event":"","distinct_id":"u"}"#, "missing_field"),
             (br#"{"event":"e"}"#, "missing_field"),
             (br#"{"event":5,"distinct_id":"u"}"#, "invalid_type"),
-            (
-                br#"{"event":"e","distinct_id":"u","timestamp":"soon"}"#,
-                "invalid_timestamp",
-            ),
-            (
-                br#"{"event":"e","distinct_id":"u","properties":[1]}"#,
-                "invalid_type",
-            ),
+            (br#"{"event":"e","distinct_id":"u","timestamp":"soon"}"#, "invalid_timestamp"),
+            (br#"{"event":"e","distinct_id":"u","properties":[1]}"#, "invalid_type"),
             (br#"{"event":"e","#, "malformed_json"),
         ];
         for (body, code) in cases {
             let r = normalize(&ctx(), 3, body).unwrap_err();
-            assert_eq!(
-                (r.index, r.code),
-                (3, code),
-                "{}",
-                String::from_utf8_lossy(body)
-            );
+            assert_eq!((r.index, r.code), (3, code), "{}", String::from_utf8_lossy(body));
         }
     }
 }

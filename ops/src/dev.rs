@@ -74,8 +74,7 @@ pub async fn start(opts: &DevOptions) -> anyhow::Result<DevPipeline> {
         KafkaChoice::Mock => {
             let mock = MockCluster::new(3).context("starting the mock Kafka cluster")?;
             mock.create_topic(&topic, 3, 3).context("creating topic")?;
-            mock.create_topic("events.dlq", 1, 3)
-                .context("creating DLQ topic")?;
+            mock.create_topic("events.dlq", 1, 3).context("creating DLQ topic")?;
             let b = mock.bootstrap_servers();
             (kafka_sink(&b), None, Some(b), Some(mock))
         }
@@ -92,36 +91,19 @@ pub async fn start(opts: &DevOptions) -> anyhow::Result<DevPipeline> {
     })
     .await
     .context("starting core")?;
-    let mut edge_config = EdgeConfig {
-        listen: opts.http,
-        region: DEV_REGION.into(),
-        keys_file,
-        ..EdgeConfig::default()
-    };
+    let mut edge_config =
+        EdgeConfig { listen: opts.http, region: DEV_REGION.into(), keys_file, ..EdgeConfig::default() };
     edge_config.wal.dir = dir.join("wal");
     edge_config.forwarder.core_addr = core.addr;
     edge_config.forwarder.ca_cert = pki.ca_cert.clone();
     edge_config.forwarder.client_cert = Some(pki.edge_cert.clone());
     edge_config.forwarder.client_key = Some(pki.edge_key.clone());
-    let edge = sluice_edge::start(edge_config)
-        .await
-        .context("starting edge")?;
-    Ok(DevPipeline {
-        edge,
-        core,
-        api_key,
-        sink_dir,
-        brokers,
-        topic,
-        mock,
-    })
+    let edge = sluice_edge::start(edge_config).await.context("starting edge")?;
+    Ok(DevPipeline { edge, core, api_key, sink_dir, brokers, topic, mock })
 }
 
 fn kafka_sink(brokers: &str) -> SinkConfig {
-    SinkConfig::Kafka(KafkaConfig {
-        brokers: brokers.to_string(),
-        ..KafkaConfig::default()
-    })
+    SinkConfig::Kafka(KafkaConfig { brokers: brokers.to_string(), ..KafkaConfig::default() })
 }
 
 impl DevPipeline {

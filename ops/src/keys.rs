@@ -7,11 +7,7 @@ use anyhow::Context;
 use sluice_edge::auth::{KeysFile, new_key, read_keys_file};
 
 fn load_or_empty(path: &Path) -> anyhow::Result<KeysFile> {
-    if path.exists() {
-        Ok(read_keys_file(path)?)
-    } else {
-        Ok(KeysFile::default())
-    }
+    if path.exists() { Ok(read_keys_file(path)?) } else { Ok(KeysFile::default()) }
 }
 
 /// Writes `file` to `path` via a temporary file and rename.

@@ -8,11 +8,7 @@ use clap::{Parser, Subcommand};
 use sluice_ops::dev::{self, DevOptions, KafkaChoice};
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "sluicectl",
-    version,
-    about = "Operate Sluice: run it locally, manage keys"
-)]
+#[command(name = "sluicectl", version, about = "Operate Sluice: run it locally, manage keys")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -64,17 +60,7 @@ enum KeysAction {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Dev {
-            dir,
-            http,
-            quic,
-            kafka,
-        } => run_dev(DevOptions {
-            dir,
-            http,
-            quic,
-            kafka,
-        }),
+        Command::Dev { dir, http, quic, kafka } => run_dev(DevOptions { dir, http, quic, kafka }),
         Command::Keys { file, action } => match action {
             KeysAction::New { tenant, env } => {
                 let (id, secret) = sluice_ops::keys::add(&file, &tenant, &env)?;
@@ -84,13 +70,7 @@ fn main() -> anyhow::Result<()> {
             }
             KeysAction::List => {
                 for k in sluice_ops::keys::list(&file)?.keys {
-                    println!(
-                        "{}\t{}\t{}\t{}",
-                        k.id,
-                        k.tenant,
-                        k.env,
-                        if k.revoked { "revoked" } else { "active" }
-                    );
+                    println!("{}\t{}\t{}\t{}", k.id, k.tenant, k.env, if k.revoked { "revoked" } else { "active" });
                 }
                 Ok(())
             }
@@ -104,12 +84,8 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn run_dev(opts: DevOptions) -> anyhow::Result<()> {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     let runtime = tokio::runtime::Runtime::new().context("starting tokio")?;
     runtime.block_on(async {
         let pipeline = dev::start(&opts).await?;
@@ -128,9 +104,7 @@ fn run_dev(opts: DevOptions) -> anyhow::Result<()> {
         println!("  {}", pipeline.curl_line());
         println!();
         println!("Ctrl-C to stop (the WAL keeps anything not yet forwarded).");
-        tokio::signal::ctrl_c()
-            .await
-            .context("waiting for Ctrl-C")?;
+        tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
         pipeline.shutdown().await;
         anyhow::Ok(())
     })

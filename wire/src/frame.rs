@@ -32,10 +32,7 @@ pub fn decompress(compressed: &[u8], raw_len: usize) -> Result<Vec<BatchRecord>,
     }
     let raw = zstd::bulk::decompress(compressed, raw_len)?;
     if raw.len() != raw_len {
-        return Err(FrameError::LengthMismatch {
-            expected: raw_len,
-            got: raw.len(),
-        });
+        return Err(FrameError::LengthMismatch { expected: raw_len, got: raw.len() });
     }
     record::records(&raw)
         .enumerate()
@@ -56,10 +53,7 @@ mod tests {
             region: "r".into(),
             received_at_ms: i as u64,
             stream: Stream::Events,
-            events: vec![EventRecord {
-                event_id: i.to_string(),
-                json: b"{}".to_vec(),
-            }],
+            events: vec![EventRecord { event_id: i.to_string(), json: b"{}".to_vec() }],
         }
     }
 
@@ -77,10 +71,7 @@ mod tests {
     #[test]
     fn lying_length_is_an_error_not_an_allocation() {
         let z = compress(b"hello", 1).unwrap();
-        assert!(matches!(
-            decompress(&z, usize::MAX),
-            Err(FrameError::TooLarge(_))
-        ));
+        assert!(matches!(decompress(&z, usize::MAX), Err(FrameError::TooLarge(_))));
         assert!(decompress(&z, 3).is_err());
         assert!(decompress(&z, 50).is_err());
     }

@@ -38,21 +38,12 @@ mod tests {
         let b = new_batch_id();
         assert_eq!(derived_event_id(&b, 3), derived_event_id(&b, 3));
         assert_ne!(derived_event_id(&b, 3), derived_event_id(&b, 4));
-        assert_ne!(
-            derived_event_id(&b, 3),
-            derived_event_id(&new_batch_id(), 3)
-        );
+        assert_ne!(derived_event_id(&b, 3), derived_event_id(&new_batch_id(), 3));
     }
 
     #[test]
     fn keyed_ids_do_not_collide_across_field_boundaries() {
-        assert_eq!(
-            keyed_batch_id("t", "prod", "k"),
-            keyed_batch_id("t", "prod", "k")
-        );
-        assert_ne!(
-            keyed_batch_id("ab", "c", "k"),
-            keyed_batch_id("a", "bc", "k")
-        );
+        assert_eq!(keyed_batch_id("t", "prod", "k"), keyed_batch_id("t", "prod", "k"));
+        assert_ne!(keyed_batch_id("ab", "c", "k"), keyed_batch_id("a", "bc", "k"));
     }
 }

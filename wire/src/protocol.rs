@@ -64,11 +64,8 @@ pub fn encode_header(header: &FrameHeader) -> Result<Vec<u8>, ProtocolError> {
 
 /// Splits a complete frame message into its header and compressed payload.
 pub fn decode_message(msg: &[u8]) -> Result<(FrameHeader, &[u8]), ProtocolError> {
-    let len_bytes: [u8; 4] = msg
-        .get(..4)
-        .ok_or(ProtocolError::Truncated)?
-        .try_into()
-        .map_err(|_| ProtocolError::Truncated)?;
+    let len_bytes: [u8; 4] =
+        msg.get(..4).ok_or(ProtocolError::Truncated)?.try_into().map_err(|_| ProtocolError::Truncated)?;
     let len = u32::from_le_bytes(len_bytes) as usize;
     if len > MAX_HEADER_LEN {
         return Err(ProtocolError::HeaderTooLarge(len));

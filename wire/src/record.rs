@@ -106,9 +106,7 @@ pub fn decode_record(buf: &[u8]) -> Result<BatchRecord, RecordError> {
     let total = check_record(buf)?.ok_or(RecordError::Incomplete)?;
     let payload = &buf[HEADER_LEN..total];
     match payload[0] {
-        RECORD_VERSION => {
-            postcard::from_bytes(&payload[1..]).map_err(|e| RecordError::Body(e.to_string()))
-        }
+        RECORD_VERSION => postcard::from_bytes(&payload[1..]).map_err(|e| RecordError::Body(e.to_string())),
         v => Err(RecordError::UnknownVersion(v)),
     }
 }
@@ -183,10 +181,7 @@ mod tests {
         for byte in 0..buf.len() {
             let mut bad = buf.clone();
             bad[byte] ^= 0x10;
-            assert!(
-                !matches!(check_record(&bad), Ok(Some(_))),
-                "flip in byte {byte} went unnoticed"
-            );
+            assert!(!matches!(check_record(&bad), Ok(Some(_))), "flip in byte {byte} went unnoticed");
         }
     }
 

@@ -20,18 +20,10 @@ pub struct FileSink {
 impl FileSink {
     pub fn open(dir: &Path) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
-        let open = |name| {
-            OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(dir.join(name))
-        };
+        let open = |name| OpenOptions::new().create(true).append(true).open(dir.join(name));
         let files = (open(EVENTS_FILE)?, open(DEAD_LETTER_FILE)?);
         File::open(dir)?.sync_all()?;
-        Ok(Self {
-            dir: dir.to_path_buf(),
-            files: Arc::new(Mutex::new(files)),
-        })
+        Ok(Self { dir: dir.to_path_buf(), files: Arc::new(Mutex::new(files)) })
     }
 
     pub fn dir(&self) -> &Path {
@@ -53,9 +45,7 @@ impl FileSink {
         }
         let files = self.files.clone();
         tokio::task::spawn_blocking(move || {
-            let mut guard = files
-                .lock()
-                .map_err(|_| std::io::Error::other("file sink lock poisoned"))?;
+            let mut guard = files.lock().map_err(|_| std::io::Error::other("file sink lock poisoned"))?;
             let (events_file, dead_file) = &mut *guard;
             for (file, data) in [(events_file, &events), (dead_file, &dead)] {
                 if !data.is_empty() {

@@ -36,14 +36,8 @@ impl KafkaSink {
         }
         // Not overridable: these are what make a delivery report mean "replicated and ordered".
         client.set("acks", "all").set("enable.idempotence", "true");
-        let producer = client
-            .create()
-            .map_err(|e| SinkError::Kafka(e.to_string()))?;
-        Ok(Self {
-            producer,
-            topic_prefix: config.topic_prefix.clone(),
-            dlq_topic: config.dlq_topic.clone(),
-        })
+        let producer = client.create().map_err(|e| SinkError::Kafka(e.to_string()))?;
+        Ok(Self { producer, topic_prefix: config.topic_prefix.clone(), dlq_topic: config.dlq_topic.clone() })
     }
 
     pub async fn deliver(&self, batches: &[&BatchRecord]) -> Result<(), SinkError> {
@@ -56,26 +50,12 @@ impl KafkaSink {
             let batch_id = batch.batch_id.to_string();
             for event in &batch.events {
                 let headers = OwnedHeaders::new_with_capacity(4)
-                    .insert(Header {
-                        key: "tenant",
-                        value: Some(batch.tenant.as_str()),
-                    })
-                    .insert(Header {
-                        key: "env",
-                        value: Some(batch.env.as_str()),
-                    })
-                    .insert(Header {
-                        key: "batch_id",
-                        value: Some(batch_id.as_str()),
-                    })
-                    .insert(Header {
-                        key: "event_id",
-                        value: Some(event.event_id.as_str()),
-                    });
-                let mut record = FutureRecord::to(&topic)
-                    .key(batch.tenant.as_str())
-                    .payload(event.json.as_slice())
-                    .headers(headers);
+                    .insert(Header { key: "tenant", value: Some(batch.tenant.as_str()) })
+                    .insert(Header { key: "env", value: Some(batch.env.as_str()) })
+                    .insert(Header { key: "batch_id", value: Some(batch_id.as_str()) })
+                    .insert(Header { key: "event_id", value: Some(event.event_id.as_str()) });
+                let mut record =
+                    FutureRecord::to(&topic).key(batch.tenant.as_str()).payload(event.json.as_slice()).headers(headers);
                 loop {
                     match self.producer.send_result(record) {
                         Ok(delivery) => {

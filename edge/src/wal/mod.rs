@@ -88,10 +88,7 @@ impl Wal {
     /// Recovers the directory and starts the writer thread on a fresh segment.
     pub fn open(config: &WalConfig) -> Result<(Wal, WalReader), OpenError> {
         let dir = config.dir.clone();
-        let err = |source| OpenError {
-            dir: dir.clone(),
-            source,
-        };
+        let err = |source| OpenError { dir: dir.clone(), source };
         std::fs::create_dir_all(&dir).map_err(err)?;
         let acked = watermark::load(&dir).map_err(err)?.unwrap_or_default();
         let mut segments = list_segments(&dir).map_err(err)?;
@@ -102,59 +99,34 @@ impl Wal {
             }
         }
         // Segments wholly before the watermark were acked but their deletion did not finish.
-        let (acked_segments, live): (Vec<_>, Vec<_>) = segments
-            .into_iter()
-            .partition(|&(seq, _)| seq < acked.segment);
+        let (acked_segments, live): (Vec<_>, Vec<_>) = segments.into_iter().partition(|&(seq, _)| seq < acked.segment);
         for (seq, _) in &acked_segments {
             std::fs::remove_file(segment_path(&dir, *seq)).map_err(err)?;
         }
         if !acked_segments.is_empty() {
             segment::sync_dir(&dir).map_err(err)?;
         }
-        let next_seq = live
-            .last()
-            .map_or(1, |&(seq, _)| seq + 1)
-            .max(acked.segment)
-            .max(1);
+        let next_seq = live.last().map_or(1, |&(seq, _)| seq + 1).max(acked.segment).max(1);
         let disk_bytes: u64 = live.iter().map(|&(_, len)| len).sum();
         let shared = Arc::new(Shared {
             disk_bytes: AtomicU64::new(disk_bytes),
             failed: AtomicBool::new(false),
             stats: WalStats::default(),
         });
-        let start = Position {
-            segment: next_seq,
-            offset: 0,
-        };
+        let start = Position { segment: next_seq, offset: 0 };
         let (committed_tx, committed_rx) = watch::channel(start);
-        let writer =
-            writer::Writer::create(config, next_seq, shared.clone(), committed_tx).map_err(err)?;
+        let writer = writer::Writer::create(config, next_seq, shared.clone(), committed_tx).map_err(err)?;
         let (tx, rx) = mpsc::channel();
-        std::thread::Builder::new()
-            .name("wal-writer".into())
-            .spawn(move || writer.run(rx))
-            .map_err(err)?;
+        std::thread::Builder::new().name("wal-writer".into()).spawn(move || writer.run(rx)).map_err(err)?;
         tracing::info!(dir = %dir.display(), acked_segment = acked.segment, acked_offset = acked.offset,
             live_segments = live.len(), unforwarded_bytes = disk_bytes, "wal: opened");
         let reader = WalReader::new(
             dir.clone(),
             committed_rx.clone(),
-            acked.max(Position {
-                segment: live.first().map_or(next_seq, |s| s.0),
-                offset: 0,
-            }),
+            acked.max(Position { segment: live.first().map_or(next_seq, |s| s.0), offset: 0 }),
             shared.clone(),
         );
-        Ok((
-            Wal {
-                tx,
-                shared,
-                budget: config.budget_bytes,
-                dir,
-                committed: committed_rx,
-            },
-            reader,
-        ))
+        Ok((Wal { tx, shared, budget: config.budget_bytes, dir, committed: committed_rx }, reader))
     }
 
     /// Appends one framed record; resolves once it is durable.
@@ -164,15 +136,10 @@ impl Wal {
         }
         let used = self.shared.disk_bytes.load(Ordering::Relaxed);
         if used + bytes.len() as u64 > self.budget {
-            return Err(WalError::Full {
-                used,
-                budget: self.budget,
-            });
+            return Err(WalError::Full { used, budget: self.budget });
         }
         let (done, wait) = oneshot::channel();
-        self.tx
-            .send(Append { bytes, done })
-            .map_err(|_| WalError::Closed)?;
+        self.tx.send(Append { bytes, done }).map_err(|_| WalError::Closed)?;
         wait.await.map_err(|_| WalError::Closed)?
     }
 

@@ -16,23 +16,13 @@ use super::{Position, Shared, watermark};
 #[derive(Debug)]
 pub enum ReadOutcome {
     /// Whole records `[start, end)` of `segment`.
-    Records {
-        segment: u64,
-        start: u64,
-        end: u64,
-        data: Vec<u8>,
-        count: u32,
-    },
+    Records { segment: u64, start: u64, end: u64, data: Vec<u8>, count: u32 },
     /// `from` is the end of a finished segment; continue at this position.
     NextSegment(Position),
     /// Nothing committed after `from` yet.
     UpToDate,
     /// A committed record failed its checksum: bit rot or an outside writer.
-    Corrupt {
-        segment: u64,
-        offset: u64,
-        error: RecordError,
-    },
+    Corrupt { segment: u64, offset: u64, error: RecordError },
 }
 
 pub struct WalReader {
@@ -49,12 +39,7 @@ impl WalReader {
         acked: Position,
         shared: Arc<Shared>,
     ) -> Self {
-        Self {
-            dir,
-            committed,
-            acked,
-            shared,
-        }
+        Self { dir, committed, acked, shared }
     }
 
     /// Position up to which core has acknowledged; forwarding (re)starts here (DESIGN rule 5).
@@ -84,11 +69,7 @@ impl WalReader {
             }
             Err(e) => return Err(e),
         };
-        let limit = if from.segment == committed.segment {
-            committed.offset
-        } else {
-            file.metadata()?.len()
-        };
+        let limit = if from.segment == committed.segment { committed.offset } else { file.metadata()?.len() };
         if from.offset >= limit {
             return self.next_segment(from, committed);
         }
@@ -105,8 +86,7 @@ impl WalReader {
                 }
                 Ok(None) if count == 0 => {
                     // The first record is larger than `max_bytes`: read exactly that record.
-                    let len = HEADER_LEN
-                        + u32::from_le_bytes([data[0], data[1], data[2], data[3]]) as usize;
+                    let len = HEADER_LEN + u32::from_le_bytes([data[0], data[1], data[2], data[3]]) as usize;
                     if len > available {
                         return Ok(corrupt(from, RecordError::Incomplete));
                     }
@@ -142,10 +122,7 @@ impl WalReader {
             .find(|&seq| seq > from.segment)
             .unwrap_or(committed.segment)
             .max(from.segment + 1);
-        Ok(ReadOutcome::NextSegment(Position {
-            segment: next,
-            offset: 0,
-        }))
+        Ok(ReadOutcome::NextSegment(Position { segment: next, offset: 0 }))
     }
 
     /// Records that core acknowledged everything before `to`: persists the watermark, then
@@ -162,10 +139,9 @@ impl WalReader {
                 break;
             }
             std::fs::remove_file(segment_path(&self.dir, seq))?;
-            self.shared.disk_bytes.fetch_sub(
-                len.min(self.shared.disk_bytes.load(Ordering::Relaxed)),
-                Ordering::Relaxed,
-            );
+            self.shared
+                .disk_bytes
+                .fetch_sub(len.min(self.shared.disk_bytes.load(Ordering::Relaxed)), Ordering::Relaxed);
             deleted = true;
         }
         if deleted {
@@ -177,28 +153,16 @@ impl WalReader {
     /// Takes a segment with a corrupt committed record out of service and moves past it. The
     /// records after the corruption are kept in the quarantined file for `sluicectl wal`.
     pub fn quarantine(&mut self, segment: u64) -> io::Result<Position> {
-        let len = std::fs::metadata(segment_path(&self.dir, segment))
-            .map(|m| m.len())
-            .unwrap_or(0);
+        let len = std::fs::metadata(segment_path(&self.dir, segment)).map(|m| m.len()).unwrap_or(0);
         let path = quarantine(&self.dir, segment)?;
-        self.shared.disk_bytes.fetch_sub(
-            len.min(self.shared.disk_bytes.load(Ordering::Relaxed)),
-            Ordering::Relaxed,
-        );
+        self.shared.disk_bytes.fetch_sub(len.min(self.shared.disk_bytes.load(Ordering::Relaxed)), Ordering::Relaxed);
         tracing::error!(segment, path = %path.display(), "wal: corrupt segment quarantined; its remaining records need operator recovery");
-        let next = Position {
-            segment: segment + 1,
-            offset: 0,
-        };
+        let next = Position { segment: segment + 1, offset: 0 };
         self.ack(next)?;
         Ok(next)
     }
 }
 
 fn corrupt(at: Position, error: RecordError) -> ReadOutcome {
-    ReadOutcome::Corrupt {
-        segment: at.segment,
-        offset: at.offset,
-        error,
-    }
+    ReadOutcome::Corrupt { segment: at.segment, offset: at.offset, error }
 }

@@ -42,18 +42,9 @@ pub fn recover_tail(dir: &Path, seq: u64) -> io::Result<TailRecovery> {
         let f = OpenOptions::new().write(true).open(&path)?;
         f.set_len(offset as u64)?;
         f.sync_all()?;
-        tracing::warn!(
-            segment = seq,
-            valid_bytes = offset,
-            truncated_bytes = truncated,
-            "wal: truncated torn tail"
-        );
+        tracing::warn!(segment = seq, valid_bytes = offset, truncated_bytes = truncated, "wal: truncated torn tail");
     }
-    Ok(TailRecovery {
-        valid_bytes: offset as u64,
-        truncated_bytes: truncated,
-        records,
-    })
+    Ok(TailRecovery { valid_bytes: offset as u64, truncated_bytes: truncated, records })
 }
 
 #[cfg(test)]
@@ -85,14 +76,7 @@ mod tests {
             data.extend_from_slice(tail);
             std::fs::write(segment_path(dir.path(), 1), &data).unwrap();
             let r = recover_tail(dir.path(), 1).unwrap();
-            assert_eq!(
-                r,
-                TailRecovery {
-                    valid_bytes: a.len() as u64,
-                    truncated_bytes: tail.len() as u64,
-                    records: 1
-                }
-            );
+            assert_eq!(r, TailRecovery { valid_bytes: a.len() as u64, truncated_bytes: tail.len() as u64, records: 1 });
             assert_eq!(std::fs::read(segment_path(dir.path(), 1)).unwrap(), a);
         }
     }

@@ -17,12 +17,7 @@ pub fn load(dir: &Path) -> io::Result<Option<Position>> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
-    let invalid = || {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("{} is corrupt", dir.join(FILE).display()),
-        )
-    };
+    let invalid = || io::Error::new(io::ErrorKind::InvalidData, format!("{} is corrupt", dir.join(FILE).display()));
     let arr: [u8; 20] = bytes.as_slice().try_into().map_err(|_| invalid())?;
     let crc = u32::from_le_bytes(arr[16..20].try_into().map_err(|_| invalid())?);
     if crc32c::crc32c(&arr[..16]) != crc {
@@ -56,10 +51,7 @@ mod tests {
     fn round_trip_and_corruption() {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(load(dir.path()).unwrap(), None);
-        let p = Position {
-            segment: 3,
-            offset: 4096,
-        };
+        let p = Position { segment: 3, offset: 4096 };
         store(dir.path(), p).unwrap();
         assert_eq!(load(dir.path()).unwrap(), Some(p));
         std::fs::write(dir.path().join(FILE), [1u8; 20]).unwrap();

@@ -36,10 +36,7 @@ impl Writer {
             segment_bytes: config.segment_bytes,
             max_group_bytes: config.max_group_bytes,
             file,
-            pos: Position {
-                segment: seq,
-                offset: 0,
-            },
+            pos: Position { segment: seq, offset: 0 },
             shared,
             committed,
             buf: Vec::with_capacity(config.max_group_bytes),
@@ -89,22 +86,15 @@ impl Writer {
         if self.pos.offset > 0 && self.pos.offset + len > self.segment_bytes {
             let next = self.pos.segment + 1;
             self.file = create_segment(&self.dir, next)?;
-            self.pos = Position {
-                segment: next,
-                offset: 0,
-            };
+            self.pos = Position { segment: next, offset: 0 };
         }
         self.file.write_all(&self.buf)?;
         let started = Instant::now();
         self.file.sync_data()?;
         let stats = &self.shared.stats;
-        stats
-            .sync_nanos
-            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        stats.sync_nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         stats.groups.fetch_add(1, Ordering::Relaxed);
-        stats
-            .records
-            .fetch_add(group.len() as u64, Ordering::Relaxed);
+        stats.records.fetch_add(group.len() as u64, Ordering::Relaxed);
         stats.bytes.fetch_add(len, Ordering::Relaxed);
         self.shared.disk_bytes.fetch_add(len, Ordering::Relaxed);
         self.pos.offset += len;
@@ -114,10 +104,7 @@ impl Writer {
 }
 
 fn create_segment(dir: &std::path::Path, seq: u64) -> std::io::Result<File> {
-    let file = OpenOptions::new()
-        .create_new(true)
-        .append(true)
-        .open(segment_path(dir, seq))?;
+    let file = OpenOptions::new().create_new(true).append(true).open(segment_path(dir, seq))?;
     sync_dir(dir)?;
     Ok(file)
 }

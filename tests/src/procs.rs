@@ -1,0 +1,165 @@
+//! Spawning edge and core as real OS processes, so tests can `kill -9` them.
+
+use std::fs::OpenOptions;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sluice_ops::devpki::{DevPki, write_dev_pki};
+
+/// Per-test state: a temp dir with certificates, a keys file and one API key for tenant `acme`.
+pub struct TestEnv {
+    pub dir: tempfile::TempDir,
+    pub pki: DevPki,
+    pub key: String,
+    pub keys_file: PathBuf,
+    pub region: String,
+}
+
+impl TestEnv {
+    pub fn new(test: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pki = write_dev_pki(&dir.path().join("pki")).expect("dev pki");
+        let keys_file = dir.path().join("keys.toml");
+        let (_, key) = sluice_ops::keys::add(&keys_file, "acme", "prod").expect("key");
+        TestEnv { dir, pki, key, keys_file, region: crate::unique_region(test) }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn topic(&self) -> String {
+        format!("events.{}", self.region)
+    }
+
+    pub fn wal_dir(&self) -> PathBuf {
+        self.path().join("wal")
+    }
+
+    /// Edge config TOML: forwarder to `core` with mutual TLS, WAL under the test dir.
+    pub fn edge_config(&self, http: SocketAddr, core: SocketAddr) -> String {
+        format!(
+            r#"listen = "{http}"
+region = "{region}"
+keys_file = "{keys}"
+[wal]
+dir = "{wal}"
+[forwarder]
+core_addr = "{core}"
+ca_cert = "{ca}"
+client_cert = "{cert}"
+client_key = "{key}"
+"#,
+            region = self.region,
+            keys = self.keys_file.display(),
+            wal = self.wal_dir().display(),
+            ca = self.pki.ca_cert.display(),
+            cert = self.pki.edge_cert.display(),
+            key = self.pki.edge_key.display(),
+        )
+    }
+
+    pub fn core_config(&self, listen: SocketAddr, brokers: &str) -> String {
+        format!(
+            r#"listen = "{listen}"
+cert = "{cert}"
+key = "{key}"
+client_ca = "{ca}"
+data_dir = "{data}"
+[sink]
+type = "kafka"
+brokers = "{brokers}"
+"#,
+            cert = self.pki.core_cert.display(),
+            key = self.pki.core_key.display(),
+            ca = self.pki.ca_cert.display(),
+            data = self.path().join("core").display(),
+        )
+    }
+
+    pub fn spawn_edge(&self, http: SocketAddr, core: SocketAddr) -> Proc {
+        let config = self.path().join("edge.toml");
+        std::fs::write(&config, self.edge_config(http, core)).expect("edge config");
+        let p = Proc::spawn("edge", &bin_path("sluice-edge-under-test"), &config, self.path());
+        wait_healthy(http, &p);
+        p
+    }
+
+    pub fn spawn_core(&self, listen: SocketAddr, brokers: &str) -> Proc {
+        let config = self.path().join("core.toml");
+        std::fs::write(&config, self.core_config(listen, brokers)).expect("core config");
+        Proc::spawn("core", &bin_path("sluice-core-under-test"), &config, self.path())
+    }
+}
+
+/// Path of a binary of this package. Cargo builds a package's binaries before its integration
+/// tests and puts them one directory above the test executables (`target/<profile>/deps/..`).
+pub fn bin_path(name: &str) -> String {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join(name);
+    assert!(path.exists(), "{} not built; run the tests with cargo test --workspace", path.display());
+    path.display().to_string()
+}
+
+/// A child process, SIGKILLed when dropped.
+pub struct Proc {
+    pub name: &'static str,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(name: &'static str, exe: &str, config: &Path, dir: &Path) -> Proc {
+        let log = dir.join(format!("{name}.log"));
+        let out = OpenOptions::new().create(true).append(true).open(&log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let child = Command::new(exe)
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .env_remove("RUST_BACKTRACE")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {exe}: {e}"));
+        Proc { name, child, log }
+    }
+
+    /// `kill -9`: no shutdown hooks, no flushing.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Waits until `HEAD /health` answers 200.
+pub fn wait_healthy(http: SocketAddr, p: &Proc) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Ok(r) = crate::http::request(http, "HEAD", "/health", &[], b"")
+            && r.status == 200
+        {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{} at {http} never became healthy; log:\n{}", p.name, p.log());
+}

@@ -1,0 +1,73 @@
+//! The walking skeleton's promise: events posted as a JSON array, as NDJSON and gzip-compressed
+//! travel edge → WAL → QUIC → core → Kafka and arrive exactly once, normalized, with headers.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::time::Duration;
+
+use sluice_tests::http::{events_body, post_events};
+use sluice_tests::kafka::{TestKafka, consume};
+use sluice_tests::procs::TestEnv;
+use sluice_tests::{free_tcp_addr, free_udp_addr};
+
+#[test]
+fn array_ndjson_and_gzip_bodies_arrive_once_normalized() {
+    let kafka = TestKafka::start();
+    let env = TestEnv::new("e2e");
+    kafka.create_topic(&env.topic(), 3);
+    let core_addr = free_udp_addr();
+    let _core = env.spawn_core(core_addr, &kafka.brokers);
+    let http = free_tcp_addr();
+    let _edge = env.spawn_edge(http, core_addr);
+
+    let mut expected: Vec<String> = Vec::new();
+    let mut batch_ids = HashSet::new();
+
+    let (array, ids) = events_body("array", 3);
+    expected.extend(ids);
+    let r = post_events(http, &env.key, "application/json", &[], &array);
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["accepted"], 3);
+    batch_ids.insert(r.json()["batch_id"].as_str().unwrap().to_string());
+
+    let ndjson: String = (0..3)
+        .map(|i| {
+            format!(
+                "{{\"event\":\"click\",\"distinct_id\":\"u{i}\",\"event_id\":\"nd-{i}\",\"timestamp\":1795600800}}\n"
+            )
+        })
+        .collect();
+    expected.extend((0..3).map(|i| format!("nd-{i}")));
+    let r = post_events(http, &env.key, "application/x-ndjson", &[], ndjson.as_bytes());
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    batch_ids.insert(r.json()["batch_id"].as_str().unwrap().to_string());
+
+    let (plain, ids) = events_body("gzip", 3);
+    expected.extend(ids);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&plain).unwrap();
+    let r = post_events(http, &env.key, "application/json", &[("Content-Encoding", "gzip")], &gz.finish().unwrap());
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    batch_ids.insert(r.json()["batch_id"].as_str().unwrap().to_string());
+
+    let msgs = consume(&kafka.brokers, &env.topic(), expected.len(), Duration::from_secs(60), Duration::from_secs(2));
+    let got: Vec<String> = msgs.iter().map(|m| m.headers["event_id"].clone()).collect();
+    let unique: HashSet<&String> = got.iter().collect();
+    assert_eq!(got.len(), expected.len(), "duplicates or losses: got {got:?}");
+    assert_eq!(unique, expected.iter().collect::<HashSet<_>>());
+
+    for m in &msgs {
+        let p = &m.payload;
+        assert_eq!(m.key.as_deref(), Some("acme"));
+        assert_eq!(m.headers["tenant"], "acme");
+        assert_eq!(m.headers["env"], "prod");
+        assert!(batch_ids.contains(&m.headers["batch_id"]));
+        assert_eq!(p["event_id"], m.headers["event_id"].as_str());
+        assert_eq!(p["tenant"], "acme");
+        assert_eq!(p["region"], env.region.as_str());
+        assert_eq!(p["batch_id"], m.headers["batch_id"].as_str());
+        assert!(p["received_at"].as_u64().unwrap() > 1_700_000_000_000);
+        // Both the RFC 3339 form and epoch seconds normalize to epoch milliseconds.
+        assert_eq!(p["timestamp"].as_i64(), Some(1_795_600_800_000), "{p}");
+    }
+}

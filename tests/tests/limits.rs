@@ -1,0 +1,96 @@
+//! Requests over the limits or with bad credentials or bodies get the right 4xx with a JSON error
+//! body, and nothing is appended to the WAL.
+
+use std::io::Write;
+
+use sluice_edge::config::EdgeConfig;
+use sluice_tests::http::{Response, events_body, post_events, request};
+
+struct Edge {
+    edge: sluice_edge::Edge,
+    key: String,
+    _dir: tempfile::TempDir,
+}
+
+async fn start_edge() -> Edge {
+    let dir = tempfile::tempdir().unwrap();
+    let keys_file = dir.path().join("keys.toml");
+    let (_, key) = sluice_ops::keys::add(&keys_file, "acme", "prod").unwrap();
+    let mut config = EdgeConfig { listen: "127.0.0.1:0".parse().unwrap(), keys_file, ..EdgeConfig::default() };
+    config.wal.dir = dir.path().join("wal");
+    config.forwarder.enabled = false;
+    let edge = sluice_edge::start(config).await.unwrap();
+    Edge { edge, key, _dir: dir }
+}
+
+fn assert_error(r: &Response, status: u16, code: &str) {
+    assert_eq!(r.status, status, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    let v = r.json();
+    assert_eq!(v["error"]["code"], code, "{v}");
+    assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+    assert!(r.header("x-request-id").is_some());
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(data).unwrap();
+    gz.finish().unwrap()
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_auth_and_malformed_bodies() {
+    let e = start_edge().await;
+    let (addr, key) = (e.edge.http_addr, e.key.clone());
+    blocking(move || {
+        // 500 events is fine, 501 is not.
+        let (ok, _) = events_body("max", 500);
+        assert_eq!(post_events(addr, &key, "application/json", &[], &ok).status, 202);
+        let (too_many, _) = events_body("over", 501);
+        let r = post_events(addr, &key, "application/json", &[], &too_many);
+        assert_error(&r, 413, "payload_too_large");
+        assert_eq!(r.json()["error"]["details"]["max_events"], 500);
+        assert_eq!(r.json()["error"]["details"]["max_bytes"], 524288);
+
+        // 513 KB of valid JSON, plain and as a small gzip.
+        let big = format!(
+            "[{{\"event\":\"e\",\"distinct_id\":\"u\",\"properties\":{{\"pad\":\"{}\"}}}}]",
+            "x".repeat(513 * 1024)
+        );
+        assert_error(&post_events(addr, &key, "application/json", &[], big.as_bytes()), 413, "payload_too_large");
+        let bomb = gzip(big.as_bytes());
+        assert!(bomb.len() < 16 * 1024);
+        assert_error(
+            &post_events(addr, &key, "application/json", &[("Content-Encoding", "gzip")], &bomb),
+            413,
+            "payload_too_large",
+        );
+
+        let (body, _) = events_body("auth", 1);
+        assert_error(&post_events(addr, "slk_wrong", "application/json", &[], &body), 401, "unauthorized");
+        let r = request(addr, "POST", "/v1/events", &[("Content-Type", "application/json")], &body).unwrap();
+        assert_error(&r, 401, "unauthorized");
+        let r =
+            request(addr, "POST", "/v1/events", &[("X-Api-Key", &key), ("Content-Type", "application/json")], &body)
+                .unwrap();
+        assert_eq!(r.status, 202, "X-Api-Key is accepted");
+
+        assert_error(&post_events(addr, &key, "application/json", &[], b"[{\"event\":"), 400, "malformed_body");
+        assert_error(&post_events(addr, &key, "application/json", &[], b"{\"event\":\"x\"}"), 400, "malformed_body");
+        assert_error(
+            &post_events(addr, &key, "application/json", &[("Content-Encoding", "gzip")], b"not gzip"),
+            400,
+            "malformed_body",
+        );
+        assert_error(&post_events(addr, &key, "application/json", &[], b"[{\"event\":\"\"}]"), 400, "no_valid_events");
+        assert_error(&post_events(addr, &key, "application/xml", &[], b"<x/>"), 415, "unsupported_media_type");
+    })
+    .await;
+    // Only the two valid requests reached the WAL.
+    assert_eq!(e.edge.wal.stats().records.load(std::sync::atomic::Ordering::Relaxed), 2);
+    e.edge.shutdown().await;
+}
