@@ -3,8 +3,12 @@
 //! reveals a key. API keys are 192-bit random strings, so a fast hash is the right tool (a
 //! password KDF protects low-entropy secrets and would cost every request milliseconds).
 
-use std::collections::HashMap;
-use std::path::Path;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -16,6 +20,9 @@ pub const KEY_PREFIX: &str = "slk_";
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeysFile {
+    /// Kill switch: every key of these tenants gets 403, without touching the keys.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disabled_tenants: Vec<String>,
     #[serde(default)]
     pub keys: Vec<KeyEntry>,
 }
@@ -31,6 +38,11 @@ pub struct KeyEntry {
     pub env: String,
     #[serde(default)]
     pub revoked: bool,
+    /// Hex HMAC-SHA256 secret. When set, every request with this key must carry a valid
+    /// `X-Signature`. (Unlike the key itself it cannot be stored hashed: the edge must compute
+    /// the HMAC.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_secret: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +50,7 @@ pub struct Principal {
     pub key_id: String,
     pub tenant: String,
     pub env: String,
+    pub signing_secret: Option<Vec<u8>>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -48,6 +61,8 @@ pub enum AuthError {
     Unknown,
     #[error("API key has been revoked")]
     Revoked,
+    #[error("tenant is disabled")]
+    TenantDisabled,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +73,8 @@ pub enum KeysFileError {
     Parse { path: String, source: toml::de::Error },
     #[error("key {id}: hash must be `sha256:` followed by 64 hex digits")]
     BadHash { id: String },
+    #[error("key {id}: signing_secret must be hex")]
+    BadSigningSecret { id: String },
 }
 
 pub fn hash_key(secret: &str) -> [u8; 32] {
@@ -78,17 +95,28 @@ fn parse_hash(s: &str) -> Option<[u8; 32]> {
 /// An immutable snapshot of the keys file, indexed by key hash.
 #[derive(Debug, Default)]
 pub struct KeyStore {
-    by_hash: HashMap<[u8; 32], KeyEntry>,
+    by_hash: HashMap<[u8; 32], Principal>,
+    revoked: HashSet<[u8; 32]>,
+    disabled_tenants: HashSet<String>,
 }
 
 impl KeyStore {
     pub fn from_file(file: KeysFile) -> Result<Self, KeysFileError> {
-        let mut by_hash = HashMap::with_capacity(file.keys.len());
+        let mut store = KeyStore { disabled_tenants: file.disabled_tenants.into_iter().collect(), ..Self::default() };
         for entry in file.keys {
             let hash = parse_hash(&entry.hash).ok_or_else(|| KeysFileError::BadHash { id: entry.id.clone() })?;
-            by_hash.insert(hash, entry);
+            let signing_secret = match &entry.signing_secret {
+                Some(h) => Some(hex::decode(h).map_err(|_| KeysFileError::BadSigningSecret { id: entry.id.clone() })?),
+                None => None,
+            };
+            if entry.revoked {
+                store.revoked.insert(hash);
+            }
+            store
+                .by_hash
+                .insert(hash, Principal { key_id: entry.id, tenant: entry.tenant, env: entry.env, signing_secret });
         }
-        Ok(Self { by_hash })
+        Ok(store)
     }
 
     pub fn load(path: &Path) -> Result<Self, KeysFileError> {
@@ -98,14 +126,79 @@ impl KeyStore {
     pub fn authenticate(&self, secret: Option<&str>) -> Result<Principal, AuthError> {
         let secret = secret.ok_or(AuthError::Missing)?;
         let presented = hash_key(secret);
-        let (stored, entry) = self.by_hash.get_key_value(&presented).ok_or(AuthError::Unknown)?;
+        let (stored, principal) = self.by_hash.get_key_value(&presented).ok_or(AuthError::Unknown)?;
         if !bool::from(stored.ct_eq(&presented)) {
             return Err(AuthError::Unknown);
         }
-        if entry.revoked {
+        if self.revoked.contains(stored) {
             return Err(AuthError::Revoked);
         }
-        Ok(Principal { key_id: entry.id.clone(), tenant: entry.tenant.clone(), env: entry.env.clone() })
+        if self.disabled_tenants.contains(&principal.tenant) {
+            return Err(AuthError::TenantDisabled);
+        }
+        Ok(principal.clone())
+    }
+}
+
+/// The live key store, swapped atomically when the keys file changes: rotation without restart
+/// (add the new key, roll clients, revoke the old one) and an instant kill switch.
+pub struct KeyRing {
+    path: PathBuf,
+    current: ArcSwap<KeyStore>,
+    stamp: Mutex<Option<FileStamp>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileStamp {
+    modified: Option<SystemTime>,
+    len: u64,
+}
+
+fn stamp(path: &Path) -> Option<FileStamp> {
+    let m = std::fs::metadata(path).ok()?;
+    Some(FileStamp { modified: m.modified().ok(), len: m.len() })
+}
+
+impl KeyRing {
+    pub fn load(path: &Path) -> Result<Self, KeysFileError> {
+        let before = stamp(path);
+        let store = KeyStore::load(path)?;
+        Ok(Self { path: path.to_path_buf(), current: ArcSwap::from_pointee(store), stamp: Mutex::new(before) })
+    }
+
+    pub fn authenticate(&self, secret: Option<&str>) -> Result<Principal, AuthError> {
+        self.current.load().authenticate(secret)
+    }
+
+    /// Reloads the file if it changed since the last look. A file that fails to parse keeps the
+    /// previous keys in force (a typo must not lock every client out) and is logged.
+    pub fn reload_if_changed(&self) -> Result<bool, KeysFileError> {
+        let now = stamp(&self.path);
+        let mut last = self.stamp.lock().unwrap_or_else(|e| e.into_inner());
+        if now == *last {
+            return Ok(false);
+        }
+        let store = KeyStore::load(&self.path)?;
+        self.current.store(Arc::new(store));
+        *last = now;
+        Ok(true)
+    }
+
+    /// Polls the file every `every` until the ring is dropped by everyone else.
+    pub fn spawn_reloader(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                let Some(ring) = weak.upgrade() else { return };
+                match tokio::task::block_in_place(|| ring.reload_if_changed()) {
+                    Ok(true) => tracing::info!(path = %ring.path.display(), "auth: keys file reloaded"),
+                    Ok(false) => {}
+                    Err(e) => tracing::error!(error = %e, "auth: keys file invalid; keeping the previous keys"),
+                }
+            }
+        })
     }
 }
 
@@ -129,6 +222,7 @@ pub fn new_key(tenant: &str, env: &str) -> (KeyEntry, String) {
         tenant: tenant.into(),
         env: env.into(),
         revoked: false,
+        signing_secret: None,
     };
     (entry, secret)
 }
@@ -142,7 +236,7 @@ mod tests {
         let (a, secret_a) = new_key("acme", "prod");
         let (mut b, secret_b) = new_key("acme", "dev");
         b.revoked = true;
-        let store = KeyStore::from_file(KeysFile { keys: vec![a.clone(), b] }).unwrap();
+        let store = KeyStore::from_file(KeysFile { keys: vec![a.clone(), b], ..KeysFile::default() }).unwrap();
         let p = store.authenticate(Some(&secret_a)).unwrap();
         assert_eq!((p.tenant.as_str(), p.env.as_str(), p.key_id), ("acme", "prod", a.id));
         assert_eq!(store.authenticate(Some(&secret_b)), Err(AuthError::Revoked));
@@ -151,9 +245,29 @@ mod tests {
     }
 
     #[test]
+    fn disabled_tenant_is_forbidden_and_ring_reloads_on_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.toml");
+        let (a, secret) = new_key("acme", "prod");
+        let write = |file: &KeysFile| std::fs::write(&path, toml::to_string(file).unwrap()).unwrap();
+        let mut file = KeysFile { keys: vec![a], ..KeysFile::default() };
+        write(&file);
+        let ring = KeyRing::load(&path).unwrap();
+        assert!(ring.authenticate(Some(&secret)).is_ok());
+        assert!(!ring.reload_if_changed().unwrap(), "unchanged file is not reparsed");
+        file.disabled_tenants.push("acme".into());
+        write(&file);
+        assert!(ring.reload_if_changed().unwrap());
+        assert_eq!(ring.authenticate(Some(&secret)), Err(AuthError::TenantDisabled));
+        std::fs::write(&path, "this is [not toml").unwrap();
+        assert!(ring.reload_if_changed().is_err());
+        assert_eq!(ring.authenticate(Some(&secret)), Err(AuthError::TenantDisabled), "bad file keeps old keys");
+    }
+
+    #[test]
     fn the_file_never_holds_the_secret() {
         let (entry, secret) = new_key("t", "e");
-        let text = toml::to_string(&KeysFile { keys: vec![entry] }).unwrap();
+        let text = toml::to_string(&KeysFile { keys: vec![entry], ..KeysFile::default() }).unwrap();
         assert!(!text.contains(&secret));
         assert!(!text.contains(&secret[KEY_PREFIX.len()..]));
     }

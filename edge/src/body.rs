@@ -10,7 +10,8 @@ use serde_json::value::RawValue;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BodyFormat {
-    /// `[{...}, {...}]`
+    /// `[{...}, {...}]`, or the envelope `{"batch": [...], "sent_at": ...}` that PostHog and
+    /// Segment SDKs send.
     JsonArray,
     /// One JSON object per line.
     Ndjson,
@@ -57,13 +58,39 @@ pub fn decode<'a>(raw: &'a [u8], content_encoding: Option<&str>, max_bytes: usiz
     }
 }
 
+/// A request body split into events.
+#[derive(Debug)]
+pub struct Split<'a> {
+    /// The JSON text of each event, in order.
+    pub events: Vec<&'a [u8]>,
+    /// The envelope's batch-level `sent_at`, if any.
+    pub sent_at: Option<&'a RawValue>,
+}
+
+#[derive(serde::Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow)]
+    batch: Vec<&'a RawValue>,
+    #[serde(borrow, default, alias = "sentAt")]
+    sent_at: Option<&'a RawValue>,
+}
+
 /// Splits a decompressed body into the JSON text of each event. NDJSON lines are not parsed
 /// here, so one bad line is rejected on its own rather than failing the whole batch.
-pub fn split(body: &[u8], format: BodyFormat, max_events: usize) -> Result<Vec<&[u8]>, BodyError> {
+pub fn split(body: &[u8], format: BodyFormat, max_events: usize) -> Result<Split<'_>, BodyError> {
+    let mut sent_at = None;
     let events: Vec<&[u8]> = match format {
         BodyFormat::JsonArray => {
-            let items: Vec<&RawValue> =
-                serde_json::from_slice(body).map_err(|e| BodyError::Malformed(e.to_string()))?;
+            let first = body.iter().find(|b| !b.is_ascii_whitespace());
+            let items: Vec<&RawValue> = if first == Some(&b'{') {
+                let env: Envelope<'_> = serde_json::from_slice(body).map_err(|e| {
+                    BodyError::Malformed(format!("expected an array or an object with a `batch` array: {e}"))
+                })?;
+                sent_at = env.sent_at;
+                env.batch
+            } else {
+                serde_json::from_slice(body).map_err(|e| BodyError::Malformed(e.to_string()))?
+            };
             items.into_iter().map(|v| v.get().as_bytes()).collect()
         }
         BodyFormat::Ndjson => {
@@ -87,7 +114,7 @@ pub fn split(body: &[u8], format: BodyFormat, max_events: usize) -> Result<Vec<&
     if events.is_empty() {
         return Err(BodyError::Empty);
     }
-    Ok(events)
+    Ok(Split { events, sent_at })
 }
 
 #[cfg(test)]
@@ -120,17 +147,21 @@ mod tests {
     #[test]
     fn splits_arrays_and_ndjson() {
         let a = split(br#"[{"a":1}, {"b":[2]}]"#, BodyFormat::JsonArray, 10).unwrap();
-        assert_eq!(a, vec![&br#"{"a":1}"#[..], br#"{"b":[2]}"#]);
+        assert_eq!(a.events, vec![&br#"{"a":1}"#[..], br#"{"b":[2]}"#]);
         let n = split(b"{\"a\":1}\r\n\n{bad\n{\"c\":3}\n", BodyFormat::Ndjson, 10).unwrap();
-        assert_eq!(n, vec![&b"{\"a\":1}"[..], b"{bad", b"{\"c\":3}"]);
+        assert_eq!(n.events, vec![&b"{\"a\":1}"[..], b"{bad", b"{\"c\":3}"]);
+        let e = split(br#" {"sent_at":"2026-01-01T00:00:00Z","batch":[{"a":1}]}"#, BodyFormat::JsonArray, 10).unwrap();
+        assert_eq!(e.events, vec![&br#"{"a":1}"#[..]]);
+        assert_eq!(e.sent_at.map(RawValue::get), Some(r#""2026-01-01T00:00:00Z""#));
     }
 
     #[test]
     fn limits_and_malformed() {
-        assert_eq!(split(b"[1,2,3]", BodyFormat::JsonArray, 2), Err(BodyError::TooManyEvents { limit: 2 }));
-        assert_eq!(split(b"1\n2\n3\n", BodyFormat::Ndjson, 2), Err(BodyError::TooManyEvents { limit: 2 }));
+        assert_eq!(split(b"[1,2,3]", BodyFormat::JsonArray, 2).unwrap_err(), BodyError::TooManyEvents { limit: 2 });
+        assert_eq!(split(b"1\n2\n3\n", BodyFormat::Ndjson, 2).unwrap_err(), BodyError::TooManyEvents { limit: 2 });
         assert!(matches!(split(b"[1,", BodyFormat::JsonArray, 2), Err(BodyError::Malformed(_))));
         assert!(matches!(split(b"{}", BodyFormat::JsonArray, 2), Err(BodyError::Malformed(_))));
-        assert_eq!(split(b"[]", BodyFormat::JsonArray, 2), Err(BodyError::Empty));
+        assert!(matches!(split(br#"{"event":"x"}"#, BodyFormat::JsonArray, 2), Err(BodyError::Malformed(_))));
+        assert_eq!(split(b"[]", BodyFormat::JsonArray, 2).unwrap_err(), BodyError::Empty);
     }
 }

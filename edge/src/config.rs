@@ -17,6 +17,10 @@ pub struct EdgeConfig {
     /// API keys file (see `sluicectl keys`). Default `keys.toml`.
     pub keys_file: PathBuf,
     pub limits: LimitsConfig,
+    pub validation: ValidationConfig,
+    pub http: HttpConfig,
+    pub idempotency: IdempotencyConfig,
+    pub pii: PiiConfig,
     pub wal: WalConfig,
     pub forwarder: ForwarderConfig,
 }
@@ -29,6 +33,10 @@ impl Default for EdgeConfig {
             region: "local".into(),
             keys_file: PathBuf::from("keys.toml"),
             limits: LimitsConfig::default(),
+            validation: ValidationConfig::default(),
+            http: HttpConfig::default(),
+            idempotency: IdempotencyConfig::default(),
+            pii: PiiConfig::default(),
             wal: WalConfig::default(),
             forwarder: ForwarderConfig::default(),
         }
@@ -42,11 +50,125 @@ pub struct LimitsConfig {
     pub max_events: usize,
     /// Most bytes in one request body, counted after decompression. Default 524288 (512 KiB).
     pub max_body_bytes: usize,
+    /// Most bytes of one event's JSON; larger events are rejected individually. Default 32768.
+    pub max_event_bytes: usize,
+    /// `POST /v1/events:debug` requests per second per API key (burst 3×). Default 2.
+    pub debug_requests_per_sec: u32,
 }
 
 impl Default for LimitsConfig {
     fn default() -> Self {
-        Self { max_events: 500, max_body_bytes: 512 * 1024 }
+        Self { max_events: 500, max_body_bytes: 512 * 1024, max_event_bytes: 32 * 1024, debug_requests_per_sec: 2 }
+    }
+}
+
+/// What to do with an event whose timestamp is further in the future than allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FuturePolicy {
+    /// Accept it with `timestamp = received_at`, keeping the original as `client_timestamp`.
+    Clamp,
+    /// Reject the event (`timestamp_out_of_range`).
+    Reject,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ValidationConfig {
+    /// Events with a timestamp older than this many seconds before receipt are rejected.
+    /// Default 2592000 (30 days).
+    pub max_past_secs: u64,
+    /// Timestamps more than this many seconds after receipt are clamped or rejected. Default 3600.
+    pub max_future_secs: u64,
+    /// Default `clamp`.
+    pub future_policy: FuturePolicy,
+}
+
+impl Default for ValidationConfig {
+    fn default() -> Self {
+        Self { max_past_secs: 30 * 86_400, max_future_secs: 3_600, future_policy: FuturePolicy::Clamp }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Serve HTTPS (HTTP/1.1 and HTTP/2 via ALPN) with this certificate chain and key (PEM).
+    /// Both or neither; default plain HTTP.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// A client must send its request headers within this many milliseconds. Default 10000.
+    pub header_timeout_ms: u64,
+    /// A client must send its whole body within this many milliseconds. Default 30000.
+    pub body_timeout_ms: u64,
+    /// Accept the API key as `?api_key=` (for `navigator.sendBeacon`, which cannot set headers).
+    /// URLs end up in proxy logs, so this can be turned off. Default `true`.
+    pub allow_query_key: bool,
+    /// Allowed clock skew for `X-Signature` timestamps, seconds. Default 300.
+    pub signature_skew_secs: u64,
+    /// How often the keys file is checked for changes, milliseconds. Default 1000.
+    pub keys_reload_ms: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            tls_cert: None,
+            tls_key: None,
+            header_timeout_ms: 10_000,
+            body_timeout_ms: 30_000,
+            allow_query_key: true,
+            signature_skew_secs: 300,
+            keys_reload_ms: 1_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IdempotencyConfig {
+    /// redb file of remembered responses. Default `data/idempotency.redb`.
+    pub path: PathBuf,
+    /// How long a key is remembered, seconds. Default 86400 (24 h).
+    pub ttl_secs: u64,
+}
+
+impl Default for IdempotencyConfig {
+    fn default() -> Self {
+        Self { path: PathBuf::from("data/idempotency.redb"), ttl_secs: 86_400 }
+    }
+}
+
+/// PII policy: a default for every tenant plus per-tenant overrides (an override replaces the
+/// default entirely).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PiiConfig {
+    pub default: PiiPolicy,
+    pub tenants: std::collections::BTreeMap<String, PiiPolicy>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PiiPolicy {
+    /// Field paths that must not be present, e.g. `properties.email`, `context.ip`.
+    pub disallowed_fields: Vec<String>,
+    /// Value detectors applied to every string in `properties` and `context`.
+    pub detectors: Vec<PiiDetector>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PiiDetector {
+    /// Something shaped like an e-mail address.
+    Email,
+    /// 13-19 digits (spaces or dashes allowed between) that pass the Luhn check.
+    CardNumber,
+}
+
+impl PiiConfig {
+    pub fn policy_for(&self, tenant: &str) -> &PiiPolicy {
+        self.tenants.get(tenant).unwrap_or(&self.default)
     }
 }
 

@@ -1,50 +1,114 @@
-//! The HTTP API: `POST /v1/events`, `HEAD /health`. Every error is a JSON body
-//! `{"error":{"code":"…","message":"…"}}`; every response carries `X-Request-Id`.
+//! The HTTP API: `POST /v1/events`, `POST /v1/events:debug`, `HEAD /health`, `GET /ready`.
+//! Every error is a JSON body `{"error":{"code":"…","message":"…"}}`; every response carries
+//! `X-Request-Id`; a valid W3C `traceparent` is continued (same trace ID, new span ID).
 
+use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{head, post};
-use axum::{Json, Router};
+use axum::routing::{get, head, post};
+use axum::{Extension, Json, Router};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use serde_json::json;
-use sluice_wire::record::encode_record;
-use sluice_wire::{BatchRecord, Stream};
+use sha2::{Digest, Sha256};
+use sluice_wire::stored_response::StoredResponse;
+use tower_http::cors::{Any, CorsLayer};
+use tracing::Instrument;
 
-use crate::auth::{AuthError, KeyStore};
+use crate::auth::{AuthError, KeyRing, Principal};
 use crate::body::{self, BodyError, BodyFormat};
-use crate::config::LimitsConfig;
-use crate::validate::{self, BatchContext};
+use crate::config::{HttpConfig, LimitsConfig, PiiConfig, ValidationConfig};
+use crate::idempotency::{self, IdempotencyStore, Lookup};
+use crate::ingest::{self, PrepareError, Prepared};
+use crate::signature::{self, ReplayGuard, SignatureError};
 use crate::wal::{Wal, WalError};
 
 pub struct AppState {
-    pub keys: KeyStore,
+    pub keys: Arc<KeyRing>,
     pub wal: Wal,
     pub region: String,
     pub limits: LimitsConfig,
+    pub rules: ValidationConfig,
+    pub pii: PiiConfig,
+    pub http: HttpConfig,
+    pub idempotency: Arc<IdempotencyStore>,
+    pub replays: ReplayGuard,
+    pub debug_limiter: DefaultKeyedRateLimiter<String>,
 }
 
+impl AppState {
+    pub fn debug_quota(per_sec: u32) -> Quota {
+        let rate = NonZeroU32::new(per_sec.max(1)).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(per_sec.max(1).saturating_mul(3)).unwrap_or(NonZeroU32::MIN);
+        Quota::per_second(rate).allow_burst(burst)
+    }
+
+    pub fn new_debug_limiter(per_sec: u32) -> DefaultKeyedRateLimiter<String> {
+        RateLimiter::keyed(Self::debug_quota(per_sec))
+    }
+}
+
+pub const IDEMPOTENCY_KEY: &str = "x-idempotency-key";
+pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
+const REQUEST_ID: &str = "x-request-id";
+const TRACEPARENT: &str = "traceparent";
+
 pub fn router(state: Arc<AppState>) -> Router {
+    let cors = CorsLayer::new()
+        .allow_origin(Any)
+        .allow_methods([Method::POST, Method::GET, Method::HEAD, Method::OPTIONS])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::CONTENT_ENCODING,
+            HeaderName::from_static("x-api-key"),
+            HeaderName::from_static(IDEMPOTENCY_KEY),
+            HeaderName::from_static("x-signature"),
+            HeaderName::from_static(REQUEST_ID),
+            HeaderName::from_static(TRACEPARENT),
+        ])
+        .expose_headers([
+            HeaderName::from_static(REQUEST_ID),
+            HeaderName::from_static(IDEMPOTENT_REPLAYED),
+            header::RETRY_AFTER,
+        ])
+        .max_age(Duration::from_secs(86_400));
     Router::new()
         .route("/v1/events", post(ingest))
+        .route("/v1/events:debug", post(debug))
         .route("/health", head(health).get(health))
+        .route("/ready", get(health))
         .fallback(not_found)
-        .layer(middleware::from_fn(request_id))
+        .layer(cors)
+        .layer(middleware::from_fn(request_context))
         .with_state(state)
 }
 
-/// Identifies one request in logs and responses; an incoming well-formed ID is kept so a client
-/// or load balancer can correlate.
+/// Identifies one request in logs and responses.
 #[derive(Clone)]
 struct RequestId(HeaderValue);
 
-const REQUEST_ID: &str = "x-request-id";
+/// Parses a W3C `traceparent` (`00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`).
+fn parse_traceparent(v: &str) -> Option<(&str, &str)> {
+    let mut parts = v.split('-');
+    let (version, trace, parent, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
+    let valid = version == "00"
+        && parts.next().is_none()
+        && hex(trace, 32)
+        && hex(parent, 16)
+        && hex(flags, 2)
+        && trace.bytes().any(|b| b != b'0')
+        && parent.bytes().any(|b| b != b'0');
+    valid.then_some((trace, flags))
+}
 
-async fn request_id(mut req: Request, next: Next) -> Response {
+async fn request_context(mut req: Request, next: Next) -> Response {
     let id = req
         .headers()
         .get(REQUEST_ID)
@@ -53,9 +117,25 @@ async fn request_id(mut req: Request, next: Next) -> Response {
         .unwrap_or_else(|| {
             HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()).unwrap_or(HeaderValue::from_static("invalid"))
         });
+    let trace = req.headers().get(TRACEPARENT).and_then(|v| v.to_str().ok()).and_then(parse_traceparent).map(
+        |(trace, flags)| {
+            let span_id = &uuid::Uuid::new_v4().simple().to_string()[..16];
+            (trace.to_string(), format!("00-{trace}-{span_id}-{flags}"))
+        },
+    );
     req.extensions_mut().insert(RequestId(id.clone()));
-    let mut resp = next.run(req).await;
+    let span = tracing::info_span!(
+        "request",
+        request_id = %id.to_str().unwrap_or(""),
+        trace_id = trace.as_ref().map(|(t, _)| t.as_str()).unwrap_or(""),
+        method = %req.method(),
+        path = %req.uri().path(),
+    );
+    let mut resp = next.run(req).instrument(span).await;
     resp.headers_mut().insert(REQUEST_ID, id);
+    if let Some(v) = trace.and_then(|(_, tp)| HeaderValue::from_str(&tp).ok()) {
+        resp.headers_mut().insert(TRACEPARENT, v);
+    }
     resp
 }
 
@@ -81,6 +161,11 @@ impl ApiError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self { status, code, message: message.into(), details: None, retry_after_secs: None }
     }
+
+    fn with_details(mut self, details: serde_json::Value) -> Self {
+        self.details = Some(details);
+        self
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -99,22 +184,32 @@ impl IntoResponse for ApiError {
 
 impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> Self {
-        match e {
-            AuthError::Missing | AuthError::Unknown => {
-                ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string())
-            }
-            AuthError::Revoked => ApiError::new(StatusCode::FORBIDDEN, "forbidden", e.to_string()),
-        }
+        let (status, code) = match e {
+            AuthError::Missing | AuthError::Unknown => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            AuthError::Revoked => (StatusCode::FORBIDDEN, "key_revoked"),
+            AuthError::TenantDisabled => (StatusCode::FORBIDDEN, "tenant_disabled"),
+        };
+        ApiError::new(status, code, e.to_string())
+    }
+}
+
+impl From<SignatureError> for ApiError {
+    fn from(e: SignatureError) -> Self {
+        let code = match e {
+            SignatureError::Missing => "signature_missing",
+            SignatureError::Malformed | SignatureError::Mismatch => "signature_invalid",
+            SignatureError::Skew(_) => "signature_expired",
+            SignatureError::Replayed => "signature_replayed",
+        };
+        ApiError::new(StatusCode::UNAUTHORIZED, code, e.to_string())
     }
 }
 
 fn body_error(e: BodyError, limits: &LimitsConfig) -> ApiError {
     match e {
         BodyError::TooLarge { .. } | BodyError::TooManyEvents { .. } => {
-            let mut err =
-                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", format!("{e}; split the batch"));
-            err.details = Some(json!({ "max_bytes": limits.max_body_bytes, "max_events": limits.max_events }));
-            err
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", format!("{e}; split the batch"))
+                .with_details(json!({ "max_bytes": limits.max_body_bytes, "max_events": limits.max_events }))
         }
         BodyError::UnsupportedEncoding(_) => {
             ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_encoding", e.to_string())
@@ -122,6 +217,22 @@ fn body_error(e: BodyError, limits: &LimitsConfig) -> ApiError {
         BodyError::BadGzip(_) | BodyError::Malformed(_) | BodyError::Empty => {
             ApiError::new(StatusCode::BAD_REQUEST, "malformed_body", e.to_string())
         }
+    }
+}
+
+fn prepare_error(e: PrepareError, limits: &LimitsConfig) -> ApiError {
+    match e {
+        PrepareError::Body(b) => body_error(b, limits),
+        PrepareError::Pii(v) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "pii_detected", format!(
+            "event {} field `{}` is not allowed by the tenant's PII policy ({}); nothing from this request was stored",
+            v.index, v.field, v.rule
+        ))
+        .with_details(json!({ "index": v.index, "field": v.field, "rule": v.rule })),
+        PrepareError::NoValidEvents(rejected) => {
+            ApiError::new(StatusCode::BAD_REQUEST, "no_valid_events", "no event in the batch is valid")
+                .with_details(json!({ "rejected": rejected }))
+        }
+        PrepareError::Internal(m) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", m),
     }
 }
 
@@ -140,27 +251,33 @@ fn wal_error(e: WalError) -> ApiError {
     err
 }
 
-fn api_key(headers: &HeaderMap) -> Option<&str> {
+/// The API key from `Authorization: Bearer`, `X-Api-Key`, or (for `sendBeacon`) `?api_key=`.
+fn api_key<'a>(headers: &'a HeaderMap, uri: &'a Uri, allow_query: bool) -> Option<&'a str> {
     if let Some(v) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
         let (scheme, token) = v.trim().split_once(' ')?;
         return scheme.eq_ignore_ascii_case("bearer").then_some(token.trim());
     }
-    headers.get("x-api-key").and_then(|v| v.to_str().ok()).map(str::trim)
+    if let Some(v) = headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
+        return Some(v.trim());
+    }
+    if !allow_query {
+        return None;
+    }
+    uri.query()?.split('&').find_map(|pair| pair.strip_prefix("api_key="))
 }
 
 fn body_format(headers: &HeaderMap) -> Result<BodyFormat, ApiError> {
-    let Some(ct) = headers.get(header::CONTENT_TYPE) else {
-        return Ok(BodyFormat::JsonArray);
-    };
+    let Some(ct) = headers.get(header::CONTENT_TYPE) else { return Ok(BodyFormat::JsonArray) };
     let ct = ct.to_str().unwrap_or("");
     let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     match mime.as_str() {
+        // text/plain is what `navigator.sendBeacon` sends without a CORS preflight.
         "application/json" | "text/plain" => Ok(BodyFormat::JsonArray),
         "application/x-ndjson" | "application/ndjson" => Ok(BodyFormat::Ndjson),
         _ => Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
-            format!("Content-Type `{ct}` is not supported; use application/json or application/x-ndjson"),
+            format!("Content-Type `{ct}` is not supported; use application/json, text/plain or application/x-ndjson"),
         )),
     }
 }
@@ -169,66 +286,192 @@ fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
+/// Everything `ingest` and `debug` share: authentication, media type, the raw body (bounded in
+/// size and time), and the request signature.
+struct Authenticated {
+    principal: Principal,
+    format: BodyFormat,
+    raw: Bytes,
+}
+
+async fn authenticate_and_read(
+    state: &AppState,
+    headers: &HeaderMap,
+    uri: &Uri,
+    body: Body,
+) -> Result<Authenticated, ApiError> {
+    let principal = state.keys.authenticate(api_key(headers, uri, state.http.allow_query_key))?;
+    let format = body_format(headers)?;
+    let limits = &state.limits;
+    let timeout = Duration::from_millis(state.http.body_timeout_ms);
+    let raw = match tokio::time::timeout(timeout, axum::body::to_bytes(body, limits.max_body_bytes)).await {
+        Ok(Ok(raw)) => raw,
+        Ok(Err(_)) => return Err(body_error(BodyError::TooLarge { limit: limits.max_body_bytes }, limits)),
+        Err(_) => {
+            return Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                "the request body arrived too slowly",
+            ));
+        }
+    };
+    if let Some(secret) = &principal.signing_secret {
+        let now = (now_ms() / 1000) as i64;
+        let skew = state.http.signature_skew_secs;
+        let sig = headers.get("x-signature").and_then(|v| v.to_str().ok());
+        let verified = signature::verify(secret, sig, &raw, now, skew)?;
+        state.replays.admit(&verified, now, skew)?;
+    }
+    Ok(Authenticated { principal, format, raw })
+}
+
+fn prepare(
+    state: &AppState,
+    auth: &Authenticated,
+    headers: &HeaderMap,
+    batch_id: uuid::Uuid,
+) -> Result<Prepared, ApiError> {
+    let limits = &state.limits;
+    let encoding = headers.get(header::CONTENT_ENCODING).map(|v| v.to_str().unwrap_or("invalid"));
+    let decoded = body::decode(&auth.raw, encoding, limits.max_body_bytes).map_err(|e| body_error(e, limits))?;
+    let request = ingest::Request {
+        principal: &auth.principal,
+        region: &state.region,
+        batch_id,
+        received_at_ms: now_ms(),
+        body: &decoded,
+        format: auth.format,
+        limits,
+        rules: &state.rules,
+        pii: state.pii.policy_for(&auth.principal.tenant),
+    };
+    ingest::prepare(&request).map_err(|e| prepare_error(e, limits))
+}
+
 async fn ingest(
     State(state): State<Arc<AppState>>,
-    axum::Extension(RequestId(request_id)): axum::Extension<RequestId>,
+    Extension(RequestId(request_id)): Extension<RequestId>,
     headers: HeaderMap,
+    uri: Uri,
     body: Body,
 ) -> Result<Response, ApiError> {
     let request_id = request_id.to_str().unwrap_or("");
-    let principal = state.keys.authenticate(api_key(&headers))?;
-    let format = body_format(&headers)?;
-    let limits = &state.limits;
-    let raw: Bytes = axum::body::to_bytes(body, limits.max_body_bytes)
-        .await
-        .map_err(|_| body_error(BodyError::TooLarge { limit: limits.max_body_bytes }, limits))?;
-    let encoding = headers.get(header::CONTENT_ENCODING).map(|v| v.to_str().unwrap_or("invalid"));
-    let decoded = body::decode(&raw, encoding, limits.max_body_bytes).map_err(|e| body_error(e, limits))?;
-    let events = body::split(&decoded, format, limits.max_events).map_err(|e| body_error(e, limits))?;
+    let auth = authenticate_and_read(&state, &headers, &uri, body).await?;
+    let tenant = auth.principal.tenant.clone();
 
-    let ctx = BatchContext {
-        batch_id: sluice_wire::ids::new_batch_id(),
-        tenant: &principal.tenant,
-        env: &principal.env,
-        region: &state.region,
-        received_at_ms: now_ms(),
-    };
-    let mut accepted = Vec::with_capacity(events.len());
-    let mut rejected = Vec::new();
-    for (index, json) in events.iter().enumerate() {
-        match validate::normalize(&ctx, index, json) {
-            Ok(e) => accepted.push(e),
-            Err(r) => rejected.push(r),
+    let idem_key = headers.get(IDEMPOTENCY_KEY).map(|v| v.to_str().unwrap_or(""));
+    let (batch_id, in_flight) = match idem_key {
+        None => (sluice_wire::ids::new_batch_id(), None),
+        Some(key) => {
+            if key.is_empty() || key.len() > idempotency::MAX_KEY_LEN || !key.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_idempotency_key",
+                    format!("X-Idempotency-Key must be 1-{} visible ASCII characters", idempotency::MAX_KEY_LEN),
+                ));
+            }
+            let p = &auth.principal;
+            let scope = idempotency::scope(&p.tenant, &p.env, key);
+            let hash: [u8; 32] = Sha256::digest(&auth.raw).into();
+            let lookup = tokio::task::block_in_place(|| state.idempotency.begin(&scope, &hash, now_ms()))
+                .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", e.to_string()))?;
+            match lookup {
+                Lookup::Replay(stored) => return Ok(replayed(stored)),
+                Lookup::BodyMismatch => {
+                    return Err(ApiError::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "idempotency_key_reused",
+                        "this X-Idempotency-Key was used with a different body",
+                    ));
+                }
+                Lookup::InFlight => {
+                    return Err(ApiError::new(
+                        StatusCode::CONFLICT,
+                        "idempotency_key_in_flight",
+                        "a request with this X-Idempotency-Key is still being processed; retry shortly",
+                    ));
+                }
+                Lookup::Fresh(guard) => (sluice_wire::ids::keyed_batch_id(&p.tenant, &p.env, key), Some((guard, hash))),
+            }
         }
-    }
-    if accepted.is_empty() {
-        let mut err = ApiError::new(StatusCode::BAD_REQUEST, "no_valid_events", "no event in the batch is valid");
-        err.details = Some(json!({ "rejected": rejected }));
-        return Err(err);
-    }
-    let count = accepted.len();
-    let record = BatchRecord {
-        batch_id: ctx.batch_id,
-        tenant: principal.tenant.clone(),
-        env: principal.env.clone(),
-        region: state.region.clone(),
-        received_at_ms: ctx.received_at_ms,
-        stream: Stream::Events,
-        events: accepted,
     };
-    let mut bytes = Vec::with_capacity(decoded.len() + 256);
-    encode_record(&record, &mut bytes)
+
+    let prepared = prepare(&state, &auth, &headers, batch_id)?;
+    let rejected = prepared.rejected.clone();
+    let received_at_ms = prepared.received_at_ms;
+    let (count, bytes) = prepared
+        .into_wal_bytes(&auth.principal, &state.region)
         .map_err(|e| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", e.to_string()))?;
     if let Err(e) = state.wal.append(bytes).await {
-        tracing::warn!(tenant_id = %principal.tenant, request_id, error = %e, "ingest: append refused");
+        tracing::warn!(tenant_id = %tenant, request_id, error = %e, "ingest: append refused");
         return Err(wal_error(e));
     }
-    tracing::debug!(tenant_id = %principal.tenant, request_id, batch_id = %ctx.batch_id, accepted = count, rejected = rejected.len(), "ingest: accepted");
-    let mut body = json!({ "accepted": count, "batch_id": ctx.batch_id });
+    tracing::debug!(tenant_id = %tenant, request_id, %batch_id, accepted = count, rejected = rejected.len(), "ingest: accepted");
+    let mut body = json!({ "accepted": count, "batch_id": batch_id });
     if !rejected.is_empty()
         && let Some(obj) = body.as_object_mut()
     {
         obj.insert("rejected".into(), json!(rejected));
     }
-    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+    let body_bytes = serde_json::to_vec(&body).unwrap_or_default();
+    if let Some((guard, request_hash)) = in_flight {
+        let stored = StoredResponse { status: 202, created_ms: received_at_ms, request_hash, body: body_bytes.clone() };
+        // Failing here leaves the events durable; a retry re-appends the same batch ID, which
+        // core drops as a duplicate.
+        if let Err(e) = tokio::task::block_in_place(|| state.idempotency.complete(guard, &stored)) {
+            tracing::warn!(tenant_id = %tenant, request_id, error = %e, "ingest: storing idempotent response failed");
+        }
+    }
+    Ok(json_response(StatusCode::ACCEPTED, body_bytes))
+}
+
+fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
+    (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
+}
+
+fn replayed(stored: StoredResponse) -> Response {
+    let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::ACCEPTED);
+    let mut resp = json_response(status, stored.body);
+    resp.headers_mut().insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+    resp
+}
+
+/// Validation echo: the normalized events and every rejection, nothing stored.
+async fn debug(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let auth = authenticate_and_read(&state, &headers, &uri, body).await?;
+    if state.debug_limiter.check_key(&auth.principal.key_id).is_err() {
+        let mut err = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("the debug endpoint allows {} requests/s per key", state.limits.debug_requests_per_sec),
+        );
+        err.retry_after_secs = Some(1);
+        return Err(err);
+    }
+    let batch_id = sluice_wire::ids::new_batch_id();
+    let (events, rejected, pii) = match prepare(&state, &auth, &headers, batch_id) {
+        Ok(p) => (p.accepted, p.rejected, None),
+        Err(e) if e.code == "no_valid_events" => {
+            let rejected = e.details.as_ref().map(|d| d["rejected"].clone()).unwrap_or_default();
+            let body = json!({ "valid": false, "events": [], "rejected": rejected, "batch_id": batch_id });
+            return Ok(json_response(StatusCode::OK, serde_json::to_vec(&body).unwrap_or_default()));
+        }
+        Err(e) if e.code == "pii_detected" => (Vec::new(), Vec::new(), e.details),
+        Err(e) => return Err(e),
+    };
+    let events: Vec<&serde_json::value::RawValue> =
+        events.iter().filter_map(|e| serde_json::from_slice(&e.json).ok()).collect();
+    let body = json!({
+        "valid": rejected.is_empty() && pii.is_none(),
+        "events": events,
+        "rejected": rejected,
+        "pii_violation": pii,
+        "batch_id": batch_id,
+    });
+    Ok(json_response(StatusCode::OK, serde_json::to_vec(&body).unwrap_or_default()))
 }

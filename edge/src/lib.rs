@@ -9,12 +9,18 @@ pub mod cli;
 pub mod config;
 pub mod forwarder;
 pub mod http;
+pub mod idempotency;
+pub mod ingest;
+pub mod pii;
+pub mod server;
+pub mod signature;
 pub mod tls;
 pub mod validate;
 pub mod wal;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -30,6 +36,10 @@ pub enum StartError {
     Wal(#[from] wal::OpenError),
     #[error("forwarder TLS: {0}")]
     Tls(#[from] tls::TlsError),
+    #[error("idempotency store: {0}")]
+    Idempotency(#[from] idempotency::StoreError),
+    #[error("HTTP TLS: tls_cert and tls_key must be set together")]
+    HalfHttpTls,
     #[error("binding {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("forwarder endpoint: {0}")]
@@ -41,13 +51,21 @@ pub struct Edge {
     pub http_addr: SocketAddr,
     pub wal: Wal,
     stop: watch::Sender<bool>,
-    server: JoinHandle<std::io::Result<()>>,
+    server: JoinHandle<()>,
+    background: Vec<JoinHandle<()>>,
     forwarder: Option<JoinHandle<std::io::Result<()>>>,
 }
 
 /// Opens the WAL, binds the HTTP listener and starts the forwarder.
 pub async fn start(config: EdgeConfig) -> Result<Edge, StartError> {
-    let keys = auth::KeyStore::load(&config.keys_file)?;
+    let keys = Arc::new(auth::KeyRing::load(&config.keys_file)?);
+    let idempotency =
+        Arc::new(idempotency::IdempotencyStore::open(&config.idempotency.path, config.idempotency.ttl_secs)?);
+    let http_tls = match (&config.http.tls_cert, &config.http.tls_key) {
+        (Some(cert), Some(key)) => Some(server::tls_acceptor(cert, key)?),
+        (None, None) => None,
+        _ => return Err(StartError::HalfHttpTls),
+    };
     let (wal, reader) = Wal::open(&config.wal)?;
     let (stop, stop_rx) = watch::channel(false);
     let forwarder = if config.forwarder.enabled {
@@ -63,23 +81,45 @@ pub async fn start(config: EdgeConfig) -> Result<Edge, StartError> {
         .await
         .map_err(|source| StartError::Bind { addr: config.listen, source })?;
     let http_addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.listen, source })?;
+    let background = vec![
+        keys.spawn_reloader(Duration::from_millis(config.http.keys_reload_ms.max(10))),
+        spawn_idempotency_expiry(idempotency.clone()),
+    ];
     let state = Arc::new(http::AppState {
         keys,
         wal: wal.clone(),
         region: config.region.clone(),
         limits: config.limits.clone(),
+        rules: config.validation.clone(),
+        pii: config.pii.clone(),
+        http: config.http.clone(),
+        idempotency,
+        replays: signature::ReplayGuard::default(),
+        debug_limiter: http::AppState::new_debug_limiter(config.limits.debug_requests_per_sec),
     });
     let app = http::router(state);
-    let mut server_stop = stop_rx;
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = server_stop.wait_for(|s| *s).await;
-            })
-            .await
-    });
-    tracing::info!(%http_addr, edge_id = %config.edge_id, region = %config.region, "edge: listening");
-    Ok(Edge { http_addr, wal, stop, server, forwarder })
+    let header_timeout = Duration::from_millis(config.http.header_timeout_ms);
+    let server = tokio::spawn(server::serve(listener, app, http_tls, header_timeout, stop_rx));
+    let scheme = if config.http.tls_cert.is_some() { "https" } else { "http" };
+    tracing::info!(%http_addr, scheme, edge_id = %config.edge_id, region = %config.region, "edge: listening");
+    Ok(Edge { http_addr, wal, stop, server, background, forwarder })
+}
+
+/// Evicts expired idempotency keys every minute so the store stays bounded.
+fn spawn_idempotency_expiry(store: Arc<idempotency::IdempotencyStore>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            let now =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+            match tokio::task::block_in_place(|| store.evict_expired(now)) {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(evicted = n, "edge: idempotency keys expired"),
+                Err(e) => tracing::warn!(error = %e, "edge: idempotency expiry failed"),
+            }
+        }
+    })
 }
 
 impl Edge {
@@ -87,6 +127,9 @@ impl Edge {
     /// whatever was not yet acknowledged by core.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
+        for t in &self.background {
+            t.abort();
+        }
         if let Err(e) = self.server.await {
             tracing::error!(error = %e, "edge: HTTP server task failed");
         }

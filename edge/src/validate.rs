@@ -10,6 +10,9 @@ use serde_json::value::RawValue;
 use sluice_wire::EventRecord;
 use uuid::Uuid;
 
+use crate::config::{FuturePolicy, LimitsConfig, PiiPolicy, ValidationConfig};
+use crate::pii::{self, PiiViolation};
+
 const MAX_NAME_LEN: usize = 200;
 const MAX_ID_LEN: usize = 200;
 /// Epoch values below this are seconds, above it milliseconds (1e11 s is the year 5138;
@@ -24,6 +27,26 @@ pub struct BatchContext<'a> {
     pub env: &'a str,
     pub region: &'a str,
     pub received_at_ms: u64,
+    /// Batch-level client send time (epoch ms), when the SDK supplied one.
+    pub sent_at_ms: Option<i64>,
+    pub rules: &'a ValidationConfig,
+    pub limits: &'a LimitsConfig,
+    pub pii: &'a PiiPolicy,
+}
+
+/// Why an event was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Invalid {
+    /// The event alone is rejected (listed in the 202 body, sent to the dead-letter topic).
+    Reject(Reject),
+    /// The event violates the tenant's PII policy: the whole request is refused.
+    Pii(PiiViolation),
+}
+
+impl From<Reject> for Invalid {
+    fn from(r: Reject) -> Self {
+        Invalid::Reject(r)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -55,8 +78,14 @@ struct OutEvent<'a> {
     event_id: &'a str,
     event: &'a str,
     distinct_id: &'a str,
-    /// Client-side event time, epoch ms (defaults to `received_at`).
+    /// Client-side event time, epoch ms (defaults to `received_at`; clamped to it when too far
+    /// in the future under the `clamp` policy).
     timestamp: i64,
+    /// The client's original timestamp, present only when `timestamp` was clamped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_timestamp: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sent_at: Option<i64>,
     received_at: u64,
     tenant: &'a str,
     env: &'a str,
@@ -73,30 +102,37 @@ fn reject(index: usize, code: &'static str, message: impl Into<String>) -> Rejec
 }
 
 /// Validates the `index`-th event of a batch and returns its normalized form.
-pub fn normalize(ctx: &BatchContext<'_>, index: usize, json: &[u8]) -> Result<EventRecord, Reject> {
+pub fn normalize(ctx: &BatchContext<'_>, index: usize, json: &[u8]) -> Result<EventRecord, Invalid> {
+    if json.len() > ctx.limits.max_event_bytes {
+        let max = ctx.limits.max_event_bytes;
+        return Err(reject(index, "event_too_large", format!("event is {} bytes, limit {max}", json.len())).into());
+    }
     let input: InEvent<'_> = serde_json::from_slice(json).map_err(|e| {
         let code = if e.is_data() { "invalid_type" } else { "malformed_json" };
-        reject(index, code, e.to_string())
+        Invalid::Reject(reject(index, code, e.to_string()))
     })?;
     let event = required_str(index, "event", input.event.as_deref(), MAX_NAME_LEN)?;
     let distinct_id = required_str(index, "distinct_id", input.distinct_id.as_deref(), MAX_ID_LEN)?;
+    let received = ctx.received_at_ms as i64;
+    let mut client_timestamp = None;
     let timestamp = match input.timestamp {
-        None => ctx.received_at_ms as i64,
-        Some(raw) => parse_timestamp(raw.get()).ok_or_else(|| {
-            reject(
-                index,
-                "invalid_timestamp",
-                format!("`timestamp` {} is not RFC 3339 or epoch seconds/milliseconds", raw.get()),
-            )
-        })?,
+        None => received,
+        Some(raw) => {
+            let t = parse_timestamp(raw.get()).ok_or_else(|| {
+                let msg = format!("`timestamp` {} is not RFC 3339 or epoch seconds/milliseconds", raw.get());
+                reject(index, "invalid_timestamp", msg)
+            })?;
+            check_window(ctx, index, t, &mut client_timestamp)?
+        }
     };
     for (field, value) in [("properties", input.properties), ("context", input.context)] {
         if let Some(v) = value
             && !v.get().starts_with('{')
         {
-            return Err(reject(index, "invalid_type", format!("`{field}` must be an object")));
+            return Err(reject(index, "invalid_type", format!("`{field}` must be an object")).into());
         }
     }
+    pii::check(ctx.pii, index, input.properties, input.context).map_err(Invalid::Pii)?;
     let event_id = match input.event_id.as_deref() {
         Some(id) => required_str(index, "event_id", Some(id), MAX_ID_LEN)?.to_string(),
         None => sluice_wire::ids::derived_event_id(&ctx.batch_id, index).to_string(),
@@ -106,6 +142,8 @@ pub fn normalize(ctx: &BatchContext<'_>, index: usize, json: &[u8]) -> Result<Ev
         event,
         distinct_id,
         timestamp,
+        client_timestamp,
+        sent_at: ctx.sent_at_ms,
         received_at: ctx.received_at_ms,
         tenant: ctx.tenant,
         env: ctx.env,
@@ -115,6 +153,53 @@ pub fn normalize(ctx: &BatchContext<'_>, index: usize, json: &[u8]) -> Result<Ev
         context: input.context,
     };
     let json = serde_json::to_vec(&out).map_err(|e| reject(index, "internal", e.to_string()))?;
+    Ok(EventRecord { event_id, json })
+}
+
+/// Applies the past/future sanity window to a parsed client timestamp.
+fn check_window(ctx: &BatchContext<'_>, index: usize, t: i64, original: &mut Option<i64>) -> Result<i64, Reject> {
+    let received = ctx.received_at_ms as i64;
+    let oldest = received.saturating_sub((ctx.rules.max_past_secs as i64).saturating_mul(1000));
+    let newest = received.saturating_add((ctx.rules.max_future_secs as i64).saturating_mul(1000));
+    if t < oldest {
+        let days = ctx.rules.max_past_secs / 86_400;
+        return Err(reject(
+            index,
+            "timestamp_out_of_range",
+            format!("`timestamp` is more than {days} days in the past"),
+        ));
+    }
+    if t > newest {
+        let secs = ctx.rules.max_future_secs;
+        return match ctx.rules.future_policy {
+            FuturePolicy::Reject => {
+                Err(reject(index, "timestamp_out_of_range", format!("`timestamp` is more than {secs} s in the future")))
+            }
+            FuturePolicy::Clamp => {
+                *original = Some(t);
+                Ok(received)
+            }
+        };
+    }
+    Ok(t)
+}
+
+/// The dead-letter form of a rejected event: the reason plus the original text, kept as a string
+/// because it may not even be valid JSON.
+pub fn dead_letter(ctx: &BatchContext<'_>, reject: &Reject, raw: &[u8]) -> Result<EventRecord, serde_json::Error> {
+    let event_id = sluice_wire::ids::derived_event_id(&ctx.batch_id, reject.index).to_string();
+    let json = serde_json::to_vec(&serde_json::json!({
+        "event_id": event_id,
+        "tenant": ctx.tenant,
+        "env": ctx.env,
+        "region": ctx.region,
+        "batch_id": ctx.batch_id,
+        "index": reject.index,
+        "code": reject.code,
+        "message": reject.message,
+        "received_at": ctx.received_at_ms,
+        "raw": String::from_utf8_lossy(raw),
+    }))?;
     Ok(EventRecord { event_id, json })
 }
 
@@ -149,6 +234,12 @@ pub fn parse_timestamp(raw: &str) -> Option<i64> {
 mod tests {
     use super::*;
 
+    const RULES: ValidationConfig =
+        ValidationConfig { max_past_secs: 86_400, max_future_secs: 60, future_policy: FuturePolicy::Clamp };
+    const LIMITS: LimitsConfig =
+        LimitsConfig { max_events: 500, max_body_bytes: 512 * 1024, max_event_bytes: 1024, debug_requests_per_sec: 1 };
+    static NO_PII: PiiPolicy = PiiPolicy { disallowed_fields: Vec::new(), detectors: Vec::new() };
+
     fn ctx() -> BatchContext<'static> {
         BatchContext {
             batch_id: Uuid::from_u128(42),
@@ -156,6 +247,17 @@ mod tests {
             env: "prod",
             region: "eu",
             received_at_ms: 1_700_000_000_123,
+            sent_at_ms: None,
+            rules: &RULES,
+            limits: &LIMITS,
+            pii: &NO_PII,
+        }
+    }
+
+    fn rejected(ctx: &BatchContext<'_>, body: &[u8]) -> Reject {
+        match normalize(ctx, 3, body) {
+            Err(Invalid::Reject(r)) => r,
+            other => panic!("expected a reject, got {other:?}"),
         }
     }
 
@@ -214,8 +316,57 @@ mod tests {
             (br#"{"event":"e","#, "malformed_json"),
         ];
         for (body, code) in cases {
-            let r = normalize(&ctx(), 3, body).unwrap_err();
+            let r = rejected(&ctx(), body);
             assert_eq!((r.index, r.code), (3, code), "{}", String::from_utf8_lossy(body));
         }
+        let big = format!(r#"{{"event":"e","distinct_id":"u","properties":{{"p":"{}"}}}}"#, "x".repeat(1024));
+        assert_eq!(rejected(&ctx(), big.as_bytes()).code, "event_too_large");
+    }
+
+    #[test]
+    fn timestamp_window_rejects_the_past_and_clamps_or_rejects_the_future() {
+        let at = |ms: i64| format!(r#"{{"event":"e","distinct_id":"u","timestamp":{ms}}}"#);
+        let received = 1_700_000_000_123i64;
+        let old = at(received - 86_401_000);
+        assert_eq!(rejected(&ctx(), old.as_bytes()).code, "timestamp_out_of_range");
+        let ok = normalize(&ctx(), 0, at(received - 86_399_000).as_bytes()).unwrap();
+        assert_eq!(v_ts(&ok), received - 86_399_000);
+
+        let future = at(received + 61_000);
+        let clamped = out(&normalize(&ctx(), 0, future.as_bytes()).unwrap());
+        assert_eq!(clamped["timestamp"].as_i64(), Some(received));
+        assert_eq!(clamped["client_timestamp"].as_i64(), Some(received + 61_000));
+        let strict = ValidationConfig { future_policy: FuturePolicy::Reject, ..RULES };
+        let c = BatchContext { rules: &strict, ..ctx() };
+        assert_eq!(rejected(&c, future.as_bytes()).code, "timestamp_out_of_range");
+    }
+
+    #[test]
+    fn sent_at_and_received_at_stay_separate_fields() {
+        let c = BatchContext { sent_at_ms: Some(1_699_999_999_000), ..ctx() };
+        let v = out(&normalize(&c, 0, br#"{"event":"e","distinct_id":"u","timestamp":1699999998}"#).unwrap());
+        assert_eq!(v["timestamp"], 1_699_999_998_000i64);
+        assert_eq!(v["sent_at"], 1_699_999_999_000i64);
+        assert_eq!(v["received_at"], 1_700_000_000_123u64);
+        assert!(v.get("client_timestamp").is_none());
+    }
+
+    #[test]
+    fn pii_hits_fail_differently_from_rejects() {
+        let policy = PiiPolicy { disallowed_fields: vec![], detectors: vec![crate::config::PiiDetector::Email] };
+        let c = BatchContext { pii: &policy, ..ctx() };
+        let r = normalize(&c, 1, br#"{"event":"e","distinct_id":"u","properties":{"note":"mail me: a@b.io"}}"#);
+        assert!(matches!(r, Err(Invalid::Pii(ref v)) if v.field == "properties.note"), "{r:?}");
+    }
+
+    #[test]
+    fn dead_letters_keep_the_raw_text_and_reason() {
+        let r = rejected(&ctx(), b"{\"event\":");
+        let dl = dead_letter(&ctx(), &r, b"{\"event\":").unwrap();
+        let v = out(&dl);
+        assert_eq!(v["raw"], "{\"event\":");
+        assert_eq!(v["code"], "malformed_json");
+        assert_eq!(v["index"], 3);
+        assert_eq!(v["tenant"], "acme");
     }
 }

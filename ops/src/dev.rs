@@ -94,6 +94,7 @@ pub async fn start(opts: &DevOptions) -> anyhow::Result<DevPipeline> {
     let mut edge_config =
         EdgeConfig { listen: opts.http, region: DEV_REGION.into(), keys_file, ..EdgeConfig::default() };
     edge_config.wal.dir = dir.join("wal");
+    edge_config.idempotency.path = dir.join("idempotency.redb");
     edge_config.forwarder.core_addr = core.addr;
     edge_config.forwarder.ca_cert = pki.ca_cert.clone();
     edge_config.forwarder.client_cert = Some(pki.edge_cert.clone());

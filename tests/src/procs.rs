@@ -44,6 +44,8 @@ impl TestEnv {
             r#"listen = "{http}"
 region = "{region}"
 keys_file = "{keys}"
+[idempotency]
+path = "{idem}"
 [wal]
 dir = "{wal}"
 [forwarder]
@@ -55,6 +57,7 @@ client_key = "{key}"
             region = self.region,
             keys = self.keys_file.display(),
             wal = self.wal_dir().display(),
+            idem = self.path().join("idempotency.redb").display(),
             ca = self.pki.ca_cert.display(),
             cert = self.pki.edge_cert.display(),
             key = self.pki.edge_key.display(),

@@ -18,6 +18,7 @@ async fn start_edge() -> Edge {
     let (_, key) = sluice_ops::keys::add(&keys_file, "acme", "prod").unwrap();
     let mut config = EdgeConfig { listen: "127.0.0.1:0".parse().unwrap(), keys_file, ..EdgeConfig::default() };
     config.wal.dir = dir.path().join("wal");
+    config.idempotency.path = dir.path().join("idempotency.redb");
     config.forwarder.enabled = false;
     let edge = sluice_edge::start(config).await.unwrap();
     Edge { edge, key, _dir: dir }

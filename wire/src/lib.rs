@@ -9,5 +9,6 @@ pub mod frame;
 pub mod ids;
 pub mod protocol;
 pub mod record;
+pub mod stored_response;
 
 pub use record::{BatchRecord, EventRecord, RecordError, Stream};

@@ -1,0 +1,181 @@
+//! `X-Idempotency-Key`: per (tenant, env, key), the first response is stored durably for a TTL
+//! (24 h by default) in redb, so a retry gets the original status and body and appends nothing.
+//! The same key with a different body is a client bug (422); a retry that arrives while the first
+//! request is still in flight gets 409 rather than racing it.
+//!
+//! The keyed request's batch ID is derived from (tenant, env, key), so even if the edge crashes
+//! between the WAL append and storing the response, the retry's batch is deduped by core.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use sluice_wire::stored_response::StoredResponse;
+
+/// scope key (`tenant \0 env \0 key`) → encoded StoredResponse.
+const RESPONSES: TableDefinition<&str, &[u8]> = TableDefinition::new("responses");
+/// (created_ms, scope key) → (): expiry scans only what is old.
+const BY_TIME: TableDefinition<(u64, &str), ()> = TableDefinition::new("responses_by_time");
+
+/// Idempotency keys longer than this are refused (400); they are stored verbatim.
+pub const MAX_KEY_LEN: usize = 255;
+
+#[derive(Debug, thiserror::Error)]
+#[error("idempotency store: {0}")]
+pub struct StoreError(String);
+
+fn err(e: impl std::fmt::Display) -> StoreError {
+    StoreError(e.to_string())
+}
+
+pub enum Lookup {
+    /// First use: process the request, then `complete` with the guard.
+    Fresh(InFlight),
+    /// Seen before with the same body: answer with this.
+    Replay(StoredResponse),
+    /// Seen before with a different body.
+    BodyMismatch,
+    /// The first request with this key has not finished yet.
+    InFlight,
+}
+
+/// Marks a key as in flight; dropping it (on any error path) frees the key for a retry.
+pub struct InFlight {
+    scope: String,
+    set: Arc<Mutex<HashSet<String>>>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.set.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.scope);
+    }
+}
+
+pub struct IdempotencyStore {
+    db: Database,
+    in_flight: Arc<Mutex<HashSet<String>>>,
+    ttl_ms: u64,
+}
+
+pub fn scope(tenant: &str, env: &str, key: &str) -> String {
+    format!("{tenant}\0{env}\0{key}")
+}
+
+impl IdempotencyStore {
+    pub fn open(path: &Path, ttl_secs: u64) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(err)?;
+        }
+        let db = Database::create(path).map_err(err)?;
+        let txn = db.begin_write().map_err(err)?;
+        txn.open_table(RESPONSES).map_err(err)?;
+        txn.open_table(BY_TIME).map_err(err)?;
+        txn.commit().map_err(err)?;
+        Ok(Self { db, in_flight: Arc::default(), ttl_ms: ttl_secs.saturating_mul(1000) })
+    }
+
+    pub fn begin(&self, scope: &str, request_hash: &[u8; 32], now_ms: u64) -> Result<Lookup, StoreError> {
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        if in_flight.contains(scope) {
+            return Ok(Lookup::InFlight);
+        }
+        let txn = self.db.begin_read().map_err(err)?;
+        let table = txn.open_table(RESPONSES).map_err(err)?;
+        if let Some(v) = table.get(scope).map_err(err)? {
+            let stored = StoredResponse::decode(v.value()).map_err(err)?;
+            if now_ms.saturating_sub(stored.created_ms) < self.ttl_ms {
+                return Ok(if &stored.request_hash == request_hash {
+                    Lookup::Replay(stored)
+                } else {
+                    Lookup::BodyMismatch
+                });
+            }
+        }
+        in_flight.insert(scope.to_string());
+        Ok(Lookup::Fresh(InFlight { scope: scope.to_string(), set: self.in_flight.clone() }))
+    }
+
+    /// Durably stores the response of a fresh request, then releases its in-flight mark.
+    pub fn complete(&self, guard: InFlight, response: &StoredResponse) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(err)?;
+        {
+            let mut responses = txn.open_table(RESPONSES).map_err(err)?;
+            let mut by_time = txn.open_table(BY_TIME).map_err(err)?;
+            let old = responses.insert(guard.scope.as_str(), response.encode().as_slice()).map_err(err)?;
+            if let Some(old) = old.and_then(|o| StoredResponse::decode(o.value()).ok()) {
+                by_time.remove((old.created_ms, guard.scope.as_str())).map_err(err)?;
+            }
+            by_time.insert((response.created_ms, guard.scope.as_str()), ()).map_err(err)?;
+        }
+        txn.commit().map_err(err)?;
+        drop(guard);
+        Ok(())
+    }
+
+    /// Deletes entries older than the TTL; returns how many. Keeps the file bounded.
+    pub fn evict_expired(&self, now_ms: u64) -> Result<usize, StoreError> {
+        let cutoff = now_ms.saturating_sub(self.ttl_ms);
+        let txn = self.db.begin_write().map_err(err)?;
+        let mut n = 0;
+        {
+            let mut responses = txn.open_table(RESPONSES).map_err(err)?;
+            let mut by_time = txn.open_table(BY_TIME).map_err(err)?;
+            let mut expired = Vec::new();
+            for entry in by_time.range((0u64, "")..(cutoff, "")).map_err(err)? {
+                let (k, _) = entry.map_err(err)?;
+                let (t, scope) = k.value();
+                expired.push((t, scope.to_string()));
+            }
+            for (t, scope) in &expired {
+                by_time.remove((*t, scope.as_str())).map_err(err)?;
+                responses.remove(scope.as_str()).map_err(err)?;
+                n += 1;
+            }
+        }
+        txn.commit().map_err(err)?;
+        Ok(n)
+    }
+
+    pub fn len(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().map_err(err)?;
+        txn.open_table(RESPONSES).map_err(err)?.len().map_err(err)
+    }
+
+    pub fn is_empty(&self) -> Result<bool, StoreError> {
+        Ok(self.len()? == 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resp(hash: u8, created_ms: u64) -> StoredResponse {
+        StoredResponse { status: 202, created_ms, request_hash: [hash; 32], body: b"{\"accepted\":1}".to_vec() }
+    }
+
+    #[test]
+    fn fresh_inflight_replay_mismatch_and_expiry() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("idem.redb");
+        let s = scope("acme", "prod", "k1");
+        {
+            let store = IdempotencyStore::open(&path, 10).unwrap();
+            let Lookup::Fresh(guard) = store.begin(&s, &[1; 32], 1_000).unwrap() else { panic!("fresh") };
+            assert!(matches!(store.begin(&s, &[1; 32], 1_000).unwrap(), Lookup::InFlight));
+            store.complete(guard, &resp(1, 1_000)).unwrap();
+        }
+        let store = IdempotencyStore::open(&path, 10).unwrap();
+        assert!(matches!(store.begin(&s, &[1; 32], 2_000).unwrap(), Lookup::Replay(r) if r == resp(1, 1_000)));
+        assert!(matches!(store.begin(&s, &[2; 32], 2_000).unwrap(), Lookup::BodyMismatch));
+        // Dropping a guard without completing frees the key.
+        let other = scope("acme", "prod", "k2");
+        drop(store.begin(&other, &[1; 32], 2_000).unwrap());
+        assert!(matches!(store.begin(&other, &[1; 32], 2_000).unwrap(), Lookup::Fresh(_)));
+        // After the TTL the key is new again, and eviction removes it from disk.
+        assert!(matches!(store.begin(&s, &[2; 32], 12_000).unwrap(), Lookup::Fresh(_)));
+        assert_eq!(store.evict_expired(12_000).unwrap(), 1);
+        assert!(store.is_empty().unwrap());
+    }
+}

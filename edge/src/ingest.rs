@@ -1,0 +1,154 @@
+//! The request pipeline between the HTTP layer and the WAL, without IO: split the body, validate
+//! and normalize every event, apply the PII policy, and build the WAL records. Shared by
+//! `POST /v1/events` and the `:debug` echo, so what debug reports is exactly what ingest does.
+
+use sluice_wire::record::{RecordError, encode_record};
+use sluice_wire::{BatchRecord, EventRecord, Stream};
+use uuid::Uuid;
+
+use crate::auth::Principal;
+use crate::body::{self, BodyError, BodyFormat};
+use crate::config::{LimitsConfig, PiiPolicy, ValidationConfig};
+use crate::pii::PiiViolation;
+use crate::validate::{self, BatchContext, Invalid, Reject};
+
+pub struct Request<'a> {
+    pub principal: &'a Principal,
+    pub region: &'a str,
+    pub batch_id: Uuid,
+    pub received_at_ms: u64,
+    /// The decompressed body.
+    pub body: &'a [u8],
+    pub format: BodyFormat,
+    pub limits: &'a LimitsConfig,
+    pub rules: &'a ValidationConfig,
+    pub pii: &'a PiiPolicy,
+}
+
+#[derive(Debug)]
+pub struct Prepared {
+    pub batch_id: Uuid,
+    pub received_at_ms: u64,
+    pub accepted: Vec<EventRecord>,
+    pub rejected: Vec<Reject>,
+    /// Dead-letter form of each rejected event.
+    pub dead_letters: Vec<EventRecord>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    #[error(transparent)]
+    Body(#[from] BodyError),
+    #[error("event {} field `{}` violates the PII policy ({})", .0.index, .0.field, .0.rule)]
+    Pii(PiiViolation),
+    #[error("no event in the batch is valid")]
+    NoValidEvents(Vec<Reject>),
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+pub fn prepare(req: &Request<'_>) -> Result<Prepared, PrepareError> {
+    let split = body::split(req.body, req.format, req.limits.max_events)?;
+    let sent_at_ms = match split.sent_at {
+        None => None,
+        Some(raw) => Some(
+            validate::parse_timestamp(raw.get())
+                .ok_or_else(|| BodyError::Malformed(format!("`sent_at` {} is not a timestamp", raw.get())))?,
+        ),
+    };
+    let ctx = BatchContext {
+        batch_id: req.batch_id,
+        tenant: &req.principal.tenant,
+        env: &req.principal.env,
+        region: req.region,
+        received_at_ms: req.received_at_ms,
+        sent_at_ms,
+        rules: req.rules,
+        limits: req.limits,
+        pii: req.pii,
+    };
+    let mut accepted = Vec::with_capacity(split.events.len());
+    let mut rejected = Vec::new();
+    let mut dead_letters = Vec::new();
+    for (index, json) in split.events.iter().enumerate() {
+        match validate::normalize(&ctx, index, json) {
+            Ok(e) => accepted.push(e),
+            Err(Invalid::Pii(v)) => return Err(PrepareError::Pii(v)),
+            Err(Invalid::Reject(r)) => {
+                dead_letters
+                    .push(validate::dead_letter(&ctx, &r, json).map_err(|e| PrepareError::Internal(e.to_string()))?);
+                rejected.push(r);
+            }
+        }
+    }
+    if accepted.is_empty() {
+        return Err(PrepareError::NoValidEvents(rejected));
+    }
+    Ok(Prepared { batch_id: req.batch_id, received_at_ms: req.received_at_ms, accepted, rejected, dead_letters })
+}
+
+impl Prepared {
+    /// Encodes the WAL bytes for this request: the events record and, if any event was rejected,
+    /// a dead-letter record, appended together so both are durable before the 202.
+    pub fn into_wal_bytes(self, principal: &Principal, region: &str) -> Result<(usize, Vec<u8>), RecordError> {
+        let accepted = self.accepted.len();
+        let size: usize = self.accepted.iter().chain(&self.dead_letters).map(|e| e.json.len() + 64).sum();
+        let mut bytes = Vec::with_capacity(size + 256);
+        let mut record = BatchRecord {
+            batch_id: self.batch_id,
+            tenant: principal.tenant.clone(),
+            env: principal.env.clone(),
+            region: region.to_string(),
+            received_at_ms: self.received_at_ms,
+            stream: Stream::Events,
+            events: self.accepted,
+        };
+        encode_record(&record, &mut bytes)?;
+        if !self.dead_letters.is_empty() {
+            // A distinct batch ID: core dedupes per batch, and the two records must not shadow
+            // each other. Derived, so a retried keyed batch maps to the same dead-letter batch.
+            record.batch_id = Uuid::new_v5(&self.batch_id, b"dead-letter");
+            record.stream = Stream::DeadLetter;
+            record.events = self.dead_letters;
+            encode_record(&record, &mut bytes)?;
+        }
+        Ok((accepted, bytes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_wire::record::records;
+
+    #[test]
+    fn ndjson_with_a_bad_line_accepts_the_rest_and_dead_letters_it() {
+        let principal =
+            Principal { key_id: "k".into(), tenant: "acme".into(), env: "prod".into(), signing_secret: None };
+        let limits = LimitsConfig::default();
+        let rules = ValidationConfig::default();
+        let pii = PiiPolicy::default();
+        let body = b"{\"event\":\"a\",\"distinct_id\":\"u\"}\n{oops\n{\"event\":\"c\",\"distinct_id\":\"u\"}\n";
+        let req = Request {
+            principal: &principal,
+            region: "eu",
+            batch_id: Uuid::from_u128(7),
+            received_at_ms: 1_800_000_000_000,
+            body,
+            format: BodyFormat::Ndjson,
+            limits: &limits,
+            rules: &rules,
+            pii: &pii,
+        };
+        let p = prepare(&req).unwrap();
+        assert_eq!(p.accepted.len(), 2);
+        assert_eq!(p.rejected.iter().map(|r| (r.index, r.code)).collect::<Vec<_>>(), vec![(1, "malformed_json")]);
+        let (n, bytes) = p.into_wal_bytes(&principal, "eu").unwrap();
+        assert_eq!(n, 2);
+        let recs: Vec<_> = records(&bytes).collect::<Result<_, _>>().unwrap();
+        assert_eq!(recs.len(), 2);
+        assert_eq!((recs[0].stream, recs[0].events.len()), (Stream::Events, 2));
+        assert_eq!((recs[1].stream, recs[1].events.len()), (Stream::DeadLetter, 1));
+        assert_ne!(recs[0].batch_id, recs[1].batch_id);
+    }
+}
