@@ -286,22 +286,20 @@ fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Everything `ingest` and `debug` share: authentication, media type, the raw body (bounded in
-/// size and time), and the request signature.
-struct Authenticated {
+/// The authenticated caller and the body's media type, known before the body is read.
+struct Caller {
     principal: Principal,
     format: BodyFormat,
-    raw: Bytes,
 }
 
-async fn authenticate_and_read(
-    state: &AppState,
-    headers: &HeaderMap,
-    uri: &Uri,
-    body: Body,
-) -> Result<Authenticated, ApiError> {
+fn authenticate(state: &AppState, headers: &HeaderMap, uri: &Uri) -> Result<Caller, ApiError> {
     let principal = state.keys.authenticate(api_key(headers, uri, state.http.allow_query_key))?;
-    let format = body_format(headers)?;
+    Ok(Caller { principal, format: body_format(headers)? })
+}
+
+/// Reads the raw body (bounded in size and time) and checks the request signature if the key
+/// requires one.
+async fn read_body(state: &AppState, caller: &Caller, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
     let limits = &state.limits;
     let timeout = Duration::from_millis(state.http.body_timeout_ms);
     let raw = match tokio::time::timeout(timeout, axum::body::to_bytes(body, limits.max_body_bytes)).await {
@@ -315,35 +313,36 @@ async fn authenticate_and_read(
             ));
         }
     };
-    if let Some(secret) = &principal.signing_secret {
+    if let Some(secret) = &caller.principal.signing_secret {
         let now = (now_ms() / 1000) as i64;
         let skew = state.http.signature_skew_secs;
         let sig = headers.get("x-signature").and_then(|v| v.to_str().ok());
         let verified = signature::verify(secret, sig, &raw, now, skew)?;
         state.replays.admit(&verified, now, skew)?;
     }
-    Ok(Authenticated { principal, format, raw })
+    Ok(raw)
 }
 
 fn prepare(
     state: &AppState,
-    auth: &Authenticated,
+    caller: &Caller,
+    raw: &[u8],
     headers: &HeaderMap,
     batch_id: uuid::Uuid,
 ) -> Result<Prepared, ApiError> {
     let limits = &state.limits;
     let encoding = headers.get(header::CONTENT_ENCODING).map(|v| v.to_str().unwrap_or("invalid"));
-    let decoded = body::decode(&auth.raw, encoding, limits.max_body_bytes).map_err(|e| body_error(e, limits))?;
+    let decoded = body::decode(raw, encoding, limits.max_body_bytes).map_err(|e| body_error(e, limits))?;
     let request = ingest::Request {
-        principal: &auth.principal,
+        principal: &caller.principal,
         region: &state.region,
         batch_id,
         received_at_ms: now_ms(),
         body: &decoded,
-        format: auth.format,
+        format: caller.format,
         limits,
         rules: &state.rules,
-        pii: state.pii.policy_for(&auth.principal.tenant),
+        pii: state.pii.policy_for(&caller.principal.tenant),
     };
     ingest::prepare(&request).map_err(|e| prepare_error(e, limits))
 }
@@ -356,12 +355,12 @@ async fn ingest(
     body: Body,
 ) -> Result<Response, ApiError> {
     let request_id = request_id.to_str().unwrap_or("");
-    let auth = authenticate_and_read(&state, &headers, &uri, body).await?;
-    let tenant = auth.principal.tenant.clone();
+    let caller = authenticate(&state, &headers, &uri)?;
+    let tenant = caller.principal.tenant.clone();
 
     let idem_key = headers.get(IDEMPOTENCY_KEY).map(|v| v.to_str().unwrap_or(""));
-    let (batch_id, in_flight) = match idem_key {
-        None => (sluice_wire::ids::new_batch_id(), None),
+    let reserved = match idem_key {
+        None => None,
         Some(key) => {
             if key.is_empty() || key.len() > idempotency::MAX_KEY_LEN || !key.bytes().all(|b| b.is_ascii_graphic()) {
                 return Err(ApiError::new(
@@ -370,10 +369,23 @@ async fn ingest(
                     format!("X-Idempotency-Key must be 1-{} visible ASCII characters", idempotency::MAX_KEY_LEN),
                 ));
             }
-            let p = &auth.principal;
-            let scope = idempotency::scope(&p.tenant, &p.env, key);
-            let hash: [u8; 32] = Sha256::digest(&auth.raw).into();
-            let lookup = tokio::task::block_in_place(|| state.idempotency.begin(&scope, &hash, now_ms()))
+            let p = &caller.principal;
+            let guard = state.idempotency.reserve(&idempotency::scope(&p.tenant, &p.env, key)).ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::CONFLICT,
+                    "idempotency_key_in_flight",
+                    "a request with this X-Idempotency-Key is still being processed; retry shortly",
+                )
+            })?;
+            Some((key, guard))
+        }
+    };
+    let raw = read_body(&state, &caller, &headers, body).await?;
+    let (batch_id, in_flight) = match reserved {
+        None => (sluice_wire::ids::new_batch_id(), None),
+        Some((key, guard)) => {
+            let hash: [u8; 32] = Sha256::digest(&raw).into();
+            let lookup = tokio::task::block_in_place(|| state.idempotency.lookup(guard, &hash, now_ms()))
                 .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", e.to_string()))?;
             match lookup {
                 Lookup::Replay(stored) => return Ok(replayed(stored)),
@@ -384,23 +396,19 @@ async fn ingest(
                         "this X-Idempotency-Key was used with a different body",
                     ));
                 }
-                Lookup::InFlight => {
-                    return Err(ApiError::new(
-                        StatusCode::CONFLICT,
-                        "idempotency_key_in_flight",
-                        "a request with this X-Idempotency-Key is still being processed; retry shortly",
-                    ));
+                Lookup::Fresh(guard) => {
+                    let p = &caller.principal;
+                    (sluice_wire::ids::keyed_batch_id(&p.tenant, &p.env, key), Some((guard, hash)))
                 }
-                Lookup::Fresh(guard) => (sluice_wire::ids::keyed_batch_id(&p.tenant, &p.env, key), Some((guard, hash))),
             }
         }
     };
 
-    let prepared = prepare(&state, &auth, &headers, batch_id)?;
+    let prepared = prepare(&state, &caller, &raw, &headers, batch_id)?;
     let rejected = prepared.rejected.clone();
     let received_at_ms = prepared.received_at_ms;
     let (count, bytes) = prepared
-        .into_wal_bytes(&auth.principal, &state.region)
+        .into_wal_bytes(&caller.principal, &state.region)
         .map_err(|e| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", e.to_string()))?;
     if let Err(e) = state.wal.append(bytes).await {
         tracing::warn!(tenant_id = %tenant, request_id, error = %e, "ingest: append refused");
@@ -443,8 +451,8 @@ async fn debug(
     uri: Uri,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let auth = authenticate_and_read(&state, &headers, &uri, body).await?;
-    if state.debug_limiter.check_key(&auth.principal.key_id).is_err() {
+    let caller = authenticate(&state, &headers, &uri)?;
+    if state.debug_limiter.check_key(&caller.principal.key_id).is_err() {
         let mut err = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limited",
@@ -453,8 +461,9 @@ async fn debug(
         err.retry_after_secs = Some(1);
         return Err(err);
     }
+    let raw = read_body(&state, &caller, &headers, body).await?;
     let batch_id = sluice_wire::ids::new_batch_id();
-    let (events, rejected, pii) = match prepare(&state, &auth, &headers, batch_id) {
+    let (events, rejected, pii) = match prepare(&state, &caller, &raw, &headers, batch_id) {
         Ok(p) => (p.accepted, p.rejected, None),
         Err(e) if e.code == "no_valid_events" => {
             let rejected = e.details.as_ref().map(|d| d["rejected"].clone()).unwrap_or_default();

@@ -36,8 +36,6 @@ pub enum Lookup {
     Replay(StoredResponse),
     /// Seen before with a different body.
     BodyMismatch,
-    /// The first request with this key has not finished yet.
-    InFlight,
 }
 
 /// Marks a key as in flight; dropping it (on any error path) frees the key for a retry.
@@ -75,14 +73,18 @@ impl IdempotencyStore {
         Ok(Self { db, in_flight: Arc::default(), ttl_ms: ttl_secs.saturating_mul(1000) })
     }
 
-    pub fn begin(&self, scope: &str, request_hash: &[u8; 32], now_ms: u64) -> Result<Lookup, StoreError> {
+    /// Claims `scope` for one request before its body is read, so a concurrent duplicate is
+    /// refused (409) instead of racing. `None` if another request holds it.
+    pub fn reserve(&self, scope: &str) -> Option<InFlight> {
         let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-        if in_flight.contains(scope) {
-            return Ok(Lookup::InFlight);
-        }
+        in_flight.insert(scope.to_string()).then(|| InFlight { scope: scope.to_string(), set: self.in_flight.clone() })
+    }
+
+    /// With the key reserved and the body read: was this key already answered?
+    pub fn lookup(&self, guard: InFlight, request_hash: &[u8; 32], now_ms: u64) -> Result<Lookup, StoreError> {
         let txn = self.db.begin_read().map_err(err)?;
         let table = txn.open_table(RESPONSES).map_err(err)?;
-        if let Some(v) = table.get(scope).map_err(err)? {
+        if let Some(v) = table.get(guard.scope.as_str()).map_err(err)? {
             let stored = StoredResponse::decode(v.value()).map_err(err)?;
             if now_ms.saturating_sub(stored.created_ms) < self.ttl_ms {
                 return Ok(if &stored.request_hash == request_hash {
@@ -92,8 +94,7 @@ impl IdempotencyStore {
                 });
             }
         }
-        in_flight.insert(scope.to_string());
-        Ok(Lookup::Fresh(InFlight { scope: scope.to_string(), set: self.in_flight.clone() }))
+        Ok(Lookup::Fresh(guard))
     }
 
     /// Durably stores the response of a fresh request, then releases its in-flight mark.
@@ -162,19 +163,21 @@ mod tests {
         let s = scope("acme", "prod", "k1");
         {
             let store = IdempotencyStore::open(&path, 10).unwrap();
-            let Lookup::Fresh(guard) = store.begin(&s, &[1; 32], 1_000).unwrap() else { panic!("fresh") };
-            assert!(matches!(store.begin(&s, &[1; 32], 1_000).unwrap(), Lookup::InFlight));
+            let guard = store.reserve(&s).unwrap();
+            assert!(store.reserve(&s).is_none(), "a concurrent duplicate cannot reserve");
+            let Lookup::Fresh(guard) = store.lookup(guard, &[1; 32], 1_000).unwrap() else { panic!("fresh") };
             store.complete(guard, &resp(1, 1_000)).unwrap();
         }
         let store = IdempotencyStore::open(&path, 10).unwrap();
-        assert!(matches!(store.begin(&s, &[1; 32], 2_000).unwrap(), Lookup::Replay(r) if r == resp(1, 1_000)));
-        assert!(matches!(store.begin(&s, &[2; 32], 2_000).unwrap(), Lookup::BodyMismatch));
+        let look = |hash: u8, now: u64| store.lookup(store.reserve(&s).unwrap(), &[hash; 32], now).unwrap();
+        assert!(matches!(look(1, 2_000), Lookup::Replay(r) if r == resp(1, 1_000)));
+        assert!(matches!(look(2, 2_000), Lookup::BodyMismatch));
         // Dropping a guard without completing frees the key.
         let other = scope("acme", "prod", "k2");
-        drop(store.begin(&other, &[1; 32], 2_000).unwrap());
-        assert!(matches!(store.begin(&other, &[1; 32], 2_000).unwrap(), Lookup::Fresh(_)));
+        drop(store.reserve(&other));
+        assert!(store.reserve(&other).is_some());
         // After the TTL the key is new again, and eviction removes it from disk.
-        assert!(matches!(store.begin(&s, &[2; 32], 12_000).unwrap(), Lookup::Fresh(_)));
+        assert!(matches!(look(2, 12_000), Lookup::Fresh(_)));
         assert_eq!(store.evict_expired(12_000).unwrap(), 1);
         assert!(store.is_empty().unwrap());
     }

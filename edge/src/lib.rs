@@ -127,8 +127,11 @@ impl Edge {
     /// whatever was not yet acknowledged by core.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
-        for t in &self.background {
+        for t in self.background {
             t.abort();
+            // Awaiting the cancelled task drops what it holds (the keys and idempotency store),
+            // so a new edge in the same process can reopen them.
+            let _ = t.await;
         }
         if let Err(e) = self.server.await {
             tracing::error!(error = %e, "edge: HTTP server task failed");

@@ -3,8 +3,10 @@
 //! The broker is librdkafka's in-process mock cluster unless `SLUICE_TEST_KAFKA=host:port` names
 //! a real one. Each test uses its own region, hence its own topic `events.<region>`.
 
+pub mod edge_harness;
 pub mod http;
 pub mod kafka;
+pub mod openapi;
 pub mod procs;
 
 use std::net::{SocketAddr, TcpListener, UdpSocket};

@@ -1,0 +1,65 @@
+//! An edge running in the test process (forwarder off unless configured), for API tests that need
+//! no core: quick to start, and its WAL statistics are directly visible.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+
+use sluice_edge::config::EdgeConfig;
+
+pub struct InProcessEdge {
+    pub edge: Option<sluice_edge::Edge>,
+    pub key: String,
+    pub keys_file: PathBuf,
+    pub config: EdgeConfig,
+    pub dir: tempfile::TempDir,
+}
+
+impl InProcessEdge {
+    /// Starts an edge with one key for tenant `acme`/`prod`; `customize` adjusts the config.
+    pub async fn start(customize: impl FnOnce(&mut EdgeConfig)) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let keys_file = dir.path().join("keys.toml");
+        let (_, key) = sluice_ops::keys::add(&keys_file, "acme", "prod").expect("key");
+        let mut config = EdgeConfig {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            keys_file: keys_file.clone(),
+            ..EdgeConfig::default()
+        };
+        config.wal.dir = dir.path().join("wal");
+        config.idempotency.path = dir.path().join("idempotency.redb");
+        config.forwarder.enabled = false;
+        config.http.keys_reload_ms = 50;
+        customize(&mut config);
+        let edge = sluice_edge::start(config.clone()).await.expect("edge starts");
+        // Later restarts must reuse the same port.
+        config.listen = edge.http_addr;
+        InProcessEdge { edge: Some(edge), key, keys_file, config, dir }
+    }
+
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.edge().http_addr
+    }
+
+    pub fn edge(&self) -> &sluice_edge::Edge {
+        self.edge.as_ref().expect("edge is running")
+    }
+
+    /// Records appended to the WAL so far (one per accepted request).
+    pub fn appended(&self) -> u64 {
+        self.edge().wal.stats().records.load(Ordering::Relaxed)
+    }
+
+    /// Stops and starts the edge on the same directories and address.
+    pub async fn restart(&mut self) {
+        if let Some(e) = self.edge.take() {
+            e.shutdown().await;
+        }
+        self.edge = Some(sluice_edge::start(self.config.clone()).await.expect("edge restarts"));
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(e) = self.edge.take() {
+            e.shutdown().await;
+        }
+    }
+}
