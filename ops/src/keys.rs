@@ -22,8 +22,19 @@ pub fn save(path: &Path, file: &KeysFile) -> anyhow::Result<()> {
 
 /// Adds a key for (tenant, env) and returns `(key id, secret)`; the secret is shown once.
 pub fn add(path: &Path, tenant: &str, env: &str) -> anyhow::Result<(String, String)> {
+    add_with_signing(path, tenant, env, None)
+}
+
+/// Like [`add`], optionally requiring `X-Signature` HMACs made with `signing_secret` (hex).
+pub fn add_with_signing(
+    path: &Path,
+    tenant: &str,
+    env: &str,
+    signing_secret: Option<String>,
+) -> anyhow::Result<(String, String)> {
     let mut file = load_or_empty(path)?;
-    let (entry, secret) = new_key(tenant, env);
+    let (mut entry, secret) = new_key(tenant, env);
+    entry.signing_secret = signing_secret;
     let id = entry.id.clone();
     file.keys.push(entry);
     save(path, &file)?;
@@ -43,4 +54,31 @@ pub fn revoke(path: &Path, id: &str) -> anyhow::Result<()> {
         .with_context(|| format!("no key with id {id} in {}", path.display()))?;
     entry.revoked = true;
     save(path, &file)
+}
+
+/// 32 random bytes, hex: an HMAC-SHA256 key.
+pub fn new_signing_secret() -> String {
+    hex::encode(rand::random::<[u8; 32]>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_list_revoke_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.toml");
+        let (id, secret) = add(&path, "acme", "prod").unwrap();
+        let (_, signed) = add_with_signing(&path, "acme", "prod", Some(new_signing_secret())).unwrap();
+        revoke(&path, &id).unwrap();
+        let file = list(&path).unwrap();
+        assert_eq!(file.keys.len(), 2);
+        assert!(file.keys[0].revoked && !file.keys[1].revoked);
+        assert_eq!(file.keys[1].signing_secret.as_ref().map(String::len), Some(64));
+        let store = sluice_edge::auth::KeyStore::load(&path).unwrap();
+        assert_eq!(store.authenticate(Some(&secret)), Err(sluice_edge::auth::AuthError::Revoked));
+        assert!(store.authenticate(Some(&signed)).unwrap().signing_secret.is_some());
+        assert!(revoke(&path, "key_missing").is_err());
+    }
 }

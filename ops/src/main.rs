@@ -50,6 +50,10 @@ enum KeysAction {
         tenant: String,
         #[arg(long, default_value = "production")]
         env: String,
+        /// Also create an HMAC signing secret: requests with this key must then carry
+        /// `X-Signature: t=<unix>,v1=<hex hmac-sha256(secret, "<t>." + body)>`.
+        #[arg(long)]
+        signed: bool,
     },
     /// List keys (ids, tenants, status; never secrets).
     List,
@@ -62,10 +66,14 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Dev { dir, http, quic, kafka } => run_dev(DevOptions { dir, http, quic, kafka }),
         Command::Keys { file, action } => match action {
-            KeysAction::New { tenant, env } => {
-                let (id, secret) = sluice_ops::keys::add(&file, &tenant, &env)?;
+            KeysAction::New { tenant, env, signed } => {
+                let signing = signed.then(sluice_ops::keys::new_signing_secret);
+                let (id, secret) = sluice_ops::keys::add_with_signing(&file, &tenant, &env, signing.clone())?;
                 println!("created key {id} for tenant {tenant} env {env}");
                 println!("secret (shown once): {secret}");
+                if let Some(s) = signing {
+                    println!("signing secret (hex, keep it server-side): {s}");
+                }
                 Ok(())
             }
             KeysAction::List => {

@@ -34,6 +34,11 @@ impl TestEnv {
         format!("events.{}", self.region)
     }
 
+    /// Core's dead-letter topic in this test.
+    pub fn dlq_topic(&self) -> String {
+        format!("dlq.{}", self.region)
+    }
+
     pub fn wal_dir(&self) -> PathBuf {
         self.path().join("wal")
     }
@@ -74,11 +79,13 @@ data_dir = "{data}"
 [sink]
 type = "kafka"
 brokers = "{brokers}"
+dlq_topic = "{dlq}"
 "#,
             cert = self.pki.core_cert.display(),
             key = self.pki.core_key.display(),
             ca = self.pki.ca_cert.display(),
             data = self.path().join("core").display(),
+            dlq = self.dlq_topic(),
         )
     }
 

@@ -1,5 +1,6 @@
 //! The walking skeleton's promise: events posted as a JSON array, as NDJSON and gzip-compressed
-//! travel edge → WAL → QUIC → core → Kafka and arrive exactly once, normalized, with headers.
+//! travel edge → WAL → QUIC → core → Kafka and arrive exactly once, normalized, with headers;
+//! an invalid event in an accepted batch reaches core's dead-letter topic.
 
 use std::collections::HashSet;
 use std::io::Write;
@@ -15,6 +16,7 @@ fn array_ndjson_and_gzip_bodies_arrive_once_normalized() {
     let kafka = TestKafka::start();
     let env = TestEnv::new("e2e");
     kafka.create_topic(&env.topic(), 3);
+    kafka.create_topic(&env.dlq_topic(), 1);
     let core_addr = free_udp_addr();
     let _core = env.spawn_core(core_addr, &kafka.brokers);
     let http = free_tcp_addr();
@@ -25,10 +27,14 @@ fn array_ndjson_and_gzip_bodies_arrive_once_normalized() {
 
     let (array, ids) = events_body("array", 3);
     expected.extend(ids);
-    let r = post_events(http, &env.key, "application/json", &[], &array);
+    let mut with_bad: Vec<serde_json::Value> = serde_json::from_slice(&array).unwrap();
+    with_bad.push(serde_json::json!({"event": "broken"}));
+    let r = post_events(http, &env.key, "application/json", &[], &serde_json::to_vec(&with_bad).unwrap());
     assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.json()["accepted"], 3);
-    batch_ids.insert(r.json()["batch_id"].as_str().unwrap().to_string());
+    assert_eq!(r.json()["rejected"][0]["index"], 3);
+    let array_batch = r.json()["batch_id"].as_str().unwrap().to_string();
+    batch_ids.insert(array_batch.clone());
 
     let ndjson: String = (0..3)
         .map(|i| {
@@ -70,4 +76,12 @@ fn array_ndjson_and_gzip_bodies_arrive_once_normalized() {
         // Both the RFC 3339 form and epoch seconds normalize to epoch milliseconds.
         assert_eq!(p["timestamp"].as_i64(), Some(1_795_600_800_000), "{p}");
     }
+
+    let dead = consume(&kafka.brokers, &env.dlq_topic(), 1, Duration::from_secs(30), Duration::from_secs(1));
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let d = &dead[0].payload;
+    assert_eq!((d["code"].as_str(), d["index"].as_u64()), (Some("missing_field"), Some(3)));
+    assert_eq!(d["batch_id"], array_batch.as_str());
+    assert_eq!(d["raw"], r#"{"event":"broken"}"#);
+    assert_eq!(dead[0].headers["tenant"], "acme");
 }

@@ -3,26 +3,8 @@
 
 use std::io::Write;
 
-use sluice_edge::config::EdgeConfig;
+use sluice_tests::edge_harness::InProcessEdge;
 use sluice_tests::http::{Response, events_body, post_events, request};
-
-struct Edge {
-    edge: sluice_edge::Edge,
-    key: String,
-    _dir: tempfile::TempDir,
-}
-
-async fn start_edge() -> Edge {
-    let dir = tempfile::tempdir().unwrap();
-    let keys_file = dir.path().join("keys.toml");
-    let (_, key) = sluice_ops::keys::add(&keys_file, "acme", "prod").unwrap();
-    let mut config = EdgeConfig { listen: "127.0.0.1:0".parse().unwrap(), keys_file, ..EdgeConfig::default() };
-    config.wal.dir = dir.path().join("wal");
-    config.idempotency.path = dir.path().join("idempotency.redb");
-    config.forwarder.enabled = false;
-    let edge = sluice_edge::start(config).await.unwrap();
-    Edge { edge, key, _dir: dir }
-}
 
 fn assert_error(r: &Response, status: u16, code: &str) {
     assert_eq!(r.status, status, "{}", String::from_utf8_lossy(&r.body));
@@ -39,15 +21,11 @@ fn gzip(data: &[u8]) -> Vec<u8> {
     gz.finish().unwrap()
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f).await.unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_auth_and_malformed_bodies() {
-    let e = start_edge().await;
-    let (addr, key) = (e.edge.http_addr, e.key.clone());
-    blocking(move || {
+    let e = InProcessEdge::start(|_| {}).await;
+    let (addr, key) = (e.addr(), e.key.clone());
+    tokio::task::spawn_blocking(move || {
         // 500 events is fine, 501 is not.
         let (ok, _) = events_body("max", 500);
         assert_eq!(post_events(addr, &key, "application/json", &[], &ok).status, 202);
@@ -90,8 +68,9 @@ async fn limits_auth_and_malformed_bodies() {
         assert_error(&post_events(addr, &key, "application/json", &[], b"[{\"event\":\"\"}]"), 400, "no_valid_events");
         assert_error(&post_events(addr, &key, "application/xml", &[], b"<x/>"), 415, "unsupported_media_type");
     })
-    .await;
+    .await
+    .unwrap();
     // Only the two valid requests reached the WAL.
-    assert_eq!(e.edge.wal.stats().records.load(std::sync::atomic::Ordering::Relaxed), 2);
-    e.edge.shutdown().await;
+    assert_eq!(e.appended(), 2);
+    e.shutdown().await;
 }
