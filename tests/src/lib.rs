@@ -5,7 +5,10 @@
 
 pub mod http;
 pub mod kafka;
+pub mod ledger;
 pub mod procs;
+pub mod udp_proxy;
+pub mod walfile;
 
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 
