@@ -286,6 +286,17 @@ impl Collector {
         }
     }
 
+    /// How many of `ids` have not been seen yet.
+    pub fn missing(&self, ids: &HashSet<String>) -> usize {
+        let c = self.seen.lock().unwrap();
+        ids.iter().filter(|id| !c.by_id.contains_key(*id)).count()
+    }
+
+    /// Distinct event IDs seen so far.
+    pub fn seen_count(&self) -> usize {
+        self.seen.lock().unwrap().by_id.len()
+    }
+
     /// Keeps consuming for `grace` (to catch late duplicates), then stops.
     pub fn finish(mut self, grace: Duration) -> (HashMap<String, Seen>, u64) {
         std::thread::sleep(grace);

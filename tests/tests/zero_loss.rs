@@ -63,10 +63,24 @@ fn settle(
     excluded: &HashSet<String>,
     healed: Option<Instant>,
 ) -> Report {
+    settle_with(name, ledger, collector, excluded, healed, None)
+}
+
+fn settle_with(
+    name: &str,
+    ledger: &Ledger,
+    collector: Collector,
+    excluded: &HashSet<String>,
+    healed: Option<Instant>,
+    recovery: Option<Duration>,
+) -> Report {
     let want: HashSet<String> = ledger.accepted().difference(excluded).cloned().collect();
     collector.wait_for(&want, Duration::from_secs(pick(90, 300)));
     let (seen, malformed) = collector.finish(Duration::from_secs(2));
-    let report = check(name, ledger, &seen, malformed, excluded, healed);
+    let mut report = check(name, ledger, &seen, malformed, excluded, healed);
+    if recovery.is_some() {
+        report.recovery = recovery;
+    }
     report.print();
     report
 }
@@ -101,9 +115,7 @@ fn broker_outage() {
     let collector = rig.collector();
     let ledger = Ledger::new();
     let driver = Driver::start(&ledger, rig.http, &rig.env.key, "outage", 2, BATCH, PAUSE);
-    wait_until("first deliveries", Duration::from_secs(30), || {
-        collector.wait_for(&ledger.accepted(), Duration::ZERO) && ledger.accepted_count() > 0
-    });
+    wait_until("first deliveries", Duration::from_secs(30), || collector.seen_count() > 0);
 
     for b in 1..=3 {
         mock.broker_down(b).unwrap();
@@ -142,9 +154,7 @@ fn network_cut_and_degraded_link() {
     let collector = rig.collector();
     let ledger = Ledger::new();
     let driver = Driver::start(&ledger, rig.http, &rig.env.key, "netcut", 2, BATCH, PAUSE);
-    wait_until("first deliveries", Duration::from_secs(30), || {
-        ledger.accepted_count() > 0 && collector.wait_for(&ledger.accepted(), Duration::ZERO)
-    });
+    wait_until("first deliveries", Duration::from_secs(30), || collector.seen_count() > 0);
 
     proxy.set(Mode::Blackhole);
     let before = ledger.requests("202");
@@ -162,8 +172,8 @@ fn network_cut_and_degraded_link() {
     driver.wait_requests(40, Duration::from_secs(20));
     driver.stop();
 
-    let mut report = settle("2 network cut + 20% loss/reorder", &ledger, collector, &HashSet::new(), None);
-    report.recovery = Some(drained_in);
+    let report =
+        settle_with("2 network cut + 20% loss/reorder", &ledger, collector, &HashSet::new(), None, Some(drained_in));
     eprintln!("proxy (forwarded, dropped) packets: {:?}", proxy.counts());
     report.assert_no_loss();
     assert_eq!(report.duplicated, 0, "no process crashed, so no duplicates");
@@ -219,10 +229,8 @@ fn core_kill9_cycles() {
     let mut healed = Instant::now();
     for _ in 0..cycles {
         // Kill only once core is delivering, so the kill lands in the middle of producing.
-        let target = ledger.accepted();
-        wait_until("core delivering", Duration::from_secs(60), || {
-            collector.wait_for(&target, Duration::ZERO) || !target.is_empty() && ledger.accepted_count() > target.len()
-        });
+        let seen = collector.seen_count();
+        wait_until("core delivering", Duration::from_secs(60), || collector.seen_count() > seen);
         driver.wait_requests(20, Duration::from_secs(20));
         core.kill9();
         healed = Instant::now();

@@ -74,10 +74,19 @@ struct Append {
     done: oneshot::Sender<Result<(), WalError>>,
 }
 
+/// What the writer thread is asked to do.
+enum Request {
+    Append(Append),
+    /// Close segment `segment` if it is still the one being written, and continue in a new one;
+    /// answers the segment now being written. The reader asks this before quarantining the
+    /// active segment, so no later append lands in a file nobody forwards.
+    Rotate { segment: u64, done: mpsc::SyncSender<std::io::Result<u64>> },
+}
+
 /// Handle to the WAL: appends go to the writer thread; the reader tails committed data.
 #[derive(Clone)]
 pub struct Wal {
-    tx: mpsc::Sender<Append>,
+    tx: mpsc::Sender<Request>,
     shared: Arc<Shared>,
     budget: u64,
     dir: PathBuf,
@@ -125,6 +134,7 @@ impl Wal {
             committed_rx.clone(),
             acked.max(Position { segment: live.first().map_or(next_seq, |s| s.0), offset: 0 }),
             shared.clone(),
+            tx.clone(),
         );
         Ok((Wal { tx, shared, budget: config.budget_bytes, dir, committed: committed_rx }, reader))
     }
@@ -139,7 +149,7 @@ impl Wal {
             return Err(WalError::Full { used, budget: self.budget });
         }
         let (done, wait) = oneshot::channel();
-        self.tx.send(Append { bytes, done }).map_err(|_| WalError::Closed)?;
+        self.tx.send(Request::Append(Append { bytes, done })).map_err(|_| WalError::Closed)?;
         wait.await.map_err(|_| WalError::Closed)?
     }
 
@@ -158,5 +168,45 @@ impl Wal {
     /// The end of the last durable record.
     pub fn committed(&self) -> Position {
         *self.committed.borrow()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(n: usize) -> Vec<u8> {
+        let r = sluice_wire::BatchRecord {
+            batch_id: sluice_wire::ids::new_batch_id(),
+            tenant: "t".into(),
+            env: "e".into(),
+            region: "r".into(),
+            received_at_ms: n as u64,
+            stream: sluice_wire::Stream::Events,
+            events: vec![],
+        };
+        let mut b = Vec::new();
+        sluice_wire::record::encode_record(&r, &mut b).unwrap();
+        b
+    }
+
+    /// Regression: quarantining the segment the writer was still appending to renamed the file
+    /// under the writer, so every later acknowledged append went into a file nobody forwards.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn quarantining_the_active_segment_moves_the_writer_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = WalConfig { dir: dir.path().join("wal"), ..WalConfig::default() };
+        let (wal, mut reader) = Wal::open(&config).unwrap();
+        wal.append(record(1)).await.unwrap();
+        let active = wal.committed().segment;
+        let next = tokio::task::block_in_place(|| reader.quarantine(active)).unwrap();
+        assert_eq!(next, Position { segment: active + 1, offset: 0 });
+        wal.append(record(2)).await.unwrap();
+        assert_eq!(wal.committed().segment, active + 1, "the append after the quarantine is in a new segment");
+        match reader.read(reader.acked(), 1 << 20).unwrap() {
+            ReadOutcome::Records { segment, count, .. } => assert_eq!((segment, count), (active + 1, 1)),
+            other => panic!("the record appended after the quarantine is not readable: {other:?}"),
+        }
+        assert!(dir.path().join("wal").join(format!("{active:020}.{QUARANTINE_EXT}")).exists());
     }
 }

@@ -9,7 +9,7 @@ use std::time::Instant;
 use tokio::sync::watch;
 
 use super::segment::{segment_path, sync_dir};
-use super::{Append, Position, Shared, WalError};
+use super::{Append, Position, Request, Shared, WalError};
 use crate::config::WalConfig;
 
 pub(super) struct Writer {
@@ -43,16 +43,36 @@ impl Writer {
         })
     }
 
-    pub fn run(mut self, rx: mpsc::Receiver<Append>) {
+    pub fn run(mut self, rx: mpsc::Receiver<Request>) {
         let mut group = Vec::new();
-        while let Ok(first) = rx.recv() {
+        let mut held: Option<Request> = None;
+        loop {
+            let first = match held.take() {
+                Some(r) => r,
+                None => match rx.recv() {
+                    Ok(r) => r,
+                    Err(_) => break,
+                },
+            };
+            let first = match first {
+                Request::Append(a) => a,
+                Request::Rotate { segment, done } => {
+                    let _ = done.send(self.rotate(segment));
+                    continue;
+                }
+            };
             let mut bytes = first.bytes.len();
             group.push(first);
             while bytes < self.max_group_bytes {
                 match rx.try_recv() {
-                    Ok(next) => {
+                    Ok(Request::Append(next)) => {
                         bytes += next.bytes.len();
                         group.push(next);
+                    }
+                    // Commit what came before the rotation first, in the old segment.
+                    Ok(rotate) => {
+                        held = Some(rotate);
+                        break;
                     }
                     Err(_) => break,
                 }
@@ -63,6 +83,20 @@ impl Writer {
             }
         }
         tracing::info!("wal: writer stopped");
+    }
+
+    /// Moves to a new segment if `segment` is still the one being written; returns the segment
+    /// being written afterwards. Publishes the new position so the reader sees the old segment
+    /// as finished.
+    fn rotate(&mut self, segment: u64) -> std::io::Result<u64> {
+        if self.pos.segment <= segment {
+            let next = self.pos.segment + 1;
+            self.file = create_segment(&self.dir, next)?;
+            self.pos = Position { segment: next, offset: 0 };
+            self.committed.send_replace(self.pos);
+            tracing::warn!(closed = segment, segment = next, "wal: segment closed early on request");
+        }
+        Ok(self.pos.segment)
     }
 
     fn commit(&mut self, group: &[Append]) -> Result<(), WalError> {
