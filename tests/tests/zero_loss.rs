@@ -94,6 +94,10 @@ fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     }
 }
 
+fn tail(log: &str) -> String {
+    log.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
+}
+
 fn assert_log_clean(p: &Proc) {
     let log = p.log();
     assert!(!log.contains("panicked"), "{} panicked:\n{log}", p.name);
@@ -316,7 +320,11 @@ fn wal_disk_full_on_small_filesystem() {
 
     let _core = rig.core(&[]);
     // The latched WAL still forwards what it committed; a restart re-verifies and reopens it.
-    assert!(collector.wait_for(&ledger.accepted(), Duration::from_secs(60)), "committed records were not forwarded");
+    assert!(
+        collector.wait_for(&ledger.accepted(), Duration::from_secs(60)),
+        "committed records were not forwarded; edge log:\n{}",
+        tail(&edge.log())
+    );
     edge.kill9();
     edge = rig.edge(&opts);
     let healed = Instant::now();

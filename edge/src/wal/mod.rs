@@ -96,6 +96,7 @@ pub struct Wal {
 impl Wal {
     /// Recovers the directory and starts the writer thread on a fresh segment.
     pub fn open(config: &WalConfig) -> Result<(Wal, WalReader), OpenError> {
+        let config = &effective(config);
         let dir = config.dir.clone();
         let err = |source| OpenError { dir: dir.clone(), source };
         std::fs::create_dir_all(&dir).map_err(err)?;
@@ -171,23 +172,88 @@ impl Wal {
     }
 }
 
+/// Smallest segment size [`effective`] shrinks to.
+const MIN_SEGMENT_BYTES: u64 = 16 * 1024;
+
+/// The budget is freed by deleting whole acknowledged segments, and the segment being written is
+/// never deleted. A segment as large as the budget could therefore hold the WAL "full" forever
+/// even after core acked everything; segments are kept to at most a quarter of the budget.
+fn effective(config: &WalConfig) -> WalConfig {
+    let mut c = config.clone();
+    let cap = (config.budget_bytes / 4).max(MIN_SEGMENT_BYTES);
+    if c.segment_bytes > cap {
+        tracing::info!(configured = config.segment_bytes, budget = config.budget_bytes, segment_bytes = cap,
+            "wal: segment size lowered to a quarter of the budget");
+        c.segment_bytes = cap;
+    }
+    c
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn record(n: usize) -> Vec<u8> {
+    fn record(pad: usize) -> Vec<u8> {
         let r = sluice_wire::BatchRecord {
             batch_id: sluice_wire::ids::new_batch_id(),
             tenant: "t".into(),
             env: "e".into(),
             region: "r".into(),
-            received_at_ms: n as u64,
+            received_at_ms: 1,
             stream: sluice_wire::Stream::Events,
-            events: vec![],
+            events: vec![sluice_wire::EventRecord { event_id: "e".into(), json: vec![b' '; pad] }],
         };
         let mut b = Vec::new();
         sluice_wire::record::encode_record(&r, &mut b).unwrap();
         b
+    }
+
+    /// Regression: with segments larger than the budget, acked bytes in the segment being written
+    /// were never freed, so an edge that filled its budget while core was away answered 503 forever.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_budget_is_freed_once_core_acks() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = WalConfig { dir: dir.path().join("wal"), budget_bytes: 64 * 1024, ..WalConfig::default() };
+        let (wal, mut reader) = Wal::open(&config).unwrap();
+        let rec = record(2000);
+        let mut n = 0;
+        while wal.append(rec.clone()).await.is_ok() {
+            n += 1;
+            assert!(n < 10_000, "the budget never filled");
+        }
+        assert!(matches!(wal.append(rec.clone()).await, Err(WalError::Full { .. })));
+        // Core acks everything committed.
+        let mut at = reader.acked();
+        loop {
+            match reader.read(at, 1 << 20).unwrap() {
+                ReadOutcome::Records { segment, end, .. } => at = Position { segment, offset: end },
+                ReadOutcome::NextSegment(next) => at = next,
+                ReadOutcome::UpToDate => break,
+                ReadOutcome::Corrupt { .. } => panic!("corrupt"),
+            }
+            tokio::task::block_in_place(|| reader.ack(at)).unwrap();
+        }
+        assert!(wal.append(rec).await.is_ok(), "the budget is usable again once core acked everything");
+    }
+
+    /// Regression: on a full disk the watermark could not be written, `ack` failed before it
+    /// deleted anything, and the forwarder stopped for good; nothing more was forwarded.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ack_frees_segments_even_when_the_watermark_cannot_be_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal_dir = dir.path().join("wal");
+        let config = WalConfig { dir: wal_dir.clone(), segment_bytes: 16 * 1024, ..WalConfig::default() };
+        let (wal, mut reader) = Wal::open(&config).unwrap();
+        for _ in 0..20 {
+            wal.append(record(2000)).await.unwrap();
+        }
+        let before = wal.unforwarded_bytes();
+        // The watermark's temp file cannot be created (stands in for ENOSPC).
+        std::fs::create_dir(wal_dir.join("ack.watermark.tmp")).unwrap();
+        let to = wal.committed();
+        tokio::task::block_in_place(|| reader.ack(to)).unwrap();
+        assert_eq!(reader.acked(), to);
+        assert!(wal.unforwarded_bytes() < before, "acked segments were deleted");
     }
 
     /// Regression: quarantining the segment the writer was still appending to renamed the file

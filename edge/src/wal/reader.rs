@@ -127,14 +127,18 @@ impl WalReader {
         Ok(ReadOutcome::NextSegment(Position { segment: next, offset: 0 }))
     }
 
-    /// Records that core acknowledged everything before `to`: persists the watermark, then
-    /// deletes segments that lie wholly before it.
+    /// Records that core acknowledged everything before `to`: deletes segments that lie wholly
+    /// before it, then persists the watermark.
+    ///
+    /// Deleting first is safe (those bytes are acked) and frees space before the watermark needs
+    /// any: on a full disk the watermark cannot be written until a segment is gone. A watermark
+    /// that cannot be written is not fatal either: the in-memory position (what core acked) moves
+    /// on and the store is retried on the next ack; a crash meanwhile only resends frames that
+    /// core's dedupe drops.
     pub fn ack(&mut self, to: Position) -> io::Result<()> {
         if to <= self.acked {
             return Ok(());
         }
-        watermark::store(&self.dir, to)?;
-        self.acked = to;
         let mut deleted = false;
         for (seq, len) in list_segments(&self.dir)? {
             if seq >= to.segment {
@@ -149,6 +153,11 @@ impl WalReader {
         if deleted {
             sync_dir(&self.dir)?;
         }
+        if let Err(e) = watermark::store(&self.dir, to) {
+            tracing::warn!(error = %e, segment = to.segment, offset = to.offset,
+                "wal: ack watermark not persisted; will retry on the next ack (a crash now only causes resends)");
+        }
+        self.acked = to;
         Ok(())
     }
 
