@@ -464,3 +464,36 @@ fn wal_corruption_in_active_segment() {
     assert!(edge.log().contains("quarantined"));
     assert_log_clean(&edge);
 }
+
+/// Scenario 1b. Kafka is slow rather than down: every produce takes longer than the edge's ack
+/// timeout, so the edge resends a frame while core is still producing the first copy. Core must
+/// not produce the same batch twice concurrently (no process crashed: duplicates must be 0).
+#[test]
+fn slow_kafka_resend_while_in_flight() {
+    let rig = Rig::new("slowkafka");
+    let Some(mock) = &rig.kafka.mock else {
+        eprintln!("slow_kafka_resend_while_in_flight needs the mock cluster; skipped");
+        return;
+    };
+    let _core = rig.core(&[]);
+    let edge = rig.edge(&EdgeOpts { ack_timeout_secs: Some(1), ..EdgeOpts::default() });
+    let collector = rig.collector();
+    let ledger = Ledger::new();
+    let driver = Driver::start(&ledger, rig.http, &rig.env.key, "slowkafka", 1, BATCH, PAUSE);
+    wait_until("first deliveries", Duration::from_secs(30), || collector.seen_count() > 0);
+    for b in 1..=3 {
+        mock.broker_round_trip_time(b, Duration::from_millis(1500)).unwrap();
+    }
+    std::thread::sleep(Duration::from_secs(pick(8, 30)));
+    for b in 1..=3 {
+        mock.broker_round_trip_time(b, Duration::ZERO).unwrap();
+    }
+    let healed = Instant::now();
+    driver.wait_requests(20, Duration::from_secs(20));
+    driver.stop();
+
+    let report = settle("1b slow Kafka (produce > edge ack timeout)", &ledger, collector, &HashSet::new(), Some(healed));
+    report.assert_no_loss();
+    assert_eq!(report.duplicated, 0, "a resend raced the first copy's produce");
+    assert_log_clean(&edge);
+}
