@@ -19,6 +19,7 @@ pub struct EdgeConfig {
     pub limits: LimitsConfig,
     pub wal: WalConfig,
     pub forwarder: ForwarderConfig,
+    pub server: ServerConfig,
 }
 
 impl Default for EdgeConfig {
@@ -31,7 +32,26 @@ impl Default for EdgeConfig {
             limits: LimitsConfig::default(),
             wal: WalConfig::default(),
             forwarder: ForwarderConfig::default(),
+            server: ServerConfig::default(),
         }
+    }
+}
+
+/// HTTP connection deadlines, so slow clients (slowloris) cannot pin connections.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// A connection must deliver a complete request head within this many milliseconds of
+    /// opening (and of each later request starting), or it is closed. Default 10000.
+    pub header_read_timeout_ms: u64,
+    /// A request body must arrive in full within this many milliseconds after its head, or the
+    /// request is answered `408`. Default 30000.
+    pub body_read_timeout_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self { header_read_timeout_ms: 10_000, body_read_timeout_ms: 30_000 }
     }
 }
 

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod forwarder;
 pub mod http;
+pub mod server;
 pub mod tls;
 pub mod validate;
 pub mod wal;
@@ -70,14 +71,13 @@ pub async fn start(config: EdgeConfig) -> Result<Edge, StartError> {
         limits: config.limits.clone(),
     });
     let app = http::router(state);
-    let mut server_stop = stop_rx;
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = server_stop.wait_for(|s| *s).await;
-            })
-            .await
-    });
+    let server = tokio::spawn(server::serve(
+        listener,
+        app,
+        config.server.clone(),
+        config.limits.max_body_bytes,
+        stop_rx,
+    ));
     tracing::info!(%http_addr, edge_id = %config.edge_id, region = %config.region, "edge: listening");
     Ok(Edge { http_addr, wal, stop, server, forwarder })
 }
