@@ -71,13 +71,8 @@ pub async fn start(config: EdgeConfig) -> Result<Edge, StartError> {
         limits: config.limits.clone(),
     });
     let app = http::router(state);
-    let server = tokio::spawn(server::serve(
-        listener,
-        app,
-        config.server.clone(),
-        config.limits.max_body_bytes,
-        stop_rx,
-    ));
+    let server =
+        tokio::spawn(server::serve(listener, app, config.server.clone(), config.limits.max_body_bytes, stop_rx));
     tracing::info!(%http_addr, edge_id = %config.edge_id, region = %config.region, "edge: listening");
     Ok(Edge { http_addr, wal, stop, server, forwarder })
 }

@@ -61,10 +61,11 @@ pub async fn serve(
         connections.spawn(async move {
             let started = Arc::new(AtomicBool::new(false));
             let flag = started.clone();
-            let service = TowerToHyperService::new(app.map_request(move |req: axum::http::Request<hyper::body::Incoming>| {
-                flag.store(true, Ordering::Relaxed);
-                req.map(Body::new)
-            }));
+            let service =
+                TowerToHyperService::new(app.map_request(move |req: axum::http::Request<hyper::body::Incoming>| {
+                    flag.store(true, Ordering::Relaxed);
+                    req.map(Body::new)
+                }));
             let mut builder = Builder::new(TokioExecutor::new());
             builder.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout);
             builder.http2().timer(TokioTimer::new());

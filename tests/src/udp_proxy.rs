@@ -16,7 +16,10 @@ pub enum Mode {
     Pass,
     Blackhole,
     /// Drop `loss_pct` % of packets; hold back `reorder_pct` % and send them after the next one.
-    Degraded { loss_pct: u32, reorder_pct: u32 },
+    Degraded {
+        loss_pct: u32,
+        reorder_pct: u32,
+    },
 }
 
 #[derive(Default)]
@@ -50,20 +53,28 @@ impl UdpProxy {
         let (front2, back2) = (front.try_clone().expect("clone"), back.try_clone().expect("clone"));
         let (s1, s2, c1, c2) = (state.clone(), state.clone(), client.clone(), client);
         let up = std::thread::spawn(move || {
-            pump(&s1, |buf| {
-                let (n, from) = front.recv_from(buf)?;
-                *c1.lock().unwrap() = Some(from);
-                Ok(n)
-            }, |data| {
-                let _ = back.send(data);
-            })
+            pump(
+                &s1,
+                |buf| {
+                    let (n, from) = front.recv_from(buf)?;
+                    *c1.lock().unwrap() = Some(from);
+                    Ok(n)
+                },
+                |data| {
+                    let _ = back.send(data);
+                },
+            )
         });
         let down = std::thread::spawn(move || {
-            pump(&s2, |buf| back2.recv(buf), |data| {
-                if let Some(c) = *c2.lock().unwrap() {
-                    let _ = front2.send_to(data, c);
-                }
-            })
+            pump(
+                &s2,
+                |buf| back2.recv(buf),
+                |data| {
+                    if let Some(c) = *c2.lock().unwrap() {
+                        let _ = front2.send_to(data, c);
+                    }
+                },
+            )
         });
         Self { addr, state, threads: vec![up, down] }
     }
@@ -94,11 +105,7 @@ impl Drop for UdpProxy {
     }
 }
 
-fn pump(
-    state: &State,
-    mut recv: impl FnMut(&mut [u8]) -> std::io::Result<usize>,
-    mut send: impl FnMut(&[u8]),
-) {
+fn pump(state: &State, mut recv: impl FnMut(&mut [u8]) -> std::io::Result<usize>, mut send: impl FnMut(&[u8])) {
     let mut buf = vec![0u8; 65536];
     let mut held: Option<Vec<u8>> = None;
     let mut rng = rand::rng();
@@ -115,7 +122,8 @@ fn pump(
                 continue;
             }
         };
-        if state.blackhole.load(Ordering::Relaxed) || rng.random_range(0..100) < state.loss_pct.load(Ordering::Relaxed) {
+        if state.blackhole.load(Ordering::Relaxed) || rng.random_range(0..100) < state.loss_pct.load(Ordering::Relaxed)
+        {
             state.dropped.fetch_add(1, Ordering::Relaxed);
             continue;
         }

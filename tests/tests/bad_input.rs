@@ -78,7 +78,13 @@ fn raw_garbage(addr: SocketAddr, i: usize) -> u16 {
 
 /// Opens a connection that sends `prefix` and then one byte of `trickle` every `every`, and
 /// returns how long until the server closed it (or `None` if it never did within `limit`).
-fn slow_client(addr: SocketAddr, prefix: Vec<u8>, trickle: Vec<u8>, every: Duration, limit: Duration) -> Option<Duration> {
+fn slow_client(
+    addr: SocketAddr,
+    prefix: Vec<u8>,
+    trickle: Vec<u8>,
+    every: Duration,
+    limit: Duration,
+) -> Option<Duration> {
     let mut s = TcpStream::connect(addr).ok()?;
     let started = Instant::now();
     s.set_read_timeout(Some(Duration::from_millis(10))).ok()?;
@@ -144,7 +150,7 @@ async fn hostile_traffic_gets_4xx_and_valid_traffic_still_flows() {
             let (prefix, trickle): (Vec<u8>, Vec<u8>) = match i % 3 {
                 0 => (b"POST /v1/events HTTP/1.1\r\nHost: x\r\n".to_vec(), b"X-Slow: aaaaaaaa\r\n".to_vec()),
                 1 => (
-                    format!("POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n[").into_bytes(),
+                    b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n[".to_vec(),
                     b"{}, ".to_vec(),
                 ),
                 _ => (Vec::new(), Vec::new()),
@@ -157,7 +163,9 @@ async fn hostile_traffic_gets_4xx_and_valid_traffic_still_flows() {
                     let started = Instant::now();
                     let mut b = [0u8; 64];
                     return match s.read(&mut b) {
-                        Ok(_) | Err(_) if started.elapsed() < limit - Duration::from_millis(100) => Some(started.elapsed()),
+                        Ok(_) | Err(_) if started.elapsed() < limit - Duration::from_millis(100) => {
+                            Some(started.elapsed())
+                        }
                         _ => None,
                     };
                 }
@@ -199,14 +207,17 @@ async fn hostile_traffic_gets_4xx_and_valid_traffic_still_flows() {
             *total.entry(k).or_insert(0u64) += v;
         }
     }
-    println!("hostile requests by status (0 = closed without answer): {total:?}; slowest slow client cut after {slowest:?}");
+    println!(
+        "hostile requests by status (0 = closed without answer): {total:?}; slowest slow client cut after {slowest:?}"
+    );
 
     // And after all of it, the edge still serves.
     let (body, _) = events_body("after", 3);
     let r = tokio::task::spawn_blocking(move || post_events(addr, &key, "application/json", &[], &body)).await.unwrap();
     assert_eq!(r.status, 202);
     assert_eq!(edge.wal.stats().records.load(Ordering::Relaxed), valid_ok + 1, "only valid requests reached the WAL");
-    let health = tokio::task::spawn_blocking(move || request(addr, "HEAD", "/health", &[], b"").unwrap()).await.unwrap();
+    let health =
+        tokio::task::spawn_blocking(move || request(addr, "HEAD", "/health", &[], b"").unwrap()).await.unwrap();
     assert_eq!(health.status, 200);
     edge.shutdown().await;
 }

@@ -150,11 +150,8 @@ fn network_cut_and_degraded_link() {
     let rig = Rig::new("netcut");
     let _core = rig.core(&[]);
     let proxy = UdpProxy::start(rig.core_addr);
-    let edge = rig.env.spawn_edge_with(
-        rig.http,
-        proxy.addr,
-        &EdgeOpts { ack_timeout_secs: Some(2), ..EdgeOpts::default() },
-    );
+    let edge =
+        rig.env.spawn_edge_with(rig.http, proxy.addr, &EdgeOpts { ack_timeout_secs: Some(2), ..EdgeOpts::default() });
     let collector = rig.collector();
     let ledger = Ledger::new();
     let driver = Driver::start(&ledger, rig.http, &rig.env.key, "netcut", 2, BATCH, PAUSE);
@@ -387,7 +384,12 @@ fn wal_corruption_on_restart() {
     // Older segment 2: cut in the middle of its last record.
     let recs = walfile::records(&segs[2]);
     let last = recs.last().unwrap();
-    std::fs::OpenOptions::new().write(true).open(&segs[2]).unwrap().set_len((last.offset + last.len / 2) as u64).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segs[2])
+        .unwrap()
+        .set_len((last.offset + last.len / 2) as u64)
+        .unwrap();
     destroyed.extend(last.event_ids());
     // Last segment: flip a byte in the middle record (not a torn tail: valid records follow),
     // then append a torn record and zeros (a torn tail: never acknowledged).
@@ -492,7 +494,8 @@ fn slow_kafka_resend_while_in_flight() {
     driver.wait_requests(20, Duration::from_secs(20));
     driver.stop();
 
-    let report = settle("1b slow Kafka (produce > edge ack timeout)", &ledger, collector, &HashSet::new(), Some(healed));
+    let report =
+        settle("1b slow Kafka (produce > edge ack timeout)", &ledger, collector, &HashSet::new(), Some(healed));
     report.assert_no_loss();
     assert_eq!(report.duplicated, 0, "a resend raced the first copy's produce");
     assert_log_clean(&edge);

@@ -80,7 +80,10 @@ enum Request {
     /// Close segment `segment` if it is still the one being written, and continue in a new one;
     /// answers the segment now being written. The reader asks this before quarantining the
     /// active segment, so no later append lands in a file nobody forwards.
-    Rotate { segment: u64, done: mpsc::SyncSender<std::io::Result<u64>> },
+    Rotate {
+        segment: u64,
+        done: mpsc::SyncSender<std::io::Result<u64>>,
+    },
 }
 
 /// Handle to the WAL: appends go to the writer thread; the reader tails committed data.
@@ -182,8 +185,12 @@ fn effective(config: &WalConfig) -> WalConfig {
     let mut c = config.clone();
     let cap = (config.budget_bytes / 4).max(MIN_SEGMENT_BYTES);
     if c.segment_bytes > cap {
-        tracing::info!(configured = config.segment_bytes, budget = config.budget_bytes, segment_bytes = cap,
-            "wal: segment size lowered to a quarter of the budget");
+        tracing::info!(
+            configured = config.segment_bytes,
+            budget = config.budget_bytes,
+            segment_bytes = cap,
+            "wal: segment size lowered to a quarter of the budget"
+        );
         c.segment_bytes = cap;
     }
     c

@@ -58,8 +58,12 @@ pub fn recover_tail(dir: &Path, seq: u64) -> io::Result<TailRecovery> {
         }
     }
     if after_bad > 0 {
-        tracing::error!(segment = seq, offset = first_bad, valid_records_after = after_bad,
-            "wal: corrupt record in the middle of the last segment (not a torn tail); kept for the forwarder to quarantine");
+        tracing::error!(
+            segment = seq,
+            offset = first_bad,
+            valid_records_after = after_bad,
+            "wal: corrupt record in the middle of the last segment (not a torn tail); kept for the forwarder to quarantine"
+        );
     }
     let truncated = (data.len() - offset) as u64;
     if truncated > 0 {
