@@ -310,7 +310,9 @@ fn wal_disk_full_on_small_filesystem() {
     let mut edge = rig.edge(&opts);
     let collector = rig.collector();
     let ledger = Ledger::new();
-    let driver = Driver::start(&ledger, rig.http, &rig.env.key, "diskfull", 2, BATCH, PAUSE);
+    // Four writers so group commits hold several records: a disk that fills halfway through a
+    // group is what could leave whole refused records behind.
+    let driver = Driver::start(&ledger, rig.http, &rig.env.key, "diskfull", 4, BATCH, Duration::ZERO);
     wait_until("the disk to fill", Duration::from_secs(60), || ledger.requests("503") > 5);
     driver.stop();
     assert!(edge.log().contains("wal: I/O error"), "the edge did not see ENOSPC:\n{}", edge.log());

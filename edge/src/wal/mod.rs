@@ -263,6 +263,66 @@ mod tests {
         assert!(wal.unforwarded_bytes() < before, "acked segments were deleted");
     }
 
+    /// Regression: when the disk filled up halfway through a group commit, the whole records
+    /// at the start of the failed write stayed in the segment; every append of the group was
+    /// answered with an error (503), yet recovery after a restart found those records valid and
+    /// forwarded them. Needs a small tmpfs; skipped where `mount` is not permitted.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn refused_appends_are_not_resurrected_by_recovery() {
+        let dir = tempfile::tempdir().unwrap();
+        let mnt = dir.path().join("fs");
+        std::fs::create_dir(&mnt).unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+            .arg(&mnt)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            eprintln!("cannot mount a tmpfs here; skipped");
+            return;
+        }
+        struct Unmount(PathBuf);
+        impl Drop for Unmount {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+            }
+        }
+        let _unmount = Unmount(mnt.clone());
+        let config = WalConfig { dir: mnt.join("wal"), ..WalConfig::default() };
+        let mut acked = 0usize;
+        {
+            let (wal, _reader) = Wal::open(&config).unwrap();
+            // Many appends at once, so the group that hits ENOSPC holds several records.
+            'fill: for _ in 0..50 {
+                let results = futures::future::join_all((0..12).map(|_| wal.append(record(1500)))).await;
+                for r in results {
+                    match r {
+                        Ok(()) => acked += 1,
+                        Err(_) => break 'fill,
+                    }
+                }
+            }
+        }
+        // Restart: recovery must find exactly the acknowledged records.
+        let (_wal, reader) = Wal::open(&config).unwrap();
+        let (mut at, mut recovered) = (reader.acked(), 0u32);
+        loop {
+            match reader.read(at, 1 << 20).unwrap() {
+                ReadOutcome::Records { segment, end, count, .. } => {
+                    recovered += count;
+                    at = Position { segment, offset: end };
+                }
+                ReadOutcome::NextSegment(next) => at = next,
+                ReadOutcome::UpToDate => break,
+                ReadOutcome::Corrupt { .. } => panic!("corrupt"),
+            }
+        }
+        eprintln!("acked {acked}, recovered {recovered}");
+        assert!(acked > 0);
+        assert_eq!(recovered as usize, acked, "recovery forwards only what was acknowledged");
+    }
+
     /// Regression: quarantining the segment the writer was still appending to renamed the file
     /// under the writer, so every later acknowledged append went into a file nobody forwards.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

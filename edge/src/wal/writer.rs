@@ -107,6 +107,15 @@ impl Writer {
         if let Err(e) = &result {
             self.shared.failed.store(true, Ordering::Release);
             tracing::error!(error = %e, segment = self.pos.segment, "wal: I/O error, refusing appends until restart");
+            // Every append of this group is answered with an error. A partial write (ENOSPC
+            // halfway through the group) can still hold whole records, which recovery would
+            // find valid after a restart and forward: events the client was told were not
+            // stored, and will resend. Cut the segment back to the last committed byte.
+            let undo = self.file.set_len(self.pos.offset).and_then(|()| self.file.sync_data());
+            if let Err(undo) = undo {
+                tracing::error!(error = %undo, segment = self.pos.segment, offset = self.pos.offset,
+                    "wal: could not cut back the failed write; recovery may forward records that were refused");
+            }
         }
         result.map_err(|e| WalError::Failed(e.to_string()))
     }
