@@ -106,6 +106,7 @@ fn assert_log_clean(p: &Proc) {
 /// Scenario 1. All three mock brokers go down for longer than the producer's message timeout
 /// (so delivery reports fail and core must keep refusing to ack, not drop), with an edge ack
 /// timeout shorter than that (so the edge resends while core still has the frame in flight).
+/// Then produce requests fail with retriable errors, timeouts and dropped connections.
 #[test]
 fn broker_outage() {
     let rig = Rig::new("outage");
@@ -131,10 +132,25 @@ fn broker_outage() {
         mock.broker_up(b).unwrap();
     }
     let healed = Instant::now();
+    // Then produce requests fail: retriable broker errors and dropped connections, in turn.
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let errors: Vec<RDKafkaRespErr> = [
+        RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS,
+        RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION,
+        RDKafkaRespErr::RD_KAFKA_RESP_ERR__TRANSPORT,
+        RDKafkaRespErr::RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
+    ]
+    .into_iter()
+    .cycle()
+    .take(pick(60, 400))
+    .collect();
+    mock.request_errors(RDKafkaApiKey::Produce, &errors);
+    std::thread::sleep(Duration::from_secs(pick(4, 20)));
+    mock.clear_request_errors(RDKafkaApiKey::Produce);
     driver.wait_requests(40, Duration::from_secs(20));
     driver.stop();
 
-    let report = settle("1 broker outage", &ledger, collector, &HashSet::new(), Some(healed));
+    let report = settle("1 broker outage + produce errors", &ledger, collector, &HashSet::new(), Some(healed));
     assert!(during > 0, "the edge stopped answering 202 while Kafka was down");
     report.assert_no_loss();
     assert_eq!(report.duplicated, 0, "no process crashed, so no duplicates");
