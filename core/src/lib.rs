@@ -47,7 +47,7 @@ pub async fn start(config: CoreConfig) -> Result<Core, StartError> {
     let endpoint = quinn::Endpoint::server(server_config, config.listen)
         .map_err(|source| StartError::Bind { addr: config.listen, source })?;
     let addr = endpoint.local_addr().map_err(|source| StartError::Bind { addr: config.listen, source })?;
-    let ingest = Arc::new(server::Ingest { dedupe: dedupe.clone(), sink });
+    let ingest = Arc::new(server::Ingest::new(dedupe.clone(), sink));
     let ttl_ms = config.dedupe_ttl_hours * 3600 * 1000;
     let expiry = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(60));

@@ -1,7 +1,10 @@
 //! The QUIC ingest server: one bidirectional stream per frame, answered with an [`Ack`].
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use uuid::Uuid;
 
 use sluice_wire::BatchRecord;
 use sluice_wire::frame;
@@ -13,6 +16,64 @@ use crate::sink::Sink;
 pub struct Ingest {
     pub dedupe: Arc<dyn DedupeIndex>,
     pub sink: Sink,
+    pub in_flight: Arc<BatchLocks>,
+}
+
+impl Ingest {
+    pub fn new(dedupe: Arc<dyn DedupeIndex>, sink: Sink) -> Self {
+        Self { dedupe, sink, in_flight: Arc::default() }
+    }
+}
+
+/// One lock per batch ID being delivered. An edge whose ack timed out resends a frame while the
+/// first copy may still be producing (the first `process` is not cancelled when its stream
+/// goes away); without this, both copies pass the dedupe check before either is recorded and
+/// every event is produced twice. The second copy waits, then finds the batch in the index.
+#[derive(Default)]
+pub struct BatchLocks {
+    map: Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+pub struct BatchGuard {
+    locks: Arc<BatchLocks>,
+    ids: Vec<Uuid>,
+    guards: Vec<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl BatchLocks {
+    /// Locks every ID (in sorted order, so two frames never wait on each other crosswise).
+    pub async fn lock(self: &Arc<Self>, mut ids: Vec<Uuid>) -> BatchGuard {
+        ids.sort_unstable();
+        ids.dedup();
+        let mut guards = Vec::with_capacity(ids.len());
+        for id in &ids {
+            let lock = self.map.lock().unwrap_or_else(PoisonError::into_inner).entry(*id).or_default().clone();
+            guards.push(lock.lock_owned().await);
+        }
+        BatchGuard { locks: self.clone(), ids, guards }
+    }
+
+    /// Batch IDs currently locked or waited for (for tests and metrics).
+    pub fn len(&self) -> usize {
+        self.map.lock().unwrap_or_else(PoisonError::into_inner).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Drop for BatchGuard {
+    fn drop(&mut self) {
+        self.guards.clear();
+        let mut map = self.locks.map.lock().unwrap_or_else(PoisonError::into_inner);
+        for id in &self.ids {
+            // Only the map holds it: nobody is waiting, forget the entry.
+            if map.get(id).is_some_and(|l| Arc::strong_count(l) == 1) {
+                map.remove(id);
+            }
+        }
+    }
 }
 
 pub async fn serve(endpoint: quinn::Endpoint, ingest: Arc<Ingest>) {
@@ -86,6 +147,8 @@ impl Ingest {
             }
         };
         let ids: Vec<_> = batches.iter().map(|b| b.batch_id).collect();
+        // Held until the batches are recorded (or failed): a concurrent copy waits here.
+        let _in_flight = self.in_flight.lock(ids.clone()).await;
         let dedupe = self.dedupe.clone();
         let seen = match tokio::task::spawn_blocking(move || dedupe.seen(&ids)).await {
             Ok(Ok(s)) => s,
@@ -118,5 +181,68 @@ impl Ingest {
         tracing::debug!(edge = %header.edge_id, segment = header.segment, start = header.start, end = header.end,
             batches = batches.len(), duplicates, "core: frame stored");
         Ack::Stored
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dedupe::RedbDedupe;
+    use crate::sink::{EVENTS_FILE_NAME, FileSink};
+    use sluice_wire::protocol::{FrameHeader, PROTOCOL_VERSION};
+    use sluice_wire::record::encode_record;
+    use sluice_wire::{EventRecord, Stream};
+
+    fn frame() -> Vec<u8> {
+        let mut raw = Vec::new();
+        for b in 0..20 {
+            let record = BatchRecord {
+                batch_id: sluice_wire::ids::new_batch_id(),
+                tenant: "acme".into(),
+                env: "prod".into(),
+                region: "r".into(),
+                received_at_ms: 1,
+                stream: Stream::Events,
+                events: (0..5)
+                    .map(|i| EventRecord { event_id: format!("{b}-{i}"), json: format!(r#"{{"i":{i}}}"#).into_bytes() })
+                    .collect(),
+            };
+            encode_record(&record, &mut raw).unwrap();
+        }
+        let header = FrameHeader {
+            protocol_version: PROTOCOL_VERSION,
+            edge_id: "e".into(),
+            segment: 1,
+            start: 0,
+            end: raw.len() as u64,
+            record_count: 20,
+            raw_len: raw.len() as u32,
+        };
+        let mut msg = protocol::encode_header(&header).unwrap();
+        msg.extend_from_slice(&frame::compress(&raw, 3).unwrap());
+        msg
+    }
+
+    /// Regression: a frame resent while its first copy was still being delivered passed the
+    /// dedupe check too (nothing was recorded yet), so every event was produced twice.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_copies_of_a_frame_are_delivered_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let dedupe: Arc<dyn DedupeIndex> = Arc::new(RedbDedupe::open(&dir.path().join("d.redb")).unwrap());
+        let sink = Sink::File(FileSink::open(&dir.path().join("sink")).unwrap());
+        let ingest = Arc::new(Ingest::new(dedupe, sink));
+        let msg = Arc::new(frame());
+        let copies: Vec<_> = (0..4)
+            .map(|_| {
+                let (ingest, msg) = (ingest.clone(), msg.clone());
+                tokio::spawn(async move { ingest.process(&msg).await })
+            })
+            .collect();
+        for c in copies {
+            assert_eq!(c.await.unwrap(), Ack::Stored);
+        }
+        let lines = std::fs::read_to_string(dir.path().join("sink").join(EVENTS_FILE_NAME)).unwrap().lines().count();
+        assert_eq!(lines, 100, "each of the 100 events is delivered exactly once");
+        assert!(ingest.in_flight.is_empty(), "locks are released");
     }
 }

@@ -31,6 +31,11 @@ pub enum SendError {
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
+enum Step {
+    Continue,
+    Stop,
+}
+
 pub struct Forwarder {
     config: ForwarderConfig,
     edge_id: String,
@@ -53,71 +58,90 @@ impl Forwarder {
         Ok(Self { config, edge_id, endpoint, conn: None, reader })
     }
 
-    /// Runs until `stop` turns true. I/O errors on the WAL itself end the loop with an error.
+    /// Runs until `stop` turns true. An I/O error on the WAL (a full disk refusing the
+    /// watermark, a failed rename) does not stop forwarding: it is logged and retried with
+    /// backoff, since a forwarder that exits leaves every later `202` stranded in the WAL.
     pub async fn run(mut self, mut stop: watch::Receiver<bool>) -> std::io::Result<()> {
-        let mut backoff = MIN_BACKOFF;
+        let mut wal_backoff = MIN_BACKOFF;
         loop {
-            if *stop.borrow() {
-                return Ok(());
-            }
-            let from = self.reader.acked();
-            let outcome = tokio::task::block_in_place(|| self.reader.read(from, self.config.frame_bytes))?;
-            match outcome {
-                ReadOutcome::UpToDate => {
+            match self.step(&mut stop).await {
+                Ok(Step::Continue) => wal_backoff = MIN_BACKOFF,
+                Ok(Step::Stop) => return Ok(()),
+                Err(e) => {
+                    tracing::error!(error = %e, retry_in_ms = wal_backoff.as_millis() as u64, "forwarder: WAL I/O error");
                     tokio::select! {
-                        alive = self.reader.wait_past(from) => if !alive { return Ok(()) },
-                        _ = stop.changed() => {}
+                        _ = tokio::time::sleep(wal_backoff) => {}
+                        _ = stop.changed() => return Ok(()),
                     }
+                    wal_backoff = (wal_backoff * 2).min(MAX_BACKOFF);
                 }
-                ReadOutcome::NextSegment(next) => tokio::task::block_in_place(|| self.reader.ack(next))?,
-                ReadOutcome::Corrupt { segment, offset, error } => {
-                    tracing::error!(segment, offset, %error, "forwarder: corrupt committed record");
-                    tokio::task::block_in_place(|| self.reader.quarantine(segment))?;
+            }
+        }
+    }
+
+    /// Reads from the acked position and forwards one frame (or moves past a segment).
+    async fn step(&mut self, stop: &mut watch::Receiver<bool>) -> std::io::Result<Step> {
+        let mut backoff = MIN_BACKOFF;
+        if *stop.borrow() {
+            return Ok(Step::Stop);
+        }
+        let from = self.reader.acked();
+        let outcome = tokio::task::block_in_place(|| self.reader.read(from, self.config.frame_bytes))?;
+        match outcome {
+            ReadOutcome::UpToDate => {
+                tokio::select! {
+                    alive = self.reader.wait_past(from) => if !alive { return Ok(Step::Stop) },
+                    _ = stop.changed() => {}
                 }
-                ReadOutcome::Records { segment, start, end, data, count } => {
-                    let header = FrameHeader {
-                        protocol_version: PROTOCOL_VERSION,
-                        edge_id: self.edge_id.clone(),
-                        segment,
-                        start,
-                        end,
-                        record_count: count,
-                        raw_len: data.len() as u32,
+            }
+            ReadOutcome::NextSegment(next) => tokio::task::block_in_place(|| self.reader.ack(next))?,
+            ReadOutcome::Corrupt { segment, offset, error } => {
+                tracing::error!(segment, offset, %error, "forwarder: corrupt committed record");
+                tokio::task::block_in_place(|| self.reader.quarantine(segment))?;
+            }
+            ReadOutcome::Records { segment, start, end, data, count } => {
+                let header = FrameHeader {
+                    protocol_version: PROTOCOL_VERSION,
+                    edge_id: self.edge_id.clone(),
+                    segment,
+                    start,
+                    end,
+                    record_count: count,
+                    raw_len: data.len() as u32,
+                };
+                let message = encode(&header, &data, self.config.zstd_level);
+                loop {
+                    let result = match &message {
+                        Ok(m) => self.send(m).await,
+                        Err(e) => Err(SendError::Encode(e.clone())),
                     };
-                    let message = encode(&header, &data, self.config.zstd_level);
-                    loop {
-                        let result = match &message {
-                            Ok(m) => self.send(m).await,
-                            Err(e) => Err(SendError::Encode(e.clone())),
-                        };
-                        match result {
-                            Ok(()) => {
-                                tokio::task::block_in_place(|| self.reader.ack(Position { segment, offset: end }))?;
-                                tracing::debug!(segment, start, end, records = count, "forwarder: frame acked");
-                                backoff = MIN_BACKOFF;
-                                break;
+                    match result {
+                        Ok(()) => {
+                            tokio::task::block_in_place(|| self.reader.ack(Position { segment, offset: end }))?;
+                            tracing::debug!(segment, start, end, records = count, "forwarder: frame acked");
+                            break;
+                        }
+                        Err(SendError::Rejected(reason)) => {
+                            tracing::error!(segment, start, %reason, "forwarder: core rejected frame; quarantining segment");
+                            tokio::task::block_in_place(|| self.reader.quarantine(segment))?;
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, segment, start, retry_in_ms = backoff.as_millis() as u64, "forwarder: frame not acked, will resend");
+                            if matches!(e, SendError::Connect(_) | SendError::Stream(_) | SendError::Timeout(_)) {
+                                self.conn = None;
                             }
-                            Err(SendError::Rejected(reason)) => {
-                                tracing::error!(segment, start, %reason, "forwarder: core rejected frame; quarantining segment");
-                                tokio::task::block_in_place(|| self.reader.quarantine(segment))?;
-                                break;
+                            tokio::select! {
+                                _ = tokio::time::sleep(backoff) => {}
+                                _ = stop.changed() => return Ok(Step::Stop),
                             }
-                            Err(e) => {
-                                tracing::warn!(error = %e, segment, start, retry_in_ms = backoff.as_millis() as u64, "forwarder: frame not acked, will resend");
-                                if matches!(e, SendError::Connect(_) | SendError::Stream(_) | SendError::Timeout(_)) {
-                                    self.conn = None;
-                                }
-                                tokio::select! {
-                                    _ = tokio::time::sleep(backoff) => {}
-                                    _ = stop.changed() => return Ok(()),
-                                }
-                                backoff = (backoff * 2).min(MAX_BACKOFF);
-                            }
+                            backoff = (backoff * 2).min(MAX_BACKOFF);
                         }
                     }
                 }
             }
         }
+        Ok(Step::Continue)
     }
 
     async fn connection(&mut self) -> Result<quinn::Connection, SendError> {

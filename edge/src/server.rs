@@ -1,19 +1,30 @@
-//! The HTTP(S) accept loop: hyper's auto (HTTP/1.1 + HTTP/2) connection builder with a header
-//! read timeout so slow clients cannot pin connections, optional rustls with ALPN, and graceful
-//! shutdown that lets in-flight requests finish.
+//! The HTTP(S) accept loop, with the read deadlines `axum::serve` lacks, so slow clients
+//! (slowloris) cannot pin connections:
+//!
+//! - A connection must deliver its first complete request head within `header_timeout` of
+//!   opening (covers a client that connects and sends nothing, and the HTTP/1-vs-2 sniffing);
+//!   hyper's own header timeout covers later requests on a kept-alive connection. With TLS the
+//!   handshake must also finish within that time.
+//! - The body deadline is enforced where the body is read (`http::read_body`, `408`).
+//!
+//! HTTP/1.1 and HTTP/2 are served (ALPN with TLS, sniffed without). Stopping lets in-flight
+//! requests finish (graceful shutdown of every connection).
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
+use axum::body::Body;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
 
 use crate::tls::{TlsError, load_certs, load_key};
 
@@ -27,6 +38,7 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
+/// Serves `app` until `stop` turns true, then lets open connections finish their requests.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
@@ -34,58 +46,92 @@ pub async fn serve(
     header_timeout: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
+    let header_timeout = header_timeout.max(Duration::from_millis(1));
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout);
     builder.http2().timer(TokioTimer::new()).keep_alive_interval(Some(Duration::from_secs(30)));
-    let graceful = GracefulShutdown::new();
+    let mut connections = tokio::task::JoinSet::new();
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(x) => x,
                 Err(e) => {
-                    // Usually EMFILE: back off instead of spinning.
+                    // Usually out of file descriptors: back off instead of spinning.
                     tracing::warn!(error = %e, "http: accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
-            changed = stop.changed() => {
-                if changed.is_err() || *stop.borrow() {
-                    break;
-                }
-                continue;
-            }
+            _ = stopped(&mut stop) => break,
         };
+        while connections.try_join_next().is_some() {}
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(app.clone());
-        match &tls {
-            None => {
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(%peer, error = %e, "http: connection ended with an error");
-                    }
-                });
+        let (app, builder, tls, stop) = (app.clone(), builder.clone(), tls.clone(), stop.clone());
+        connections.spawn(async move {
+            let deadline = tokio::time::Instant::now() + header_timeout;
+            match tls {
+                None => serve_connection(stream, app, &builder, deadline, stop, peer).await,
+                Some(acceptor) => match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+                    Ok(Ok(s)) => serve_connection(s, app, &builder, deadline, stop, peer).await,
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "http: TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "http: TLS handshake timed out"),
+                },
             }
-            Some(acceptor) => {
-                let acceptor = acceptor.clone();
-                let builder = builder.clone();
-                let watcher = graceful.watcher();
-                tokio::spawn(async move {
-                    let stream = match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "http: TLS handshake failed"),
-                        Err(_) => return tracing::debug!(%peer, "http: TLS handshake timed out"),
-                    };
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    if let Err(e) = watcher.watch(conn.into_owned()).await {
-                        tracing::debug!(%peer, error = %e, "http: connection ended with an error");
-                    }
-                });
+        });
+    }
+    drop(listener);
+    while connections.join_next().await.is_some() {}
+}
+
+async fn serve_connection<S>(
+    stream: S,
+    app: Router,
+    builder: &auto::Builder<TokioExecutor>,
+    first_head_deadline: tokio::time::Instant,
+    mut stop: watch::Receiver<bool>,
+    peer: std::net::SocketAddr,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let started = Arc::new(AtomicBool::new(false));
+    let flag = started.clone();
+    let service = TowerToHyperService::new(app.map_request(move |req: axum::http::Request<hyper::body::Incoming>| {
+        flag.store(true, Ordering::Relaxed);
+        req.map(Body::new)
+    }));
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    let first_head = tokio::time::sleep_until(first_head_deadline);
+    tokio::pin!(first_head);
+    let mut head_deadline_armed = true;
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(%peer, error = %e, "http: connection ended with an error");
+                }
+                return;
+            }
+            _ = &mut first_head, if head_deadline_armed => {
+                // The guard is evaluated when the select starts, not when the timer fires: the
+                // head may have arrived meanwhile, and then the connection must live on.
+                if started.load(Ordering::Relaxed) {
+                    head_deadline_armed = false;
+                    continue;
+                }
+                tracing::debug!(%peer, "http: no complete request head in time; closing");
+                return;
+            }
+            _ = stopped(&mut stop), if !draining => {
+                draining = true;
+                conn.as_mut().graceful_shutdown();
             }
         }
     }
-    drop(listener);
-    graceful.shutdown().await;
+}
+
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    // A closed channel means the edge is going away: stop too.
+    let _ = stop.wait_for(|s| *s).await.map(|_| ());
 }

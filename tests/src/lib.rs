@@ -6,8 +6,11 @@
 pub mod edge_harness;
 pub mod http;
 pub mod kafka;
+pub mod ledger;
 pub mod openapi;
 pub mod procs;
+pub mod udp_proxy;
+pub mod walfile;
 
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 

@@ -45,6 +45,26 @@ impl TestEnv {
 
     /// Edge config TOML: forwarder to `core` with mutual TLS, WAL under the test dir.
     pub fn edge_config(&self, http: SocketAddr, core: SocketAddr) -> String {
+        self.edge_config_with(http, core, &EdgeOpts::default())
+    }
+
+    /// Edge config TOML with the knobs of `opts` (WAL budget and place, forwarder timeouts, ...).
+    pub fn edge_config_with(&self, http: SocketAddr, core: SocketAddr, opts: &EdgeOpts) -> String {
+        let wal_dir = opts.wal_dir.clone().unwrap_or_else(|| self.wal_dir());
+        let mut wal = String::new();
+        if let Some(b) = opts.budget_bytes {
+            wal.push_str(&format!("budget_bytes = {b}\n"));
+        }
+        if let Some(b) = opts.segment_bytes {
+            wal.push_str(&format!("segment_bytes = {b}\n"));
+        }
+        let mut fwd = String::new();
+        if let Some(s) = opts.ack_timeout_secs {
+            fwd.push_str(&format!("ack_timeout_secs = {s}\n"));
+        }
+        if let Some(b) = opts.frame_bytes {
+            fwd.push_str(&format!("frame_bytes = {b}\n"));
+        }
         format!(
             r#"listen = "{http}"
 region = "{region}"
@@ -52,24 +72,37 @@ keys_file = "{keys}"
 [idempotency]
 path = "{idem}"
 [wal]
-dir = "{wal}"
-[forwarder]
+dir = "{wal_dir}"
+{wal}[forwarder]
 core_addr = "{core}"
 ca_cert = "{ca}"
 client_cert = "{cert}"
 client_key = "{key}"
-"#,
+{fwd}{extra}"#,
             region = self.region,
             keys = self.keys_file.display(),
-            wal = self.wal_dir().display(),
+            wal_dir = wal_dir.display(),
             idem = self.path().join("idempotency.redb").display(),
             ca = self.pki.ca_cert.display(),
             cert = self.pki.edge_cert.display(),
             key = self.pki.edge_key.display(),
+            extra = opts.extra_toml,
         )
     }
 
     pub fn core_config(&self, listen: SocketAddr, brokers: &str) -> String {
+        self.core_config_with(listen, brokers, &[])
+    }
+
+    /// Core config TOML with extra librdkafka properties (e.g. a short `message.timeout.ms`).
+    pub fn core_config_with(&self, listen: SocketAddr, brokers: &str, kafka_props: &[(&str, &str)]) -> String {
+        let mut props = String::new();
+        if !kafka_props.is_empty() {
+            props.push_str("[sink.properties]\n");
+            for (k, v) in kafka_props {
+                props.push_str(&format!("\"{k}\" = \"{v}\"\n"));
+            }
+        }
         format!(
             r#"listen = "{listen}"
 cert = "{cert}"
@@ -80,7 +113,7 @@ data_dir = "{data}"
 type = "kafka"
 brokers = "{brokers}"
 dlq_topic = "{dlq}"
-"#,
+{props}"#,
             cert = self.pki.core_cert.display(),
             key = self.pki.core_key.display(),
             ca = self.pki.ca_cert.display(),
@@ -90,18 +123,38 @@ dlq_topic = "{dlq}"
     }
 
     pub fn spawn_edge(&self, http: SocketAddr, core: SocketAddr) -> Proc {
+        self.spawn_edge_with(http, core, &EdgeOpts::default())
+    }
+
+    pub fn spawn_edge_with(&self, http: SocketAddr, core: SocketAddr, opts: &EdgeOpts) -> Proc {
         let config = self.path().join("edge.toml");
-        std::fs::write(&config, self.edge_config(http, core)).expect("edge config");
+        std::fs::write(&config, self.edge_config_with(http, core, opts)).expect("edge config");
         let p = Proc::spawn("edge", &bin_path("sluice-edge-under-test"), &config, self.path());
         wait_healthy(http, &p);
         p
     }
 
     pub fn spawn_core(&self, listen: SocketAddr, brokers: &str) -> Proc {
+        self.spawn_core_with(listen, brokers, &[])
+    }
+
+    pub fn spawn_core_with(&self, listen: SocketAddr, brokers: &str, kafka_props: &[(&str, &str)]) -> Proc {
         let config = self.path().join("core.toml");
-        std::fs::write(&config, self.core_config(listen, brokers)).expect("core config");
+        std::fs::write(&config, self.core_config_with(listen, brokers, kafka_props)).expect("core config");
         Proc::spawn("core", &bin_path("sluice-core-under-test"), &config, self.path())
     }
+}
+
+/// Edge knobs the fault tests turn; `None` keeps the edge's default.
+#[derive(Debug, Clone, Default)]
+pub struct EdgeOpts {
+    pub wal_dir: Option<PathBuf>,
+    pub budget_bytes: Option<u64>,
+    pub segment_bytes: Option<u64>,
+    pub ack_timeout_secs: Option<u64>,
+    pub frame_bytes: Option<usize>,
+    /// Appended verbatim at the end of the config (whole TOML sections).
+    pub extra_toml: String,
 }
 
 /// Path of a binary of this package. Cargo builds a package's binaries before its integration

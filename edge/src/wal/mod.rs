@@ -74,10 +74,22 @@ struct Append {
     done: oneshot::Sender<Result<(), WalError>>,
 }
 
+/// What the writer thread is asked to do.
+enum Request {
+    Append(Append),
+    /// Close segment `segment` if it is still the one being written, and continue in a new one;
+    /// answers the segment now being written. The reader asks this before quarantining the
+    /// active segment, so no later append lands in a file nobody forwards.
+    Rotate {
+        segment: u64,
+        done: mpsc::SyncSender<std::io::Result<u64>>,
+    },
+}
+
 /// Handle to the WAL: appends go to the writer thread; the reader tails committed data.
 #[derive(Clone)]
 pub struct Wal {
-    tx: mpsc::Sender<Append>,
+    tx: mpsc::Sender<Request>,
     shared: Arc<Shared>,
     budget: u64,
     dir: PathBuf,
@@ -87,6 +99,7 @@ pub struct Wal {
 impl Wal {
     /// Recovers the directory and starts the writer thread on a fresh segment.
     pub fn open(config: &WalConfig) -> Result<(Wal, WalReader), OpenError> {
+        let config = &effective(config);
         let dir = config.dir.clone();
         let err = |source| OpenError { dir: dir.clone(), source };
         std::fs::create_dir_all(&dir).map_err(err)?;
@@ -125,6 +138,7 @@ impl Wal {
             committed_rx.clone(),
             acked.max(Position { segment: live.first().map_or(next_seq, |s| s.0), offset: 0 }),
             shared.clone(),
+            tx.clone(),
         );
         Ok((Wal { tx, shared, budget: config.budget_bytes, dir, committed: committed_rx }, reader))
     }
@@ -139,7 +153,7 @@ impl Wal {
             return Err(WalError::Full { used, budget: self.budget });
         }
         let (done, wait) = oneshot::channel();
-        self.tx.send(Append { bytes, done }).map_err(|_| WalError::Closed)?;
+        self.tx.send(Request::Append(Append { bytes, done })).map_err(|_| WalError::Closed)?;
         wait.await.map_err(|_| WalError::Closed)?
     }
 
@@ -158,5 +172,174 @@ impl Wal {
     /// The end of the last durable record.
     pub fn committed(&self) -> Position {
         *self.committed.borrow()
+    }
+}
+
+/// Smallest segment size [`effective`] shrinks to.
+const MIN_SEGMENT_BYTES: u64 = 16 * 1024;
+
+/// The budget is freed by deleting whole acknowledged segments, and the segment being written is
+/// never deleted. A segment as large as the budget could therefore hold the WAL "full" forever
+/// even after core acked everything; segments are kept to at most a quarter of the budget.
+fn effective(config: &WalConfig) -> WalConfig {
+    let mut c = config.clone();
+    let cap = (config.budget_bytes / 4).max(MIN_SEGMENT_BYTES);
+    if c.segment_bytes > cap {
+        tracing::info!(
+            configured = config.segment_bytes,
+            budget = config.budget_bytes,
+            segment_bytes = cap,
+            "wal: segment size lowered to a quarter of the budget"
+        );
+        c.segment_bytes = cap;
+    }
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(pad: usize) -> Vec<u8> {
+        let r = sluice_wire::BatchRecord {
+            batch_id: sluice_wire::ids::new_batch_id(),
+            tenant: "t".into(),
+            env: "e".into(),
+            region: "r".into(),
+            received_at_ms: 1,
+            stream: sluice_wire::Stream::Events,
+            events: vec![sluice_wire::EventRecord { event_id: "e".into(), json: vec![b' '; pad] }],
+        };
+        let mut b = Vec::new();
+        sluice_wire::record::encode_record(&r, &mut b).unwrap();
+        b
+    }
+
+    /// Regression: with segments larger than the budget, acked bytes in the segment being written
+    /// were never freed, so an edge that filled its budget while core was away answered 503 forever.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_budget_is_freed_once_core_acks() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = WalConfig { dir: dir.path().join("wal"), budget_bytes: 64 * 1024, ..WalConfig::default() };
+        let (wal, mut reader) = Wal::open(&config).unwrap();
+        let rec = record(2000);
+        let mut n = 0;
+        while wal.append(rec.clone()).await.is_ok() {
+            n += 1;
+            assert!(n < 10_000, "the budget never filled");
+        }
+        assert!(matches!(wal.append(rec.clone()).await, Err(WalError::Full { .. })));
+        // Core acks everything committed.
+        let mut at = reader.acked();
+        loop {
+            match reader.read(at, 1 << 20).unwrap() {
+                ReadOutcome::Records { segment, end, .. } => at = Position { segment, offset: end },
+                ReadOutcome::NextSegment(next) => at = next,
+                ReadOutcome::UpToDate => break,
+                ReadOutcome::Corrupt { .. } => panic!("corrupt"),
+            }
+            tokio::task::block_in_place(|| reader.ack(at)).unwrap();
+        }
+        assert!(wal.append(rec).await.is_ok(), "the budget is usable again once core acked everything");
+    }
+
+    /// Regression: on a full disk the watermark could not be written, `ack` failed before it
+    /// deleted anything, and the forwarder stopped for good; nothing more was forwarded.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ack_frees_segments_even_when_the_watermark_cannot_be_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal_dir = dir.path().join("wal");
+        let config = WalConfig { dir: wal_dir.clone(), segment_bytes: 16 * 1024, ..WalConfig::default() };
+        let (wal, mut reader) = Wal::open(&config).unwrap();
+        for _ in 0..20 {
+            wal.append(record(2000)).await.unwrap();
+        }
+        let before = wal.unforwarded_bytes();
+        // The watermark's temp file cannot be created (stands in for ENOSPC).
+        std::fs::create_dir(wal_dir.join("ack.watermark.tmp")).unwrap();
+        let to = wal.committed();
+        tokio::task::block_in_place(|| reader.ack(to)).unwrap();
+        assert_eq!(reader.acked(), to);
+        assert!(wal.unforwarded_bytes() < before, "acked segments were deleted");
+    }
+
+    /// Regression: when the disk filled up halfway through a group commit, the whole records
+    /// at the start of the failed write stayed in the segment; every append of the group was
+    /// answered with an error (503), yet recovery after a restart found those records valid and
+    /// forwarded them. Needs a small tmpfs; skipped where `mount` is not permitted.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn refused_appends_are_not_resurrected_by_recovery() {
+        let dir = tempfile::tempdir().unwrap();
+        let mnt = dir.path().join("fs");
+        std::fs::create_dir(&mnt).unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+            .arg(&mnt)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            eprintln!("cannot mount a tmpfs here; skipped");
+            return;
+        }
+        struct Unmount(PathBuf);
+        impl Drop for Unmount {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+            }
+        }
+        let _unmount = Unmount(mnt.clone());
+        let config = WalConfig { dir: mnt.join("wal"), ..WalConfig::default() };
+        let mut acked = 0usize;
+        {
+            let (wal, _reader) = Wal::open(&config).unwrap();
+            // Many appends at once, so the group that hits ENOSPC holds several records.
+            'fill: for _ in 0..50 {
+                let results = futures::future::join_all((0..12).map(|_| wal.append(record(1500)))).await;
+                for r in results {
+                    match r {
+                        Ok(()) => acked += 1,
+                        Err(_) => break 'fill,
+                    }
+                }
+            }
+        }
+        // Restart: recovery must find exactly the acknowledged records.
+        let (_wal, reader) = Wal::open(&config).unwrap();
+        let (mut at, mut recovered) = (reader.acked(), 0u32);
+        loop {
+            match reader.read(at, 1 << 20).unwrap() {
+                ReadOutcome::Records { segment, end, count, .. } => {
+                    recovered += count;
+                    at = Position { segment, offset: end };
+                }
+                ReadOutcome::NextSegment(next) => at = next,
+                ReadOutcome::UpToDate => break,
+                ReadOutcome::Corrupt { .. } => panic!("corrupt"),
+            }
+        }
+        eprintln!("acked {acked}, recovered {recovered}");
+        assert!(acked > 0);
+        assert_eq!(recovered as usize, acked, "recovery forwards only what was acknowledged");
+    }
+
+    /// Regression: quarantining the segment the writer was still appending to renamed the file
+    /// under the writer, so every later acknowledged append went into a file nobody forwards.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn quarantining_the_active_segment_moves_the_writer_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = WalConfig { dir: dir.path().join("wal"), ..WalConfig::default() };
+        let (wal, mut reader) = Wal::open(&config).unwrap();
+        wal.append(record(1)).await.unwrap();
+        let active = wal.committed().segment;
+        let next = tokio::task::block_in_place(|| reader.quarantine(active)).unwrap();
+        assert_eq!(next, Position { segment: active + 1, offset: 0 });
+        wal.append(record(2)).await.unwrap();
+        assert_eq!(wal.committed().segment, active + 1, "the append after the quarantine is in a new segment");
+        match reader.read(reader.acked(), 1 << 20).unwrap() {
+            ReadOutcome::Records { segment, count, .. } => assert_eq!((segment, count), (active + 1, 1)),
+            other => panic!("the record appended after the quarantine is not readable: {other:?}"),
+        }
+        assert!(dir.path().join("wal").join(format!("{active:020}.{QUARANTINE_EXT}")).exists());
     }
 }

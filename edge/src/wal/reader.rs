@@ -11,7 +11,7 @@ use sluice_wire::record::{HEADER_LEN, RecordError, check_record};
 use tokio::sync::watch;
 
 use super::segment::{list_segments, quarantine, segment_path, sync_dir};
-use super::{Position, Shared, watermark};
+use super::{Position, Request, Shared, watermark};
 
 #[derive(Debug)]
 pub enum ReadOutcome {
@@ -30,6 +30,7 @@ pub struct WalReader {
     committed: watch::Receiver<Position>,
     acked: Position,
     shared: Arc<Shared>,
+    writer: std::sync::mpsc::Sender<Request>,
 }
 
 impl WalReader {
@@ -38,8 +39,9 @@ impl WalReader {
         committed: watch::Receiver<Position>,
         acked: Position,
         shared: Arc<Shared>,
+        writer: std::sync::mpsc::Sender<Request>,
     ) -> Self {
-        Self { dir, committed, acked, shared }
+        Self { dir, committed, acked, shared, writer }
     }
 
     /// Position up to which core has acknowledged; forwarding (re)starts here (DESIGN rule 5).
@@ -125,14 +127,18 @@ impl WalReader {
         Ok(ReadOutcome::NextSegment(Position { segment: next, offset: 0 }))
     }
 
-    /// Records that core acknowledged everything before `to`: persists the watermark, then
-    /// deletes segments that lie wholly before it.
+    /// Records that core acknowledged everything before `to`: deletes segments that lie wholly
+    /// before it, then persists the watermark.
+    ///
+    /// Deleting first is safe (those bytes are acked) and frees space before the watermark needs
+    /// any: on a full disk the watermark cannot be written until a segment is gone. A watermark
+    /// that cannot be written is not fatal either: the in-memory position (what core acked) moves
+    /// on and the store is retried on the next ack; a crash meanwhile only resends frames that
+    /// core's dedupe drops.
     pub fn ack(&mut self, to: Position) -> io::Result<()> {
         if to <= self.acked {
             return Ok(());
         }
-        watermark::store(&self.dir, to)?;
-        self.acked = to;
         let mut deleted = false;
         for (seq, len) in list_segments(&self.dir)? {
             if seq >= to.segment {
@@ -147,12 +153,30 @@ impl WalReader {
         if deleted {
             sync_dir(&self.dir)?;
         }
+        if let Err(e) = watermark::store(&self.dir, to) {
+            tracing::warn!(error = %e, segment = to.segment, offset = to.offset,
+                "wal: ack watermark not persisted; will retry on the next ack (a crash now only causes resends)");
+        }
+        self.acked = to;
         Ok(())
     }
 
     /// Takes a segment with a corrupt committed record out of service and moves past it. The
     /// records after the corruption are kept in the quarantined file for `sluicectl wal`.
+    ///
+    /// If `segment` is the one the writer is appending to, the writer first moves to a new
+    /// segment: renaming the file under it would send every later `202`'d append into a file that
+    /// is never forwarded.
     pub fn quarantine(&mut self, segment: u64) -> io::Result<Position> {
+        if segment >= self.committed().segment {
+            let (done, wait) = std::sync::mpsc::sync_channel(1);
+            // A writer that is gone appends nothing more, so renaming is safe then too.
+            if self.writer.send(Request::Rotate { segment, done }).is_ok()
+                && let Ok(result) = wait.recv()
+            {
+                result?;
+            }
+        }
         let len = std::fs::metadata(segment_path(&self.dir, segment)).map(|m| m.len()).unwrap_or(0);
         let path = quarantine(&self.dir, segment)?;
         self.shared.disk_bytes.fetch_sub(len.min(self.shared.disk_bytes.load(Ordering::Relaxed)), Ordering::Relaxed);

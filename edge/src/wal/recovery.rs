@@ -6,6 +6,12 @@
 //! from the first bad record is safe. Older segments were complete and synced before rotation;
 //! the forwarder verifies each of their records' checksum as it reads, and quarantines a segment
 //! that fails rather than skipping silently.
+//!
+//! A bad record in the last segment is a torn tail only if nothing valid follows it. If valid
+//! records follow (a bit flip or a bad sector in the middle), those records were acknowledged:
+//! truncating would silently drop them. Then only the bytes after the last valid record are
+//! truncated, and the corrupt record is left for the forwarder, which quarantines the segment
+//! with an error once it has forwarded everything before it.
 
 use std::fs::OpenOptions;
 use std::io;
@@ -36,6 +42,28 @@ pub fn recover_tail(dir: &Path, seq: u64) -> io::Result<TailRecovery> {
             }
             Ok(None) | Err(_) => break,
         }
+    }
+    let first_bad = offset;
+    // Look past the bad record for valid ones: their presence means mid-segment corruption.
+    let mut scan = offset;
+    let mut after_bad = 0u64;
+    while scan < data.len() {
+        match check_record(&data[scan..]) {
+            Ok(Some(len)) => {
+                scan += len;
+                offset = scan;
+                after_bad += 1;
+            }
+            Ok(None) | Err(_) => scan += 1,
+        }
+    }
+    if after_bad > 0 {
+        tracing::error!(
+            segment = seq,
+            offset = first_bad,
+            valid_records_after = after_bad,
+            "wal: corrupt record in the middle of the last segment (not a torn tail); kept for the forwarder to quarantine"
+        );
     }
     let truncated = (data.len() - offset) as u64;
     if truncated > 0 {
@@ -79,5 +107,22 @@ mod tests {
             assert_eq!(r, TailRecovery { valid_bytes: a.len() as u64, truncated_bytes: tail.len() as u64, records: 1 });
             assert_eq!(std::fs::read(segment_path(dir.path(), 1)).unwrap(), a);
         }
+    }
+
+    /// Regression: a flipped byte in the middle of the last segment used to be taken for a torn
+    /// tail, truncating every acknowledged record after it.
+    #[test]
+    fn corruption_before_valid_records_is_not_truncated() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, mut b, c) = (rec(), rec(), rec());
+        b[12] ^= 0xff;
+        let mut data = [a.clone(), b, c].concat();
+        let keep = data.len();
+        data.extend_from_slice(&[0u8; 64]);
+        std::fs::write(segment_path(dir.path(), 1), &data).unwrap();
+        let r = recover_tail(dir.path(), 1).unwrap();
+        assert_eq!(r.valid_bytes, keep as u64, "only the zero tail goes");
+        assert_eq!(r.truncated_bytes, 64);
+        assert_eq!(std::fs::read(segment_path(dir.path(), 1)).unwrap(), data[..keep]);
     }
 }

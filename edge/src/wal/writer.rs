@@ -9,7 +9,7 @@ use std::time::Instant;
 use tokio::sync::watch;
 
 use super::segment::{segment_path, sync_dir};
-use super::{Append, Position, Shared, WalError};
+use super::{Append, Position, Request, Shared, WalError};
 use crate::config::WalConfig;
 
 pub(super) struct Writer {
@@ -43,16 +43,36 @@ impl Writer {
         })
     }
 
-    pub fn run(mut self, rx: mpsc::Receiver<Append>) {
+    pub fn run(mut self, rx: mpsc::Receiver<Request>) {
         let mut group = Vec::new();
-        while let Ok(first) = rx.recv() {
+        let mut held: Option<Request> = None;
+        loop {
+            let first = match held.take() {
+                Some(r) => r,
+                None => match rx.recv() {
+                    Ok(r) => r,
+                    Err(_) => break,
+                },
+            };
+            let first = match first {
+                Request::Append(a) => a,
+                Request::Rotate { segment, done } => {
+                    let _ = done.send(self.rotate(segment));
+                    continue;
+                }
+            };
             let mut bytes = first.bytes.len();
             group.push(first);
             while bytes < self.max_group_bytes {
                 match rx.try_recv() {
-                    Ok(next) => {
+                    Ok(Request::Append(next)) => {
                         bytes += next.bytes.len();
                         group.push(next);
+                    }
+                    // Commit what came before the rotation first, in the old segment.
+                    Ok(rotate) => {
+                        held = Some(rotate);
+                        break;
                     }
                     Err(_) => break,
                 }
@@ -65,6 +85,20 @@ impl Writer {
         tracing::info!("wal: writer stopped");
     }
 
+    /// Moves to a new segment if `segment` is still the one being written; returns the segment
+    /// being written afterwards. Publishes the new position so the reader sees the old segment
+    /// as finished.
+    fn rotate(&mut self, segment: u64) -> std::io::Result<u64> {
+        if self.pos.segment <= segment {
+            let next = self.pos.segment + 1;
+            self.file = create_segment(&self.dir, next)?;
+            self.pos = Position { segment: next, offset: 0 };
+            self.committed.send_replace(self.pos);
+            tracing::warn!(closed = segment, segment = next, "wal: segment closed early on request");
+        }
+        Ok(self.pos.segment)
+    }
+
     fn commit(&mut self, group: &[Append]) -> Result<(), WalError> {
         if self.shared.failed.load(Ordering::Acquire) {
             return Err(WalError::Failed("a previous write or fsync failed".into()));
@@ -73,6 +107,15 @@ impl Writer {
         if let Err(e) = &result {
             self.shared.failed.store(true, Ordering::Release);
             tracing::error!(error = %e, segment = self.pos.segment, "wal: I/O error, refusing appends until restart");
+            // Every append of this group is answered with an error. A partial write (ENOSPC
+            // halfway through the group) can still hold whole records, which recovery would
+            // find valid after a restart and forward: events the client was told were not
+            // stored, and will resend. Cut the segment back to the last committed byte.
+            let undo = self.file.set_len(self.pos.offset).and_then(|()| self.file.sync_data());
+            if let Err(undo) = undo {
+                tracing::error!(error = %undo, segment = self.pos.segment, offset = self.pos.offset,
+                    "wal: could not cut back the failed write; recovery may forward records that were refused");
+            }
         }
         result.map_err(|e| WalError::Failed(e.to_string()))
     }

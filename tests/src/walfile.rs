@@ -1,0 +1,84 @@
+//! Reading and damaging WAL segment files from outside the edge, for the corruption scenarios.
+
+use std::path::{Path, PathBuf};
+
+use sluice_wire::BatchRecord;
+use sluice_wire::record::{check_record, decode_record};
+
+/// A record found in a segment file: where it starts, how long it is, what it holds.
+#[derive(Debug, Clone)]
+pub struct FoundRecord {
+    pub offset: usize,
+    pub len: usize,
+    pub record: BatchRecord,
+}
+
+impl FoundRecord {
+    pub fn event_ids(&self) -> Vec<String> {
+        self.record.events.iter().map(|e| e.event_id.clone()).collect()
+    }
+}
+
+/// Live segment files (`*.wal`), sorted.
+pub fn segments(dir: &Path) -> Vec<PathBuf> {
+    files_with_ext(dir, "wal")
+}
+
+/// Quarantined segment files (`*.corrupt`), sorted.
+pub fn quarantined(dir: &Path) -> Vec<PathBuf> {
+    files_with_ext(dir, "corrupt")
+}
+
+fn files_with_ext(dir: &Path, ext: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == ext)).collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// The valid records of a segment from its start, stopping at the first invalid one.
+pub fn records(path: &Path) -> Vec<FoundRecord> {
+    let data = std::fs::read(path).unwrap_or_default();
+    let mut out = Vec::new();
+    let mut offset = 0;
+    while let Ok(Some(len)) = check_record(&data[offset..]) {
+        if let Ok(record) = decode_record(&data[offset..offset + len]) {
+            out.push(FoundRecord { offset, len, record });
+        }
+        offset += len;
+    }
+    out
+}
+
+/// Every valid record anywhere in the file, resynchronising after damage (what an operator's
+/// salvage would find in a quarantined segment).
+pub fn salvage(path: &Path) -> Vec<FoundRecord> {
+    let data = std::fs::read(path).unwrap_or_default();
+    let mut out = Vec::new();
+    let mut offset = 0;
+    while offset < data.len() {
+        match check_record(&data[offset..]) {
+            Ok(Some(len)) => {
+                if let Ok(record) = decode_record(&data[offset..offset + len]) {
+                    out.push(FoundRecord { offset, len, record });
+                }
+                offset += len;
+            }
+            _ => offset += 1,
+        }
+    }
+    out
+}
+
+/// Flips every bit of the byte at `offset`.
+pub fn flip_byte(path: &Path, offset: usize) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(path).expect("open segment");
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, offset as u64).expect("read byte");
+    f.write_all_at(&[b[0] ^ 0xff], offset as u64).expect("write byte");
+    f.sync_all().expect("sync");
+}
