@@ -1,6 +1,7 @@
 //! Hostile clients cannot break the edge: a few thousand malformed, oversized, wrongly encoded
 //! and non-HTTP requests each get a 4xx (never a 5xx, a hang or a crash), slow clients
-//! (slowloris: headers or body trickled a byte at a time) are cut off by the server's read
+//! (slowloris: headers or body trickled a byte at a time, also after a first request on a
+//! kept-alive connection) are cut off by the server's read
 //! deadlines instead of pinning connections forever, and valid traffic is served throughout.
 //! Nothing but the valid requests reaches the WAL.
 
@@ -148,7 +149,9 @@ async fn hostile_traffic_gets_4xx_and_valid_traffic_still_flows() {
         let every = Duration::from_millis(300);
         let mut clients = Vec::new();
         for i in 0..60 {
-            let (prefix, trickle): (Vec<u8>, Vec<u8>) = match i % 3 {
+            let (prefix, trickle): (Vec<u8>, Vec<u8>) = match i % 4 {
+                // One complete request on a kept-alive connection, then the next one trickled.
+                3 => (b"HEAD /health HTTP/1.1\r\nHost: x\r\n\r\nPOST /v1/events HTTP/1.1\r\n".to_vec(), b"X-Slow: a\r\n".to_vec()),
                 0 => (b"POST /v1/events HTTP/1.1\r\nHost: x\r\n".to_vec(), b"X-Slow: aaaaaaaa\r\n".to_vec()),
                 1 => (
                     b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n[".to_vec(),

@@ -5,19 +5,22 @@
 //! times out may still have been written, so it is reported as a failure and the whole frame is
 //! retried by the edge: duplicates carry the same IDs for downstream dedupe, nothing is lost.
 
+use std::sync::{PoisonError, RwLock};
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use sluice_wire::{BatchRecord, Stream};
 
 use super::SinkError;
 use crate::config::KafkaConfig;
 
 pub struct KafkaSink {
-    producer: FutureProducer,
+    /// Replaced when librdkafka reports a fatal error (see [`KafkaSink::deliver`]).
+    producer: RwLock<FutureProducer>,
+    client: ClientConfig,
     topic_prefix: String,
     dlq_topic: String,
 }
@@ -37,10 +40,42 @@ impl KafkaSink {
         // Not overridable: these are what make a delivery report mean "replicated and ordered".
         client.set("acks", "all").set("enable.idempotence", "true");
         let producer = client.create().map_err(|e| SinkError::Kafka(e.to_string()))?;
-        Ok(Self { producer, topic_prefix: config.topic_prefix.clone(), dlq_topic: config.dlq_topic.clone() })
+        Ok(Self {
+            producer: RwLock::new(producer),
+            client,
+            topic_prefix: config.topic_prefix.clone(),
+            dlq_topic: config.dlq_topic.clone(),
+        })
     }
 
+    /// The producer in use (a cheap handle).
+    fn current(&self) -> FutureProducer {
+        self.producer.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Produces every event of `batches` and waits for all delivery reports.
+    ///
+    /// An idempotent producer that hits a fatal error (librdkafka raises one, e.g., on an
+    /// out-of-order sequence after message timeouts) fails every later send for good. When a
+    /// frame fails and the producer reports a fatal error, it is replaced by a new one, so the
+    /// edge's resend succeeds. Nothing is acked in between: the failed frame is resent whole, and
+    /// any of its events that were written carry the same IDs (duplicates, never losses).
     pub async fn deliver(&self, batches: &[&BatchRecord]) -> Result<(), SinkError> {
+        let producer = self.current();
+        let result = self.deliver_with(&producer, batches).await;
+        if result.is_err()
+            && let Some((code, reason)) = producer.client().fatal_error()
+        {
+            tracing::error!(?code, %reason, "kafka: producer hit a fatal error; replacing it");
+            match self.client.create::<FutureProducer>() {
+                Ok(fresh) => *self.producer.write().unwrap_or_else(PoisonError::into_inner) = fresh,
+                Err(e) => tracing::error!(error = %e, "kafka: could not create a new producer"),
+            }
+        }
+        result
+    }
+
+    async fn deliver_with(&self, producer: &FutureProducer, batches: &[&BatchRecord]) -> Result<(), SinkError> {
         let mut pending = Vec::with_capacity(batches.iter().map(|b| b.events.len()).sum());
         for batch in batches {
             let topic = match batch.stream {
@@ -57,7 +92,7 @@ impl KafkaSink {
                 let mut record =
                     FutureRecord::to(&topic).key(batch.tenant.as_str()).payload(event.json.as_slice()).headers(headers);
                 loop {
-                    match self.producer.send_result(record) {
+                    match producer.send_result(record) {
                         Ok(delivery) => {
                             pending.push(delivery);
                             break;
@@ -84,5 +119,58 @@ impl KafkaSink {
             None => Ok(()),
             Some(e) => Err(SinkError::Kafka(e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::mocking::MockCluster;
+    use sluice_wire::EventRecord;
+
+    fn batch(i: usize) -> BatchRecord {
+        BatchRecord {
+            batch_id: sluice_wire::ids::new_batch_id(),
+            tenant: "acme".into(),
+            env: "prod".into(),
+            region: "fatal".into(),
+            received_at_ms: 1,
+            stream: Stream::Events,
+            events: vec![EventRecord { event_id: format!("e{i}"), json: b"{}".to_vec() }],
+        }
+    }
+
+    /// Regression: an idempotent producer that hit a fatal error (librdkafka raises one e.g. on
+    /// an out-of-order sequence after timeouts) fails every later send. Core answered `Retry`
+    /// forever and every edge stalled until someone restarted core.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_fatal_producer_error_is_recovered_by_a_new_producer() {
+        let mock = MockCluster::new(1).unwrap();
+        mock.create_topic("events.fatal", 1, 1).unwrap();
+        let config = KafkaConfig { brokers: mock.bootstrap_servers(), ..KafkaConfig::default() };
+        let sink = KafkaSink::new(&config).unwrap();
+        sink.deliver(&[&batch(0)]).await.unwrap();
+
+        let producer = sink.current();
+        let reason = std::ffi::CString::new("injected by test").unwrap();
+        // SAFETY: the pointer is the live client of `producer`, which outlives the call.
+        unsafe {
+            rdkafka::bindings::rd_kafka_test_fatal_error(
+                producer.client().native_ptr(),
+                rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
+                reason.as_ptr(),
+            );
+        }
+        assert!(producer.client().fatal_error().is_some());
+        drop(producer);
+        // The frame in flight may fail (the edge resends it); the next attempt must succeed.
+        let mut ok = false;
+        for i in 1..=3 {
+            if sink.deliver(&[&batch(i)]).await.is_ok() {
+                ok = true;
+                break;
+            }
+        }
+        assert!(ok, "the sink never recovered from the fatal producer error");
     }
 }
