@@ -67,11 +67,12 @@ pub fn prepare(req: &Request<'_>) -> Result<Prepared, PrepareError> {
         limits: req.limits,
         pii: req.pii,
     };
+    let shared = ctx.shared_fields();
     let mut accepted = Vec::with_capacity(split.events.len());
     let mut rejected = Vec::new();
     let mut dead_letters = Vec::new();
     for (index, json) in split.events.iter().enumerate() {
-        match validate::normalize(&ctx, index, json) {
+        match validate::normalize_with(&ctx, &shared, index, json) {
             Ok(e) => accepted.push(e),
             Err(Invalid::Pii(v)) => return Err(PrepareError::Pii(v)),
             Err(Invalid::Reject(r)) => {

@@ -56,45 +56,53 @@ pub struct Reject {
     pub message: String,
 }
 
+/// The fields of an input event, borrowed from the request body as raw JSON. Keeping strings raw
+/// lets `normalize` copy them into the output verbatim (they are already valid JSON) instead of
+/// decoding and re-escaping them; unknown fields are skipped.
 #[derive(Deserialize)]
 struct InEvent<'a> {
     #[serde(borrow, default)]
-    event: Option<Cow<'a, str>>,
+    event: Option<&'a RawValue>,
     #[serde(borrow, default)]
-    distinct_id: Option<Cow<'a, str>>,
+    distinct_id: Option<&'a RawValue>,
     #[serde(borrow, default)]
     timestamp: Option<&'a RawValue>,
     #[serde(borrow, default)]
-    event_id: Option<Cow<'a, str>>,
+    event_id: Option<&'a RawValue>,
     #[serde(borrow, default)]
     properties: Option<&'a RawValue>,
     #[serde(borrow, default)]
     context: Option<&'a RawValue>,
 }
 
-/// The normalized event as produced to Kafka.
-#[derive(Serialize)]
-struct OutEvent<'a> {
-    event_id: &'a str,
-    event: &'a str,
-    distinct_id: &'a str,
-    /// Client-side event time, epoch ms (defaults to `received_at`; clamped to it when too far
-    /// in the future under the `clamp` policy).
-    timestamp: i64,
-    /// The client's original timestamp, present only when `timestamp` was clamped.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    client_timestamp: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    sent_at: Option<i64>,
-    received_at: u64,
-    tenant: &'a str,
-    env: &'a str,
-    region: &'a str,
-    batch_id: &'a Uuid,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    properties: Option<&'a RawValue>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    context: Option<&'a RawValue>,
+/// The normalized fields every event of a batch shares, serialized once per batch:
+/// `[,"sent_at":…],"received_at":…,"tenant":…,"env":…,"region":…,"batch_id":…`.
+pub struct SharedFields(Vec<u8>);
+
+impl BatchContext<'_> {
+    pub fn shared_fields(&self) -> SharedFields {
+        let mut out = Vec::with_capacity(160);
+        if let Some(sent_at) = self.sent_at_ms {
+            out.extend_from_slice(b",\"sent_at\":");
+            push_json(&mut out, &sent_at);
+        }
+        out.extend_from_slice(b",\"received_at\":");
+        push_json(&mut out, &self.received_at_ms);
+        for (key, value) in
+            [(&b",\"tenant\":"[..], self.tenant), (b",\"env\":", self.env), (b",\"region\":", self.region)]
+        {
+            out.extend_from_slice(key);
+            push_json(&mut out, value);
+        }
+        out.extend_from_slice(b",\"batch_id\":");
+        push_json(&mut out, &self.batch_id);
+        SharedFields(out)
+    }
+}
+
+/// Serializing a string, integer or UUID into a Vec cannot fail.
+fn push_json<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
+    let _ = serde_json::to_writer(out, value);
 }
 
 fn reject(index: usize, code: &'static str, message: impl Into<String>) -> Reject {
@@ -103,6 +111,20 @@ fn reject(index: usize, code: &'static str, message: impl Into<String>) -> Rejec
 
 /// Validates the `index`-th event of a batch and returns its normalized form.
 pub fn normalize(ctx: &BatchContext<'_>, index: usize, json: &[u8]) -> Result<EventRecord, Invalid> {
+    normalize_with(ctx, &ctx.shared_fields(), index, json)
+}
+
+/// [`normalize`] with the batch's shared fields computed once by the caller.
+///
+/// The output object is `event_id, event, distinct_id, timestamp (epoch ms)[, client_timestamp]
+/// [, sent_at], received_at, tenant, env, region, batch_id[, properties][, context]`, written
+/// directly: string fields are copied as the raw JSON tokens the client sent.
+pub fn normalize_with(
+    ctx: &BatchContext<'_>,
+    shared: &SharedFields,
+    index: usize,
+    json: &[u8],
+) -> Result<EventRecord, Invalid> {
     if json.len() > ctx.limits.max_event_bytes {
         let max = ctx.limits.max_event_bytes;
         return Err(reject(index, "event_too_large", format!("event is {} bytes, limit {max}", json.len())).into());
@@ -111,12 +133,11 @@ pub fn normalize(ctx: &BatchContext<'_>, index: usize, json: &[u8]) -> Result<Ev
         let code = if e.is_data() { "invalid_type" } else { "malformed_json" };
         Invalid::Reject(reject(index, code, e.to_string()))
     })?;
-    let event = required_str(index, "event", input.event.as_deref(), MAX_NAME_LEN)?;
-    let distinct_id = required_str(index, "distinct_id", input.distinct_id.as_deref(), MAX_ID_LEN)?;
-    let received = ctx.received_at_ms as i64;
+    let event = required_str(index, "event", input.event, MAX_NAME_LEN)?;
+    let distinct_id = required_str(index, "distinct_id", input.distinct_id, MAX_ID_LEN)?;
     let mut client_timestamp = None;
     let timestamp = match input.timestamp {
-        None => received,
+        None => ctx.received_at_ms as i64,
         Some(raw) => {
             let t = parse_timestamp(raw.get()).ok_or_else(|| {
                 let msg = format!("`timestamp` {} is not RFC 3339 or epoch seconds/milliseconds", raw.get());
@@ -133,27 +154,45 @@ pub fn normalize(ctx: &BatchContext<'_>, index: usize, json: &[u8]) -> Result<Ev
         }
     }
     pii::check(ctx.pii, index, input.properties, input.context).map_err(Invalid::Pii)?;
-    let event_id = match input.event_id.as_deref() {
-        Some(id) => required_str(index, "event_id", Some(id), MAX_ID_LEN)?.to_string(),
-        None => sluice_wire::ids::derived_event_id(&ctx.batch_id, index).to_string(),
+    let client_id = match input.event_id {
+        Some(raw) => Some(required_str(index, "event_id", Some(raw), MAX_ID_LEN)?),
+        None => None,
     };
-    let out = OutEvent {
-        event_id: &event_id,
-        event,
-        distinct_id,
-        timestamp,
-        client_timestamp,
-        sent_at: ctx.sent_at_ms,
-        received_at: ctx.received_at_ms,
-        tenant: ctx.tenant,
-        env: ctx.env,
-        region: ctx.region,
-        batch_id: &ctx.batch_id,
-        properties: input.properties,
-        context: input.context,
+    let mut out = Vec::with_capacity(json.len() + shared.0.len() + 128);
+    out.extend_from_slice(b"{\"event_id\":");
+    let event_id = match client_id {
+        Some(s) => {
+            out.extend_from_slice(s.raw.as_bytes());
+            s.value.into_owned()
+        }
+        None => {
+            let mut buf = Uuid::encode_buffer();
+            let id = sluice_wire::ids::derived_event_id(&ctx.batch_id, index).hyphenated().encode_lower(&mut buf);
+            out.push(b'"');
+            out.extend_from_slice(id.as_bytes());
+            out.push(b'"');
+            id.to_owned()
+        }
     };
-    let json = serde_json::to_vec(&out).map_err(|e| reject(index, "internal", e.to_string()))?;
-    Ok(EventRecord { event_id, json })
+    out.extend_from_slice(b",\"event\":");
+    out.extend_from_slice(event.raw.as_bytes());
+    out.extend_from_slice(b",\"distinct_id\":");
+    out.extend_from_slice(distinct_id.raw.as_bytes());
+    out.extend_from_slice(b",\"timestamp\":");
+    push_json(&mut out, &timestamp);
+    if let Some(original) = client_timestamp {
+        out.extend_from_slice(b",\"client_timestamp\":");
+        push_json(&mut out, &original);
+    }
+    out.extend_from_slice(&shared.0);
+    for (key, value) in [(&b",\"properties\":"[..], input.properties), (b",\"context\":", input.context)] {
+        if let Some(v) = value {
+            out.extend_from_slice(key);
+            out.extend_from_slice(v.get().as_bytes());
+        }
+    }
+    out.push(b'}');
+    Ok(EventRecord { event_id, json: out })
 }
 
 /// Applies the past/future sanity window to a parsed client timestamp.
@@ -203,15 +242,32 @@ pub fn dead_letter(ctx: &BatchContext<'_>, reject: &Reject, raw: &[u8]) -> Resul
     Ok(EventRecord { event_id, json })
 }
 
-fn required_str<'s>(index: usize, field: &str, value: Option<&'s str>, max: usize) -> Result<&'s str, Reject> {
-    match value {
-        None => Err(reject(index, "missing_field", format!("`{field}` is required"))),
-        Some(v) if v.trim().is_empty() => Err(reject(index, "missing_field", format!("`{field}` is empty"))),
-        Some(v) if v.len() > max => {
-            Err(reject(index, "field_too_long", format!("`{field}` is longer than {max} bytes")))
-        }
-        Some(v) => Ok(v),
+/// A JSON string field: its raw token (quotes and escapes included) and its decoded value.
+struct JsonStr<'a> {
+    raw: &'a str,
+    value: Cow<'a, str>,
+}
+
+fn required_str<'s>(index: usize, field: &str, raw: Option<&'s RawValue>, max: usize) -> Result<JsonStr<'s>, Reject> {
+    let Some(raw) = raw else {
+        return Err(reject(index, "missing_field", format!("`{field}` is required")));
+    };
+    let raw = raw.get();
+    let Some(inner) = raw.strip_prefix('"').and_then(|r| r.strip_suffix('"')) else {
+        return Err(reject(index, "invalid_type", format!("`{field}` must be a string, got {raw}")));
+    };
+    let value: Cow<'s, str> = if inner.contains('\\') {
+        serde_json::from_str::<String>(raw).map_err(|e| reject(index, "malformed_json", e.to_string()))?.into()
+    } else {
+        Cow::Borrowed(inner)
+    };
+    if value.trim().is_empty() {
+        return Err(reject(index, "missing_field", format!("`{field}` is empty")));
     }
+    if value.len() > max {
+        return Err(reject(index, "field_too_long", format!("`{field}` is longer than {max} bytes")));
+    }
+    Ok(JsonStr { raw, value })
 }
 
 /// RFC 3339 string, or epoch seconds / milliseconds as a number. Returns epoch ms.
@@ -339,6 +395,21 @@ mod tests {
         let strict = ValidationConfig { future_policy: FuturePolicy::Reject, ..RULES };
         let c = BatchContext { rules: &strict, ..ctx() };
         assert_eq!(rejected(&c, future.as_bytes()).code, "timestamp_out_of_range");
+    }
+
+    #[test]
+    fn escaped_strings_are_copied_as_valid_json_and_decoded_for_ids() {
+        let body = br#"{"event":"sign\"up","distinct_id":"caf\u00e9","event_id":"id\/1","properties":{"a":"\n"}}"#;
+        let rec = normalize(&ctx(), 0, body).unwrap();
+        assert_eq!(rec.event_id, "id/1", "the Kafka header carries the decoded ID");
+        let v = out(&rec);
+        assert_eq!(v["event"], "sign\"up");
+        assert_eq!(v["distinct_id"], "café");
+        assert_eq!(v["event_id"], "id/1");
+        assert_eq!(v["properties"]["a"], "\n");
+        let shared = ctx().shared_fields();
+        let a = normalize_with(&ctx(), &shared, 0, body).unwrap();
+        assert_eq!(a, rec, "shared fields computed once give the same bytes");
     }
 
     #[test]
