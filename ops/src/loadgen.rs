@@ -275,8 +275,16 @@ pub async fn drive<E: Exchange>(ex: &mut E, plan: ConnPlan, tally: &mut Tally) {
                     *tally.errors.entry("not_sent".into()).or_default() += left.ceil() as u64;
                     break;
                 }
-                tokio::time::sleep_until(due.into()).await;
-                due
+                if Instant::now() < due {
+                    // On schedule: the timer's own lateness (tokio rounds to 1 ms) is the
+                    // generator's, so the clock starts when the request actually goes out.
+                    tokio::time::sleep_until(due.into()).await;
+                    Instant::now()
+                } else {
+                    // Behind schedule because this connection's previous answer came late: that
+                    // wait is the server's, so the clock started at the intended time.
+                    due
+                }
             }
             None => {
                 let now = Instant::now();
