@@ -68,7 +68,9 @@ fn parse_validate_normalize(c: &mut Criterion) {
     g.bench_function("split+validate+normalize 100x300B", |b| {
         b.iter(|| {
             let events = body::split(black_box(&raw), BodyFormat::JsonArray, 500).unwrap();
-            let out: Vec<_> = events.iter().enumerate().map(|(i, e)| validate::normalize(&ctx, i, e)).collect();
+            let shared = ctx.shared_fields();
+            let out: Vec<_> =
+                events.iter().enumerate().map(|(i, e)| validate::normalize_with(&ctx, &shared, i, e)).collect();
             black_box(out)
         })
     });

@@ -193,10 +193,11 @@ async fn ingest(
         region: &state.region,
         received_at_ms: now_ms(),
     };
+    let shared = ctx.shared_fields();
     let mut accepted = Vec::with_capacity(events.len());
     let mut rejected = Vec::new();
     for (index, json) in events.iter().enumerate() {
-        match validate::normalize(&ctx, index, json) {
+        match validate::normalize_with(&ctx, &shared, index, json) {
             Ok(e) => accepted.push(e),
             Err(r) => rejected.push(r),
         }

@@ -33,38 +33,22 @@ pub struct Reject {
     pub message: String,
 }
 
+/// The fields of an input event, borrowed from the request body as raw JSON. Keeping strings raw
+/// lets `normalize` copy them into the output verbatim (they are already valid JSON) instead of
+/// decoding and re-escaping them; unknown fields are skipped.
 #[derive(Deserialize)]
 struct InEvent<'a> {
     #[serde(borrow, default)]
-    event: Option<Cow<'a, str>>,
+    event: Option<&'a RawValue>,
     #[serde(borrow, default)]
-    distinct_id: Option<Cow<'a, str>>,
+    distinct_id: Option<&'a RawValue>,
     #[serde(borrow, default)]
     timestamp: Option<&'a RawValue>,
     #[serde(borrow, default)]
-    event_id: Option<Cow<'a, str>>,
+    event_id: Option<&'a RawValue>,
     #[serde(borrow, default)]
     properties: Option<&'a RawValue>,
     #[serde(borrow, default)]
-    context: Option<&'a RawValue>,
-}
-
-/// The normalized event as produced to Kafka.
-#[derive(Serialize)]
-struct OutEvent<'a> {
-    event_id: &'a str,
-    event: &'a str,
-    distinct_id: &'a str,
-    /// Client-side event time, epoch ms (defaults to `received_at`).
-    timestamp: i64,
-    received_at: u64,
-    tenant: &'a str,
-    env: &'a str,
-    region: &'a str,
-    batch_id: &'a Uuid,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    properties: Option<&'a RawValue>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     context: Option<&'a RawValue>,
 }
 
@@ -72,14 +56,53 @@ fn reject(index: usize, code: &'static str, message: impl Into<String>) -> Rejec
     Reject { index, code, message: message.into() }
 }
 
+/// The normalized fields every event of a batch shares, serialized once per batch:
+/// `,"received_at":…,"tenant":…,"env":…,"region":…,"batch_id":…`.
+pub struct SharedFields(Vec<u8>);
+
+impl BatchContext<'_> {
+    pub fn shared_fields(&self) -> SharedFields {
+        let mut out = Vec::with_capacity(128);
+        out.extend_from_slice(b",\"received_at\":");
+        push_json(&mut out, &self.received_at_ms);
+        for (key, value) in
+            [(&b",\"tenant\":"[..], self.tenant), (b",\"env\":", self.env), (b",\"region\":", self.region)]
+        {
+            out.extend_from_slice(key);
+            push_json(&mut out, value);
+        }
+        out.extend_from_slice(b",\"batch_id\":");
+        push_json(&mut out, &self.batch_id);
+        SharedFields(out)
+    }
+}
+
+/// Serializing a string, integer or UUID into a Vec cannot fail.
+fn push_json<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
+    let _ = serde_json::to_writer(out, value);
+}
+
 /// Validates the `index`-th event of a batch and returns its normalized form.
 pub fn normalize(ctx: &BatchContext<'_>, index: usize, json: &[u8]) -> Result<EventRecord, Reject> {
+    normalize_with(ctx, &ctx.shared_fields(), index, json)
+}
+
+/// [`normalize`] with the batch's shared fields computed once by the caller.
+///
+/// The output object is `event_id, event, distinct_id, timestamp (epoch ms), received_at, tenant,
+/// env, region, batch_id[, properties][, context]`.
+pub fn normalize_with(
+    ctx: &BatchContext<'_>,
+    shared: &SharedFields,
+    index: usize,
+    json: &[u8],
+) -> Result<EventRecord, Reject> {
     let input: InEvent<'_> = serde_json::from_slice(json).map_err(|e| {
         let code = if e.is_data() { "invalid_type" } else { "malformed_json" };
         reject(index, code, e.to_string())
     })?;
-    let event = required_str(index, "event", input.event.as_deref(), MAX_NAME_LEN)?;
-    let distinct_id = required_str(index, "distinct_id", input.distinct_id.as_deref(), MAX_ID_LEN)?;
+    let event = required_str(index, "event", input.event, MAX_NAME_LEN)?;
+    let distinct_id = required_str(index, "distinct_id", input.distinct_id, MAX_ID_LEN)?;
     let timestamp = match input.timestamp {
         None => ctx.received_at_ms as i64,
         Some(raw) => parse_timestamp(raw.get()).ok_or_else(|| {
@@ -97,36 +120,69 @@ pub fn normalize(ctx: &BatchContext<'_>, index: usize, json: &[u8]) -> Result<Ev
             return Err(reject(index, "invalid_type", format!("`{field}` must be an object")));
         }
     }
-    let event_id = match input.event_id.as_deref() {
-        Some(id) => required_str(index, "event_id", Some(id), MAX_ID_LEN)?.to_string(),
-        None => sluice_wire::ids::derived_event_id(&ctx.batch_id, index).to_string(),
+    let client_id = match input.event_id {
+        Some(raw) => Some(required_str(index, "event_id", Some(raw), MAX_ID_LEN)?),
+        None => None,
     };
-    let out = OutEvent {
-        event_id: &event_id,
-        event,
-        distinct_id,
-        timestamp,
-        received_at: ctx.received_at_ms,
-        tenant: ctx.tenant,
-        env: ctx.env,
-        region: ctx.region,
-        batch_id: &ctx.batch_id,
-        properties: input.properties,
-        context: input.context,
+    let mut out = Vec::with_capacity(json.len() + shared.0.len() + 96);
+    out.extend_from_slice(b"{\"event_id\":");
+    let event_id = match client_id {
+        Some(s) => {
+            out.extend_from_slice(s.raw.as_bytes());
+            s.value.into_owned()
+        }
+        None => {
+            let mut buf = Uuid::encode_buffer();
+            let id = sluice_wire::ids::derived_event_id(&ctx.batch_id, index).hyphenated().encode_lower(&mut buf);
+            out.push(b'"');
+            out.extend_from_slice(id.as_bytes());
+            out.push(b'"');
+            id.to_owned()
+        }
     };
-    let json = serde_json::to_vec(&out).map_err(|e| reject(index, "internal", e.to_string()))?;
-    Ok(EventRecord { event_id, json })
+    out.extend_from_slice(b",\"event\":");
+    out.extend_from_slice(event.raw.as_bytes());
+    out.extend_from_slice(b",\"distinct_id\":");
+    out.extend_from_slice(distinct_id.raw.as_bytes());
+    out.extend_from_slice(b",\"timestamp\":");
+    push_json(&mut out, &timestamp);
+    out.extend_from_slice(&shared.0);
+    for (key, value) in [(&b",\"properties\":"[..], input.properties), (b",\"context\":", input.context)] {
+        if let Some(v) = value {
+            out.extend_from_slice(key);
+            out.extend_from_slice(v.get().as_bytes());
+        }
+    }
+    out.push(b'}');
+    Ok(EventRecord { event_id, json: out })
 }
 
-fn required_str<'s>(index: usize, field: &str, value: Option<&'s str>, max: usize) -> Result<&'s str, Reject> {
-    match value {
-        None => Err(reject(index, "missing_field", format!("`{field}` is required"))),
-        Some(v) if v.trim().is_empty() => Err(reject(index, "missing_field", format!("`{field}` is empty"))),
-        Some(v) if v.len() > max => {
-            Err(reject(index, "field_too_long", format!("`{field}` is longer than {max} bytes")))
-        }
-        Some(v) => Ok(v),
+/// A JSON string field: its raw token (quotes and escapes included) and its decoded value.
+struct JsonStr<'a> {
+    raw: &'a str,
+    value: Cow<'a, str>,
+}
+
+fn required_str<'s>(index: usize, field: &str, raw: Option<&'s RawValue>, max: usize) -> Result<JsonStr<'s>, Reject> {
+    let Some(raw) = raw else {
+        return Err(reject(index, "missing_field", format!("`{field}` is required")));
+    };
+    let raw = raw.get();
+    let Some(inner) = raw.strip_prefix('"').and_then(|r| r.strip_suffix('"')) else {
+        return Err(reject(index, "invalid_type", format!("`{field}` must be a string, got {raw}")));
+    };
+    let value: Cow<'s, str> = if inner.contains('\\') {
+        serde_json::from_str::<String>(raw).map_err(|e| reject(index, "malformed_json", e.to_string()))?.into()
+    } else {
+        Cow::Borrowed(inner)
+    };
+    if value.trim().is_empty() {
+        return Err(reject(index, "missing_field", format!("`{field}` is empty")));
     }
+    if value.len() > max {
+        return Err(reject(index, "field_too_long", format!("`{field}` is longer than {max} bytes")));
+    }
+    Ok(JsonStr { raw, value })
 }
 
 /// RFC 3339 string, or epoch seconds / milliseconds as a number. Returns epoch ms.
@@ -200,6 +256,28 @@ mod tests {
 
     fn v_ts(rec: &EventRecord) -> i64 {
         out(rec)["timestamp"].as_i64().unwrap()
+    }
+
+    #[test]
+    fn raw_strings_are_copied_as_valid_json() {
+        let rec = normalize(
+            &ctx(),
+            0,
+            br#"{"event":"a\"b\u00e9","distinct_id":"u\\1","event_id":"id\n2","context":{"x":[1]}}"#,
+        )
+        .unwrap();
+        assert_eq!(rec.event_id, "id\n2", "the header carries the decoded client ID");
+        let v = out(&rec);
+        assert_eq!(v["event"], "a\"b\u{e9}");
+        assert_eq!(v["distinct_id"], "u\\1");
+        assert_eq!(v["event_id"], "id\n2");
+        assert_eq!(v["context"]["x"][0], 1);
+        assert_eq!(v["batch_id"], Uuid::from_u128(42).to_string());
+        assert_eq!(v.as_object().unwrap().len(), 10);
+        let null = normalize(&ctx(), 1, br#"{"event":null,"distinct_id":"u"}"#).unwrap_err();
+        assert_eq!(null.code, "missing_field");
+        let blank = normalize(&ctx(), 1, br#"{"event":"\u0020","distinct_id":"u"}"#).unwrap_err();
+        assert_eq!(blank.code, "missing_field");
     }
 
     #[test]

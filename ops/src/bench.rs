@@ -251,7 +251,8 @@ pub fn cpu_times() -> CpuTimes {
     };
     for task in tasks.flatten() {
         let p = task.path();
-        let (Ok(comm), Ok(sched)) = (std::fs::read_to_string(p.join("comm")), std::fs::read_to_string(p.join("schedstat")))
+        let (Ok(comm), Ok(sched)) =
+            (std::fs::read_to_string(p.join("comm")), std::fs::read_to_string(p.join("schedstat")))
         else {
             continue;
         };
@@ -815,9 +816,8 @@ pub fn describe_machine(dir: &Path) -> String {
         .and_then(|o| String::from_utf8(o.stdout).ok())
         .and_then(|s| s.lines().nth(1).map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ")))
         .unwrap_or_else(|| "unknown".into());
-    let date = time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default();
+    let date =
+        time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
     format!("Machine: {cores} cores; WAL disk {fs}; {date}")
 }
 
@@ -849,7 +849,8 @@ mod tests {
     #[test]
     fn smoke_run_measures_every_part() {
         let dir = tempfile::tempdir().unwrap();
-        let opts = BenchOptions { phases: Phases::smoke(), connections: 4, ..BenchOptions::new(dir.path().to_path_buf()) };
+        let opts =
+            BenchOptions { phases: Phases::smoke(), connections: 4, ..BenchOptions::new(dir.path().to_path_buf()) };
         let r = run(&opts, &MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden())).unwrap();
         assert!(r.edge[0].report.events_per_sec() > 0.0);
         assert!(r.edge[0].wal.groups > 0 && r.edge[0].events_per_server_cpu_sec() > 0.0);

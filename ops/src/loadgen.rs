@@ -485,7 +485,8 @@ pub async fn run(opts: &LoadgenOptions, progress: &indicatif::ProgressBar) -> Re
     let wire_body_bytes = prepared.first().map_or(0, |p| p.body.len() as u64);
     let bodies = prepared.len();
     let prepared = Arc::new(prepared);
-    let uri: Uri = "/v1/events".parse().map_err(|e: hyper::http::uri::InvalidUri| LoadgenError::Invalid(e.to_string()))?;
+    let uri: Uri =
+        "/v1/events".parse().map_err(|e: hyper::http::uri::InvalidUri| LoadgenError::Invalid(e.to_string()))?;
     let start = Instant::now();
     let count_from = start + opts.warmup;
     let deadline = count_from + opts.duration;
