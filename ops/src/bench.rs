@@ -109,6 +109,8 @@ pub struct FsyncRow {
     pub group_bytes: usize,
     pub syncs: u64,
     pub elapsed: Duration,
+    /// Latency of each write + fdatasync, microseconds.
+    pub latency: Histogram<u64>,
 }
 
 impl FsyncRow {
@@ -194,6 +196,10 @@ pub struct CoreResult {
     /// Four frames' worth in flight.
     pub bare_parallel: Duration,
     pub frames: usize,
+    /// Mean time to decompress and decode one frame.
+    pub decode_per_frame: Duration,
+    /// Mean time of one dedupe-index commit of a frame's batch IDs (redb, fsync'd).
+    pub record_per_frame: Duration,
 }
 
 impl CoreResult {
@@ -288,14 +294,17 @@ pub fn fsync_bandwidth(dir: &Path, sizes: &[usize], per_size: Duration) -> anyho
             .open(&path)
             .with_context(|| format!("creating {}", path.display()))?;
         let buf = vec![0x5au8; size];
+        let mut latency = Histogram::new_with_bounds(1, 60_000_000, 3).context("histogram")?;
         let started = Instant::now();
         let mut syncs = 0u64;
         while syncs < 3 || started.elapsed() < per_size {
+            let t = Instant::now();
             file.write_all(&buf).context("writing")?;
             file.sync_data().context("fdatasync")?;
+            latency.saturating_record(t.elapsed().as_micros() as u64);
             syncs += 1;
         }
-        rows.push(FsyncRow { group_bytes: size, syncs, elapsed: started.elapsed() });
+        rows.push(FsyncRow { group_bytes: size, syncs, elapsed: started.elapsed(), latency });
         drop(file);
         std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
     }
@@ -512,6 +521,7 @@ pub fn core_alone(events: usize, dir: &Path) -> anyhow::Result<CoreResult> {
             run_bare(&producer, &warmup, 1).await?;
             bare[slot] = run_bare(&producer, &frames, window).await?;
         }
+        let (decode_per_frame, record_per_frame) = core_costs(&frames, &dir.join("costs.redb"))?;
         anyhow::Ok(CoreResult {
             events: total_events,
             frames: frames.len(),
@@ -519,6 +529,8 @@ pub fn core_alone(events: usize, dir: &Path) -> anyhow::Result<CoreResult> {
             core_parallel: core[1],
             bare_serial: bare[0],
             bare_parallel: bare[1],
+            decode_per_frame,
+            record_per_frame,
         })
     });
     rt.shutdown_timeout(Duration::from_secs(5));
@@ -526,6 +538,24 @@ pub fn core_alone(events: usize, dir: &Path) -> anyhow::Result<CoreResult> {
 }
 
 const BARE_TOPIC: &str = "bare.bench";
+
+/// What core adds per frame besides producing: decompress + decode, and the dedupe commit.
+fn core_costs(frames: &[Frame], path: &Path) -> anyhow::Result<(Duration, Duration)> {
+    let n = frames.len().max(1) as u32;
+    let t = Instant::now();
+    for f in frames {
+        let (header, payload) = protocol::decode_message(&f.message)?;
+        std::hint::black_box(frame::decompress(payload, header.raw_len as usize)?);
+    }
+    let decode = t.elapsed() / n;
+    let dedupe = RedbDedupe::open(path)?;
+    let t = Instant::now();
+    for f in frames {
+        let ids: Vec<_> = f.records.iter().map(|r| r.batch_id).collect();
+        dedupe.record(&ids, 1)?;
+    }
+    Ok((decode, t.elapsed() / n))
+}
 
 /// Runs `job(i)` for every frame index with at most `window` running at once.
 async fn windowed<F, Fut>(frames: usize, window: usize, job: F) -> anyhow::Result<Duration>
@@ -740,9 +770,18 @@ pub fn render(opts: &BenchOptions, r: &BenchResults, machine: &str) -> String {
     );
 
     let _ = writeln!(s, "### 1. Raw fdatasync (append + fdatasync, one file)\n");
-    let _ = writeln!(s, "| group bytes | syncs | ms/sync | MB/s |\n|---:|---:|---:|---:|");
+    let _ = writeln!(s, "| group bytes | syncs | mean ms | p50 ms | p99 ms | MB/s |\n|---:|---:|---:|---:|---:|---:|");
     for f in &r.fsync {
-        let _ = writeln!(s, "| {} | {} | {:.2} | {:.1} |", f.group_bytes, f.syncs, f.ms_per_sync(), f.mb_per_sec());
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:.2} | {} | {} | {:.1} |",
+            f.group_bytes,
+            f.syncs,
+            f.ms_per_sync(),
+            ms(Duration::from_micros(f.latency.value_at_quantile(0.5))),
+            ms(Duration::from_micros(f.latency.value_at_quantile(0.99))),
+            f.mb_per_sec()
+        );
     }
     let ceiling_mb = r.fsync.iter().map(FsyncRow::mb_per_sec).fold(0.0, f64::max);
 
@@ -794,6 +833,16 @@ pub fn render(opts: &BenchOptions, r: &BenchResults, machine: &str) -> String {
             c.eps(core) / c.eps(bare).max(1e-9)
         );
     }
+    let per_frame = |d: Duration| ms(d / c.frames.max(1) as u32);
+    let _ = writeln!(
+        s,
+        "\nPer frame, 1 in flight: core {} ms, bare producer {} ms. Measured separately: decompress + decode \
+         {} ms, dedupe-index commit (redb, fsync) {} ms.",
+        per_frame(c.core_serial),
+        per_frame(c.bare_serial),
+        ms(c.decode_per_frame),
+        ms(c.record_per_frame)
+    );
 
     let e = &r.e2e;
     let _ = writeln!(s, "\n### 4. End to end at {:.0} events/s (open loop)\n", e.rate);
