@@ -217,7 +217,9 @@ async fn ingest(
         stream: Stream::Events,
         events: accepted,
     };
-    let mut bytes = Vec::with_capacity(decoded.len() + 256);
+    // Normalized events are larger than the input; sizing from them avoids regrowing the buffer.
+    let size: usize = record.events.iter().map(|e| e.json.len() + e.event_id.len() + 8).sum();
+    let mut bytes = Vec::with_capacity(size + 256);
     encode_record(&record, &mut bytes)
         .map_err(|e| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", e.to_string()))?;
     if let Err(e) = state.wal.append(bytes).await {

@@ -345,30 +345,34 @@ impl EdgeUnderTest {
     }
 }
 
+/// Runs one load phase against a fresh edge (its own empty WAL, so one phase's backlog never
+/// fills the WAL budget of the next: the forwarder is off and nothing is trimmed).
 fn edge_phase(
     label: &str,
-    edge: &EdgeUnderTest,
+    opts: &BenchOptions,
+    dir: &Path,
     lg: &tokio::runtime::Runtime,
-    opts: LoadgenOptions,
     bar: &ProgressBar,
+    load: impl FnOnce(LoadgenOptions) -> LoadgenOptions,
 ) -> anyhow::Result<EdgePhase> {
     bar.set_message(format!("edge: {label}"));
     bar.set_position(0);
-    let wal_before = GroupStats::read(&edge.edge.wal);
-    let cpu_before = cpu_times();
-    let report = lg.block_on(loadgen::run(&opts, bar)).with_context(|| format!("load phase {label}"))?;
-    let cpu = cpu_times().since(&cpu_before);
-    let wal = GroupStats::read(&edge.edge.wal).since(wal_before);
-    Ok(EdgePhase { label: label.to_string(), report, wal, cpu })
-}
-
-fn load_options(opts: &BenchOptions, edge: &EdgeUnderTest, duration: Duration) -> LoadgenOptions {
-    LoadgenOptions {
+    let edge = start_edge(opts, dir)?;
+    let base = LoadgenOptions {
         connections: opts.connections,
-        duration,
         warmup: opts.phases.warmup,
         ..LoadgenOptions::new(edge.edge.http_addr, edge.keys.clone())
-    }
+    };
+    let load = load(base);
+    let wal_before = GroupStats::read(&edge.edge.wal);
+    let cpu_before = cpu_times();
+    let report = lg.block_on(loadgen::run(&load, bar));
+    let cpu = cpu_times().since(&cpu_before);
+    let wal = GroupStats::read(&edge.edge.wal).since(wal_before);
+    edge.stop();
+    std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+    let report = report.with_context(|| format!("load phase {label}"))?;
+    Ok(EdgePhase { label: label.to_string(), report, wal, cpu })
 }
 
 /// Everything the suite measured.
@@ -395,26 +399,32 @@ pub fn run(opts: &BenchOptions, progress: &MultiProgress) -> anyhow::Result<Benc
     let fsync = fsync_bandwidth(scratch.path(), &FSYNC_SIZES, opts.phases.fsync_per_size)?;
 
     let lg = runtime(opts.loadgen_threads, "loadgen")?;
-    let edge = start_edge(opts, &scratch.path().join("edge"))?;
+    let edge_dir = scratch.path().join("edge");
     let p = opts.phases;
-    let max = edge_phase("max (closed loop)", &edge, &lg, load_options(opts, &edge, p.edge_max), &bar)?;
+    let max =
+        edge_phase("max (closed loop)", opts, &edge_dir, &lg, &bar, |l| LoadgenOptions { duration: p.edge_max, ..l })?;
     let max_eps = max.report.events_per_sec();
     let mut phases = vec![max];
     for pct in [50u32, 80] {
-        let load = LoadgenOptions {
-            rate_events_per_sec: Some(max_eps * f64::from(pct) / 100.0),
-            ..load_options(opts, &edge, p.edge_latency)
-        };
-        phases.push(edge_phase(&format!("{pct}% of max (open loop)"), &edge, &lg, load, &bar)?);
+        let rate = Some(max_eps * f64::from(pct) / 100.0);
+        let label = format!("{pct}% of max (open loop)");
+        phases.push(edge_phase(&label, opts, &edge_dir, &lg, &bar, |l| LoadgenOptions {
+            duration: p.edge_latency,
+            rate_events_per_sec: rate,
+            ..l
+        })?);
     }
 
     let mut matrix = Vec::new();
     for (event_bytes, gzip) in [(300, false), (300, true), (1024, false), (1024, true)] {
         let label = format!("{event_bytes} B, {}, closed loop", if gzip { "gzip" } else { "plain" });
-        let load = LoadgenOptions { event_bytes, gzip, ..load_options(opts, &edge, p.matrix) };
-        matrix.push(edge_phase(&label, &edge, &lg, load, &bar)?);
+        matrix.push(edge_phase(&label, opts, &edge_dir, &lg, &bar, |l| LoadgenOptions {
+            event_bytes,
+            gzip,
+            duration: p.matrix,
+            ..l
+        })?);
     }
-    edge.stop();
 
     bar.set_message("core alone vs bare producer");
     let core = core_alone(p.core_events, &scratch.path().join("core"))?;
