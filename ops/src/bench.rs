@@ -900,7 +900,7 @@ pub fn render(opts: &BenchOptions, r: &BenchResults, machine: &str) -> String {
 pub fn describe_machine(dir: &Path) -> String {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let fs = std::process::Command::new("df")
-        .args(["-hT", "--output=source,fstype,size"])
+        .args(["-h", "--output=source,fstype,size"])
         .arg(dir)
         .output()
         .ok()
