@@ -1,5 +1,5 @@
 //! Micro-benchmarks of the per-event hot path of an edge and of the forwarder's framing:
-//! body split + validate + normalize, WAL record encoding, zstd frame compression.
+//! body parse + validate + normalize, WAL record encoding, zstd frame compression.
 //!
 //! `cargo bench -p sluice-edge`. Throughput is reported per event (or per byte for zstd).
 
@@ -43,11 +43,12 @@ fn ctx() -> BatchContext<'static> {
 
 fn record(raw: &[u8]) -> BatchRecord {
     let c = ctx();
-    let events = body::split(raw, BodyFormat::JsonArray, 500)
+    let shared = c.shared_fields();
+    let events = body::parse(raw, BodyFormat::JsonArray, 500)
         .unwrap()
-        .iter()
+        .into_iter()
         .enumerate()
-        .map(|(i, e)| validate::normalize(&c, i, e).unwrap())
+        .map(|(i, e)| validate::normalize_element(&c, &shared, i, e).unwrap())
         .collect();
     BatchRecord {
         batch_id: c.batch_id,
@@ -65,12 +66,12 @@ fn parse_validate_normalize(c: &mut Criterion) {
     let ctx = ctx();
     let mut g = c.benchmark_group("edge");
     g.throughput(Throughput::Elements(EVENTS as u64));
-    g.bench_function("split+validate+normalize 100x300B", |b| {
+    g.bench_function("parse+validate+normalize 100x300B", |b| {
         b.iter(|| {
-            let events = body::split(black_box(&raw), BodyFormat::JsonArray, 500).unwrap();
+            let events = body::parse(black_box(&raw), BodyFormat::JsonArray, 500).unwrap();
             let shared = ctx.shared_fields();
             let out: Vec<_> =
-                events.iter().enumerate().map(|(i, e)| validate::normalize_with(&ctx, &shared, i, e)).collect();
+                events.into_iter().enumerate().map(|(i, e)| validate::normalize_element(&ctx, &shared, i, e)).collect();
             black_box(out)
         })
     });

@@ -1,4 +1,4 @@
-//! Request bodies: decompression under a hard size cap, then splitting into per-event JSON texts.
+//! Request bodies: decompression under a hard size cap, then parsing into per-event elements.
 //!
 //! The size limit is enforced on the *decompressed* bytes while inflating, so a gzip bomb costs
 //! at most `max_bytes + 1` bytes of memory and fails fast with `TooLarge`.
@@ -6,7 +6,9 @@
 use std::borrow::Cow;
 use std::io::Read;
 
-use serde_json::value::RawValue;
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, SeqAccess, Visitor};
+
+use crate::validate::Element;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BodyFormat {
@@ -57,37 +59,79 @@ pub fn decode<'a>(raw: &'a [u8], content_encoding: Option<&str>, max_bytes: usiz
     }
 }
 
-/// Splits a decompressed body into the JSON text of each event. NDJSON lines are not parsed
-/// here, so one bad line is rejected on its own rather than failing the whole batch.
-pub fn split(body: &[u8], format: BodyFormat, max_events: usize) -> Result<Vec<&[u8]>, BodyError> {
-    let events: Vec<&[u8]> = match format {
+/// Parses a decompressed body into its events. A JSON array is parsed in one pass, each element
+/// straight into the fields validation needs (the body is scanned once, not once to split and
+/// again per event); NDJSON lines are parsed one by one, so one bad line is rejected on its own
+/// rather than failing the whole batch.
+pub fn parse(body: &[u8], format: BodyFormat, max_events: usize) -> Result<Vec<Element<'_>>, BodyError> {
+    let events = match format {
         BodyFormat::JsonArray => {
-            let items: Vec<&RawValue> =
-                serde_json::from_slice(body).map_err(|e| BodyError::Malformed(e.to_string()))?;
-            items.into_iter().map(|v| v.get().as_bytes()).collect()
+            let mut de = serde_json::Deserializer::from_slice(body);
+            let (events, total) =
+                ArrayOfEvents { max_events }.deserialize(&mut de).map_err(|e| BodyError::Malformed(e.to_string()))?;
+            de.end().map_err(|e| BodyError::Malformed(e.to_string()))?;
+            if total > max_events {
+                return Err(BodyError::TooManyEvents { limit: max_events });
+            }
+            events
         }
         BodyFormat::Ndjson => {
-            let mut lines = Vec::new();
+            let mut events = Vec::new();
             for line in body.split(|&b| b == b'\n') {
                 let line = line.strip_suffix(b"\r").unwrap_or(line);
                 if line.iter().all(u8::is_ascii_whitespace) {
                     continue;
                 }
-                if lines.len() == max_events {
+                if events.len() == max_events {
                     return Err(BodyError::TooManyEvents { limit: max_events });
                 }
-                lines.push(line);
+                events.push(Element::parse(line));
             }
-            lines
+            events
         }
     };
-    if events.len() > max_events {
-        return Err(BodyError::TooManyEvents { limit: max_events });
-    }
     if events.is_empty() {
         return Err(BodyError::Empty);
     }
     Ok(events)
+}
+
+/// A JSON array of events that keeps at most `max_events` of them (the rest is only counted), so a
+/// body of many tiny elements cannot allocate more than the limit allows.
+struct ArrayOfEvents {
+    max_events: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for ArrayOfEvents {
+    type Value = (Vec<Element<'de>>, usize);
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ArrayOfEvents {
+    type Value = (Vec<Element<'de>>, usize);
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON array of events")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut events = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(self.max_events));
+        let mut total = 0;
+        while total < self.max_events {
+            match seq.next_element()? {
+                Some(e) => events.push(e),
+                None => return Ok((events, total)),
+            }
+            total += 1;
+        }
+        while seq.next_element::<IgnoredAny>()?.is_some() {
+            total += 1;
+        }
+        Ok((events, total))
+    }
 }
 
 #[cfg(test)]
@@ -117,20 +161,33 @@ mod tests {
         assert_eq!(decode(&[b' '; 101], None, 100), Err(BodyError::TooLarge { limit: 100 }));
     }
 
+    fn kinds(events: &[Element<'_>]) -> Vec<&'static str> {
+        events
+            .iter()
+            .map(|e| match e {
+                Element::Event(_) => "event",
+                Element::Invalid { code, .. } => code,
+            })
+            .collect()
+    }
+
     #[test]
-    fn splits_arrays_and_ndjson() {
-        let a = split(br#"[{"a":1}, {"b":[2]}]"#, BodyFormat::JsonArray, 10).unwrap();
-        assert_eq!(a, vec![&br#"{"a":1}"#[..], br#"{"b":[2]}"#]);
-        let n = split(b"{\"a\":1}\r\n\n{bad\n{\"c\":3}\n", BodyFormat::Ndjson, 10).unwrap();
-        assert_eq!(n, vec![&b"{\"a\":1}"[..], b"{bad", b"{\"c\":3}"]);
+    fn parses_arrays_and_ndjson() {
+        let a = parse(br#"[{"a":1}, {"b":[2]}, 7, {"event":"x","event":"y"}]"#, BodyFormat::JsonArray, 10).unwrap();
+        assert_eq!(kinds(&a), ["event", "event", "invalid_type", "invalid_type"]);
+        let n = parse(b"{\"a\":1}\r\n\n{bad\n{\"c\":3}\n", BodyFormat::Ndjson, 10).unwrap();
+        assert_eq!(kinds(&n), ["event", "malformed_json", "event"]);
     }
 
     #[test]
     fn limits_and_malformed() {
-        assert_eq!(split(b"[1,2,3]", BodyFormat::JsonArray, 2), Err(BodyError::TooManyEvents { limit: 2 }));
-        assert_eq!(split(b"1\n2\n3\n", BodyFormat::Ndjson, 2), Err(BodyError::TooManyEvents { limit: 2 }));
-        assert!(matches!(split(b"[1,", BodyFormat::JsonArray, 2), Err(BodyError::Malformed(_))));
-        assert!(matches!(split(b"{}", BodyFormat::JsonArray, 2), Err(BodyError::Malformed(_))));
-        assert_eq!(split(b"[]", BodyFormat::JsonArray, 2), Err(BodyError::Empty));
+        let too_many = Err(BodyError::TooManyEvents { limit: 2 });
+        assert_eq!(parse(b"[1,2,3]", BodyFormat::JsonArray, 2).map(|e| e.len()), too_many);
+        assert_eq!(parse(b"1\n2\n3\n", BodyFormat::Ndjson, 2).map(|e| e.len()), too_many);
+        for bad in [&b"[1,"[..], b"{}", b"[{}] x", b"[{\"a\":}]"] {
+            let r = parse(bad, BodyFormat::JsonArray, 2).map(|e| e.len());
+            assert!(matches!(r, Err(BodyError::Malformed(_))), "{}: {r:?}", String::from_utf8_lossy(bad));
+        }
+        assert_eq!(parse(b"[]", BodyFormat::JsonArray, 2).map(|e| e.len()), Err(BodyError::Empty));
     }
 }

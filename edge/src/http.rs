@@ -184,7 +184,7 @@ async fn ingest(
         .map_err(|_| body_error(BodyError::TooLarge { limit: limits.max_body_bytes }, limits))?;
     let encoding = headers.get(header::CONTENT_ENCODING).map(|v| v.to_str().unwrap_or("invalid"));
     let decoded = body::decode(&raw, encoding, limits.max_body_bytes).map_err(|e| body_error(e, limits))?;
-    let events = body::split(&decoded, format, limits.max_events).map_err(|e| body_error(e, limits))?;
+    let events = body::parse(&decoded, format, limits.max_events).map_err(|e| body_error(e, limits))?;
 
     let ctx = BatchContext {
         batch_id: sluice_wire::ids::new_batch_id(),
@@ -196,8 +196,8 @@ async fn ingest(
     let shared = ctx.shared_fields();
     let mut accepted = Vec::with_capacity(events.len());
     let mut rejected = Vec::new();
-    for (index, json) in events.iter().enumerate() {
-        match validate::normalize_with(&ctx, &shared, index, json) {
+    for (index, element) in events.into_iter().enumerate() {
+        match validate::normalize_element(&ctx, &shared, index, element) {
             Ok(e) => accepted.push(e),
             Err(r) => rejected.push(r),
         }

@@ -4,7 +4,9 @@
 //! path at millions of events per second per core.
 
 use std::borrow::Cow;
+use std::fmt;
 
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use sluice_wire::EventRecord;
@@ -36,20 +38,124 @@ pub struct Reject {
 /// The fields of an input event, borrowed from the request body as raw JSON. Keeping strings raw
 /// lets `normalize` copy them into the output verbatim (they are already valid JSON) instead of
 /// decoding and re-escaping them; unknown fields are skipped.
-#[derive(Deserialize)]
-struct InEvent<'a> {
-    #[serde(borrow, default)]
+#[derive(Debug, Default)]
+pub struct InEvent<'a> {
     event: Option<&'a RawValue>,
-    #[serde(borrow, default)]
     distinct_id: Option<&'a RawValue>,
-    #[serde(borrow, default)]
     timestamp: Option<&'a RawValue>,
-    #[serde(borrow, default)]
     event_id: Option<&'a RawValue>,
-    #[serde(borrow, default)]
     properties: Option<&'a RawValue>,
-    #[serde(borrow, default)]
     context: Option<&'a RawValue>,
+}
+
+/// One event of a body as parsed: its fields, or why it cannot be an event. Type problems are
+/// per event (the rest of the batch is still accepted), so parsing an element never fails on
+/// them; only malformed JSON does.
+#[derive(Debug)]
+pub enum Element<'a> {
+    Event(InEvent<'a>),
+    Invalid { code: &'static str, message: String },
+}
+
+impl<'a> Element<'a> {
+    /// Parses one event's JSON text (an NDJSON line).
+    pub fn parse(json: &'a [u8]) -> Self {
+        serde_json::from_slice(json).unwrap_or_else(|e| Element::Invalid {
+            code: if e.is_data() { "invalid_type" } else { "malformed_json" },
+            message: e.to_string(),
+        })
+    }
+}
+
+const FIELDS: [&str; 6] = ["event", "distinct_id", "timestamp", "event_id", "properties", "context"];
+
+/// A key of an event object: the index of a known field, or `None`.
+struct FieldKey(Option<usize>);
+
+impl<'de> Deserialize<'de> for FieldKey {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl Visitor<'_> for KeyVisitor {
+            type Value = FieldKey;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<FieldKey, E> {
+                Ok(FieldKey(FIELDS.iter().position(|f| *f == v)))
+            }
+        }
+        d.deserialize_identifier(KeyVisitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for Element<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ElementVisitor)
+    }
+}
+
+struct ElementVisitor;
+
+fn not_an_object<'a>(what: &str) -> Element<'a> {
+    Element::Invalid { code: "invalid_type", message: format!("an event must be a JSON object, not {what}") }
+}
+
+impl<'de> Visitor<'de> for ElementVisitor {
+    type Value = Element<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an event object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Element<'de>, A::Error> {
+        let mut fields: [Option<&'de RawValue>; 6] = [None; 6];
+        let mut seen = [false; 6];
+        let mut duplicate = None;
+        while let Some(FieldKey(key)) = map.next_key()? {
+            let Some(i) = key else {
+                map.next_value::<IgnoredAny>()?;
+                continue;
+            };
+            fields[i] = map.next_value()?;
+            if std::mem::replace(&mut seen[i], true) {
+                duplicate.get_or_insert(FIELDS[i]);
+            }
+        }
+        if let Some(field) = duplicate {
+            return Ok(Element::Invalid { code: "invalid_type", message: format!("duplicate field `{field}`") });
+        }
+        let [event, distinct_id, timestamp, event_id, properties, context] = fields;
+        Ok(Element::Event(InEvent { event, distinct_id, timestamp, event_id, properties, context }))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Element<'de>, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(not_an_object("an array"))
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Element<'de>, E> {
+        Ok(not_an_object("a boolean"))
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Element<'de>, E> {
+        Ok(not_an_object("a number"))
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Element<'de>, E> {
+        Ok(not_an_object("a number"))
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Element<'de>, E> {
+        Ok(not_an_object("a number"))
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Element<'de>, E> {
+        Ok(not_an_object("a string"))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Element<'de>, E> {
+        Ok(not_an_object("null"))
+    }
 }
 
 fn reject(index: usize, code: &'static str, message: impl Into<String>) -> Reject {
@@ -97,10 +203,20 @@ pub fn normalize_with(
     index: usize,
     json: &[u8],
 ) -> Result<EventRecord, Reject> {
-    let input: InEvent<'_> = serde_json::from_slice(json).map_err(|e| {
-        let code = if e.is_data() { "invalid_type" } else { "malformed_json" };
-        reject(index, code, e.to_string())
-    })?;
+    normalize_element(ctx, shared, index, Element::parse(json))
+}
+
+/// Validates and normalizes one parsed element (see [`crate::body::parse`]).
+pub fn normalize_element(
+    ctx: &BatchContext<'_>,
+    shared: &SharedFields,
+    index: usize,
+    element: Element<'_>,
+) -> Result<EventRecord, Reject> {
+    let input = match element {
+        Element::Event(e) => e,
+        Element::Invalid { code, message } => return Err(reject(index, code, message)),
+    };
     let event = required_str(index, "event", input.event, MAX_NAME_LEN)?;
     let distinct_id = required_str(index, "distinct_id", input.distinct_id, MAX_ID_LEN)?;
     let timestamp = match input.timestamp {
@@ -124,7 +240,13 @@ pub fn normalize_with(
         Some(raw) => Some(required_str(index, "event_id", Some(raw), MAX_ID_LEN)?),
         None => None,
     };
-    let mut out = Vec::with_capacity(json.len() + shared.0.len() + 96);
+    // Copied raw values + the shared fields + keys, IDs and the timestamp: one allocation.
+    let copied: usize = [event.raw, distinct_id.raw]
+        .iter()
+        .map(|r| r.len())
+        .chain([input.properties, input.context].iter().flatten().map(|r| r.get().len()))
+        .sum();
+    let mut out = Vec::with_capacity(copied + shared.0.len() + 192);
     out.extend_from_slice(b"{\"event_id\":");
     let event_id = match client_id {
         Some(s) => {
