@@ -352,21 +352,7 @@ impl HttpExchange {
         });
         Ok(sender)
     }
-}
 
-impl Exchange for HttpExchange {
-    async fn send(&mut self, i: usize) -> Result<Outcome, String> {
-        match tokio::time::timeout(REQUEST_TIMEOUT, self.exchange(i)).await {
-            Ok(r) => r,
-            Err(_) => {
-                self.sender = None;
-                Err("timed out".into())
-            }
-        }
-    }
-}
-
-impl HttpExchange {
     async fn exchange(&mut self, i: usize) -> Result<Outcome, String> {
         let mut sender = match self.sender.take() {
             Some(s) if !s.is_closed() => s,
@@ -384,6 +370,18 @@ impl HttpExchange {
         self.sender = Some(sender);
         let batch_id = if self.want_body { batch_id_of(&body) } else { None };
         Ok(Outcome { status, batch_id })
+    }
+}
+
+impl Exchange for HttpExchange {
+    async fn send(&mut self, i: usize) -> Result<Outcome, String> {
+        match tokio::time::timeout(REQUEST_TIMEOUT, self.exchange(i)).await {
+            Ok(r) => r,
+            Err(_) => {
+                self.sender = None;
+                Err("timed out".into())
+            }
+        }
     }
 }
 
