@@ -1,5 +1,7 @@
 //! Operator tooling behind `sluicectl`, as a library so the test harness reuses it.
 
+pub mod bench;
 pub mod dev;
 pub mod devpki;
 pub mod keys;
+pub mod loadgen;

@@ -24,9 +24,18 @@ pub fn keyed_batch_id(tenant: &str, env: &str, idempotency_key: &str) -> Uuid {
     Uuid::new_v5(&KEYED_BATCH_NAMESPACE, &name)
 }
 
-/// Deterministic event ID for the `index`-th event of a batch.
+/// Deterministic event ID for the `index`-th event of a batch: the UUIDv5 of the index (u64 BE)
+/// in the batch ID's namespace.
+///
+/// Computed with the `sha1` crate rather than `Uuid::new_v5`, whose portable SHA-1 was ~6% of the
+/// edge's CPU under load; `sha1` uses the CPU's SHA instructions where present. Same bytes out
+/// (checked by a test), so IDs are stable across the change.
 pub fn derived_event_id(batch_id: &Uuid, index: usize) -> Uuid {
-    Uuid::new_v5(batch_id, &(index as u64).to_be_bytes())
+    use sha1::{Digest, Sha1};
+    let hash = Sha1::new().chain_update(batch_id.as_bytes()).chain_update((index as u64).to_be_bytes()).finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&hash[..16]);
+    uuid::Builder::from_sha1_bytes(bytes).into_uuid()
 }
 
 #[cfg(test)]
@@ -39,6 +48,14 @@ mod tests {
         assert_eq!(derived_event_id(&b, 3), derived_event_id(&b, 3));
         assert_ne!(derived_event_id(&b, 3), derived_event_id(&b, 4));
         assert_ne!(derived_event_id(&b, 3), derived_event_id(&new_batch_id(), 3));
+    }
+
+    #[test]
+    fn derived_ids_are_uuid_v5() {
+        for i in [0usize, 1, 499, usize::MAX] {
+            let b = new_batch_id();
+            assert_eq!(derived_event_id(&b, i), Uuid::new_v5(&b, &(i as u64).to_be_bytes()));
+        }
     }
 
     #[test]

@@ -25,20 +25,27 @@ pub struct KafkaSink {
     dlq_topic: String,
 }
 
+/// The librdkafka settings of the sink's producer; public so `sluicectl bench` can compare the
+/// sink with a bare producer configured identically.
+pub fn producer_config(config: &KafkaConfig) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    client
+        .set("bootstrap.servers", &config.brokers)
+        .set("linger.ms", "5")
+        .set("compression.type", "lz4")
+        .set("message.timeout.ms", "30000")
+        .set("queue.buffering.max.messages", "1000000");
+    for (k, v) in &config.properties {
+        client.set(k, v);
+    }
+    // Not overridable: these are what make a delivery report mean "replicated and ordered".
+    client.set("acks", "all").set("enable.idempotence", "true");
+    client
+}
+
 impl KafkaSink {
     pub fn new(config: &KafkaConfig) -> Result<Self, SinkError> {
-        let mut client = ClientConfig::new();
-        client
-            .set("bootstrap.servers", &config.brokers)
-            .set("linger.ms", "5")
-            .set("compression.type", "lz4")
-            .set("message.timeout.ms", "30000")
-            .set("queue.buffering.max.messages", "1000000");
-        for (k, v) in &config.properties {
-            client.set(k, v);
-        }
-        // Not overridable: these are what make a delivery report mean "replicated and ordered".
-        client.set("acks", "all").set("enable.idempotence", "true");
+        let client = producer_config(config);
         let producer = client.create().map_err(|e| SinkError::Kafka(e.to_string()))?;
         Ok(Self {
             producer: RwLock::new(producer),

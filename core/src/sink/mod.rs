@@ -5,7 +5,7 @@ mod file;
 mod kafka;
 
 pub use file::{DEAD_LETTER_FILE as DEAD_LETTER_FILE_NAME, EVENTS_FILE as EVENTS_FILE_NAME, FileSink};
-pub use kafka::KafkaSink;
+pub use kafka::{KafkaSink, producer_config};
 
 use sluice_wire::BatchRecord;
 

@@ -1,0 +1,125 @@
+//! Micro-benchmarks of the per-event hot path of an edge and of the forwarder's framing:
+//! body parse + validate + normalize, WAL record encoding, zstd frame compression.
+//!
+//! `cargo bench -p sluice-edge`. Throughput is reported per event (or per byte for zstd).
+
+use std::hint::black_box;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use sluice_edge::auth::Principal;
+use sluice_edge::body::BodyFormat;
+use sluice_edge::config::{LimitsConfig, PiiPolicy, ValidationConfig};
+use sluice_edge::ingest::{self, Prepared, Request};
+use sluice_wire::record::encode_record;
+use sluice_wire::{BatchRecord, Stream, frame};
+
+const EVENTS: usize = 100;
+
+/// 300-byte events shaped like an SDK's: name, identity, RFC 3339 time, a few properties.
+fn body(events: usize) -> Vec<u8> {
+    let mut out = b"[".to_vec();
+    for i in 0..events {
+        if i > 0 {
+            out.push(b',');
+        }
+        let head = format!(
+            r#"{{"event":"page_view","distinct_id":"user-{i:08}","timestamp":"2026-11-25T10:00:00Z","properties":{{"path":"/docs/{i}","pad":""#
+        );
+        out.extend_from_slice(head.as_bytes());
+        out.extend(std::iter::repeat_n(b'x', 300 - head.len() - 3));
+        out.extend_from_slice(br#""}}"#);
+    }
+    out.push(b']');
+    out
+}
+
+struct Fixture {
+    principal: Principal,
+    limits: LimitsConfig,
+    rules: ValidationConfig,
+    pii: PiiPolicy,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        Fixture {
+            principal: Principal {
+                key_id: "k".into(),
+                tenant: "acme".into(),
+                env: "prod".into(),
+                signing_secret: None,
+            },
+            limits: LimitsConfig::default(),
+            rules: ValidationConfig::default(),
+            pii: PiiPolicy::default(),
+        }
+    }
+
+    /// The whole per-request pipeline of `POST /v1/events` after the body is read: split, validate,
+    /// normalize every event.
+    fn prepare(&self, raw: &[u8]) -> Prepared {
+        let request = Request {
+            principal: &self.principal,
+            region: "eu-west",
+            batch_id: uuid::Uuid::now_v7(),
+            received_at_ms: 1_795_600_800_000,
+            body: raw,
+            format: BodyFormat::JsonArray,
+            limits: &self.limits,
+            rules: &self.rules,
+            pii: &self.pii,
+        };
+        ingest::prepare(&request).unwrap()
+    }
+}
+
+fn record(raw: &[u8]) -> BatchRecord {
+    let p = Fixture::new().prepare(raw);
+    assert!(p.rejected.is_empty());
+    BatchRecord {
+        batch_id: p.batch_id,
+        tenant: "acme".into(),
+        env: "prod".into(),
+        region: "eu-west".into(),
+        received_at_ms: p.received_at_ms,
+        stream: Stream::Events,
+        events: p.accepted,
+    }
+}
+
+fn parse_validate_normalize(c: &mut Criterion) {
+    let raw = body(EVENTS);
+    let fixture = Fixture::new();
+    let mut g = c.benchmark_group("edge");
+    g.throughput(Throughput::Elements(EVENTS as u64));
+    g.bench_function("parse+validate+normalize 100x300B", |b| b.iter(|| black_box(fixture.prepare(black_box(&raw)))));
+    let rec = record(&raw);
+    g.bench_function("encode_record 100 events", |b| {
+        let mut buf = Vec::with_capacity(64 * 1024);
+        b.iter(|| {
+            buf.clear();
+            encode_record(black_box(&rec), &mut buf).unwrap();
+            black_box(buf.len())
+        })
+    });
+    g.finish();
+}
+
+fn zstd_framing(c: &mut Criterion) {
+    let rec = record(&body(EVENTS));
+    let mut raw = Vec::new();
+    while raw.len() < 1 << 20 {
+        encode_record(&rec, &mut raw).unwrap();
+    }
+    let mut g = c.benchmark_group("frame");
+    g.throughput(Throughput::Bytes(raw.len() as u64));
+    g.bench_function("zstd compress 1 MiB level 3", |b| b.iter(|| black_box(frame::compress(&raw, 3).unwrap())));
+    let z = frame::compress(&raw, 3).unwrap();
+    g.bench_function("zstd decompress + decode 1 MiB", |b| {
+        b.iter(|| black_box(frame::decompress(&z, raw.len()).unwrap()))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, parse_validate_normalize, zstd_framing);
+criterion_main!(benches);

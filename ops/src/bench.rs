@@ -1,0 +1,975 @@
+//! `sluicectl bench`: a fixed suite that measures this machine's Sluice against the machine's own
+//! limits, in one run, and writes a Markdown table.
+//!
+//! 1. raw `fdatasync` bandwidth of the WAL disk at the group sizes the WAL uses;
+//! 2. edge alone (WAL on, forwarder off): max events/s, latency at 50% and 80% of max, group commit;
+//! 3. core alone: frames into `Ingest::process` → Kafka mock cluster, against a bare producer;
+//! 4. end to end: freshness (202 → consumed from Kafka) at a steady rate;
+//! 5. gzip vs plain, 1 KiB vs 300 B events.
+//!
+//! Server and load generator run in one process on separate tokio runtimes with fixed worker
+//! counts, and CPU time is read per thread from `/proc/self/task/*/schedstat`, so "events per
+//! server core" is events divided by the CPU seconds the edge's own threads used.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::fs::OpenOptions;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use hdrhistogram::Histogram;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use rdkafka::Message;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use sluice_core::config::{KafkaConfig, SinkConfig};
+use sluice_core::dedupe::{DedupeIndex, RedbDedupe};
+use sluice_core::server::Ingest;
+use sluice_edge::config::{EdgeConfig, LimitsConfig, PiiPolicy, ValidationConfig};
+use sluice_edge::validate::{self, BatchContext};
+use sluice_wire::protocol::{self, Ack, FrameHeader, PROTOCOL_VERSION};
+use sluice_wire::record::encode_record;
+use sluice_wire::{BatchRecord, Stream, frame};
+
+use crate::dev::{self, DevOptions, KafkaChoice};
+use crate::loadgen::{self, LoadReport, LoadgenOptions};
+
+/// Group sizes of the raw fdatasync measurement: from one small request to the WAL's 8 MiB cap.
+const FSYNC_SIZES: [usize; 6] = [4 << 10, 64 << 10, 256 << 10, 1 << 20, 4 << 20, 8 << 20];
+/// The forwarder's default frame size, used to cut the frames replayed into core.
+const FRAME_BYTES: usize = 1 << 20;
+const REGION: &str = "bench";
+
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Scratch directory on the disk under test (the WAL goes there).
+    pub dir: PathBuf,
+    /// Tokio worker threads of the edge (it also has its WAL writer thread).
+    pub server_threads: usize,
+    /// Tokio worker threads of the load generator.
+    pub loadgen_threads: usize,
+    pub connections: usize,
+    pub tenants: usize,
+    /// Seconds of each timed phase; see [`Phases`].
+    pub phases: Phases,
+}
+
+/// How long each part runs. `full()` keeps the suite near two minutes; `smoke()` is for tests.
+#[derive(Debug, Clone, Copy)]
+pub struct Phases {
+    pub fsync_per_size: Duration,
+    pub warmup: Duration,
+    pub edge_max: Duration,
+    pub edge_latency: Duration,
+    pub core_events: usize,
+    pub e2e: Duration,
+    pub matrix: Duration,
+}
+
+impl Phases {
+    pub fn full() -> Self {
+        Self {
+            fsync_per_size: Duration::from_millis(1500),
+            warmup: Duration::from_secs(1),
+            edge_max: Duration::from_secs(8),
+            edge_latency: Duration::from_secs(8),
+            core_events: 300_000,
+            e2e: Duration::from_secs(10),
+            matrix: Duration::from_secs(5),
+        }
+    }
+
+    pub fn smoke() -> Self {
+        Self {
+            fsync_per_size: Duration::from_millis(50),
+            warmup: Duration::from_millis(100),
+            edge_max: Duration::from_millis(700),
+            edge_latency: Duration::from_millis(400),
+            core_events: 3_000,
+            e2e: Duration::from_millis(700),
+            matrix: Duration::from_millis(300),
+        }
+    }
+}
+
+impl BenchOptions {
+    pub fn new(dir: PathBuf) -> Self {
+        Self { dir, server_threads: 1, loadgen_threads: 1, connections: 64, tenants: 4, phases: Phases::full() }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct FsyncRow {
+    pub group_bytes: usize,
+    pub syncs: u64,
+    pub elapsed: Duration,
+    /// Latency of each write + fdatasync, microseconds.
+    pub latency: Histogram<u64>,
+}
+
+impl FsyncRow {
+    pub fn mb_per_sec(&self) -> f64 {
+        (self.syncs * self.group_bytes as u64) as f64 / self.elapsed.as_secs_f64().max(1e-9) / 1e6
+    }
+    pub fn ms_per_sync(&self) -> f64 {
+        self.elapsed.as_secs_f64() * 1e3 / self.syncs.max(1) as f64
+    }
+}
+
+/// Group-commit counters over one phase.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GroupStats {
+    pub groups: u64,
+    pub records: u64,
+    pub bytes: u64,
+    pub sync: Duration,
+}
+
+impl GroupStats {
+    fn read(wal: &sluice_edge::wal::Wal) -> Self {
+        let s = wal.stats();
+        Self {
+            groups: s.groups.load(Ordering::Relaxed),
+            records: s.records.load(Ordering::Relaxed),
+            bytes: s.bytes.load(Ordering::Relaxed),
+            sync: Duration::from_nanos(s.sync_nanos.load(Ordering::Relaxed)),
+        }
+    }
+
+    fn since(self, before: Self) -> Self {
+        Self {
+            groups: self.groups - before.groups,
+            records: self.records - before.records,
+            bytes: self.bytes - before.bytes,
+            sync: self.sync.saturating_sub(before.sync),
+        }
+    }
+
+    pub fn records_per_group(&self) -> f64 {
+        self.records as f64 / self.groups.max(1) as f64
+    }
+    pub fn bytes_per_group(&self) -> f64 {
+        self.bytes as f64 / self.groups.max(1) as f64
+    }
+    pub fn ms_per_sync(&self) -> f64 {
+        self.sync.as_secs_f64() * 1e3 / self.groups.max(1) as f64
+    }
+}
+
+/// One edge load phase: what the client saw, the WAL did and the threads burnt.
+#[derive(Debug, Clone)]
+pub struct EdgePhase {
+    pub label: String,
+    pub report: LoadReport,
+    pub wal: GroupStats,
+    pub cpu: CpuTimes,
+}
+
+impl EdgePhase {
+    /// Events the WAL made durable per CPU second of the edge's threads (workers + WAL writer).
+    pub fn events_per_server_cpu_sec(&self) -> f64 {
+        let cpu = self.cpu.get("edge") + self.cpu.get("wal");
+        self.wal.records as f64 * self.report.events_per_request as f64 / cpu.as_secs_f64().max(1e-9)
+    }
+
+    /// Bytes of WAL per accepted event (record framing and normalized JSON included).
+    pub fn wal_bytes_per_event(&self) -> f64 {
+        self.wal.bytes as f64 / (self.wal.records.max(1) as f64 * self.report.events_per_request as f64)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CoreResult {
+    pub events: u64,
+    /// Frames processed one at a time, as one edge's forwarder sends them.
+    pub core_serial: Duration,
+    /// Four frames in flight, as several edges would send them.
+    pub core_parallel: Duration,
+    /// The same messages from a bare producer, one frame's worth at a time.
+    pub bare_serial: Duration,
+    /// Four frames' worth in flight.
+    pub bare_parallel: Duration,
+    pub frames: usize,
+    /// Mean time to decompress and decode one frame.
+    pub decode_per_frame: Duration,
+    /// Mean time of one dedupe-index commit of a frame's batch IDs (redb, fsync'd).
+    pub record_per_frame: Duration,
+}
+
+impl CoreResult {
+    fn eps(&self, d: Duration) -> f64 {
+        self.events as f64 / d.as_secs_f64().max(1e-9)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct E2eResult {
+    pub rate: f64,
+    pub report: LoadReport,
+    /// 202 → consumed, per event, microseconds.
+    pub freshness: Histogram<u64>,
+    pub missing: u64,
+}
+
+/// CPU time per thread group of this process.
+#[derive(Debug, Clone, Default)]
+pub struct CpuTimes(BTreeMap<&'static str, Duration>);
+
+impl CpuTimes {
+    pub fn get(&self, group: &str) -> Duration {
+        self.0.get(group).copied().unwrap_or_default()
+    }
+
+    fn since(&self, before: &CpuTimes) -> CpuTimes {
+        CpuTimes(self.0.iter().map(|(k, v)| (*k, v.saturating_sub(before.get(k)))).collect())
+    }
+
+    fn describe(&self, wall: Duration) -> String {
+        let w = wall.as_secs_f64().max(1e-9);
+        let parts: Vec<_> = self.0.iter().map(|(k, v)| format!("{k} {:.2}", v.as_secs_f64() / w)).collect();
+        format!("cores busy: {}", parts.join(", "))
+    }
+}
+
+/// The thread group a thread belongs to, by the name it was given.
+pub fn thread_group(comm: &str) -> &'static str {
+    if comm.starts_with("edge-rt") {
+        "edge"
+    } else if comm.starts_with("wal-writer") {
+        "wal"
+    } else if comm.starts_with("loadgen") {
+        "loadgen"
+    } else if comm.starts_with("rdk:") {
+        "kafka"
+    } else {
+        "other"
+    }
+}
+
+/// Sums on-CPU time of this process's live threads by group (`schedstat` is in nanoseconds).
+pub fn cpu_times() -> CpuTimes {
+    let mut out = BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return CpuTimes(out);
+    };
+    for task in tasks.flatten() {
+        let p = task.path();
+        let (Ok(comm), Ok(sched)) =
+            (std::fs::read_to_string(p.join("comm")), std::fs::read_to_string(p.join("schedstat")))
+        else {
+            continue;
+        };
+        let Some(ns) = sched.split_whitespace().next().and_then(|n| n.parse::<u64>().ok()) else {
+            continue;
+        };
+        *out.entry(thread_group(comm.trim())).or_insert(Duration::ZERO) += Duration::from_nanos(ns);
+    }
+    CpuTimes(out)
+}
+
+fn runtime(threads: usize, name: &str) -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .thread_name(name)
+        .enable_all()
+        .build()
+        .with_context(|| format!("starting the {name} runtime"))
+}
+
+/// Appends `group_bytes` and fdatasyncs, like the WAL writer does, for `per_size`.
+pub fn fsync_bandwidth(dir: &Path, sizes: &[usize], per_size: Duration) -> anyhow::Result<Vec<FsyncRow>> {
+    let mut rows = Vec::new();
+    for &size in sizes {
+        let path = dir.join(format!("fsync-{size}.tmp"));
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("creating {}", path.display()))?;
+        let buf = vec![0x5au8; size];
+        let mut latency = Histogram::new_with_bounds(1, 60_000_000, 3).context("histogram")?;
+        let started = Instant::now();
+        let mut syncs = 0u64;
+        while syncs < 3 || started.elapsed() < per_size {
+            let t = Instant::now();
+            file.write_all(&buf).context("writing")?;
+            file.sync_data().context("fdatasync")?;
+            latency.saturating_record(t.elapsed().as_micros() as u64);
+            syncs += 1;
+        }
+        rows.push(FsyncRow { group_bytes: size, syncs, elapsed: started.elapsed(), latency });
+        drop(file);
+        std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+    }
+    Ok(rows)
+}
+
+struct EdgeUnderTest {
+    rt: tokio::runtime::Runtime,
+    edge: sluice_edge::Edge,
+    keys: Vec<String>,
+}
+
+fn start_edge(opts: &BenchOptions, dir: &Path) -> anyhow::Result<EdgeUnderTest> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let keys_file = dir.join("keys.toml");
+    let _ = std::fs::remove_file(&keys_file);
+    let mut keys = Vec::new();
+    for t in 0..opts.tenants.max(1) {
+        keys.push(crate::keys::add(&keys_file, &format!("tenant-{t}"), "bench")?.1);
+    }
+    let mut config = EdgeConfig {
+        listen: "127.0.0.1:0".parse().context("loopback address")?,
+        region: REGION.into(),
+        keys_file,
+        ..EdgeConfig::default()
+    };
+    config.wal.dir = dir.join("wal");
+    config.forwarder.enabled = false;
+    let rt = runtime(opts.server_threads, "edge-rt")?;
+    let edge = rt.block_on(sluice_edge::start(config)).context("starting the edge")?;
+    Ok(EdgeUnderTest { rt, edge, keys })
+}
+
+impl EdgeUnderTest {
+    fn stop(self) {
+        self.rt.block_on(self.edge.shutdown());
+        self.rt.shutdown_timeout(Duration::from_secs(5));
+    }
+}
+
+/// Runs one load phase against a fresh edge (its own empty WAL, so one phase's backlog never
+/// fills the WAL budget of the next: the forwarder is off and nothing is trimmed).
+fn edge_phase(
+    label: &str,
+    opts: &BenchOptions,
+    dir: &Path,
+    lg: &tokio::runtime::Runtime,
+    bar: &ProgressBar,
+    load: impl FnOnce(LoadgenOptions) -> LoadgenOptions,
+) -> anyhow::Result<EdgePhase> {
+    bar.set_message(format!("edge: {label}"));
+    bar.set_position(0);
+    let edge = start_edge(opts, dir)?;
+    let base = LoadgenOptions {
+        connections: opts.connections,
+        warmup: opts.phases.warmup,
+        ..LoadgenOptions::new(edge.edge.http_addr, edge.keys.clone())
+    };
+    let load = load(base);
+    let wal_before = GroupStats::read(&edge.edge.wal);
+    let cpu_before = cpu_times();
+    let report = lg.block_on(loadgen::run(&load, bar));
+    let cpu = cpu_times().since(&cpu_before);
+    let wal = GroupStats::read(&edge.edge.wal).since(wal_before);
+    edge.stop();
+    std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+    let report = report.with_context(|| format!("load phase {label}"))?;
+    Ok(EdgePhase { label: label.to_string(), report, wal, cpu })
+}
+
+/// Everything the suite measured.
+pub struct BenchResults {
+    pub fsync: Vec<FsyncRow>,
+    pub edge: Vec<EdgePhase>,
+    pub core: CoreResult,
+    pub e2e: E2eResult,
+    pub matrix: Vec<EdgePhase>,
+    pub total: Duration,
+}
+
+/// Runs the whole suite. Progress goes to `progress` (hidden when not a terminal).
+pub fn run(opts: &BenchOptions, progress: &MultiProgress) -> anyhow::Result<BenchResults> {
+    let started = Instant::now();
+    std::fs::create_dir_all(&opts.dir).with_context(|| format!("creating {}", opts.dir.display()))?;
+    let scratch = tempfile::Builder::new().prefix("bench-").tempdir_in(&opts.dir).context("scratch directory")?;
+    let style = ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len}s {msg}")
+        .context("progress template")?
+        .progress_chars("=> ");
+    let bar = progress.add(ProgressBar::new(1).with_style(style).with_prefix("bench"));
+
+    bar.set_message("raw fdatasync bandwidth");
+    let fsync = fsync_bandwidth(scratch.path(), &FSYNC_SIZES, opts.phases.fsync_per_size)?;
+
+    let lg = runtime(opts.loadgen_threads, "loadgen")?;
+    let edge_dir = scratch.path().join("edge");
+    let p = opts.phases;
+    let max =
+        edge_phase("max (closed loop)", opts, &edge_dir, &lg, &bar, |l| LoadgenOptions { duration: p.edge_max, ..l })?;
+    let max_eps = max.report.events_per_sec();
+    let mut phases = vec![max];
+    for pct in [50u32, 80] {
+        let rate = Some(max_eps * f64::from(pct) / 100.0);
+        let label = format!("{pct}% of max (open loop)");
+        phases.push(edge_phase(&label, opts, &edge_dir, &lg, &bar, |l| LoadgenOptions {
+            duration: p.edge_latency,
+            rate_events_per_sec: rate,
+            ..l
+        })?);
+    }
+
+    let mut matrix = Vec::new();
+    for (event_bytes, gzip) in [(300, false), (300, true), (1024, false), (1024, true)] {
+        let label = format!("{event_bytes} B, {}, closed loop", if gzip { "gzip" } else { "plain" });
+        matrix.push(edge_phase(&label, opts, &edge_dir, &lg, &bar, |l| LoadgenOptions {
+            event_bytes,
+            gzip,
+            duration: p.matrix,
+            ..l
+        })?);
+    }
+
+    bar.set_message("core alone vs bare producer");
+    let core = core_alone(p.core_events, &scratch.path().join("core"))?;
+
+    let capacity = max_eps.min(core.eps(core.core_serial));
+    bar.set_message("end to end freshness");
+    let e2e = end_to_end(opts, &scratch.path().join("e2e"), capacity * 0.5, &lg, &bar)?;
+    lg.shutdown_timeout(Duration::from_secs(5));
+    bar.finish_and_clear();
+    Ok(BenchResults { fsync, edge: phases, core, e2e, matrix, total: started.elapsed() })
+}
+
+/// Normalized 300-byte events packed into 1 MiB zstd frames, exactly as an edge would forward them.
+fn build_frames(events: usize) -> anyhow::Result<Vec<Frame>> {
+    let per_request = 100;
+    let (rules, limits, pii) = (ValidationConfig::default(), LimitsConfig::default(), PiiPolicy::default());
+    let mut records = Vec::new();
+    let ts = "2026-01-01T00:00:00Z";
+    let mut n = 0;
+    while n < events {
+        let batch_id = sluice_wire::ids::new_batch_id();
+        let ctx = BatchContext {
+            batch_id,
+            tenant: "tenant-0",
+            env: "bench",
+            region: REGION,
+            // Event timestamps are 2026-01-01; receipt a day later keeps them inside the window.
+            received_at_ms: 1_767_312_000_000,
+            sent_at_ms: None,
+            rules: &rules,
+            limits: &limits,
+            pii: &pii,
+        };
+        let mut evs = Vec::with_capacity(per_request);
+        for i in 0..per_request.min(events - n) {
+            let json = loadgen::event_json(300, (n + i) % 10_000, n + i, ts);
+            evs.push(validate::normalize(&ctx, i, json.as_bytes()).map_err(|r| anyhow::anyhow!("{r:?}"))?);
+        }
+        n += evs.len();
+        records.push(BatchRecord {
+            batch_id,
+            tenant: ctx.tenant.into(),
+            env: ctx.env.into(),
+            region: REGION.into(),
+            received_at_ms: 1_767_312_000_000,
+            stream: Stream::Events,
+            events: evs,
+        });
+    }
+    let mut frames = Vec::new();
+    let mut raw = Vec::new();
+    let mut in_frame = Vec::new();
+    let mut offset = 0u64;
+    let mut one = Vec::new();
+    let mut records = records.into_iter().peekable();
+    while let Some(r) = records.next() {
+        one.clear();
+        encode_record(&r, &mut one)?;
+        raw.extend_from_slice(&one);
+        in_frame.push(r);
+        let full = records.peek().is_none_or(|_| raw.len() + one.len() > FRAME_BYTES);
+        if full {
+            let header = FrameHeader {
+                protocol_version: PROTOCOL_VERSION,
+                edge_id: "bench".into(),
+                segment: 1,
+                start: offset,
+                end: offset + raw.len() as u64,
+                record_count: in_frame.len() as u32,
+                raw_len: raw.len() as u32,
+            };
+            let mut message = protocol::encode_header(&header)?;
+            message.extend_from_slice(&frame::compress(&raw, 3)?);
+            frames.push(Frame { message, records: std::mem::take(&mut in_frame) });
+            offset += raw.len() as u64;
+            raw.clear();
+        }
+    }
+    Ok(frames)
+}
+
+/// One forwarder frame: the message core receives and the records inside it.
+struct Frame {
+    message: Vec<u8>,
+    records: Vec<BatchRecord>,
+}
+
+/// Replays the same frames through core's `Ingest` and produces the same messages with a bare
+/// producer (same librdkafka settings), each with 1 and with 4 frames in flight, against one mock
+/// cluster. A frame's worth of messages is the bare producer's unit, so the ratio isolates what
+/// core adds: decompress, decode, dedupe lookups and records, per-event headers.
+pub fn core_alone(events: usize, dir: &Path) -> anyhow::Result<CoreResult> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let warmup = Arc::new(build_frames(100)?);
+    let frames = Arc::new(build_frames(events)?);
+    let total_events: u64 = frames.iter().flat_map(|f| &f.records).map(|r| r.events.len() as u64).sum();
+    let mock = MockCluster::new(3).context("starting the mock Kafka cluster")?;
+    for topic in [format!("events.{REGION}"), BARE_TOPIC.to_string(), "events.dlq".to_string()] {
+        mock.create_topic(&topic, 3, 3).with_context(|| format!("creating {topic}"))?;
+    }
+    let kafka = KafkaConfig { brokers: mock.bootstrap_servers(), ..KafkaConfig::default() };
+    let rt = runtime(2, "core-rt")?;
+    let result = rt.block_on(async {
+        let mut core = [Duration::ZERO; 2];
+        let mut bare = [Duration::ZERO; 2];
+        for (slot, window) in [(0, 1), (1, 4)] {
+            let dedupe: Arc<dyn DedupeIndex> = Arc::new(RedbDedupe::open(&dir.join(format!("dedupe-{window}.redb")))?);
+            let sink = sluice_core::sink::Sink::from_config(&SinkConfig::Kafka(kafka.clone()))?;
+            let ingest = Arc::new(Ingest::new(dedupe, sink));
+            // Producer start-up (metadata, idempotent producer ID) is paid before the clock starts.
+            run_core(&ingest, &warmup, 1).await?;
+            core[slot] = run_core(&ingest, &frames, window).await?;
+
+            let producer: FutureProducer =
+                sluice_core::sink::producer_config(&kafka).create().context("bare producer")?;
+            run_bare(&producer, &warmup, 1).await?;
+            bare[slot] = run_bare(&producer, &frames, window).await?;
+        }
+        let (decode_per_frame, record_per_frame) = core_costs(&frames, &dir.join("costs.redb"))?;
+        anyhow::Ok(CoreResult {
+            events: total_events,
+            frames: frames.len(),
+            core_serial: core[0],
+            core_parallel: core[1],
+            bare_serial: bare[0],
+            bare_parallel: bare[1],
+            decode_per_frame,
+            record_per_frame,
+        })
+    });
+    rt.shutdown_timeout(Duration::from_secs(5));
+    result
+}
+
+const BARE_TOPIC: &str = "bare.bench";
+
+/// What core adds per frame besides producing: decompress + decode, and the dedupe commit.
+fn core_costs(frames: &[Frame], path: &Path) -> anyhow::Result<(Duration, Duration)> {
+    let n = frames.len().max(1) as u32;
+    let t = Instant::now();
+    for f in frames {
+        let (header, payload) = protocol::decode_message(&f.message)?;
+        std::hint::black_box(frame::decompress(payload, header.raw_len as usize)?);
+    }
+    let decode = t.elapsed() / n;
+    let dedupe = RedbDedupe::open(path)?;
+    let t = Instant::now();
+    for f in frames {
+        let ids: Vec<_> = f.records.iter().map(|r| r.batch_id).collect();
+        dedupe.record(&ids, 1)?;
+    }
+    Ok((decode, t.elapsed() / n))
+}
+
+/// Runs `job(i)` for every frame index with at most `window` running at once.
+async fn windowed<F, Fut>(frames: usize, window: usize, job: F) -> anyhow::Result<Duration>
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let t = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..frames {
+        if set.len() >= window
+            && let Some(r) = set.join_next().await
+        {
+            r??;
+        }
+        set.spawn(job(i));
+    }
+    while let Some(r) = set.join_next().await {
+        r??;
+    }
+    Ok(t.elapsed())
+}
+
+async fn run_core(ingest: &Arc<Ingest>, frames: &Arc<Vec<Frame>>, window: usize) -> anyhow::Result<Duration> {
+    windowed(frames.len(), window, |i| {
+        let (ingest, frames) = (ingest.clone(), frames.clone());
+        async move {
+            match ingest.process(&frames[i].message).await {
+                Ack::Stored => Ok(()),
+                other => anyhow::bail!("core did not store a frame: {other:?}"),
+            }
+        }
+    })
+    .await
+}
+
+async fn run_bare(producer: &FutureProducer, frames: &Arc<Vec<Frame>>, window: usize) -> anyhow::Result<Duration> {
+    windowed(frames.len(), window, |i| {
+        let (producer, frames) = (producer.clone(), frames.clone());
+        async move { produce_all(&producer, &frames[i].records).await }
+    })
+    .await
+}
+
+/// The same messages (topic aside), key and headers as the Kafka sink, all in flight at once.
+async fn produce_all(producer: &FutureProducer, records: &[BatchRecord]) -> anyhow::Result<()> {
+    let mut pending = Vec::with_capacity(records.iter().map(|r| r.events.len()).sum());
+    for batch in records {
+        let batch_id = batch.batch_id.to_string();
+        for event in &batch.events {
+            let headers = OwnedHeaders::new_with_capacity(4)
+                .insert(Header { key: "tenant", value: Some(batch.tenant.as_str()) })
+                .insert(Header { key: "env", value: Some(batch.env.as_str()) })
+                .insert(Header { key: "batch_id", value: Some(batch_id.as_str()) })
+                .insert(Header { key: "event_id", value: Some(event.event_id.as_str()) });
+            let mut record =
+                FutureRecord::to(BARE_TOPIC).key(batch.tenant.as_str()).payload(event.json.as_slice()).headers(headers);
+            loop {
+                match producer.send_result(record) {
+                    Ok(d) => {
+                        pending.push(d);
+                        break;
+                    }
+                    Err((e, back)) if e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) => {
+                        record = back;
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                    Err((e, _)) => anyhow::bail!("bare producer: {e}"),
+                }
+            }
+        }
+    }
+    for d in pending {
+        match d.await {
+            Ok(Ok(_)) => {}
+            Ok(Err((e, _))) => anyhow::bail!("bare producer delivery: {e}"),
+            Err(_) => anyhow::bail!("bare producer dropped a delivery report"),
+        }
+    }
+    Ok(())
+}
+
+/// Whole pipeline in process (edge → QUIC → core → mock Kafka) under open-loop load; a consumer
+/// thread notes when each event becomes readable.
+fn end_to_end(
+    opts: &BenchOptions,
+    dir: &Path,
+    rate: f64,
+    lg: &tokio::runtime::Runtime,
+    bar: &ProgressBar,
+) -> anyhow::Result<E2eResult> {
+    bar.set_position(0);
+    let rt = runtime(opts.server_threads, "edge-rt")?;
+    let dev_opts = DevOptions {
+        dir: dir.to_path_buf(),
+        http: "127.0.0.1:0".parse().context("loopback address")?,
+        quic: "127.0.0.1:0".parse().context("loopback address")?,
+        kafka: KafkaChoice::Mock,
+    };
+    let pipeline = rt.block_on(dev::start(&dev_opts))?;
+    let brokers = pipeline.brokers.clone().context("mock cluster has brokers")?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let consumed = Arc::new(AtomicU64::new(0));
+    let consumer = {
+        let (stop, consumed, topic) = (stop.clone(), consumed.clone(), pipeline.topic.clone());
+        std::thread::Builder::new()
+            .name("bench-consumer".into())
+            .spawn(move || consume_arrivals(&brokers, &topic, &stop, &consumed))
+            .context("starting the consumer thread")?
+    };
+    let load = LoadgenOptions {
+        connections: opts.connections,
+        duration: opts.phases.e2e,
+        warmup: opts.phases.warmup,
+        rate_events_per_sec: Some(rate),
+        collect_batches: true,
+        ..LoadgenOptions::new(pipeline.edge.http_addr, vec![pipeline.api_key.clone()])
+    };
+    let report = lg.block_on(loadgen::run(&load, bar));
+    // Let the pipeline drain everything the WAL took (warm-up included: the consumer sees it too),
+    // bounded in time.
+    let expected = pipeline.edge.wal.stats().records.load(Ordering::Relaxed) * load.events_per_request as u64;
+    let drain_deadline = Instant::now() + Duration::from_secs(15);
+    while !consumer.is_finished() && Instant::now() < drain_deadline && consumed.load(Ordering::Acquire) < expected {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stop.store(true, Ordering::Release);
+    let arrivals = consumer.join().map_err(|_| anyhow::anyhow!("consumer thread panicked"))??;
+    rt.block_on(pipeline.shutdown());
+    rt.shutdown_timeout(Duration::from_secs(5));
+    let report = report?;
+    let accepted: HashMap<&str, Instant> = report.tally.batches.iter().map(|(b, t)| (b.as_str(), *t)).collect();
+    let mut freshness = Histogram::new_with_bounds(1, 600_000_000, 3).context("histogram")?;
+    let mut matched = 0u64;
+    for (batch, seen_at) in &arrivals {
+        if let Some(at) = accepted.get(batch.as_str()) {
+            freshness.saturating_record(seen_at.saturating_duration_since(*at).as_micros().max(1) as u64);
+            matched += 1;
+        }
+    }
+    let missing = report.accepted_events().saturating_sub(matched);
+    Ok(E2eResult { rate, report, freshness, missing })
+}
+
+/// Reads the topic from the beginning until `stop`, returning (batch_id header, arrival time).
+fn consume_arrivals(
+    brokers: &str,
+    topic: &str,
+    stop: &AtomicBool,
+    consumed: &AtomicU64,
+) -> anyhow::Result<Vec<(String, Instant)>> {
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "sluice-bench")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "5")
+        .create()
+        .context("consumer")?;
+    // Assigning partitions directly skips the group rebalance, which would delay the first reads.
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).context("topic metadata")?;
+    let partitions = metadata.topics().first().map_or(0, |t| t.partitions().len());
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p as i32, rdkafka::Offset::Beginning).context("partition list")?;
+    }
+    consumer.assign(&tpl).context("assign")?;
+    let mut out = Vec::new();
+    while !stop.load(Ordering::Acquire) {
+        match consumer.poll(Duration::from_millis(20)) {
+            Some(Ok(m)) => {
+                let now = Instant::now();
+                let batch = m
+                    .headers()
+                    .and_then(|h| h.iter().find(|h| h.key == "batch_id").and_then(|h| h.value))
+                    .map(|v| String::from_utf8_lossy(v).into_owned());
+                if let Some(b) = batch {
+                    out.push((b, now));
+                    consumed.fetch_add(1, Ordering::Release);
+                }
+            }
+            Some(Err(e)) => tracing::debug!(error = %e, "bench consumer"),
+            None => {}
+        }
+    }
+    Ok(out)
+}
+
+fn errors(e: &BTreeMap<String, u64>) -> String {
+    if e.is_empty() {
+        return "0".into();
+    }
+    e.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join(", ")
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2}", d.as_secs_f64() * 1e3)
+}
+
+/// The Markdown report: what ran, on what, and the numbers.
+pub fn render(opts: &BenchOptions, r: &BenchResults, machine: &str) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "{machine}");
+    let _ = writeln!(
+        s,
+        "Cores: edge = {} tokio worker(s) + WAL writer thread; loadgen = {} tokio worker(s); same process, \
+         no pinning. {} connections, {} tenants, 300 B events x 100 per request unless stated. Suite took {:.0} s.\n",
+        opts.server_threads,
+        opts.loadgen_threads,
+        opts.connections,
+        opts.tenants,
+        r.total.as_secs_f64()
+    );
+
+    let _ = writeln!(s, "### 1. Raw fdatasync (append + fdatasync, one file)\n");
+    let _ = writeln!(s, "| group bytes | syncs | mean ms | p50 ms | p99 ms | MB/s |\n|---:|---:|---:|---:|---:|---:|");
+    for f in &r.fsync {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:.2} | {} | {} | {:.1} |",
+            f.group_bytes,
+            f.syncs,
+            f.ms_per_sync(),
+            ms(Duration::from_micros(f.latency.value_at_quantile(0.5))),
+            ms(Duration::from_micros(f.latency.value_at_quantile(0.99))),
+            f.mb_per_sec()
+        );
+    }
+    let ceiling_mb = r.fsync.iter().map(FsyncRow::mb_per_sec).fold(0.0, f64::max);
+
+    let _ = writeln!(s, "\n### 2. Edge alone (WAL on, forwarder off)\n");
+    let _ = writeln!(
+        s,
+        "| phase | events/s | req/s | MB/s JSON | p50 ms | p95 ms | p99 ms | max ms | errors | events/s per server CPU-s | records/group | KiB/group | ms/fdatasync | CPU |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    for p in r.edge.iter().chain(&r.matrix) {
+        let rep = &p.report;
+        let t = &rep.tally;
+        let _ = writeln!(
+            s,
+            "| {} | {:.0} | {:.0} | {:.1} | {} | {} | {} | {} | {} | {:.0} | {:.1} | {:.0} | {:.2} | {} |",
+            p.label,
+            rep.events_per_sec(),
+            rep.requests_per_sec(),
+            rep.raw_mb_per_sec(),
+            ms(t.quantile(0.5)),
+            ms(t.quantile(0.95)),
+            ms(t.quantile(0.99)),
+            ms(Duration::from_micros(t.latency.max())),
+            errors(&rep.tally.errors),
+            p.events_per_server_cpu_sec(),
+            p.wal.records_per_group(),
+            p.wal.bytes_per_group() / 1024.0,
+            p.wal.ms_per_sync(),
+            p.cpu.describe(rep.elapsed + opts.phases.warmup),
+        );
+    }
+
+    let c = &r.core;
+    let _ = writeln!(
+        s,
+        "\n### 3. Core alone ({} events in {} frames of ≤1 MiB, zstd → mock Kafka, 3 brokers)\n",
+        c.events, c.frames
+    );
+    let _ = writeln!(
+        s,
+        "| frames in flight | core events/s | bare producer events/s | core ÷ bare |\n|---:|---:|---:|---:|"
+    );
+    for (n, core, bare) in [(1, c.core_serial, c.bare_serial), (4, c.core_parallel, c.bare_parallel)] {
+        let _ = writeln!(
+            s,
+            "| {n} | {:.0} | {:.0} | {:.2} |",
+            c.eps(core),
+            c.eps(bare),
+            c.eps(core) / c.eps(bare).max(1e-9)
+        );
+    }
+    let per_frame = |d: Duration| ms(d / c.frames.max(1) as u32);
+    let _ = writeln!(
+        s,
+        "\nPer frame, 1 in flight: core {} ms, bare producer {} ms. Measured separately: decompress + decode \
+         {} ms, dedupe-index commit (redb, fsync) {} ms.",
+        per_frame(c.core_serial),
+        per_frame(c.bare_serial),
+        ms(c.decode_per_frame),
+        ms(c.record_per_frame)
+    );
+
+    let e = &r.e2e;
+    let _ = writeln!(s, "\n### 4. End to end at {:.0} events/s (open loop)\n", e.rate);
+    let _ = writeln!(
+        s,
+        "| accepted events/s | 202 p99 ms | freshness p50 ms | p99 ms | max ms | events not seen |\n|---:|---:|---:|---:|---:|---:|"
+    );
+    let _ = writeln!(
+        s,
+        "| {:.0} | {} | {} | {} | {} | {} |",
+        e.report.events_per_sec(),
+        ms(e.report.tally.quantile(0.99)),
+        ms(Duration::from_micros(e.freshness.value_at_quantile(0.5))),
+        ms(Duration::from_micros(e.freshness.value_at_quantile(0.99))),
+        ms(Duration::from_micros(e.freshness.max())),
+        e.missing
+    );
+
+    if let Some(max) = r.edge.first() {
+        let per_event = max.wal_bytes_per_event();
+        let ceiling_eps = ceiling_mb * 1e6 / per_event.max(1.0);
+        let _ = writeln!(s, "\n### Ratios\n");
+        let _ = writeln!(
+            s,
+            "- fdatasync ceiling: {ceiling_mb:.1} MB/s / {per_event:.0} WAL bytes per event = {ceiling_eps:.0} events/s"
+        );
+        let _ = writeln!(
+            s,
+            "- edge max ÷ ceiling: {:.0} / {ceiling_eps:.0} = {:.2}",
+            max.report.events_per_sec(),
+            max.report.events_per_sec() / ceiling_eps.max(1e-9)
+        );
+        let _ = writeln!(s, "- edge events per server CPU-second: {:.0}", max.events_per_server_cpu_sec());
+        let _ = writeln!(
+            s,
+            "- core ÷ bare producer: {:.2} (1 frame in flight), {:.2} (4 in flight)",
+            c.eps(c.core_serial) / c.eps(c.bare_serial).max(1e-9),
+            c.eps(c.core_parallel) / c.eps(c.bare_parallel).max(1e-9)
+        );
+    }
+    s
+}
+
+/// One line about the machine: cores and the filesystem of `dir`.
+pub fn describe_machine(dir: &Path) -> String {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let fs = std::process::Command::new("df")
+        .args(["-h", "--output=source,fstype,size"])
+        .arg(dir)
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.lines().nth(1).map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ")))
+        .unwrap_or_else(|| "unknown".into());
+    let date =
+        time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+    format!("Machine: {cores} cores; WAL disk {fs}; {date}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn threads_are_grouped_by_name() {
+        assert_eq!(thread_group("edge-rt"), "edge");
+        assert_eq!(thread_group("wal-writer"), "wal");
+        assert_eq!(thread_group("loadgen"), "loadgen");
+        assert_eq!(thread_group("rdk:broker1"), "kafka");
+        assert_eq!(thread_group("tokio-runtime-w"), "other");
+    }
+
+    #[test]
+    fn this_thread_uses_cpu() {
+        let before = cpu_times();
+        let t = Instant::now();
+        let mut x = 0u64;
+        while t.elapsed() < Duration::from_millis(30) {
+            x = x.wrapping_add(std::hint::black_box(1));
+        }
+        assert!(x > 0);
+        assert!(cpu_times().since(&before).get("other") >= Duration::from_millis(10));
+    }
+
+    #[test]
+    fn smoke_run_measures_every_part() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts =
+            BenchOptions { phases: Phases::smoke(), connections: 4, ..BenchOptions::new(dir.path().to_path_buf()) };
+        let r = run(&opts, &MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden())).unwrap();
+        assert!(r.edge[0].report.events_per_sec() > 0.0);
+        assert!(r.edge[0].wal.groups > 0 && r.edge[0].events_per_server_cpu_sec() > 0.0);
+        assert_eq!(r.edge[0].report.error_count(), 0);
+        assert!(r.core.eps(r.core.core_serial) > 0.0 && r.core.eps(r.core.bare_serial) > 0.0);
+        assert!(!r.e2e.freshness.is_empty(), "some events were seen in Kafka");
+        let table = render(&opts, &r, "machine");
+        assert!(table.contains("### 4. End to end"), "{table}");
+    }
+
+    #[test]
+    fn fsync_rows_report_bandwidth() {
+        let dir = tempfile::tempdir().unwrap();
+        let rows = fsync_bandwidth(dir.path(), &[4096], Duration::from_millis(20)).unwrap();
+        assert!(rows[0].syncs >= 3);
+        assert!(rows[0].mb_per_sec() > 0.0);
+        assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none(), "scratch file removed");
+    }
+}
