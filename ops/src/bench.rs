@@ -332,6 +332,7 @@ fn start_edge(opts: &BenchOptions, dir: &Path) -> anyhow::Result<EdgeUnderTest> 
         ..EdgeConfig::default()
     };
     config.wal.dir = dir.join("wal");
+    config.idempotency.path = dir.join("idempotency.redb");
     config.forwarder.enabled = false;
     let rt = runtime(opts.server_threads, "edge-rt")?;
     let edge = rt.block_on(sluice_edge::start(config)).context("starting the edge")?;
