@@ -25,7 +25,7 @@ use hdrhistogram::Histogram;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::message::Headers;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use sluice_core::config::{KafkaConfig, SinkConfig};
@@ -629,11 +629,7 @@ async fn produce_all(producer: &FutureProducer, records: &[BatchRecord]) -> anyh
     for batch in records {
         let batch_id = batch.batch_id.to_string();
         for event in &batch.events {
-            let headers = OwnedHeaders::new_with_capacity(4)
-                .insert(Header { key: "tenant", value: Some(batch.tenant.as_str()) })
-                .insert(Header { key: "env", value: Some(batch.env.as_str()) })
-                .insert(Header { key: "batch_id", value: Some(batch_id.as_str()) })
-                .insert(Header { key: "event_id", value: Some(event.event_id.as_str()) });
+            let headers = sluice_core::sink::kafka_event_headers(batch, &batch_id, event);
             let mut record =
                 FutureRecord::to(BARE_TOPIC).key(batch.tenant.as_str()).payload(event.json.as_slice()).headers(headers);
             loop {

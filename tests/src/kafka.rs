@@ -35,6 +35,28 @@ impl TestKafka {
     }
 }
 
+/// Waits (up to `timeout`) for `topic` to exist, then assigns all its partitions from the start.
+/// Explicit assignment: no consumer-group rebalance delays, and nothing is committed.
+pub fn assign_from_beginning(consumer: &BaseConsumer, topic: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    let partitions = loop {
+        if let Ok(md) = consumer.fetch_metadata(Some(topic), Duration::from_secs(2))
+            && let Some(t) = md.topics().first()
+            && !t.partitions().is_empty()
+            && t.error().is_none()
+        {
+            break t.partitions().len();
+        }
+        assert!(Instant::now() < deadline, "topic {topic} never appeared");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p as i32, Offset::Beginning).expect("tpl");
+    }
+    consumer.assign(&tpl).expect("assign");
+}
+
 #[derive(Debug, Clone)]
 pub struct Consumed {
     pub key: Option<String>,
@@ -53,22 +75,7 @@ pub fn consume(brokers: &str, topic: &str, expected: usize, timeout: Duration, g
         .create()
         .expect("consumer");
     let deadline = Instant::now() + timeout;
-    let partitions = loop {
-        if let Ok(md) = consumer.fetch_metadata(Some(topic), Duration::from_secs(2))
-            && let Some(t) = md.topics().first()
-            && !t.partitions().is_empty()
-            && t.error().is_none()
-        {
-            break t.partitions().len();
-        }
-        assert!(Instant::now() < deadline, "topic {topic} never appeared");
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition_offset(topic, p as i32, Offset::Beginning).expect("tpl");
-    }
-    consumer.assign(&tpl).expect("assign");
+    assign_from_beginning(&consumer, topic, timeout);
     let mut out = Vec::new();
     let mut done_at: Option<Instant> = None;
     loop {

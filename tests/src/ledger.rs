@@ -19,9 +19,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::{Headers, Message};
-use rdkafka::{Offset, TopicPartitionList};
 
 /// What happened to one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -218,23 +217,7 @@ impl Collector {
             .set("enable.partition.eof", "false")
             .create()
             .expect("consumer");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let partitions = loop {
-            if let Ok(md) = consumer.fetch_metadata(Some(topic), Duration::from_secs(2))
-                && let Some(t) = md.topics().first()
-                && !t.partitions().is_empty()
-                && t.error().is_none()
-            {
-                break t.partitions().len();
-            }
-            assert!(Instant::now() < deadline, "topic {topic} never appeared");
-            std::thread::sleep(Duration::from_millis(100));
-        };
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..partitions {
-            tpl.add_partition_offset(topic, p as i32, Offset::Beginning).expect("tpl");
-        }
-        consumer.assign(&tpl).expect("assign");
+        crate::kafka::assign_from_beginning(&consumer, topic, Duration::from_secs(30));
         let stop = Arc::new(AtomicBool::new(false));
         let seen = Arc::new(Mutex::new(Collected::default()));
         let (stop2, seen2) = (stop.clone(), seen.clone());

@@ -12,7 +12,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use sluice_wire::{BatchRecord, Stream};
+use sluice_wire::{BatchRecord, EventRecord, Stream};
 
 use super::SinkError;
 use crate::config::KafkaConfig;
@@ -41,6 +41,15 @@ pub fn producer_config(config: &KafkaConfig) -> ClientConfig {
     // Not overridable: these are what make a delivery report mean "replicated and ordered".
     client.set("acks", "all").set("enable.idempotence", "true");
     client
+}
+
+/// The headers of one event's message: tenant, env, batch_id, event_id (downstream dedupe keys).
+pub fn event_headers(batch: &BatchRecord, batch_id: &str, event: &EventRecord) -> OwnedHeaders {
+    OwnedHeaders::new_with_capacity(4)
+        .insert(Header { key: "tenant", value: Some(batch.tenant.as_str()) })
+        .insert(Header { key: "env", value: Some(batch.env.as_str()) })
+        .insert(Header { key: "batch_id", value: Some(batch_id) })
+        .insert(Header { key: "event_id", value: Some(event.event_id.as_str()) })
 }
 
 impl KafkaSink {
@@ -91,11 +100,7 @@ impl KafkaSink {
             };
             let batch_id = batch.batch_id.to_string();
             for event in &batch.events {
-                let headers = OwnedHeaders::new_with_capacity(4)
-                    .insert(Header { key: "tenant", value: Some(batch.tenant.as_str()) })
-                    .insert(Header { key: "env", value: Some(batch.env.as_str()) })
-                    .insert(Header { key: "batch_id", value: Some(batch_id.as_str()) })
-                    .insert(Header { key: "event_id", value: Some(event.event_id.as_str()) });
+                let headers = event_headers(batch, &batch_id, event);
                 let mut record =
                     FutureRecord::to(&topic).key(batch.tenant.as_str()).payload(event.json.as_slice()).headers(headers);
                 loop {

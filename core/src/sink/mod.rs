@@ -5,7 +5,7 @@ mod file;
 mod kafka;
 
 pub use file::{DEAD_LETTER_FILE as DEAD_LETTER_FILE_NAME, EVENTS_FILE as EVENTS_FILE_NAME, FileSink};
-pub use kafka::{KafkaSink, producer_config};
+pub use kafka::{KafkaSink, event_headers as kafka_event_headers, producer_config};
 
 use sluice_wire::BatchRecord;
 
