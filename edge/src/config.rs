@@ -217,6 +217,8 @@ pub struct ForwarderConfig {
     pub zstd_level: i32,
     /// Seconds to wait for core's ack before resending. Default 30.
     pub ack_timeout_secs: u64,
+    /// Frames on the wire at once, awaiting core's ack. Default 4.
+    pub max_in_flight: usize,
 }
 
 impl Default for ForwarderConfig {
@@ -231,6 +233,7 @@ impl Default for ForwarderConfig {
             frame_bytes: 1024 * 1024,
             zstd_level: 3,
             ack_timeout_secs: 30,
+            max_in_flight: 4,
         }
     }
 }
