@@ -54,7 +54,7 @@ pub async fn start(config: CoreConfig) -> Result<Core, StartError> {
         loop {
             tick.tick().await;
             let d = dedupe.clone();
-            let cutoff = server_now_ms().saturating_sub(ttl_ms);
+            let cutoff = server::now_ms().saturating_sub(ttl_ms);
             match tokio::task::spawn_blocking(move || d.evict(cutoff)).await {
                 Ok(Ok(n)) if n > 0 => tracing::info!(evicted = n, "core: dedupe entries expired"),
                 Ok(Err(e)) => tracing::warn!(error = %e, "core: dedupe expiry failed"),
@@ -65,10 +65,6 @@ pub async fn start(config: CoreConfig) -> Result<Core, StartError> {
     let server = tokio::spawn(server::serve(endpoint.clone(), ingest));
     tracing::info!(%addr, "core: listening");
     Ok(Core { addr, endpoint, tasks: vec![server, expiry] })
-}
-
-fn server_now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Core {

@@ -126,7 +126,8 @@ async fn handle_stream(ingest: Arc<Ingest>, mut send: quinn::SendStream, mut rec
     let _ = send.finish();
 }
 
-fn now_ms() -> u64 {
+/// Wall-clock epoch milliseconds (dedupe timestamps).
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 

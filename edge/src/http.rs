@@ -282,7 +282,8 @@ fn body_format(headers: &HeaderMap) -> Result<BodyFormat, ApiError> {
     }
 }
 
-fn now_ms() -> u64 {
+/// Wall-clock epoch milliseconds (`received_at`, idempotency timestamps).
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
@@ -323,16 +324,17 @@ async fn read_body(state: &AppState, caller: &Caller, headers: &HeaderMap, body:
     Ok(raw)
 }
 
+/// Decompresses the body and runs the ingest pipeline; the callers map the outcome to HTTP.
 fn prepare(
     state: &AppState,
     caller: &Caller,
     raw: &[u8],
     headers: &HeaderMap,
     batch_id: uuid::Uuid,
-) -> Result<Prepared, ApiError> {
+) -> Result<Prepared, PrepareError> {
     let limits = &state.limits;
     let encoding = headers.get(header::CONTENT_ENCODING).map(|v| v.to_str().unwrap_or("invalid"));
-    let decoded = body::decode(raw, encoding, limits.max_body_bytes).map_err(|e| body_error(e, limits))?;
+    let decoded = body::decode(raw, encoding, limits.max_body_bytes)?;
     let request = ingest::Request {
         principal: &caller.principal,
         region: &state.region,
@@ -344,7 +346,7 @@ fn prepare(
         rules: &state.rules,
         pii: state.pii.policy_for(&caller.principal.tenant),
     };
-    ingest::prepare(&request).map_err(|e| prepare_error(e, limits))
+    ingest::prepare(&request)
 }
 
 async fn ingest(
@@ -404,18 +406,17 @@ async fn ingest(
         }
     };
 
-    let prepared = prepare(&state, &caller, &raw, &headers, batch_id)?;
-    let rejected = prepared.rejected.clone();
+    let prepared = prepare(&state, &caller, &raw, &headers, batch_id).map_err(|e| prepare_error(e, &state.limits))?;
     let received_at_ms = prepared.received_at_ms;
-    let (count, bytes) = prepared
+    let ingest::WalBatch { accepted, rejected, bytes } = prepared
         .into_wal_bytes(&caller.principal, &state.region)
         .map_err(|e| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", e.to_string()))?;
     if let Err(e) = state.wal.append(bytes).await {
         tracing::warn!(tenant_id = %tenant, request_id, error = %e, "ingest: append refused");
         return Err(wal_error(e));
     }
-    tracing::debug!(tenant_id = %tenant, request_id, %batch_id, accepted = count, rejected = rejected.len(), "ingest: accepted");
-    let mut body = json!({ "accepted": count, "batch_id": batch_id });
+    tracing::debug!(tenant_id = %tenant, request_id, %batch_id, accepted, rejected = rejected.len(), "ingest: accepted");
+    let mut body = json!({ "accepted": accepted, "batch_id": batch_id });
     if !rejected.is_empty()
         && let Some(obj) = body.as_object_mut()
     {
@@ -465,18 +466,14 @@ async fn debug(
     let batch_id = sluice_wire::ids::new_batch_id();
     let (events, rejected, pii) = match prepare(&state, &caller, &raw, &headers, batch_id) {
         Ok(p) => (p.accepted, p.rejected, None),
-        Err(e) if e.code == "no_valid_events" => {
-            let rejected = e.details.as_ref().map(|d| d["rejected"].clone()).unwrap_or_default();
-            let body = json!({ "valid": false, "events": [], "rejected": rejected, "batch_id": batch_id });
-            return Ok(json_response(StatusCode::OK, serde_json::to_vec(&body).unwrap_or_default()));
-        }
-        Err(e) if e.code == "pii_detected" => (Vec::new(), Vec::new(), e.details),
-        Err(e) => return Err(e),
+        Err(PrepareError::NoValidEvents(rejected)) => (Vec::new(), rejected, None),
+        Err(PrepareError::Pii(v)) => (Vec::new(), Vec::new(), Some(v)),
+        Err(e) => return Err(prepare_error(e, &state.limits)),
     };
     let events: Vec<&serde_json::value::RawValue> =
         events.iter().filter_map(|e| serde_json::from_slice(&e.json).ok()).collect();
     let body = json!({
-        "valid": rejected.is_empty() && pii.is_none(),
+        "valid": !events.is_empty() && rejected.is_empty() && pii.is_none(),
         "events": events,
         "rejected": rejected,
         "pii_violation": pii,

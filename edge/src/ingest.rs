@@ -88,11 +88,21 @@ pub fn prepare(req: &Request<'_>) -> Result<Prepared, PrepareError> {
     Ok(Prepared { batch_id: req.batch_id, received_at_ms: req.received_at_ms, accepted, rejected, dead_letters })
 }
 
+/// What a request appends to the WAL, and what its 202 reports.
+#[derive(Debug)]
+pub struct WalBatch {
+    pub accepted: usize,
+    pub rejected: Vec<Reject>,
+    /// The events record, followed by the dead-letter record if any event was rejected.
+    pub bytes: Vec<u8>,
+}
+
 impl Prepared {
     /// Encodes the WAL bytes for this request: the events record and, if any event was rejected,
     /// a dead-letter record, appended together so both are durable before the 202.
-    pub fn into_wal_bytes(self, principal: &Principal, region: &str) -> Result<(usize, Vec<u8>), RecordError> {
+    pub fn into_wal_bytes(self, principal: &Principal, region: &str) -> Result<WalBatch, RecordError> {
         let accepted = self.accepted.len();
+        let rejected = self.rejected;
         let size: usize = self.accepted.iter().chain(&self.dead_letters).map(|e| e.json.len() + 64).sum();
         let mut bytes = Vec::with_capacity(size + 256);
         let mut record = BatchRecord {
@@ -113,7 +123,7 @@ impl Prepared {
             record.events = self.dead_letters;
             encode_record(&record, &mut bytes)?;
         }
-        Ok((accepted, bytes))
+        Ok(WalBatch { accepted, rejected, bytes })
     }
 }
 
@@ -144,9 +154,9 @@ mod tests {
         let p = prepare(&req).unwrap();
         assert_eq!(p.accepted.len(), 2);
         assert_eq!(p.rejected.iter().map(|r| (r.index, r.code)).collect::<Vec<_>>(), vec![(1, "malformed_json")]);
-        let (n, bytes) = p.into_wal_bytes(&principal, "eu").unwrap();
-        assert_eq!(n, 2);
-        let recs: Vec<_> = records(&bytes).collect::<Result<_, _>>().unwrap();
+        let batch = p.into_wal_bytes(&principal, "eu").unwrap();
+        assert_eq!((batch.accepted, batch.rejected.len()), (2, 1));
+        let recs: Vec<_> = records(&batch.bytes).collect::<Result<_, _>>().unwrap();
         assert_eq!(recs.len(), 2);
         assert_eq!((recs[0].stream, recs[0].events.len()), (Stream::Events, 2));
         assert_eq!((recs[1].stream, recs[1].events.len()), (Stream::DeadLetter, 1));

@@ -111,8 +111,7 @@ fn spawn_idempotency_expiry(store: Arc<idempotency::IdempotencyStore>) -> JoinHa
         let mut tick = tokio::time::interval(Duration::from_secs(60));
         loop {
             tick.tick().await;
-            let now =
-                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+            let now = http::now_ms();
             match tokio::task::block_in_place(|| store.evict_expired(now)) {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(evicted = n, "edge: idempotency keys expired"),
