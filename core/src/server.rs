@@ -219,9 +219,7 @@ mod tests {
             record_count: 20,
             raw_len: raw.len() as u32,
         };
-        let mut msg = protocol::encode_header(&header).unwrap();
-        msg.extend_from_slice(&frame::compress(&raw, 3).unwrap());
-        msg
+        frame::encode_message(&header, &raw, 3).unwrap()
     }
 
     /// Regression: a frame resent while its first copy was still being delivered passed the

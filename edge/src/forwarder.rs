@@ -168,9 +168,9 @@ impl Forwarder {
                         raw_len: data.len() as u32,
                     };
                     let timeout = Duration::from_secs(self.config.ack_timeout_secs);
-                    let reply = match encode(&header, &data, self.config.zstd_level) {
+                    let reply = match frame::encode_message(&header, &data, self.config.zstd_level) {
                         Ok(message) => tokio::spawn(send_on(conn, message, timeout)),
-                        Err(e) => tokio::spawn(async move { Err(SendError::Encode(e)) }),
+                        Err(e) => tokio::spawn(async move { Err(SendError::Encode(e.to_string())) }),
                     };
                     self.in_flight.push_back(Pending::Frame { segment, start, end, records: count, reply });
                     self.next = Position { segment, offset: end };
@@ -274,10 +274,4 @@ async fn send_on(conn: quinn::Connection, message: Vec<u8>, timeout: Duration) -
         Ack::Retry { reason } => Err(SendError::Retry(reason)),
         Ack::Rejected { reason } => Err(SendError::Rejected(reason)),
     }
-}
-
-fn encode(header: &FrameHeader, data: &[u8], level: i32) -> Result<Vec<u8>, String> {
-    let mut message = protocol::encode_header(header).map_err(|e| e.to_string())?;
-    message.extend_from_slice(&frame::compress(data, level).map_err(|e| e.to_string())?);
-    Ok(message)
 }

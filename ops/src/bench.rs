@@ -497,8 +497,7 @@ fn build_frames(events: usize) -> anyhow::Result<Vec<Frame>> {
                 record_count: in_frame.len() as u32,
                 raw_len: raw.len() as u32,
             };
-            let mut message = protocol::encode_header(&header)?;
-            message.extend_from_slice(&frame::compress(&raw, 3)?);
+            let message = frame::encode_message(&header, &raw, 3)?;
             frames.push(Frame { message, records: std::mem::take(&mut in_frame) });
             offset += raw.len() as u64;
             raw.clear();

@@ -37,9 +37,7 @@ fn frame_message(region: &str) -> Vec<u8> {
         record_count: 1,
         raw_len: raw.len() as u32,
     };
-    let mut msg = protocol::encode_header(&header).unwrap();
-    msg.extend_from_slice(&frame::compress(&raw, 3).unwrap());
-    msg
+    frame::encode_message(&header, &raw, 3).unwrap()
 }
 
 async fn send(conn: &quinn::Connection, msg: &[u8]) -> Ack {

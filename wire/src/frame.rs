@@ -3,6 +3,7 @@
 //! The records inside keep their WAL framing (len + crc32c), so core re-verifies every record's
 //! checksum after decompression: corruption anywhere between the edge's disk and core is caught.
 
+use crate::protocol::{self, FrameHeader, ProtocolError};
 use crate::record::{self, BatchRecord, RecordError};
 
 /// Largest decompressed frame core accepts; bounds the allocation a hostile header can cause.
@@ -18,11 +19,21 @@ pub enum FrameError {
     LengthMismatch { expected: usize, got: usize },
     #[error("record {index} in frame: {source}")]
     Record { index: usize, source: RecordError },
+    #[error("frame header: {0}")]
+    Header(#[from] ProtocolError),
 }
 
 /// Compresses framed records. Level 1-3 keeps the forwarder far from being CPU-bound.
 pub fn compress(raw_records: &[u8], level: i32) -> Result<Vec<u8>, FrameError> {
     Ok(zstd::bulk::compress(raw_records, level)?)
+}
+
+/// The whole message a forwarder sends on a stream: the encoded `header`, then `raw_records`
+/// compressed at `level`.
+pub fn encode_message(header: &FrameHeader, raw_records: &[u8], level: i32) -> Result<Vec<u8>, FrameError> {
+    let mut message = protocol::encode_header(header)?;
+    message.extend_from_slice(&compress(raw_records, level)?);
+    Ok(message)
 }
 
 /// Decompresses a frame whose header announced `raw_len` bytes and decodes its records.
@@ -66,6 +77,28 @@ mod tests {
         }
         let z = compress(&raw, 1).unwrap();
         assert_eq!(decompress(&z, raw.len()).unwrap(), recs);
+    }
+
+    #[test]
+    fn message_splits_back_into_header_and_records() {
+        let recs: Vec<_> = (0..3).map(rec).collect();
+        let mut raw = Vec::new();
+        for r in &recs {
+            encode_record(r, &mut raw).unwrap();
+        }
+        let header = FrameHeader {
+            protocol_version: protocol::PROTOCOL_VERSION,
+            edge_id: "edge-1".into(),
+            segment: 2,
+            start: 0,
+            end: raw.len() as u64,
+            record_count: 3,
+            raw_len: raw.len() as u32,
+        };
+        let msg = encode_message(&header, &raw, 3).unwrap();
+        let (got, payload) = protocol::decode_message(&msg).unwrap();
+        assert_eq!(got, header);
+        assert_eq!(decompress(payload, got.raw_len as usize).unwrap(), recs);
     }
 
     #[test]
