@@ -24,6 +24,12 @@ pub struct Args {
     /// Overrides `forwarder.core_addr`.
     #[arg(long, env = "SLUICE_EDGE_CORE_ADDR")]
     pub core_addr: Option<SocketAddr>,
+    /// Overrides `admin.listen`.
+    #[arg(long, env = "SLUICE_EDGE_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+    /// Overrides `admin.token` (prefer the environment variable: flags show up in `ps`).
+    #[arg(long, env = "SLUICE_EDGE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
     /// Log as JSON lines (production) instead of human-readable text.
     #[arg(long, env = "SLUICE_LOG_JSON")]
     pub log_json: bool,
@@ -45,6 +51,12 @@ pub fn load_config(args: &Args) -> anyhow::Result<EdgeConfig> {
     }
     if let Some(v) = args.core_addr {
         config.forwarder.core_addr = v;
+    }
+    if let Some(v) = args.admin_listen {
+        config.admin.listen = Some(v);
+    }
+    if let Some(v) = &args.admin_token {
+        config.admin.token = Some(v.clone());
     }
     Ok(config)
 }

@@ -23,6 +23,7 @@ pub struct EdgeConfig {
     pub pii: PiiConfig,
     pub wal: WalConfig,
     pub forwarder: ForwarderConfig,
+    pub admin: AdminConfig,
 }
 
 impl Default for EdgeConfig {
@@ -39,6 +40,7 @@ impl Default for EdgeConfig {
             pii: PiiConfig::default(),
             wal: WalConfig::default(),
             forwarder: ForwarderConfig::default(),
+            admin: AdminConfig::default(),
         }
     }
 }
@@ -236,4 +238,15 @@ impl Default for ForwarderConfig {
             max_in_flight: 4,
         }
     }
+}
+
+/// The admin API (metrics, status, operator actions) on a separate port.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Listen address; unset (the default) disables the admin API. Keep it on a private interface.
+    pub listen: Option<SocketAddr>,
+    /// Bearer token for every admin route except `GET /metrics`; unset refuses them (`403`).
+    /// Overridable by `SLUICE_EDGE_ADMIN_TOKEN`.
+    pub token: Option<String>,
 }

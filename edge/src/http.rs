@@ -25,6 +25,7 @@ use crate::body::{self, BodyError, BodyFormat};
 use crate::config::{HttpConfig, LimitsConfig, PiiConfig, ValidationConfig};
 use crate::idempotency::{self, IdempotencyStore, Lookup};
 use crate::ingest::{self, PrepareError, Prepared};
+use crate::metrics::EdgeMetrics;
 use crate::signature::{self, ReplayGuard, SignatureError};
 use crate::wal::{Wal, WalError};
 
@@ -39,6 +40,7 @@ pub struct AppState {
     pub idempotency: Arc<IdempotencyStore>,
     pub replays: ReplayGuard,
     pub debug_limiter: DefaultKeyedRateLimiter<String>,
+    pub metrics: Arc<EdgeMetrics>,
 }
 
 impl AppState {
@@ -85,7 +87,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/ready", get(health))
         .fallback(not_found)
         .layer(cors)
-        .layer(middleware::from_fn(request_context))
+        .layer(middleware::from_fn_with_state(state.clone(), request_context))
         .with_state(state)
 }
 
@@ -108,7 +110,11 @@ fn parse_traceparent(v: &str) -> Option<(&str, &str)> {
     valid.then_some((trace, flags))
 }
 
-async fn request_context(mut req: Request, next: Next) -> Response {
+/// The error code of a response, for the responses metric.
+#[derive(Clone, Copy)]
+struct ErrorCode(&'static str);
+
+async fn request_context(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
     let id = req
         .headers()
         .get(REQUEST_ID)
@@ -132,6 +138,8 @@ async fn request_context(mut req: Request, next: Next) -> Response {
         path = %req.uri().path(),
     );
     let mut resp = next.run(req).instrument(span).await;
+    let code = resp.extensions().get::<ErrorCode>().map_or("ok", |c| c.0);
+    state.metrics.responses.with_label_values(&[resp.status().as_str(), code]).inc();
     resp.headers_mut().insert(REQUEST_ID, id);
     if let Some(v) = trace.and_then(|(_, tp)| HeaderValue::from_str(&tp).ok()) {
         resp.headers_mut().insert(TRACEPARENT, v);
@@ -175,6 +183,7 @@ impl IntoResponse for ApiError {
             obj.insert("details".into(), details);
         }
         let mut resp = (self.status, Json(json!({ "error": error }))).into_response();
+        resp.extensions_mut().insert(ErrorCode(self.code));
         if let Some(secs) = self.retry_after_secs {
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
@@ -411,10 +420,14 @@ async fn ingest(
     let ingest::WalBatch { accepted, rejected, bytes } = prepared
         .into_wal_bytes(&caller.principal, &state.region)
         .map_err(|e| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", e.to_string()))?;
+    let enqueue = state.metrics.enqueue_latency.start_timer();
     if let Err(e) = state.wal.append(bytes).await {
+        enqueue.stop_and_discard();
         tracing::warn!(tenant_id = %tenant, request_id, error = %e, "ingest: append refused");
         return Err(wal_error(e));
     }
+    enqueue.observe_duration();
+    state.metrics.accepted_events.inc_by(accepted as u64);
     tracing::debug!(tenant_id = %tenant, request_id, %batch_id, accepted, rejected = rejected.len(), "ingest: accepted");
     let mut body = json!({ "accepted": accepted, "batch_id": batch_id });
     if !rejected.is_empty()

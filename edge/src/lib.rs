@@ -3,6 +3,7 @@
 //!
 //! Pure logic (`auth`, `body`, `validate`) is separate from IO (`http`, `wal`, `forwarder`).
 
+pub mod admin;
 pub mod auth;
 pub mod body;
 pub mod cli;
@@ -11,6 +12,7 @@ pub mod forwarder;
 pub mod http;
 pub mod idempotency;
 pub mod ingest;
+pub mod metrics;
 pub mod pii;
 pub mod server;
 pub mod signature;
@@ -44,12 +46,17 @@ pub enum StartError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("forwarder endpoint: {0}")]
     Endpoint(std::io::Error),
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
 }
 
 /// A running edge.
 pub struct Edge {
     pub http_addr: SocketAddr,
+    /// Where the admin API listens, when `admin.listen` is set.
+    pub admin_addr: Option<SocketAddr>,
     pub wal: Wal,
+    pub metrics: Arc<metrics::EdgeMetrics>,
     stop: watch::Sender<bool>,
     server: JoinHandle<()>,
     background: Vec<JoinHandle<()>>,
@@ -67,6 +74,7 @@ pub async fn start(config: EdgeConfig) -> Result<Edge, StartError> {
         _ => return Err(StartError::HalfHttpTls),
     };
     let (wal, reader) = Wal::open(&config.wal)?;
+    let metrics = Arc::new(metrics::EdgeMetrics::new(wal.clone())?);
     let (stop, stop_rx) = watch::channel(false);
     let forwarder = if config.forwarder.enabled {
         let f = &config.forwarder;
@@ -81,7 +89,7 @@ pub async fn start(config: EdgeConfig) -> Result<Edge, StartError> {
         .await
         .map_err(|source| StartError::Bind { addr: config.listen, source })?;
     let http_addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.listen, source })?;
-    let background = vec![
+    let mut background = vec![
         keys.spawn_reloader(Duration::from_millis(config.http.keys_reload_ms.max(10))),
         spawn_idempotency_expiry(idempotency.clone()),
     ];
@@ -96,13 +104,39 @@ pub async fn start(config: EdgeConfig) -> Result<Edge, StartError> {
         idempotency,
         replays: signature::ReplayGuard::default(),
         debug_limiter: http::AppState::new_debug_limiter(config.limits.debug_requests_per_sec),
+        metrics: metrics.clone(),
     });
+    let admin_addr = match config.admin.listen {
+        Some(addr) => {
+            let listener =
+                tokio::net::TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?;
+            let bound = listener.local_addr().map_err(|source| StartError::Bind { addr, source })?;
+            let admin = admin::router(Arc::new(admin::AdminState {
+                edge_id: config.edge_id.clone(),
+                token: config.admin.token.clone(),
+                wal: wal.clone(),
+                metrics: metrics.clone(),
+            }));
+            let mut stop = stop_rx.clone();
+            background.push(tokio::spawn(async move {
+                let stopped = async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                };
+                if let Err(e) = axum::serve(listener, admin).with_graceful_shutdown(stopped).await {
+                    tracing::error!(error = %e, "admin: server failed");
+                }
+            }));
+            tracing::info!(admin_addr = %bound, "edge: admin API listening");
+            Some(bound)
+        }
+        None => None,
+    };
     let app = http::router(state);
     let header_timeout = Duration::from_millis(config.http.header_timeout_ms);
     let server = tokio::spawn(server::serve(listener, app, http_tls, header_timeout, stop_rx));
     let scheme = if config.http.tls_cert.is_some() { "https" } else { "http" };
     tracing::info!(%http_addr, scheme, edge_id = %config.edge_id, region = %config.region, "edge: listening");
-    Ok(Edge { http_addr, wal, stop, server, background, forwarder })
+    Ok(Edge { http_addr, admin_addr, wal, metrics, stop, server, background, forwarder })
 }
 
 /// Evicts expired idempotency keys every minute so the store stays bounded.

@@ -1,0 +1,75 @@
+//! The edge admin API: token handling, status, and metrics that move with traffic.
+
+use sluice_tests::edge_harness::InProcessEdge;
+use sluice_tests::http::{events_body, post_events, request};
+
+/// The value of an unlabelled sample, or of the first sample whose labels contain `labels`.
+fn sample(text: &str, name: &str, labels: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (series, value) = l.rsplit_once(' ')?;
+        let matches = match series.split_once('{') {
+            Some((n, rest)) => n == name && rest.contains(labels),
+            None => series == name && labels.is_empty(),
+        };
+        matches.then(|| value.parse().ok()).flatten()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_requires_its_token_and_metrics_follow_traffic() {
+    let e = InProcessEdge::start(|c| {
+        c.admin.listen = Some("127.0.0.1:0".parse().expect("addr"));
+        c.admin.token = Some("s3cret-admin".into());
+    })
+    .await;
+    let (addr, admin, key) = (e.addr(), e.edge().admin_addr.expect("admin enabled"), e.key.clone());
+    tokio::task::spawn_blocking(move || {
+        let r = request(admin, "GET", "/status", &[], b"").expect("status");
+        assert_eq!(r.status, 401);
+        assert_eq!(r.json()["error"]["code"], "unauthorized");
+        let r = request(admin, "GET", "/status", &[("Authorization", "Bearer wrong")], b"").expect("status");
+        assert_eq!(r.status, 401);
+        let r = request(admin, "GET", "/status", &[("Authorization", "Bearer s3cret-admin")], b"").expect("status");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.json()["edge_id"], "edge-1");
+        assert_eq!(r.json()["wal"]["unforwarded_bytes"], 0);
+
+        let before = String::from_utf8(request(admin, "GET", "/metrics", &[], b"").expect("metrics").body).unwrap();
+        assert_eq!(sample(&before, "sluice_edge_accepted_events_total", ""), Some(0.0));
+        let (body, _) = events_body("m", 7);
+        assert_eq!(post_events(addr, &key, "application/json", &[], &body).status, 202);
+        assert_eq!(post_events(addr, "bad-key", "application/json", &[], &body).status, 401);
+
+        let r = request(admin, "GET", "/metrics", &[], b"").expect("metrics");
+        assert_eq!(r.status, 200);
+        let text = String::from_utf8(r.body).unwrap();
+        assert_eq!(sample(&text, "sluice_edge_accepted_events_total", ""), Some(7.0), "{text}");
+        assert_eq!(sample(&text, "sluice_edge_responses_total", r#"code="ok",status="202""#), Some(1.0), "{text}");
+        assert_eq!(
+            sample(&text, "sluice_edge_responses_total", r#"code="unauthorized",status="401""#),
+            Some(1.0),
+            "{text}"
+        );
+        assert_eq!(sample(&text, "sluice_edge_enqueue_latency_seconds_count", ""), Some(1.0), "{text}");
+        assert!(sample(&text, "sluice_edge_wal_fsyncs_total", "").is_some_and(|n| n >= 1.0), "{text}");
+        assert!(sample(&text, "sluice_edge_wal_unforwarded_bytes", "").is_some_and(|n| n > 0.0), "{text}");
+    })
+    .await
+    .expect("client");
+    e.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_routes_are_refused_without_a_configured_token() {
+    let e = InProcessEdge::start(|c| c.admin.listen = Some("127.0.0.1:0".parse().expect("addr"))).await;
+    let admin = e.edge().admin_addr.expect("admin enabled");
+    tokio::task::spawn_blocking(move || {
+        let r = request(admin, "GET", "/status", &[("Authorization", "Bearer ")], b"").expect("status");
+        assert_eq!(r.status, 403);
+        assert_eq!(r.json()["error"]["code"], "admin_disabled");
+        assert_eq!(request(admin, "GET", "/metrics", &[], b"").expect("metrics").status, 200);
+    })
+    .await
+    .expect("client");
+    e.shutdown().await;
+}
