@@ -14,6 +14,7 @@ pub mod idempotency;
 pub mod ingest;
 pub mod metrics;
 pub mod pii;
+pub mod replication;
 pub mod server;
 pub mod signature;
 pub mod tls;
@@ -48,6 +49,8 @@ pub enum StartError {
     Endpoint(std::io::Error),
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error(transparent)]
+    Replication(#[from] replication::ReplicationError),
 }
 
 /// A running edge.
@@ -55,6 +58,8 @@ pub struct Edge {
     pub http_addr: SocketAddr,
     /// Where the admin API listens, when `admin.listen` is set.
     pub admin_addr: Option<SocketAddr>,
+    /// Where peers' replicas are received, when `replication.listen` is set.
+    pub replication_addr: Option<SocketAddr>,
     pub wal: Wal,
     pub metrics: Arc<metrics::EdgeMetrics>,
     stop: watch::Sender<bool>,
@@ -73,8 +78,10 @@ pub async fn start(config: EdgeConfig) -> Result<Edge, StartError> {
         (None, None) => None,
         _ => return Err(StartError::HalfHttpTls),
     };
-    let (wal, reader) = Wal::open(&config.wal)?;
+    let replication = replication::Replication::prepare(&config)?;
+    let (wal, reader) = Wal::open_replicated(&config.wal, replication.replicate())?;
     let metrics = Arc::new(metrics::EdgeMetrics::new(wal.clone())?);
+    let (replication_addr, replication_tasks) = replication.start(&wal, &config, &metrics)?;
     let (stop, stop_rx) = watch::channel(false);
     let forwarder = if config.forwarder.enabled {
         let f = &config.forwarder;
@@ -93,6 +100,7 @@ pub async fn start(config: EdgeConfig) -> Result<Edge, StartError> {
         keys.spawn_reloader(Duration::from_millis(config.http.keys_reload_ms.max(10))),
         spawn_idempotency_expiry(idempotency.clone()),
     ];
+    background.extend(replication_tasks);
     let state = Arc::new(http::AppState {
         keys,
         wal: wal.clone(),
@@ -136,7 +144,7 @@ pub async fn start(config: EdgeConfig) -> Result<Edge, StartError> {
     let server = tokio::spawn(server::serve(listener, app, http_tls, header_timeout, stop_rx));
     let scheme = if config.http.tls_cert.is_some() { "https" } else { "http" };
     tracing::info!(%http_addr, scheme, edge_id = %config.edge_id, region = %config.region, "edge: listening");
-    Ok(Edge { http_addr, admin_addr, wal, metrics, stop, server, background, forwarder })
+    Ok(Edge { http_addr, admin_addr, replication_addr, wal, metrics, stop, server, background, forwarder })
 }
 
 /// Evicts expired idempotency keys every minute so the store stays bounded.

@@ -1,14 +1,16 @@
 //! Sluice's on-disk and on-wire formats.
 //!
 //! Architecture invariant: only this crate defines bytes that outlive a process or cross a
-//! machine: the WAL record framing ([`record`]), the forwarder frames ([`frame`]) and the
-//! edge↔core protocol messages ([`protocol`]). Everything here is pure (no IO, no clock), so it
-//! is unit- and property-testable.
+//! machine: the WAL record framing ([`record`]), the forwarder frames ([`frame`]), the
+//! edge↔core protocol messages ([`protocol`]) and the edge↔edge replication messages
+//! ([`replication`]). Everything here is pure (no IO, no clock), so it is unit- and
+//! property-testable.
 
 pub mod frame;
 pub mod ids;
 pub mod protocol;
 pub mod record;
+pub mod replication;
 pub mod stored_response;
 
 pub use record::{BatchRecord, EventRecord, RecordError, Stream};
