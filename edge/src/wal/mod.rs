@@ -366,6 +366,48 @@ mod tests {
         assert_eq!(recovered as usize, acked, "recovery forwards only what was acknowledged");
     }
 
+    /// Replicas that answer from a script: records every position handed to them.
+    struct ScriptedReplicas {
+        answers: std::sync::Mutex<Vec<Result<(), String>>>,
+        seen: std::sync::Mutex<Vec<Position>>,
+    }
+
+    impl Replicate for ScriptedReplicas {
+        fn begin(&self, at: Position, _bytes: &[u8]) -> oneshot::Receiver<Result<(), String>> {
+            self.seen.lock().unwrap().push(at);
+            let (tx, rx) = oneshot::channel();
+            let _ = tx.send(self.answers.lock().unwrap().remove(0));
+            rx
+        }
+    }
+
+    /// A group the replicas did not acknowledge is refused, and cut out of the local WAL so it is
+    /// never forwarded; the WAL stays usable (no fsyncgate latch) and the next group takes its
+    /// place, at the same position on the replicas too.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_group_without_replica_acks_is_refused_and_cut_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = WalConfig { dir: dir.path().join("wal"), ..WalConfig::default() };
+        let replicas = Arc::new(ScriptedReplicas {
+            answers: std::sync::Mutex::new(vec![Ok(()), Err("0 of 1 replica acks".into()), Ok(())]),
+            seen: std::sync::Mutex::new(Vec::new()),
+        });
+        let (wal, reader) = Wal::open_replicated(&config, Some(replicas.clone())).unwrap();
+        let (a, b, c) = (record(10), record(20), record(30));
+        wal.append(a.clone()).await.unwrap();
+        assert!(matches!(wal.append(b).await, Err(WalError::Unreplicated(_))));
+        wal.append(c.clone()).await.unwrap();
+        let seen = replicas.seen.lock().unwrap().clone();
+        assert_eq!(seen[1], seen[2], "the next group is replicated where the refused one was");
+        match reader.read(reader.acked(), 1 << 20).unwrap() {
+            ReadOutcome::Records { data, count, .. } => {
+                assert_eq!(count, 2);
+                assert_eq!(data, [a, c].concat(), "the refused group is not in the WAL");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
     /// Regression: quarantining the segment the writer was still appending to renamed the file
     /// under the writer, so every later acknowledged append went into a file nobody forwards.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
