@@ -41,9 +41,11 @@ pub struct ReplicaStore {
     root: PathBuf,
     lease: Duration,
     takeover: Option<TakeoverConfig>,
-    entries: Mutex<HashMap<(String, u64), Arc<tokio::sync::Mutex<Entry>>>>,
+    entries: Mutex<HashMap<(String, u64), SharedEntry>>,
     metrics: Arc<ReplicationMetrics>,
 }
+
+type SharedEntry = Arc<tokio::sync::Mutex<Entry>>;
 
 /// One origin WAL's copy.
 struct Entry {
@@ -93,7 +95,7 @@ impl ReplicaStore {
     }
 
     /// The copy for `origin`, created if new; a new WAL ID makes the origin's other copies orphans.
-    fn entry(&self, origin: &Origin) -> std::io::Result<Arc<tokio::sync::Mutex<Entry>>> {
+    fn entry(&self, origin: &Origin) -> std::io::Result<SharedEntry> {
         let key = (origin.node_id.clone(), origin.wal_id);
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(e) = entries.get(&key) {
