@@ -174,7 +174,8 @@ fn replica_loss_with_require_refuses() {
     let (a, b) = (Node::new("a"), Node::new("b"));
     let b_opts = b.opts(&[("a", a.repl)], "require");
     let mut b_proc = pop.edge(&b, &b_opts);
-    let a_proc = pop.edge(&a, &a.opts(&[("b", b.repl)], "require"));
+    // Small segments, so trimming the replica by a's watermark has whole segments to delete.
+    let a_proc = pop.edge(&a, &EdgeOpts { segment_bytes: Some(16 * 1024), ..a.opts(&[("b", b.repl)], "require") });
     let collector = pop.collector();
     let ledger = Ledger::new();
     for i in 0..10 {
@@ -204,6 +205,12 @@ fn replica_loss_with_require_refuses() {
     let report = settle("R2 replica down, require", &ledger, collector, None);
     report.assert_no_loss();
     assert_eq!(report.duplicated, 0);
+    // Everything is delivered, so a's watermark is past every full segment: b trims its copy.
+    let copy = pop.env.node_wal_dir(Some("b")).join("replica").join("a");
+    wait_until("b to trim its copy of a's WAL", Duration::from_secs(30), || {
+        let segments: Vec<_> = walfile_segments(&copy);
+        segments.len() == 1
+    });
     assert_log_clean(&a_proc);
     assert_log_clean(&b_proc);
 }
@@ -290,4 +297,14 @@ fn partition_between_edges_then_heal() {
     eprintln!("partition: {} duplicated events in {} batches", report.duplicated, report.duplicated_batches);
     assert_log_clean(&a_proc);
     assert_log_clean(&b_proc);
+}
+
+/// Segment files under every WAL ID of a replica copy.
+fn walfile_segments(copy: &std::path::Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(copy)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .flat_map(|w| sluice_tests::walfile::segments(&w.path()))
+        .collect()
 }

@@ -9,6 +9,7 @@
 //! peer costs `ack_timeout_ms` at most once per backoff instead of on every group.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -32,6 +33,9 @@ struct Job {
     at: Position,
     bytes: Bytes,
     done: oneshot::Sender<bool>,
+    /// Set once the writer refused the group (too few acks in time): a peer that has not sent
+    /// it yet must not, since a refused record on a replica could be forwarded by a takeover.
+    refused: Arc<AtomicBool>,
 }
 
 /// The writer's [`Replicate`]: fans a group out to every peer and waits for `need` acks.
@@ -108,12 +112,13 @@ impl Replicate for Replicator {
     fn begin(&self, at: Position, bytes: &[u8]) -> oneshot::Receiver<Result<(), String>> {
         let (result_tx, result_rx) = oneshot::channel();
         let bytes = Bytes::copy_from_slice(bytes);
+        let refused = Arc::new(AtomicBool::new(false));
         let mut acks: FuturesUnordered<_> = self
             .peers
             .iter()
             .filter_map(|peer| {
                 let (done, wait) = oneshot::channel();
-                peer.send(Job { at, bytes: bytes.clone(), done }).ok().map(|()| wait)
+                peer.send(Job { at, bytes: bytes.clone(), done, refused: refused.clone() }).ok().map(|()| wait)
             })
             .collect();
         let (need, mode, timeout) = (self.need, self.mode, self.timeout);
@@ -144,7 +149,10 @@ impl Replicate for Replicator {
                             "replication: degraded, group accepted with the local copy only (allow_local)");
                         Ok(())
                     }
-                    DegradedMode::Require => Err(format!("{got} of {need} replica acks")),
+                    DegradedMode::Require => {
+                        refused.store(true, Ordering::Release);
+                        Err(format!("{got} of {need} replica acks"))
+                    }
                 }
             };
             let _ = result_tx.send(result);
@@ -220,6 +228,10 @@ impl PeerTask {
     async fn appends(&mut self, batch: Vec<Job>) {
         let mut run: Vec<Job> = Vec::new();
         for job in batch {
+            if job.refused.load(Ordering::Acquire) {
+                let _ = job.done.send(false);
+                continue;
+            }
             let contiguous = run.last().is_some_and(|last| {
                 last.at.segment == job.at.segment && last.at.offset + last.bytes.len() as u64 == job.at.offset
             });
