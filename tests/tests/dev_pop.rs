@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use sluice_ops::dev::{self, DevOptions, KafkaChoice};
-use sluice_tests::{free_tcp_addr, free_udp_addr};
+use sluice_tests::{free_tcp_addr, udp_addr_outside_ephemeral_range};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_edges_replicate_to_each_other() {
@@ -13,7 +13,8 @@ async fn three_edges_replicate_to_each_other() {
     let opts = DevOptions {
         dir: dir.path().to_path_buf(),
         http: free_tcp_addr(),
-        quic: free_udp_addr(),
+        // Core on the first port, the three edges' replication listeners on the next three.
+        quic: udp_addr_outside_ephemeral_range(4),
         kafka: KafkaChoice::None,
         edges: 3,
     };
