@@ -23,12 +23,22 @@ async fn three_edges_replicate_to_each_other() {
     let addrs: Vec<_> = std::iter::once(&pop.edge).chain(&pop.peers).map(|e| e.http_addr).collect();
     let key = pop.api_key.clone();
     let body = |i: usize| format!(r#"[{{"event":"e","distinct_id":"u","event_id":"pop-{i}"}}]"#);
+    // An edge that started before its peers may still be probing them (an unanswered probe takes
+    // up to `ack_timeout_ms`) and answer 503 + Retry-After meanwhile: retry as a client would.
     tokio::task::block_in_place(|| {
         for (i, addr) in addrs.iter().enumerate() {
             let auth = format!("Bearer {key}");
-            let r = sluice_tests::http::request(*addr, "POST", "/v1/events", &[("Authorization", &auth)], body(i).as_bytes())
-                .unwrap();
-            assert_eq!(r.status, 202, "edge {i}: {}", String::from_utf8_lossy(&r.body));
+            let deadline = Instant::now() + Duration::from_secs(15);
+            loop {
+                let r = sluice_tests::http::request(*addr, "POST", "/v1/events", &[("Authorization", &auth)], body(i).as_bytes())
+                    .unwrap();
+                if r.status == 202 {
+                    break;
+                }
+                assert_eq!(r.status, 503, "edge {i}: {}", String::from_utf8_lossy(&r.body));
+                assert!(Instant::now() < deadline, "edge {i} never accepted: {}", String::from_utf8_lossy(&r.body));
+                std::thread::sleep(Duration::from_millis(200));
+            }
         }
     });
     // A group completes on the first of the two peers' acks; the other one follows.
