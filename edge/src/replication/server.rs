@@ -29,6 +29,8 @@ use crate::wal::mirror::{Mirror, MirrorAppend, MirrorError};
 
 /// How often leases and orphans are checked.
 const CHECK_EVERY: Duration = Duration::from_millis(200);
+/// How long a stopped takeover forwarder gets to finish before it is aborted.
+const STOP_GRACE: Duration = Duration::from_millis(300);
 
 /// Where and how a takeover forwards.
 #[derive(Clone)]
@@ -175,6 +177,10 @@ impl ReplicaStore {
             if drained {
                 if e.orphan {
                     e.stop_takeover("the orphaned copy is fully acknowledged").await;
+                    if e.mirror.has_quarantined() {
+                        // Keep the copy: its quarantined segments are for an operator to salvage.
+                        continue;
+                    }
                     let dir = e.mirror.dir().to_path_buf();
                     let key = (e.node_id.clone(), e.wal_id);
                     drop(e);
@@ -229,12 +235,19 @@ impl Entry {
     }
 
     async fn stop_takeover(&mut self, why: &str) {
-        let Some((stop, task)) = self.running.take() else { return };
+        let Some((stop, mut task)) = self.running.take() else { return };
         let _ = stop.send(true);
-        match task.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(origin = %self.node_id, error = %e, "replica: takeover forwarder failed"),
-            Err(e) => tracing::warn!(origin = %self.node_id, error = %e, "replica: takeover task failed"),
+        // A forwarder stuck connecting to an unreachable core does not see `stop` until its
+        // handshake times out; the origin's message must not wait that long. Aborting is safe:
+        // the forwarder's trims happen inside `block_in_place`, never cut by an abort.
+        match tokio::time::timeout(STOP_GRACE, &mut task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!(origin = %self.node_id, error = %e, "replica: takeover forwarder failed"),
+            Ok(Err(e)) => tracing::warn!(origin = %self.node_id, error = %e, "replica: takeover task failed"),
+            Err(_) => {
+                task.abort();
+                let _ = task.await;
+            }
         }
         if let Err(e) = self.mirror.reload_acked() {
             tracing::warn!(origin = %self.node_id, error = %e, "replica: cannot reload the watermark");

@@ -154,6 +154,13 @@ impl Mirror {
         Ok(acked >= self.end || list_segments(&self.dir)?.is_empty())
     }
 
+    /// Whether a takeover quarantined a segment of the copy (kept for an operator).
+    pub fn has_quarantined(&self) -> bool {
+        std::fs::read_dir(&self.dir).into_iter().flatten().flatten().any(|e| {
+            e.path().extension().is_some_and(|x| x == super::QUARANTINE_EXT)
+        })
+    }
+
     /// A reader over the copy for a takeover forwarder, starting at the stored watermark.
     pub fn reader(&self) -> io::Result<WalReader> {
         let acked = watermark::load(&self.dir)?.unwrap_or_default().max(self.acked);
