@@ -207,6 +207,7 @@ mod tests {
                 events: (0..5)
                     .map(|i| EventRecord { event_id: format!("{b}-{i}"), json: format!(r#"{{"i":{i}}}"#).into_bytes() })
                     .collect(),
+                traceparent: None,
             };
             encode_record(&record, &mut raw).unwrap();
         }

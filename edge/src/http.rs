@@ -95,6 +95,11 @@ pub fn router(state: Arc<AppState>) -> Router {
 #[derive(Clone)]
 struct RequestId(HeaderValue);
 
+/// The `traceparent` of this request's span at the edge (the client's trace, the edge's span ID),
+/// present only when the client sent a valid one.
+#[derive(Clone)]
+struct TraceParent(String);
+
 /// Parses a W3C `traceparent` (`00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`).
 fn parse_traceparent(v: &str) -> Option<(&str, &str)> {
     let mut parts = v.split('-');
@@ -130,6 +135,9 @@ async fn request_context(State(state): State<Arc<AppState>>, mut req: Request, n
         },
     );
     req.extensions_mut().insert(RequestId(id.clone()));
+    if let Some((_, tp)) = &trace {
+        req.extensions_mut().insert(TraceParent(tp.clone()));
+    }
     let span = tracing::info_span!(
         "request",
         request_id = %id.to_str().unwrap_or(""),
@@ -361,6 +369,7 @@ fn prepare(
 async fn ingest(
     State(state): State<Arc<AppState>>,
     Extension(RequestId(request_id)): Extension<RequestId>,
+    trace: Option<Extension<TraceParent>>,
     headers: HeaderMap,
     uri: Uri,
     body: Body,
@@ -418,7 +427,7 @@ async fn ingest(
     let prepared = prepare(&state, &caller, &raw, &headers, batch_id).map_err(|e| prepare_error(e, &state.limits))?;
     let received_at_ms = prepared.received_at_ms;
     let ingest::WalBatch { accepted, rejected, bytes } = prepared
-        .into_wal_bytes(&caller.principal, &state.region)
+        .into_wal_bytes(&caller.principal, &state.region, trace.map(|Extension(TraceParent(tp))| tp))
         .map_err(|e| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", e.to_string()))?;
     let enqueue = state.metrics.enqueue_latency.start_timer();
     if let Err(e) = state.wal.append(bytes).await {

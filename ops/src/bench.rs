@@ -473,6 +473,7 @@ fn build_frames(events: usize) -> anyhow::Result<Vec<Frame>> {
             received_at_ms: 1_767_312_000_000,
             stream: Stream::Events,
             events: evs,
+            traceparent: None,
         });
     }
     let mut frames = Vec::new();

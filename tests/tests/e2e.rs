@@ -1,6 +1,7 @@
 //! The walking skeleton's promise: events posted as a JSON array, as NDJSON and gzip-compressed
 //! travel edge → WAL → QUIC → core → Kafka and arrive exactly once, normalized, with headers;
-//! an invalid event in an accepted batch reaches core's dead-letter topic.
+//! an invalid event in an accepted batch reaches core's dead-letter topic; a request's W3C
+//! `traceparent` follows its events into the Kafka headers.
 
 use std::collections::HashSet;
 use std::io::Write;
@@ -44,9 +45,14 @@ fn array_ndjson_and_gzip_bodies_arrive_once_normalized() {
         })
         .collect();
     expected.extend((0..3).map(|i| format!("nd-{i}")));
-    let r = post_events(http, &env.key, "application/x-ndjson", &[], ndjson.as_bytes());
+    let client_trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let r = post_events(http, &env.key, "application/x-ndjson", &[("traceparent", client_trace)], ndjson.as_bytes());
     assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
-    batch_ids.insert(r.json()["batch_id"].as_str().unwrap().to_string());
+    let traced_batch = r.json()["batch_id"].as_str().unwrap().to_string();
+    batch_ids.insert(traced_batch.clone());
+    // The edge continues the client's trace with its own span; that span is what Kafka carries.
+    let edge_trace = r.header("traceparent").expect("traceparent continued").to_string();
+    assert!(edge_trace.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && edge_trace != client_trace);
 
     let (plain, ids) = events_body("gzip", 3);
     expected.extend(ids);
@@ -75,6 +81,8 @@ fn array_ndjson_and_gzip_bodies_arrive_once_normalized() {
         assert!(p["received_at"].as_u64().unwrap() > 1_700_000_000_000);
         // Both the RFC 3339 form and epoch seconds normalize to epoch milliseconds.
         assert_eq!(p["timestamp"].as_i64(), Some(1_795_600_800_000), "{p}");
+        let expected_trace = (m.headers["batch_id"] == traced_batch).then_some(&edge_trace);
+        assert_eq!(m.headers.get("traceparent"), expected_trace, "{:?}", m.headers);
     }
 
     let dead = consume(&kafka.brokers, &env.dlq_topic(), 1, Duration::from_secs(30), Duration::from_secs(1));
