@@ -30,6 +30,7 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use sluice_core::config::{KafkaConfig, SinkConfig};
 use sluice_core::dedupe::{DedupeIndex, RedbDedupe};
+use sluice_core::metrics::CoreMetrics;
 use sluice_core::server::Ingest;
 use sluice_edge::config::{EdgeConfig, LimitsConfig, PiiPolicy, ValidationConfig};
 use sluice_edge::validate::{self, BatchContext};
@@ -534,7 +535,7 @@ pub fn core_alone(events: usize, dir: &Path) -> anyhow::Result<CoreResult> {
         for (slot, window) in [(0, 1), (1, 4)] {
             let dedupe: Arc<dyn DedupeIndex> = Arc::new(RedbDedupe::open(&dir.join(format!("dedupe-{window}.redb")))?);
             let sink = sluice_core::sink::Sink::from_config(&SinkConfig::Kafka(kafka.clone()))?;
-            let ingest = Arc::new(Ingest::new(dedupe, sink));
+            let ingest = Arc::new(Ingest::new(dedupe, sink, Arc::new(CoreMetrics::new()?)));
             // Producer start-up (metadata, idempotent producer ID) is paid before the clock starts.
             run_core(&ingest, &warmup, 1).await?;
             core[slot] = run_core(&ingest, &frames, window).await?;

@@ -175,7 +175,7 @@ pub struct Proc {
 }
 
 impl Proc {
-    fn spawn(name: &'static str, exe: &str, config: &Path, dir: &Path) -> Proc {
+    pub fn spawn(name: &'static str, exe: &str, config: &Path, dir: &Path) -> Proc {
         let log = dir.join(format!("{name}.log"));
         let out = OpenOptions::new().create(true).append(true).open(&log).expect("log file");
         let err = out.try_clone().expect("log file");

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use sluice_tests::http::{events_body, post_events};
 use sluice_tests::kafka::{TestKafka, consume};
-use sluice_tests::procs::TestEnv;
+use sluice_tests::metrics::{sample, scrape, wait_for_sample};
+use sluice_tests::procs::{EdgeOpts, Proc, TestEnv, bin_path};
 use sluice_tests::{free_tcp_addr, free_udp_addr};
 
 #[test]
@@ -19,9 +20,15 @@ fn array_ndjson_and_gzip_bodies_arrive_once_normalized() {
     kafka.create_topic(&env.topic(), 3);
     kafka.create_topic(&env.dlq_topic(), 1);
     let core_addr = free_udp_addr();
-    let _core = env.spawn_core(core_addr, &kafka.brokers);
+    let (core_admin, edge_admin) = (free_tcp_addr(), free_tcp_addr());
+    let core_config = env.path().join("core.toml");
+    // Top-level keys go before the config's first section.
+    let text = format!("admin_listen = \"{core_admin}\"\n{}", env.core_config(core_addr, &kafka.brokers));
+    std::fs::write(&core_config, text).unwrap();
+    let _core = Proc::spawn("core", &bin_path("sluice-core-under-test"), &core_config, env.path());
     let http = free_tcp_addr();
-    let _edge = env.spawn_edge(http, core_addr);
+    let admin = EdgeOpts { extra_toml: format!("[admin]\nlisten = \"{edge_admin}\"\n"), ..EdgeOpts::default() };
+    let _edge = env.spawn_edge_with(http, core_addr, &admin);
 
     let mut expected: Vec<String> = Vec::new();
     let mut batch_ids = HashSet::new();
@@ -92,4 +99,13 @@ fn array_ndjson_and_gzip_bodies_arrive_once_normalized() {
     assert_eq!(d["batch_id"], array_batch.as_str());
     assert_eq!(d["raw"], r#"{"event":"broken"}"#);
     assert_eq!(dead[0].headers["tenant"], "acme");
+
+    // Both admin ports report the traffic: 9 accepted at the edge, 9 + 1 dead letter delivered.
+    let edge = scrape(edge_admin);
+    assert_eq!(sample(&edge, "sluice_edge_accepted_events_total", ""), Some(9.0), "{edge}");
+    assert_eq!(sample(&edge, "sluice_edge_responses_total", r#"code="ok",status="202""#), Some(3.0), "{edge}");
+    let core = wait_for_sample(core_admin, "sluice_core_delivered_events_total", r#"stream="events""#, 9.0);
+    assert_eq!(sample(&core, "sluice_core_delivered_events_total", r#"stream="dead_letter""#), Some(1.0), "{core}");
+    assert!(sample(&core, "sluice_core_frames_total", r#"ack="stored""#).is_some_and(|n| n >= 1.0), "{core}");
+    assert_eq!(sample(&core, "sluice_core_events_in_delivery", ""), Some(0.0), "{core}");
 }
