@@ -14,6 +14,7 @@ pub mod idempotency;
 pub mod ingest;
 pub mod metrics;
 pub mod pii;
+pub mod routing;
 pub mod server;
 pub mod signature;
 pub mod tls;

@@ -4,9 +4,14 @@ use std::net::SocketAddr;
 
 /// `GET /metrics` as text.
 pub fn scrape(admin: SocketAddr) -> String {
-    let r = crate::http::request(admin, "GET", "/metrics", &[], b"").expect("scraping /metrics");
+    try_scrape(admin).expect("scraping /metrics")
+}
+
+/// `GET /metrics`, or `None` while the process is not (yet) listening.
+pub fn try_scrape(admin: SocketAddr) -> Option<String> {
+    let r = crate::http::request(admin, "GET", "/metrics", &[], b"").ok()?;
     assert_eq!(r.status, 200, "GET /metrics");
-    String::from_utf8(r.body).expect("metrics are UTF-8")
+    Some(String::from_utf8(r.body).expect("metrics are UTF-8"))
 }
 
 /// The value of an unlabelled sample (`labels` empty), or of the first sample of `name` whose
@@ -27,7 +32,7 @@ pub fn sample(text: &str, name: &str, labels: &str) -> Option<f64> {
 pub fn wait_for_sample(admin: SocketAddr, name: &str, labels: &str, want: f64) -> String {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        let text = scrape(admin);
+        let text = try_scrape(admin).unwrap_or_default();
         if sample(&text, name, labels) == Some(want) {
             return text;
         }

@@ -136,6 +136,19 @@ pub fn decode_record(buf: &[u8]) -> Result<BatchRecord, RecordError> {
     }
 }
 
+/// The tenant of one complete framed record, without decoding its events: routing needs only
+/// this, and every version so far starts with `batch_id, tenant`.
+pub fn peek_tenant(buf: &[u8]) -> Result<&str, RecordError> {
+    let total = check_record(buf)?.ok_or(RecordError::Incomplete)?;
+    let payload = &buf[HEADER_LEN..total];
+    match payload[0] {
+        1 | RECORD_VERSION => postcard::take_from_bytes::<(Uuid, &str)>(&payload[1..])
+            .map(|((_, tenant), _)| tenant)
+            .map_err(|e| RecordError::Body(e.to_string())),
+        v => Err(RecordError::UnknownVersion(v)),
+    }
+}
+
 /// Iterates over the framed records of a buffer that must contain only whole, valid records
 /// (a decompressed frame). Stops at the first error.
 pub fn records(mut buf: &[u8]) -> impl Iterator<Item = Result<BatchRecord, RecordError>> + '_ {
@@ -236,6 +249,14 @@ mod tests {
         buf.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
         buf.extend_from_slice(&payload);
         assert_eq!(decode_record(&buf).unwrap(), rec);
+    }
+
+    #[test]
+    fn peek_tenant_reads_only_the_prefix() {
+        let mut buf = Vec::new();
+        encode_record(&BatchRecord { tenant: "globex".into(), ..sample(3) }, &mut buf).unwrap();
+        assert_eq!(peek_tenant(&buf), Ok("globex"));
+        assert_eq!(peek_tenant(&buf[..buf.len() - 1]), Err(RecordError::Incomplete));
     }
 
     #[test]
