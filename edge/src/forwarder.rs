@@ -15,6 +15,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -25,6 +26,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::ForwarderConfig;
+use crate::metrics::EdgeMetrics;
 use crate::routing::Rendezvous;
 use crate::wal::{Position, ReadOutcome, WalReader};
 
@@ -109,6 +111,7 @@ pub struct Forwarder {
     routing: Rendezvous,
     nodes: Vec<NodeState>,
     reader: WalReader,
+    metrics: Arc<EdgeMetrics>,
     /// Where the next frame is read from: at or past the acked position.
     next: Position,
     in_flight: VecDeque<Pending>,
@@ -121,6 +124,7 @@ impl Forwarder {
         edge_id: String,
         reader: WalReader,
         client: quinn::ClientConfig,
+        metrics: Arc<EdgeMetrics>,
     ) -> std::io::Result<Self> {
         let routing = config.routing();
         let ipv6 = routing.nodes().iter().any(|n| n.addr.is_ipv6());
@@ -135,6 +139,7 @@ impl Forwarder {
             nodes: routing.nodes().iter().map(|_| NodeState::default()).collect(),
             routing,
             reader,
+            metrics,
             next,
             in_flight: VecDeque::new(),
             backoff: MIN_BACKOFF,
@@ -177,6 +182,8 @@ impl Forwarder {
 
     /// Tops up the window of frames in flight, then settles the oldest one.
     async fn step(&mut self, stop: &mut watch::Receiver<bool>) -> std::io::Result<Step> {
+        let frames = self.in_flight.iter().filter(|p| matches!(p, Pending::Frame { .. })).count();
+        self.metrics.forwarder_frames_in_flight.set(frames as i64);
         if *stop.borrow() {
             return Ok(Step::Stop);
         }
@@ -256,6 +263,8 @@ impl Forwarder {
                     Ok(()) => {
                         tokio::task::block_in_place(|| self.reader.ack(Position { segment, offset: end }))?;
                         tracing::debug!(segment, start, end, records, "forwarder: frame acked");
+                        self.metrics.forwarded_records.inc_by(u64::from(records));
+                        self.metrics.forwarded_bytes.inc_by(end - start);
                         self.backoff = MIN_BACKOFF;
                     }
                     Err((_, SendError::Rejected(reason))) => {

@@ -144,6 +144,9 @@ async fn request_context(State(state): State<Arc<AppState>>, mut req: Request, n
         trace_id = trace.as_ref().map(|(t, _)| t.as_str()).unwrap_or(""),
         method = %req.method(),
         path = %req.uri().path(),
+        // Filled in once known, so every log line of the request carries them.
+        tenant_id = tracing::field::Empty,
+        batch_id = tracing::field::Empty,
     );
     let mut resp = next.run(req).instrument(span).await;
     let code = resp.extensions().get::<ErrorCode>().map_or("ok", |c| c.0);
@@ -376,6 +379,7 @@ async fn ingest(
 ) -> Result<Response, ApiError> {
     let request_id = request_id.to_str().unwrap_or("");
     let caller = authenticate(&state, &headers, &uri)?;
+    tracing::Span::current().record("tenant_id", caller.principal.tenant.as_str());
     let tenant = caller.principal.tenant.clone();
 
     let idem_key = headers.get(IDEMPOTENCY_KEY).map(|v| v.to_str().unwrap_or(""));
@@ -424,6 +428,7 @@ async fn ingest(
         }
     };
 
+    tracing::Span::current().record("batch_id", tracing::field::display(batch_id));
     let prepared = prepare(&state, &caller, &raw, &headers, batch_id).map_err(|e| prepare_error(e, &state.limits))?;
     let received_at_ms = prepared.received_at_ms;
     let ingest::WalBatch { accepted, rejected, bytes } = prepared
@@ -475,6 +480,7 @@ async fn debug(
     body: Body,
 ) -> Result<Response, ApiError> {
     let caller = authenticate(&state, &headers, &uri)?;
+    tracing::Span::current().record("tenant_id", caller.principal.tenant.as_str());
     if state.debug_limiter.check_key(&caller.principal.key_id).is_err() {
         let mut err = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,

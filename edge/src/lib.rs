@@ -80,7 +80,7 @@ pub async fn start(config: EdgeConfig) -> Result<Edge, StartError> {
     let forwarder = if config.forwarder.enabled {
         let f = &config.forwarder;
         let client = tls::quic_client_config(&f.ca_cert, f.client_cert.as_deref(), f.client_key.as_deref())?;
-        let fwd = forwarder::Forwarder::new(f.clone(), config.edge_id.clone(), reader, client)
+        let fwd = forwarder::Forwarder::new(f.clone(), config.edge_id.clone(), reader, client, metrics.clone())
             .map_err(StartError::Endpoint)?;
         Some(tokio::spawn(fwd.run(stop_rx.clone())))
     } else {

@@ -19,6 +19,11 @@ pub struct EdgeMetrics {
     pub responses: IntCounterVec,
     /// Time from handing a batch to the WAL until its group's `fdatasync` returned.
     pub enqueue_latency: Histogram,
+    /// Frames sent to core and not yet acknowledged.
+    pub forwarder_frames_in_flight: IntGauge,
+    /// Records and WAL bytes core acknowledged (rate = forwarding throughput).
+    pub forwarded_records: IntCounter,
+    pub forwarded_bytes: IntCounter,
 }
 
 impl EdgeMetrics {
@@ -37,8 +42,24 @@ impl EdgeMetrics {
         registry.register(Box::new(accepted_events.clone()))?;
         registry.register(Box::new(responses.clone()))?;
         registry.register(Box::new(enqueue_latency.clone()))?;
+        let forwarder_frames_in_flight =
+            IntGauge::new("sluice_edge_forwarder_frames_in_flight", "Frames sent to core, awaiting its ack")?;
+        let forwarded_records =
+            IntCounter::new("sluice_edge_forwarded_records_total", "WAL records acknowledged by core")?;
+        let forwarded_bytes = IntCounter::new("sluice_edge_forwarded_bytes_total", "WAL bytes acknowledged by core")?;
+        registry.register(Box::new(forwarder_frames_in_flight.clone()))?;
+        registry.register(Box::new(forwarded_records.clone()))?;
+        registry.register(Box::new(forwarded_bytes.clone()))?;
         registry.register(Box::new(WalCollector::new(wal)?))?;
-        Ok(Self { registry, accepted_events, responses, enqueue_latency })
+        Ok(Self {
+            registry,
+            accepted_events,
+            responses,
+            enqueue_latency,
+            forwarder_frames_in_flight,
+            forwarded_records,
+            forwarded_bytes,
+        })
     }
 
     /// Registers a metric owned by another module (forwarder, limits, replication).

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use sluice_tests::http::{events_body, post_events};
 use sluice_tests::kafka::{TestKafka, consume};
-use sluice_tests::metrics::{sample, scrape, wait_for_sample};
+use sluice_tests::metrics::{sample, wait_for_sample};
 use sluice_tests::procs::{EdgeOpts, Proc, TestEnv, bin_path};
 use sluice_tests::{free_tcp_addr, free_udp_addr};
 
@@ -101,7 +101,8 @@ fn array_ndjson_and_gzip_bodies_arrive_once_normalized() {
     assert_eq!(dead[0].headers["tenant"], "acme");
 
     // Both admin ports report the traffic: 9 accepted at the edge, 9 + 1 dead letter delivered.
-    let edge = scrape(edge_admin);
+    // Three events records and one dead-letter record acked by core.
+    let edge = wait_for_sample(edge_admin, "sluice_edge_forwarded_records_total", "", 4.0);
     assert_eq!(sample(&edge, "sluice_edge_accepted_events_total", ""), Some(9.0), "{edge}");
     assert_eq!(sample(&edge, "sluice_edge_responses_total", r#"code="ok",status="202""#), Some(3.0), "{edge}");
     let core = wait_for_sample(core_admin, "sluice_core_delivered_events_total", r#"stream="events""#, 9.0);
