@@ -16,6 +16,7 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -58,7 +59,15 @@ enum Step {
 /// watermark only ever covers a contiguous prefix of the WAL, whatever order core answers in.
 enum Pending {
     /// A frame on the wire; done means core answered `Stored` for `[start, end)`.
-    Frame { segment: u64, start: u64, end: u64, records: u32, reply: JoinHandle<Result<(), NodeError>> },
+    /// `first_received_ms` is the edge receipt time of its first record (for the lag metric).
+    Frame {
+        segment: u64,
+        start: u64,
+        end: u64,
+        records: u32,
+        first_received_ms: u64,
+        reply: JoinHandle<Result<(), NodeError>>,
+    },
     /// The reader moved from a finished segment to `0`; acking it deletes the old segment.
     SegmentEnd(Position),
 }
@@ -184,6 +193,14 @@ impl Forwarder {
     async fn step(&mut self, stop: &mut watch::Receiver<bool>) -> std::io::Result<Step> {
         let frames = self.in_flight.iter().filter(|p| matches!(p, Pending::Frame { .. })).count();
         self.metrics.forwarder_frames_in_flight.set(frames as i64);
+        // The oldest frame in flight starts at the acked position. With none in flight (after a
+        // failure) the last value stands: that data is still unacked.
+        if let Some(ms) = self.in_flight.iter().find_map(|p| match p {
+            Pending::Frame { first_received_ms, .. } => Some(*first_received_ms),
+            Pending::SegmentEnd(_) => None,
+        }) {
+            self.metrics.oldest_unacked_ms.store(ms, Ordering::Relaxed);
+        }
         if *stop.borrow() {
             return Ok(Step::Stop);
         }
@@ -206,6 +223,12 @@ impl Forwarder {
                     break;
                 }
                 ReadOutcome::Records { segment, start, end, data, count } => {
+                    let first_received_ms = record::peek_prefix(&data).map_or(0, |p| p.received_at_ms);
+                    if self.in_flight.is_empty() {
+                        // Nothing in flight: this frame starts at the acked position, so its first
+                        // record is the oldest unacked one even if it cannot be sent now.
+                        self.metrics.oldest_unacked_ms.store(first_received_ms, Ordering::Relaxed);
+                    }
                     let parts = match self.route(data, count).await {
                         Ok(p) => p,
                         Err((node, e)) => return Ok(self.failed(node, e, stop).await),
@@ -229,12 +252,21 @@ impl Forwarder {
                     let reply = tokio::spawn(async move {
                         futures::future::join_all(sends).await.into_iter().collect::<Result<(), NodeError>>()
                     });
-                    self.in_flight.push_back(Pending::Frame { segment, start, end, records: count, reply });
+                    self.in_flight.push_back(Pending::Frame {
+                        segment,
+                        start,
+                        end,
+                        records: count,
+                        first_received_ms,
+                        reply,
+                    });
                     self.next = Position { segment, offset: end };
                 }
             }
         }
         let Some(oldest) = self.in_flight.pop_front() else {
+            // Everything read is acked and the reader is at the end: nothing is waiting.
+            self.metrics.oldest_unacked_ms.store(0, Ordering::Relaxed);
             let from = self.next;
             tokio::select! {
                 alive = self.reader.wait_past(from) => if !alive { return Ok(Step::Stop) },
@@ -244,14 +276,21 @@ impl Forwarder {
         };
         match oldest {
             Pending::SegmentEnd(next) => tokio::task::block_in_place(|| self.reader.ack(next))?,
-            Pending::Frame { segment, start, end, records, mut reply } => {
+            Pending::Frame { segment, start, end, records, first_received_ms, mut reply } => {
                 let window_open = self.in_flight.len() + 1 < self.config.max_in_flight.max(1);
                 let from = self.next;
                 let result = tokio::select! {
                     r = &mut reply => r.unwrap_or_else(|e| Err((0, SendError::Stream(format!("send task: {e}"))))),
                     // New data while the window has room: send it now rather than after this ack.
                     alive = self.reader.wait_past(from), if window_open => {
-                        self.in_flight.push_front(Pending::Frame { segment, start, end, records, reply });
+                        self.in_flight.push_front(Pending::Frame {
+                            segment,
+                            start,
+                            end,
+                            records,
+                            first_received_ms,
+                            reply,
+                        });
                         return Ok(if alive { Step::Continue } else { Step::Stop });
                     }
                     _ = stop.changed() => {
@@ -321,7 +360,7 @@ impl Forwarder {
                 let bad = |e: record::RecordError| (0, SendError::Encode(e.to_string()));
                 let len =
                     record::check_record(rest).map_err(bad)?.ok_or_else(|| bad(record::RecordError::Incomplete))?;
-                let tenant = record::peek_tenant(&rest[..len]).map_err(bad)?;
+                let tenant = record::peek_prefix(&rest[..len]).map_err(bad)?.tenant;
                 // Every node down: fail this attempt (the caller backs off) until a probe succeeds.
                 let Some(node) = self.routing.pick(tenant, |i| !down[i]) else {
                     return Err((usize::MAX, SendError::Connect("every core node is down".into())));

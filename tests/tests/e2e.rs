@@ -110,3 +110,34 @@ fn array_ndjson_and_gzip_bodies_arrive_once_normalized() {
     assert!(sample(&core, "sluice_core_frames_total", r#"ack="stored""#).is_some_and(|n| n >= 1.0), "{core}");
     assert_eq!(sample(&core, "sluice_core_events_in_delivery", ""), Some(0.0), "{core}");
 }
+
+/// The edge's broker-lag metrics: while core is away the unacked WAL bytes and the age of the
+/// oldest unacked record grow; once core is back and has acked everything the age drops to 0.
+#[test]
+fn wal_lag_metrics_rise_while_core_is_away_and_clear_after() {
+    let kafka = TestKafka::start();
+    let env = TestEnv::new("lag");
+    kafka.create_topic(&env.topic(), 1);
+    let (core_addr, http, admin) = (free_udp_addr(), free_tcp_addr(), free_tcp_addr());
+    let opts = EdgeOpts { extra_toml: format!("[admin]\nlisten = \"{admin}\"\n"), ..EdgeOpts::default() };
+    let _edge = env.spawn_edge_with(http, core_addr, &opts);
+    let (body, ids) = events_body("lag", 5);
+    assert_eq!(post_events(http, &env.key, "application/json", &[], &body).status, 202);
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let text = loop {
+        let text = sluice_tests::metrics::scrape(admin);
+        if sample(&text, "sluice_edge_wal_oldest_unacked_age_seconds", "").is_some_and(|age| age >= 1.5) {
+            break text;
+        }
+        assert!(std::time::Instant::now() < deadline, "lag age never grew:\n{text}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(sample(&text, "sluice_edge_wal_unforwarded_bytes", "").is_some_and(|b| b > 0.0), "{text}");
+    assert_eq!(sample(&text, "sluice_edge_forwarded_records_total", ""), Some(0.0), "{text}");
+
+    let _core = env.spawn_core(core_addr, &kafka.brokers);
+    let msgs = consume(&kafka.brokers, &env.topic(), ids.len(), Duration::from_secs(60), Duration::from_secs(1));
+    assert_eq!(msgs.len(), ids.len());
+    wait_for_sample(admin, "sluice_edge_wal_oldest_unacked_age_seconds", "", 0.0);
+}

@@ -136,14 +136,22 @@ pub fn decode_record(buf: &[u8]) -> Result<BatchRecord, RecordError> {
     }
 }
 
-/// The tenant of one complete framed record, without decoding its events: routing needs only
-/// this, and every version so far starts with `batch_id, tenant`.
-pub fn peek_tenant(buf: &[u8]) -> Result<&str, RecordError> {
+/// The leading fields of a record, read without decoding its events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordPrefix<'a> {
+    pub tenant: &'a str,
+    pub received_at_ms: u64,
+}
+
+/// The tenant and receive time of one complete framed record, without decoding its events
+/// (routing and lag tracking need only these). Every version so far starts with
+/// `batch_id, tenant, env, region, received_at_ms`.
+pub fn peek_prefix(buf: &[u8]) -> Result<RecordPrefix<'_>, RecordError> {
     let total = check_record(buf)?.ok_or(RecordError::Incomplete)?;
     let payload = &buf[HEADER_LEN..total];
     match payload[0] {
-        1 | RECORD_VERSION => postcard::take_from_bytes::<(Uuid, &str)>(&payload[1..])
-            .map(|((_, tenant), _)| tenant)
+        1 | RECORD_VERSION => postcard::take_from_bytes::<(Uuid, &str, &str, &str, u64)>(&payload[1..])
+            .map(|((_, tenant, _, _, received_at_ms), _)| RecordPrefix { tenant, received_at_ms })
             .map_err(|e| RecordError::Body(e.to_string())),
         v => Err(RecordError::UnknownVersion(v)),
     }
@@ -252,11 +260,11 @@ mod tests {
     }
 
     #[test]
-    fn peek_tenant_reads_only_the_prefix() {
+    fn peek_prefix_reads_tenant_and_receive_time() {
         let mut buf = Vec::new();
-        encode_record(&BatchRecord { tenant: "globex".into(), ..sample(3) }, &mut buf).unwrap();
-        assert_eq!(peek_tenant(&buf), Ok("globex"));
-        assert_eq!(peek_tenant(&buf[..buf.len() - 1]), Err(RecordError::Incomplete));
+        encode_record(&BatchRecord { tenant: "globex".into(), received_at_ms: 42, ..sample(3) }, &mut buf).unwrap();
+        assert_eq!(peek_prefix(&buf), Ok(RecordPrefix { tenant: "globex", received_at_ms: 42 }));
+        assert_eq!(peek_prefix(&buf[..buf.len() - 1]), Err(RecordError::Incomplete));
     }
 
     #[test]
