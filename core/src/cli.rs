@@ -27,7 +27,7 @@ pub struct Args {
     #[arg(long, env = "SLUICE_CORE_ADMIN_LISTEN")]
     pub admin_listen: Option<SocketAddr>,
     /// Log as JSON lines.
-    #[arg(long, env = "SLUICE_LOG_JSON")]
+    #[arg(long, env = "SLUICE_LOG_JSON", value_parser = clap::builder::BoolishValueParser::new())]
     pub log_json: bool,
 }
 
