@@ -177,7 +177,8 @@ impl Replication {
         let f = &config.forwarder;
         let takeover = if f.enabled {
             let tls = tls::quic_client_config(&f.ca_cert, f.client_cert.as_deref(), f.client_key.as_deref())?;
-            Some(server::TakeoverConfig { forwarder: f.clone(), tls })
+            let metrics = Arc::new(EdgeMetrics::new(wal.clone())?);
+            Some(server::TakeoverConfig { forwarder: f.clone(), tls, metrics })
         } else {
             None
         };

@@ -37,6 +37,9 @@ const STOP_GRACE: Duration = Duration::from_millis(300);
 pub struct TakeoverConfig {
     pub forwarder: ForwarderConfig,
     pub tls: quinn::ClientConfig,
+    /// A registry of its own (not served): a takeover forwarder's gauges (frames in flight,
+    /// oldest unacked age) must not overwrite those of this edge's own forwarder.
+    pub metrics: Arc<crate::metrics::EdgeMetrics>,
 }
 
 pub struct ReplicaStore {
@@ -213,7 +216,7 @@ impl ReplicaStore {
                 return;
             }
         };
-        let fwd = match Forwarder::new(t.forwarder.clone(), e.node_id.clone(), reader, t.tls.clone()) {
+        let fwd = match Forwarder::new(t.forwarder.clone(), e.node_id.clone(), reader, t.tls.clone(), t.metrics.clone()) {
             Ok(f) => f,
             Err(err) => {
                 tracing::error!(origin = %e.node_id, error = %err, "replica: cannot start the takeover forwarder");
