@@ -1,12 +1,13 @@
 //! The origin side: ships every group commit to the POP's peers and tells the WAL writer when
 //! enough of them have it durable.
 //!
-//! One task per peer sends that peer's messages strictly one after another (an append and the
+//! One task per peer sends that peer's appends strictly one after another (an append and the
 //! next one can never be reordered on the way, which the replica's overwrite rule relies on) and
-//! merges appends that queued up meanwhile into one message. Between appends it sends a
-//! heartbeat: the origin's ack watermark (the replica trims by it) and the proof of life that
-//! holds the replica's takeover lease off. A peer that fails is skipped for a backoff, so a dead
-//! peer costs `ack_timeout_ms` at most once per backoff instead of on every group.
+//! merges appends that queued up meanwhile into one message. A peer that fails is skipped for a
+//! backoff, so a dead peer costs `ack_timeout_ms` at most once per backoff instead of on every
+//! group. A second task per peer, on its own connection, sends heartbeats: the origin's ack
+//! watermark (the replica trims by it) and the proof of life that holds the replica's takeover
+//! lease off. Heartbeats to a peer that does not answer never hold up appends.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -77,22 +78,27 @@ impl Replicator {
             .iter()
             .map(|peer| {
                 let (tx, rx) = mpsc::unbounded_channel();
-                let task = PeerTask {
+                let link = || PeerLink {
                     peer: peer.clone(),
                     server_name: p.server_name.clone(),
                     endpoint: endpoint.clone(),
                     conn: None,
+                    timeout: p.timeout,
+                };
+                let confirmed = Arc::new(Mutex::new(Position::default()));
+                let task = PeerTask {
+                    link: link(),
                     node_id: p.node_id.clone(),
                     wal: wal.clone(),
                     wal_dir: p.wal_dir.clone(),
-                    timeout: p.timeout,
                     down_until: None,
                     backoff: MIN_BACKOFF,
                     seq,
-                    confirmed: Position::default(),
-                    metrics: metrics.clone(),
+                    confirmed: confirmed.clone(),
                 };
-                tokio::spawn(task.run(rx, p.heartbeat));
+                tokio::spawn(task.run(rx));
+                let beat = Heartbeat { link: link(), node_id: p.node_id.clone(), wal: wal.clone(), confirmed, metrics: metrics.clone() };
+                tokio::spawn(beat.run(p.heartbeat));
                 tx
             })
             .collect();
@@ -184,44 +190,81 @@ impl DegradedClock {
     }
 }
 
-struct PeerTask {
+/// One connection to a peer and the one-message-per-stream exchange.
+struct PeerLink {
     peer: PeerConfig,
     server_name: String,
     endpoint: quinn::Endpoint,
     conn: Option<quinn::Connection>,
+    timeout: Duration,
+}
+
+impl PeerLink {
+    /// One message on its own stream, bounded by the ack timeout (connecting included). A
+    /// failure drops the connection, so the next exchange reconnects.
+    async fn exchange(&mut self, msg: &PeerMessage) -> Result<PeerReply, String> {
+        let bytes = proto::encode_message(msg).map_err(|e| e.to_string())?;
+        let timeout = self.timeout;
+        let result = tokio::time::timeout(timeout, async {
+            let conn = self.connection().await?;
+            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+            send.write_all(&bytes).await.map_err(|e| e.to_string())?;
+            send.finish().map_err(|e| e.to_string())?;
+            let reply = recv.read_to_end(64 * 1024).await.map_err(|e| e.to_string())?;
+            proto::decode_reply(&reply).map_err(|e| e.to_string())
+        })
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")));
+        if result.is_err() {
+            self.conn = None;
+        }
+        result
+    }
+
+    async fn connection(&mut self) -> Result<quinn::Connection, String> {
+        if let Some(c) = &self.conn
+            && c.close_reason().is_none()
+        {
+            return Ok(c.clone());
+        }
+        let conn = self
+            .endpoint
+            .connect(self.peer.addr, &self.server_name)
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| e.to_string())?;
+        tracing::debug!(peer = %self.peer.id, addr = %self.peer.addr, "replication: connected to peer");
+        self.conn = Some(conn.clone());
+        Ok(conn)
+    }
+}
+
+fn origin(node_id: &str, wal: &WalSlot) -> Option<Origin> {
+    Some(Origin { node_id: node_id.to_string(), wal_id: wal.get()?.id() })
+}
+
+/// Sends one peer its appends, in order.
+struct PeerTask {
+    link: PeerLink,
     node_id: String,
     wal: WalSlot,
     wal_dir: PathBuf,
-    timeout: Duration,
     down_until: Option<Instant>,
     backoff: Duration,
     seq: u64,
-    /// End of what this peer has confirmed durable.
-    confirmed: Position,
-    metrics: Arc<ReplicationMetrics>,
+    /// End of what this peer has confirmed durable (read by the heartbeat for the lag gauge).
+    confirmed: Arc<Mutex<Position>>,
 }
 
 impl PeerTask {
-    async fn run(mut self, mut jobs: mpsc::UnboundedReceiver<Job>, heartbeat: Duration) {
-        let mut tick = tokio::time::interval(heartbeat);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                job = jobs.recv() => {
-                    let Some(job) = job else { return };
-                    let mut batch = vec![job];
-                    while let Ok(more) = jobs.try_recv() {
-                        batch.push(more);
-                    }
-                    self.appends(batch).await;
-                }
-                _ = tick.tick() => self.heartbeat().await,
+    async fn run(mut self, mut jobs: mpsc::UnboundedReceiver<Job>) {
+        while let Some(job) = jobs.recv().await {
+            let mut batch = vec![job];
+            while let Ok(more) = jobs.try_recv() {
+                batch.push(more);
             }
+            self.appends(batch).await;
         }
-    }
-
-    fn origin(&self) -> Option<Origin> {
-        Some(Origin { node_id: self.node_id.clone(), wal_id: self.wal.get()?.id() })
     }
 
     /// Sends queued groups, merging runs that are contiguous in the WAL into one message.
@@ -269,20 +312,20 @@ impl PeerTask {
     }
 
     async fn append(&mut self, at: Position, bytes: Vec<u8>) -> Result<(), String> {
-        let origin = self.origin().ok_or("WAL not open yet")?;
+        let origin = origin(&self.node_id, &self.wal).ok_or("WAL not open yet")?;
         let end = Position { segment: at.segment, offset: at.offset + bytes.len() as u64 };
         self.seq += 1;
         let msg = PeerMessage::Append { origin: origin.clone(), seq: self.seq, segment: at.segment, offset: at.offset, bytes };
-        match self.exchange(&msg).await? {
+        match self.link.exchange(&msg).await? {
             PeerReply::Stored => {}
             PeerReply::Behind { segment, have } if segment == at.segment && have < at.offset => {
-                tracing::info!(peer = %self.peer.id, segment, from = have, to = at.offset,
+                tracing::info!(peer = %self.link.peer.id, segment, from = have, to = at.offset,
                     "replication: peer is behind; sending it the missing bytes of the segment");
                 self.backfill(&origin, segment, have, at.offset).await?;
                 self.seq += 1;
                 let PeerMessage::Append { bytes, .. } = msg else { unreachable!("built above") };
                 let again = PeerMessage::Append { origin, seq: self.seq, segment: at.segment, offset: at.offset, bytes };
-                match self.exchange(&again).await? {
+                match self.link.exchange(&again).await? {
                     PeerReply::Stored => {}
                     other => return Err(format!("after backfill: {other:?}")),
                 }
@@ -292,8 +335,11 @@ impl PeerTask {
             }
             PeerReply::Refused { reason } => return Err(format!("refused: {reason}")),
         }
-        self.confirmed = end;
-        self.healthy();
+        *self.confirmed.lock().unwrap_or_else(PoisonError::into_inner) = end;
+        if self.down_until.take().is_some() {
+            tracing::info!(peer = %self.link.peer.id, "replication: peer reachable again");
+        }
+        self.backoff = MIN_BACKOFF;
         Ok(())
     }
 
@@ -326,7 +372,7 @@ impl PeerTask {
                 offset: from + start as u64,
                 bytes: data[start..end].to_vec(),
             };
-            match self.exchange(&msg).await? {
+            match self.link.exchange(&msg).await? {
                 PeerReply::Stored => start = end,
                 other => return Err(format!("backfill: {other:?}")),
             }
@@ -334,71 +380,47 @@ impl PeerTask {
         Ok(())
     }
 
-    async fn heartbeat(&mut self) {
-        let Some(wal) = self.wal.get() else { return };
-        let (acked, committed) = (wal.acked(), wal.committed());
-        let lag = if self.confirmed.segment == committed.segment {
-            committed.offset.saturating_sub(self.confirmed.offset)
-        } else {
-            committed.offset
-        };
-        self.metrics.lag_bytes.with_label_values(&[&self.peer.id]).set(i64::try_from(lag).unwrap_or(i64::MAX));
-        let Some(origin) = self.origin() else { return };
-        let msg = PeerMessage::Heartbeat { origin, acked: wire(acked) };
-        match self.exchange(&msg).await {
-            Ok(PeerReply::Stored) => self.healthy(),
-            Ok(other) => self.failed(&format!("heartbeat: {other:?}")),
-            Err(e) => self.failed(&e),
-        }
-    }
-
-    fn healthy(&mut self) {
-        if self.down_until.take().is_some() {
-            tracing::info!(peer = %self.peer.id, "replication: peer reachable again");
-        }
-        self.backoff = MIN_BACKOFF;
-    }
-
     fn failed(&mut self, error: &str) {
         if self.down_until.is_none() {
-            tracing::warn!(peer = %self.peer.id, addr = %self.peer.addr, error, "replication: peer unreachable");
+            tracing::warn!(peer = %self.link.peer.id, addr = %self.link.peer.addr, error, "replication: peer unreachable");
         }
-        self.conn = None;
         self.down_until = Some(Instant::now() + self.backoff);
         self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
     }
+}
 
-    /// One message on its own stream, bounded by the ack timeout (connecting included).
-    async fn exchange(&mut self, msg: &PeerMessage) -> Result<PeerReply, String> {
-        let bytes = proto::encode_message(msg).map_err(|e| e.to_string())?;
-        let timeout = self.timeout;
-        let result = tokio::time::timeout(timeout, async {
-            let conn = self.connection().await?;
-            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-            send.write_all(&bytes).await.map_err(|e| e.to_string())?;
-            send.finish().map_err(|e| e.to_string())?;
-            let reply = recv.read_to_end(64 * 1024).await.map_err(|e| e.to_string())?;
-            proto::decode_reply(&reply).map_err(|e| e.to_string())
-        })
-        .await;
-        result.unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")))
-    }
+/// Sends one peer the origin's watermark periodically (trimming, and the takeover lease).
+struct Heartbeat {
+    link: PeerLink,
+    node_id: String,
+    wal: WalSlot,
+    confirmed: Arc<Mutex<Position>>,
+    metrics: Arc<ReplicationMetrics>,
+}
 
-    async fn connection(&mut self) -> Result<quinn::Connection, String> {
-        if let Some(c) = &self.conn
-            && c.close_reason().is_none()
-        {
-            return Ok(c.clone());
+impl Heartbeat {
+    async fn run(mut self, every: Duration) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(wal) = self.wal.get() else { continue };
+            let (acked, committed) = (wal.acked(), wal.committed());
+            let confirmed = *self.confirmed.lock().unwrap_or_else(PoisonError::into_inner);
+            let lag = if confirmed.segment == committed.segment {
+                committed.offset.saturating_sub(confirmed.offset)
+            } else {
+                committed.offset
+            };
+            self.metrics.lag_bytes.with_label_values(&[&self.link.peer.id]).set(i64::try_from(lag).unwrap_or(i64::MAX));
+            let Some(origin) = origin(&self.node_id, &self.wal) else { continue };
+            let msg = PeerMessage::Heartbeat { origin, acked: wire(acked) };
+            match self.link.exchange(&msg).await {
+                Ok(PeerReply::Stored) => {}
+                Ok(other) => tracing::debug!(peer = %self.link.peer.id, reply = ?other, "replication: heartbeat refused"),
+                Err(e) => tracing::debug!(peer = %self.link.peer.id, error = %e, "replication: heartbeat failed"),
+            }
         }
-        let conn = self
-            .endpoint
-            .connect(self.peer.addr, &self.server_name)
-            .map_err(|e| e.to_string())?
-            .await
-            .map_err(|e| e.to_string())?;
-        tracing::info!(peer = %self.peer.id, addr = %self.peer.addr, "replication: connected to peer");
-        self.conn = Some(conn.clone());
-        Ok(conn)
     }
 }
 
