@@ -78,11 +78,17 @@ pub fn quic_client_config_for(
 
 /// Server config for the replication listener: this edge's certificate, and peers must present a
 /// certificate signed by `client_ca` (mutual TLS).
-pub fn quic_server_config(alpn: &[u8], cert: &Path, key: &Path, client_ca: &Path) -> Result<quinn::ServerConfig, TlsError> {
+pub fn quic_server_config(
+    alpn: &[u8],
+    cert: &Path,
+    key: &Path,
+    client_ca: &Path,
+) -> Result<quinn::ServerConfig, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots(client_ca)?), provider.clone())
-        .build()
-        .map_err(|e| TlsError::Quic(e.to_string()))?;
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots(client_ca)?), provider.clone())
+            .build()
+            .map_err(|e| TlsError::Quic(e.to_string()))?;
     let mut crypto = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)

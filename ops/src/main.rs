@@ -201,8 +201,11 @@ fn run_dev(opts: DevOptions) -> anyhow::Result<()> {
         println!("Sluice dev pipeline is up.");
         println!("  edge HTTP : http://{}", pipeline.edge.http_addr);
         for peer in &pipeline.peers {
-            println!("  edge HTTP : http://{} (replicas on {})", peer.http_addr,
-                peer.replication_addr.map_or_else(|| "-".into(), |a| a.to_string()));
+            println!(
+                "  edge HTTP : http://{} (replicas on {})",
+                peer.http_addr,
+                peer.replication_addr.map_or_else(|| "-".into(), |a| a.to_string())
+            );
         }
         println!("  core QUIC : {}", pipeline.core.addr);
         println!("  API key   : {}", pipeline.api_key);

@@ -30,8 +30,14 @@ async fn three_edges_replicate_to_each_other() {
             let auth = format!("Bearer {key}");
             let deadline = Instant::now() + Duration::from_secs(15);
             loop {
-                let r = sluice_tests::http::request(*addr, "POST", "/v1/events", &[("Authorization", &auth)], body(i).as_bytes())
-                    .unwrap();
+                let r = sluice_tests::http::request(
+                    *addr,
+                    "POST",
+                    "/v1/events",
+                    &[("Authorization", &auth)],
+                    body(i).as_bytes(),
+                )
+                .unwrap();
                 if r.status == 202 {
                     break;
                 }

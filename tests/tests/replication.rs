@@ -47,7 +47,9 @@ impl Node {
         let r = sluice_tests::http::request(self.admin, "GET", "/metrics", &[], b"").expect("metrics");
         let text = String::from_utf8_lossy(&r.body).into_owned();
         text.lines()
-            .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
+            .find_map(|l| {
+                l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok())
+            })
             .unwrap_or_else(|| panic!("{name} not in /metrics:\n{text}"))
     }
 }

@@ -95,7 +95,8 @@ mod tests {
         for m in msgs {
             assert_eq!(decode_message(&encode_message(&m).unwrap()).unwrap(), m);
         }
-        for r in [PeerReply::Stored, PeerReply::Behind { segment: 1, have: 7 }, PeerReply::Refused { reason: "x".into() }]
+        for r in
+            [PeerReply::Stored, PeerReply::Behind { segment: 1, have: 7 }, PeerReply::Refused { reason: "x".into() }]
         {
             assert_eq!(decode_reply(&encode_reply(&r).unwrap()).unwrap(), r);
         }

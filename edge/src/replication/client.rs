@@ -97,7 +97,13 @@ impl Replicator {
                     confirmed: confirmed.clone(),
                 };
                 tokio::spawn(task.run(rx));
-                let beat = Heartbeat { link: link(), node_id: p.node_id.clone(), wal: wal.clone(), confirmed, metrics: metrics.clone() };
+                let beat = Heartbeat {
+                    link: link(),
+                    node_id: p.node_id.clone(),
+                    wal: wal.clone(),
+                    confirmed,
+                    metrics: metrics.clone(),
+                };
                 tokio::spawn(beat.run(p.heartbeat));
                 tx
             })
@@ -151,8 +157,13 @@ impl Replicate for Replicator {
                 metrics.unreplicated_groups.inc();
                 match mode {
                     DegradedMode::AllowLocal => {
-                        tracing::warn!(acks = got, needed = need, segment = at.segment, offset = at.offset,
-                            "replication: degraded, group accepted with the local copy only (allow_local)");
+                        tracing::warn!(
+                            acks = got,
+                            needed = need,
+                            segment = at.segment,
+                            offset = at.offset,
+                            "replication: degraded, group accepted with the local copy only (allow_local)"
+                        );
                         Ok(())
                     }
                     DegradedMode::Require => {
@@ -315,7 +326,13 @@ impl PeerTask {
         let origin = origin(&self.node_id, &self.wal).ok_or("WAL not open yet")?;
         let end = Position { segment: at.segment, offset: at.offset + bytes.len() as u64 };
         self.seq += 1;
-        let msg = PeerMessage::Append { origin: origin.clone(), seq: self.seq, segment: at.segment, offset: at.offset, bytes };
+        let msg = PeerMessage::Append {
+            origin: origin.clone(),
+            seq: self.seq,
+            segment: at.segment,
+            offset: at.offset,
+            bytes,
+        };
         match self.link.exchange(&msg).await? {
             PeerReply::Stored => {}
             PeerReply::Behind { segment, have } if segment == at.segment && have < at.offset => {
@@ -324,7 +341,8 @@ impl PeerTask {
                 self.backfill(&origin, segment, have, at.offset).await?;
                 self.seq += 1;
                 let PeerMessage::Append { bytes, .. } = msg else { unreachable!("built above") };
-                let again = PeerMessage::Append { origin, seq: self.seq, segment: at.segment, offset: at.offset, bytes };
+                let again =
+                    PeerMessage::Append { origin, seq: self.seq, segment: at.segment, offset: at.offset, bytes };
                 match self.link.exchange(&again).await? {
                     PeerReply::Stored => {}
                     other => return Err(format!("after backfill: {other:?}")),
@@ -417,7 +435,9 @@ impl Heartbeat {
             let msg = PeerMessage::Heartbeat { origin, acked: wire(acked) };
             match self.link.exchange(&msg).await {
                 Ok(PeerReply::Stored) => {}
-                Ok(other) => tracing::debug!(peer = %self.link.peer.id, reply = ?other, "replication: heartbeat refused"),
+                Ok(other) => {
+                    tracing::debug!(peer = %self.link.peer.id, reply = ?other, "replication: heartbeat refused")
+                }
                 Err(e) => tracing::debug!(peer = %self.link.peer.id, error = %e, "replication: heartbeat failed"),
             }
         }

@@ -187,16 +187,25 @@ impl Replication {
             server::ReplicaStore::open(&wal.dir().join("replica"), lease, takeover, self.metrics.clone())
         })?);
         tracing::info!(%addr, lease_secs = config.replication.lease_secs, "replication: serving replicas for peers");
-        Ok((Some(addr), vec![tokio::spawn(server::serve(endpoint, store.clone())), tokio::spawn(server::watch_leases(store))]))
+        Ok((
+            Some(addr),
+            vec![tokio::spawn(server::serve(endpoint, store.clone())), tokio::spawn(server::watch_leases(store))],
+        ))
     }
 }
 
 /// CA, certificate and key for the POP's mutual TLS, defaulting to the forwarder's.
-fn identity(config: &EdgeConfig) -> Result<(std::path::PathBuf, std::path::PathBuf, std::path::PathBuf), ReplicationError> {
+fn identity(
+    config: &EdgeConfig,
+) -> Result<(std::path::PathBuf, std::path::PathBuf, std::path::PathBuf), ReplicationError> {
     let r = &config.replication;
     let f = &config.forwarder;
     let ca = r.ca_cert.clone().unwrap_or_else(|| f.ca_cert.clone());
-    let missing = || ReplicationError::Config("needs a certificate and key (replication.cert/key or forwarder.client_cert/key)".into());
+    let missing = || {
+        ReplicationError::Config(
+            "needs a certificate and key (replication.cert/key or forwarder.client_cert/key)".into(),
+        )
+    };
     let cert = r.cert.clone().or_else(|| f.client_cert.clone()).ok_or_else(missing)?;
     let key = r.key.clone().or_else(|| f.client_key.clone()).ok_or_else(missing)?;
     Ok((ca, cert, key))

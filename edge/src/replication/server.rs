@@ -89,7 +89,10 @@ impl ReplicaStore {
                 let mirror = Mirror::open(&wal.path())?;
                 tracing::info!(origin = %node_id, wal_id = %format!("{wal_id:016x}"), end_segment = mirror.end().segment,
                     end_offset = mirror.end().offset, "replica: opened copy");
-                entries.insert((node_id.clone(), wal_id), Arc::new(tokio::sync::Mutex::new(Entry::new(node_id.clone(), wal_id, mirror))));
+                entries.insert(
+                    (node_id.clone(), wal_id),
+                    Arc::new(tokio::sync::Mutex::new(Entry::new(node_id.clone(), wal_id, mirror))),
+                );
             }
         }
         Ok(Self { root: root.to_path_buf(), lease, takeover, entries: Mutex::new(entries), metrics })
@@ -159,7 +162,9 @@ impl ReplicaStore {
             }
             PeerMessage::Heartbeat { acked, .. } => {
                 let to = Position { segment: acked.segment, offset: acked.offset };
-                tokio::task::block_in_place(|| e.mirror.trim(to)).map(|()| PeerReply::Stored).map_err(|io| io.to_string())
+                tokio::task::block_in_place(|| e.mirror.trim(to))
+                    .map(|()| PeerReply::Stored)
+                    .map_err(|io| io.to_string())
             }
         };
         result.unwrap_or_else(|reason| PeerReply::Refused { reason })
@@ -190,7 +195,9 @@ impl ReplicaStore {
                     self.entries.lock().unwrap_or_else(PoisonError::into_inner).remove(&key);
                     match tokio::task::block_in_place(|| std::fs::remove_dir_all(&dir)) {
                         Ok(()) => tracing::info!(dir = %dir.display(), "replica: orphaned copy forwarded and deleted"),
-                        Err(err) => tracing::warn!(dir = %dir.display(), error = %err, "replica: cannot delete the orphaned copy"),
+                        Err(err) => {
+                            tracing::warn!(dir = %dir.display(), error = %err, "replica: cannot delete the orphaned copy")
+                        }
                     }
                 } else {
                     e.stop_takeover("everything is acknowledged").await;
@@ -216,7 +223,8 @@ impl ReplicaStore {
                 return;
             }
         };
-        let fwd = match Forwarder::new(t.forwarder.clone(), e.node_id.clone(), reader, t.tls.clone(), t.metrics.clone()) {
+        let fwd = match Forwarder::new(t.forwarder.clone(), e.node_id.clone(), reader, t.tls.clone(), t.metrics.clone())
+        {
             Ok(f) => f,
             Err(err) => {
                 tracing::error!(origin = %e.node_id, error = %err, "replica: cannot start the takeover forwarder");

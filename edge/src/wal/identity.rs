@@ -15,7 +15,8 @@ const TMP: &str = "wal.id.tmp";
 pub fn load_or_create(dir: &Path) -> io::Result<u64> {
     match std::fs::read(dir.join(FILE)) {
         Ok(bytes) => {
-            let invalid = || io::Error::new(io::ErrorKind::InvalidData, format!("{} is corrupt", dir.join(FILE).display()));
+            let invalid =
+                || io::Error::new(io::ErrorKind::InvalidData, format!("{} is corrupt", dir.join(FILE).display()));
             let arr: [u8; 12] = bytes.as_slice().try_into().map_err(|_| invalid())?;
             let (id, crc) = arr.split_at(8);
             if crc32c::crc32c(id).to_le_bytes() != crc {

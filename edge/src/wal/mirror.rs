@@ -156,15 +156,18 @@ impl Mirror {
 
     /// Whether a takeover quarantined a segment of the copy (kept for an operator).
     pub fn has_quarantined(&self) -> bool {
-        std::fs::read_dir(&self.dir).into_iter().flatten().flatten().any(|e| {
-            e.path().extension().is_some_and(|x| x == super::QUARANTINE_EXT)
-        })
+        std::fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| e.path().extension().is_some_and(|x| x == super::QUARANTINE_EXT))
     }
 
     /// A reader over the copy for a takeover forwarder, starting at the stored watermark.
     pub fn reader(&self) -> io::Result<WalReader> {
         let acked = watermark::load(&self.dir)?.unwrap_or_default().max(self.acked);
-        let first = list_segments(&self.dir)?.first().map_or(self.end, |&(seq, _)| Position { segment: seq, offset: 0 });
+        let first =
+            list_segments(&self.dir)?.first().map_or(self.end, |&(seq, _)| Position { segment: seq, offset: 0 });
         // No writer thread: a quarantine of the last segment renames it directly, and the next
         // append from the origin then starts that segment afresh (or is told it is behind).
         let (writer, _) = std::sync::mpsc::channel();

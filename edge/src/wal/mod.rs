@@ -155,8 +155,7 @@ impl Wal {
         let shared = Arc::new(Shared::new(disk_bytes, reader_start));
         let start = Position { segment: next_seq, offset: 0 };
         let (committed_tx, committed_rx) = watch::channel(start);
-        let writer =
-            writer::Writer::create(config, next_seq, shared.clone(), committed_tx, replicate).map_err(err)?;
+        let writer = writer::Writer::create(config, next_seq, shared.clone(), committed_tx, replicate).map_err(err)?;
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new().name("wal-writer".into()).spawn(move || writer.run(rx)).map_err(err)?;
         tracing::info!(dir = %dir.display(), acked_segment = acked.segment, acked_offset = acked.offset,
