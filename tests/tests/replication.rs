@@ -167,6 +167,56 @@ fn node_and_disk_loss_is_covered_by_the_replica() {
     assert_log_clean(&_b_proc);
 }
 
+/// Takeover resends only what core had not acknowledged: `a` forwards a first phase fully (its
+/// watermark reaches `b` by heartbeat, and `b` trims), then core goes away, `a` accepts a second
+/// phase, and `a` dies with its disk. The restarted core (same dedupe index) must get the second
+/// phase from `b`, and see few first-phase batches again: a takeover from the start of the copy
+/// would resend all of them.
+#[test]
+fn takeover_resends_only_what_core_had_not_acked() {
+    let pop = Pop::new("repl-watermark");
+    let core_admin = free_tcp_addr();
+    let mut core = pop.env.spawn_core_node("core", pop.core_addr, &pop.kafka.brokers, core_admin);
+    let (a, b) = (Node::new("a"), Node::new("b"));
+    let b_proc = pop.edge(&b, &b.opts(&[("a", a.repl)], "require"));
+    let mut a_proc = pop.edge(&a, &a.opts(&[("b", b.repl)], "require"));
+    let collector = pop.collector();
+    let ledger = Ledger::new();
+    let driver = Driver::start(&ledger, a.http, &pop.env.key, "first", 2, BATCH, PAUSE);
+    wait_until("the first phase", Duration::from_secs(60), || ledger.requests("202") >= 100);
+    driver.stop();
+    let first_batches = ledger.requests("202");
+    assert!(collector.wait_for(&ledger.accepted(), Duration::from_secs(60)), "first phase not delivered");
+    // Heartbeats run every lease / 4: let `b` hear the final watermark.
+    std::thread::sleep(Duration::from_millis(LEASE_SECS * 1000));
+    core.kill9();
+    for i in 0..20 {
+        post_healthy(&ledger, &a, &pop.env.key, format!("second-{i}"));
+    }
+    a_proc.kill9();
+    std::fs::remove_dir_all(pop.env.node_wal_dir(Some("a"))).expect("deleting a's WAL");
+    let _core = pop.env.spawn_core_node("core", pop.core_addr, &pop.kafka.brokers, core_admin);
+    let healed = Instant::now();
+
+    let report = settle("R5 takeover after core acked a first phase", &ledger, collector, Some(healed));
+    report.assert_no_loss();
+    let core_metric = |name: &str| -> f64 {
+        let r = sluice_tests::http::request(core_admin, "GET", "/metrics", &[], b"").expect("core metrics");
+        String::from_utf8_lossy(&r.body)
+            .lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("{name} not in core's /metrics"))
+    };
+    let resent = core_metric("sluice_core_duplicate_batches_total");
+    eprintln!("takeover: core saw {resent} of {first_batches} first-phase batches again");
+    assert!(b_proc.log().contains("taking over"), "b never took over");
+    assert!(
+        resent < first_batches as f64 / 4.0,
+        "the takeover resent {resent} of {first_batches} batches core had acknowledged"
+    );
+    assert_log_clean(&b_proc);
+}
+
 /// The replica dies under `require`: once it is gone, no request to the origin gets a `202`
 /// (every one is `503` + `Retry-After`); when it returns, the origin accepts again.
 #[test]
