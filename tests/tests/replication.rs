@@ -290,6 +290,11 @@ fn replica_loss_with_allow_local_degrades() {
     }
     assert_eq!(a.metric("sluice_edge_replication_degraded"), 1.0);
     assert!(a.metric("sluice_edge_replication_unreplicated_groups_total") >= 1.0);
+    assert!(a.metric("sluice_edge_replication_ack_latency_seconds_count") >= 10.0, "acks before b died");
+    // The heartbeat task updates the lag every lease / 4.
+    wait_until("the replication lag to show", Duration::from_secs(10), || {
+        a.metric("sluice_edge_replication_lag_bytes{peer=\"b\"}") > 0.0
+    });
     assert!(a_proc.log().contains("degraded"), "no warning logged");
 
     let b_proc = pop.edge(&b, &b_opts);
@@ -299,6 +304,9 @@ fn replica_loss_with_allow_local_degrades() {
     });
     assert!(a.metric("sluice_edge_replication_degraded_seconds_total") > 0.0);
     assert!(a_proc.log().contains("sending it the missing bytes"), "b was not caught up:\n{}", a_proc.log());
+    wait_until("the replication lag to clear", Duration::from_secs(10), || {
+        a.metric("sluice_edge_replication_lag_bytes{peer=\"b\"}") == 0.0
+    });
 
     let report = settle("R3 replica down, allow_local", &ledger, collector, None);
     report.assert_no_loss();
