@@ -10,6 +10,7 @@ use sluice_wire::BatchRecord;
 use sluice_wire::frame;
 use sluice_wire::protocol::{self, Ack, MAX_COMPRESSED_LEN, MAX_HEADER_LEN};
 
+use crate::circuit::SinkCircuit;
 use crate::dedupe::DedupeIndex;
 use crate::sink::Sink;
 
@@ -17,11 +18,13 @@ pub struct Ingest {
     pub dedupe: Arc<dyn DedupeIndex>,
     pub sink: Sink,
     pub in_flight: Arc<BatchLocks>,
+    /// Open while the sink's deliveries fail: frames are then left unread.
+    pub circuit: SinkCircuit,
 }
 
 impl Ingest {
     pub fn new(dedupe: Arc<dyn DedupeIndex>, sink: Sink) -> Self {
-        Self { dedupe, sink, in_flight: Arc::default() }
+        Self { dedupe, sink, in_flight: Arc::default(), circuit: SinkCircuit::default() }
     }
 }
 
@@ -105,6 +108,8 @@ pub async fn serve(endpoint: quinn::Endpoint, ingest: Arc<Ingest>) {
 }
 
 async fn handle_stream(ingest: Arc<Ingest>, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+    // Not a byte is read while the sink's circuit is open (backpressure to the edges).
+    let _pass = ingest.circuit.pass().await;
     let ack = match recv.read_to_end(4 + MAX_HEADER_LEN + MAX_COMPRESSED_LEN).await {
         Ok(msg) => ingest.process(&msg).await,
         Err(e) => {
@@ -165,8 +170,10 @@ impl Ingest {
         if !fresh.is_empty() {
             if let Err(e) = self.sink.deliver(&fresh).await {
                 tracing::warn!(edge = %header.edge_id, segment = header.segment, error = %e, "core: sink refused frame; edge will resend");
+                self.circuit.failed();
                 return Ack::Retry { reason: e.to_string() };
             }
+            self.circuit.delivered();
             let ids: Vec<_> = fresh.iter().map(|b| b.batch_id).collect();
             let dedupe = self.dedupe.clone();
             // Recording after delivery: a crash in between re-delivers the frame (a duplicate with
