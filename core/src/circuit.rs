@@ -84,8 +84,12 @@ impl SinkCircuit {
             return;
         }
         let delay = b.on_failure(self.epoch.elapsed(), rand::random::<f64>());
-        tracing::warn!(failures = b.failures(), retry_in_ms = delay.as_millis() as u64, circuit = "open",
-            "core: sink deliveries failing; not reading or acking frames until a probe succeeds");
+        tracing::warn!(
+            failures = b.failures(),
+            retry_in_ms = delay.as_millis() as u64,
+            circuit = "open",
+            "core: sink deliveries failing; not reading or acking frames until a probe succeeds"
+        );
     }
 }
 

@@ -110,7 +110,8 @@ pub struct HttpConfig {
     pub allow_query_key: bool,
     /// Allowed clock skew for `X-Signature` timestamps, seconds. Default 300.
     pub signature_skew_secs: u64,
-    /// How often the keys file is checked for changes, milliseconds. Default 1000.
+    /// How often the keys file is checked for changes, milliseconds. Default 500, so a kill
+    /// switch or quota change in the file takes effect within a second.
     pub keys_reload_ms: u64,
 }
 
@@ -123,7 +124,7 @@ impl Default for HttpConfig {
             body_timeout_ms: 30_000,
             allow_query_key: true,
             signature_skew_secs: 300,
-            keys_reload_ms: 1_000,
+            keys_reload_ms: 500,
         }
     }
 }

@@ -8,8 +8,9 @@
 //!    bounded whatever the load;
 //! 4. WAL pressure (`shed`): at the budget everyone gets `503 wal_full`; above the high-water
 //!    mark tenants over their share of the intake get `429 shed`;
-//! 5. the tenant's events/s bucket: one event is charged on arrival (`429 rate_limited` before
-//!    reading anything), the rest once the body is parsed and its events counted.
+//! 5. the tenant's events/s bucket: charged on arrival with the size of the tenant's previous
+//!    request (`429 rate_limited` before reading anything), settled once the body is parsed and
+//!    its events counted.
 //!
 //! The decisions are pure ([`shed`], [`usage`], [`quota`]); this module holds their state.
 
@@ -27,7 +28,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::auth::KeyStore;
 use crate::config::AdmissionConfig;
-use quota::{IpLimiter, Limited, RateInfo, TenantBucket};
+use quota::{IpLimiter, Limited, Prepaid, RateInfo, TenantBucket};
 use shed::{Verdict, WalLevel};
 use usage::Usage;
 
@@ -77,7 +78,7 @@ pub struct InFlight {
 /// A request let in by its tenant's bucket; [`Admission::charge`] completes the charge.
 pub struct Admitted {
     bucket: Arc<TenantBucket>,
-    info: RateInfo,
+    prepaid: Prepaid,
 }
 
 /// The in-flight byte cap is counted in KiB so that it fits a semaphore's `u32` permits.
@@ -137,7 +138,9 @@ impl Admission {
     /// Step 1: requests/s of the client address (when configured and known).
     pub fn check_ip(&self, ip: Option<IpAddr>) -> Result<(), Refusal> {
         match (&self.ip, ip) {
-            (Some(limiter), Some(ip)) => limiter.check(ip).map(|_| ()).map_err(|l| self.limited(Reason::IpRate, "this address", l)),
+            (Some(limiter), Some(ip)) => {
+                limiter.check(ip).map(|_| ()).map_err(|l| self.limited(Reason::IpRate, "this address", l))
+            }
             _ => Ok(()),
         }
     }
@@ -207,9 +210,7 @@ impl Admission {
                 tracing::debug!(tenant_id = tenant, pressure, over_share, "admission: shed");
                 return Err(self.refuse(
                     Reason::Shed,
-                    format!(
-                        "the edge is under pressure and this tenant sends {over_share:.1}× its share; retry later"
-                    ),
+                    format!("the edge is under pressure and this tenant sends {over_share:.1}× its share; retry later"),
                     retry,
                     None,
                 ));
@@ -217,7 +218,7 @@ impl Admission {
         }
         let Some(bucket) = self.bucket(tenant, self.tenant_quota(keys, tenant)) else { return Ok(None) };
         match bucket.admit() {
-            Ok(info) => Ok(Some(Admitted { bucket, info })),
+            Ok(prepaid) => Ok(Some(Admitted { bucket, prepaid })),
             Err(l) => Err(self.limited(Reason::TenantRate, "this tenant", l)),
         }
     }
@@ -226,7 +227,7 @@ impl Admission {
     /// the `RateLimit-*` headers of the answer.
     pub fn charge(&self, admitted: &Admitted, events: usize) -> Result<RateInfo, Refusal> {
         let events = u32::try_from(events).unwrap_or(u32::MAX);
-        admitted.bucket.charge(events, admitted.info).map_err(|l| self.limited(Reason::TenantRate, "this tenant", l))
+        admitted.bucket.charge(events, admitted.prepaid).map_err(|l| self.limited(Reason::TenantRate, "this tenant", l))
     }
 
     /// Records what an accepted request added to the WAL (the basis of shedding and utilization).

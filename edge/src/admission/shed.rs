@@ -19,7 +19,10 @@ pub struct WalLevel {
 pub enum Verdict {
     Accept,
     /// Over its share while the WAL is under pressure.
-    Shed { pressure: f64, over_share: f64 },
+    Shed {
+        pressure: f64,
+        over_share: f64,
+    },
     /// The budget is used up: refuse everyone.
     Full,
 }
@@ -39,11 +42,7 @@ pub fn decide(level: WalLevel, share: Share) -> Verdict {
     }
     let pressure = pressure(level);
     let over_share = share.over_share();
-    if pressure > 0.0 && over_share * pressure > 1.0 {
-        Verdict::Shed { pressure, over_share }
-    } else {
-        Verdict::Accept
-    }
+    if pressure > 0.0 && over_share * pressure > 1.0 { Verdict::Shed { pressure, over_share } } else { Verdict::Accept }
 }
 
 #[cfg(test)]
