@@ -19,6 +19,8 @@ fn p99(samples: &mut [Duration]) -> Duration {
 
 const NOISY_QUOTA: u32 = 100;
 const BATCH: usize = 10;
+/// Rounds of 100 quiet requests without the flood, then 100 with it.
+const ROUNDS: usize = 4;
 
 /// One tenant floods at 10× its quota while another sends at its normal rate. Rounds without
 /// and with the flood alternate, so a slow spell of the shared machine hits both alike.
@@ -52,12 +54,14 @@ async fn a_flooding_tenant_is_limited_and_its_neighbour_keeps_its_latency() {
                 std::thread::sleep(Duration::from_millis(10));
             }
         };
+        // Warm-up (first connections, first WAL segment), not measured.
+        quiet_round(&mut Vec::new(), usize::MAX);
         let (mut unloaded, mut loaded) = (Vec::new(), Vec::new());
         let (noisy_ok, noisy_429, noisy_other) =
             (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
         let mut flood_time = Duration::ZERO;
         let mut utilization = None;
-        for round in 0..3 {
+        for round in 0..ROUNDS {
             quiet_round(&mut unloaded, round);
             // 10× the quota: 4 clients × 25 requests/s × 10 events = 1000 events/s.
             let stop = Arc::new(AtomicBool::new(false));
@@ -116,7 +120,7 @@ async fn a_flooding_tenant_is_limited_and_its_neighbour_keeps_its_latency() {
         assert!(limited > ok, "the flooder was mostly refused ({ok} accepted, {limited} refused)");
         // Its accepted events stay within quota × time + one burst per round (a round's first
         // requests find the bucket refilled).
-        let allowed = f64::from(NOISY_QUOTA) * flood_time.as_secs_f64() + 3.0 * f64::from(NOISY_QUOTA * 3);
+        let allowed = f64::from(NOISY_QUOTA) * flood_time.as_secs_f64() + ROUNDS as f64 * f64::from(NOISY_QUOTA * 3);
         assert!((ok * BATCH as u64) as f64 <= allowed, "{} events accepted, quota allows {allowed:.0}", ok * 10);
         // Refusals cost the flooder nothing, so it still gets about its quota.
         assert!(utilization.is_some_and(|u| u > 0.7), "utilization while flooding: {utilization:?}");
