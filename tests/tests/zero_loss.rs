@@ -305,8 +305,7 @@ fn broker_down_until_the_wal_budget() {
         return;
     };
     let core = rig.core(&[("message.timeout.ms", "3000")]);
-    let edge =
-        rig.edge(&EdgeOpts { budget_bytes: Some(256 * 1024), ack_timeout_secs: Some(2), ..EdgeOpts::default() });
+    let edge = rig.edge(&EdgeOpts { budget_bytes: Some(256 * 1024), ack_timeout_secs: Some(2), ..EdgeOpts::default() });
     let collector = rig.collector();
     let ledger = Ledger::new();
     let driver = Driver::start(&ledger, rig.http, &rig.env.key, "brokerdown", 2, BATCH, PAUSE);
