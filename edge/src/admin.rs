@@ -85,12 +85,12 @@ async fn status(State(state): State<Arc<AdminState>>) -> Json<serde_json::Value>
     }))
 }
 
-fn parse_block(body: &[u8]) -> Result<Block, Response> {
-    let block: Block = serde_json::from_slice(body).map_err(|e| {
-        error(StatusCode::BAD_REQUEST, "malformed_body", &format!("expected {{\"tenant\":…,\"env\"?:…}}: {e}"))
-    })?;
+/// The kill-switch entry in a block/unblock body, or why it is not one (answered `400`).
+fn parse_block(body: &[u8]) -> Result<Block, String> {
+    let block: Block =
+        serde_json::from_slice(body).map_err(|e| format!("expected {{\"tenant\":…,\"env\"?:…}}: {e}"))?;
     if block.tenant.is_empty() || block.env.as_ref().is_some_and(String::is_empty) {
-        return Err(error(StatusCode::BAD_REQUEST, "malformed_body", "tenant and env must not be empty"));
+        return Err("tenant and env must not be empty".into());
     }
     Ok(block)
 }
@@ -98,7 +98,7 @@ fn parse_block(body: &[u8]) -> Result<Block, Response> {
 async fn block(State(state): State<Arc<AdminState>>, body: Bytes) -> Response {
     let block = match parse_block(&body) {
         Ok(b) => b,
-        Err(resp) => return resp,
+        Err(m) => return error(StatusCode::BAD_REQUEST, "malformed_body", &m),
     };
     let added = state.keys.block(block.clone());
     tracing::warn!(tenant_id = %block.tenant, env = block.env.as_deref().unwrap_or("*"), added, "admin: kill switch on");
@@ -108,7 +108,7 @@ async fn block(State(state): State<Arc<AdminState>>, body: Bytes) -> Response {
 async fn unblock(State(state): State<Arc<AdminState>>, body: Bytes) -> Response {
     let block = match parse_block(&body) {
         Ok(b) => b,
-        Err(resp) => return resp,
+        Err(m) => return error(StatusCode::BAD_REQUEST, "malformed_body", &m),
     };
     let removed = state.keys.unblock(&block);
     tracing::warn!(tenant_id = %block.tenant, env = block.env.as_deref().unwrap_or("*"), removed, "admin: kill switch off");

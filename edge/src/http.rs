@@ -203,7 +203,8 @@ pub struct ApiError {
     message: String,
     details: Option<serde_json::Value>,
     retry_after_secs: Option<u64>,
-    rate: Option<RateInfo>,
+    /// Boxed: rare, and it would double the size of every `Result<_, ApiError>`.
+    rate: Option<Box<RateInfo>>,
 }
 
 impl ApiError {
@@ -258,7 +259,7 @@ impl From<Refusal> for ApiError {
             if r.reason.is_unavailable() { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::TOO_MANY_REQUESTS };
         let mut err = ApiError::new(status, r.reason.code(), r.message);
         err.retry_after_secs = Some(ceil_secs(r.retry_after).max(1));
-        err.rate = r.rate;
+        err.rate = r.rate.map(Box::new);
         err
     }
 }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use sluice_edge::auth::TenantEnv;
 use sluice_tests::edge_harness::{InProcessEdge, edit_keys, set_quota};
 use sluice_tests::http::{Response, post_batch as post, request};
+use sluice_tests::openapi::Spec;
 
 const ADMIN_TOKEN: &str = "adm1n";
 
@@ -64,6 +65,7 @@ async fn retry_after_is_accurate_and_a_client_honouring_it_succeeds() {
         for i in 0..6 {
             let r = post(addr, &key, &format!("m{i}"), BATCH);
             assert_eq!(r.status, 202, "request {i}: {}", String::from_utf8_lossy(&r.body));
+            Spec::load().check("POST", "/v1/events", &r);
             assert_eq!(r.header("ratelimit-limit"), Some("60"));
             assert_eq!(r.header("ratelimit-policy"), Some("60;w=3"));
             remaining.push(r.header("ratelimit-remaining").and_then(|v| v.parse::<u32>().ok()).expect("remaining"));
@@ -71,6 +73,7 @@ async fn retry_after_is_accurate_and_a_client_honouring_it_succeeds() {
         assert!(remaining.windows(2).all(|w| w[1] < w[0]), "remaining counts down: {remaining:?}");
         let r = post(addr, &key, "over", BATCH);
         assert_eq!((r.status, r.code().as_str()), (429, "rate_limited"));
+        Spec::load().check("POST", "/v1/events", &r);
         assert_eq!(r.header("ratelimit-remaining"), Some("0"));
         // 10 events at 20/s: the bucket needs at most half a second, rounded up to whole seconds.
         let retry_after: u64 = r.header("retry-after").and_then(|v| v.parse().ok()).expect("Retry-After");
@@ -94,6 +97,9 @@ async fn per_ip_limit_refuses_an_address_over_its_rate() {
         let codes: Vec<String> = (0..8).map(|i| post(addr, &key, &format!("ip{i}"), 1).code()).collect();
         assert_eq!(codes.iter().filter(|c| *c == "ok").count(), 6, "burst of 3 × 2: {codes:?}");
         assert_eq!(codes.last().map(String::as_str), Some("ip_rate_limited"), "{codes:?}");
+        let r = post(addr, &key, "ip-last", 1);
+        assert!(r.header("retry-after").is_some());
+        Spec::load().check("POST", "/v1/events", &r);
     })
     .await
     .expect("client");
@@ -148,7 +154,11 @@ async fn wal_high_water_shedding_engages_and_releases() {
             }
         })
     };
-    let ready = move || request(addr, "GET", "/ready", &[], b"").expect("ready").json();
+    let ready = move || {
+        let r = request(addr, "GET", "/ready", &[], b"").expect("ready");
+        Spec::load().check("GET", "/ready", &r);
+        r.json()
+    };
     let hog = move |i: &mut u64| {
         *i += 1;
         let r = post(addr, &hog_key, &format!("hog-{i}"), 20);
@@ -169,6 +179,7 @@ async fn wal_high_water_shedding_engages_and_releases() {
                     (202, _) => {}
                     (429, "shed") => {
                         assert!(r.header("retry-after").is_some());
+                        Spec::load().check("POST", "/v1/events", &r);
                         assert!(wal.unforwarded_bytes() > budget / 2, "shed below the high-water mark");
                         shed_seen += 1;
                     }
@@ -254,6 +265,7 @@ async fn kill_switch_takes_effect_within_a_second_without_restart() {
         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
         let r = status(&dev);
         assert_eq!((r.status, r.code().as_str()), (403, "environment_disabled"), "blocked on the next request");
+        Spec::load().check("POST", "/v1/events", &r);
         assert_eq!(status(&prod).status, 202, "the tenant's other environment still works");
         admin(admin_addr, "POST", "/admission/block", r#"{"tenant":"acme"}"#);
         let r = status(&prod);
