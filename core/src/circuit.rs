@@ -9,6 +9,7 @@
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use prometheus::{IntCounter, IntGauge};
 use sluice_wire::breaker::{Breaker, BreakerState, Permit};
 
 const BASE_BACKOFF: Duration = Duration::from_millis(200);
@@ -19,12 +20,9 @@ const MAX_POLL: Duration = Duration::from_millis(100);
 pub struct SinkCircuit {
     breaker: Mutex<Breaker>,
     epoch: Instant,
-}
-
-impl Default for SinkCircuit {
-    fn default() -> Self {
-        Self { breaker: Mutex::new(Breaker::new(BASE_BACKOFF, MAX_BACKOFF)), epoch: Instant::now() }
-    }
+    /// Metrics: the state (as `BreakerState as i64`) and the number of times it opened.
+    state: IntGauge,
+    opens: IntCounter,
 }
 
 /// Leave to read one frame. A probe that ends without a delivery verdict (e.g. every batch was a
@@ -38,14 +36,24 @@ impl Drop for Pass<'_> {
     fn drop(&mut self) {
         if self.probe {
             let now = self.circuit.epoch.elapsed();
-            self.circuit.lock().probe_abandoned(now);
+            let mut b = self.circuit.lock();
+            b.probe_abandoned(now);
+            self.circuit.publish(&b);
         }
     }
 }
 
 impl SinkCircuit {
+    pub fn new(state: IntGauge, opens: IntCounter) -> Self {
+        Self { breaker: Mutex::new(Breaker::new(BASE_BACKOFF, MAX_BACKOFF)), epoch: Instant::now(), state, opens }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Breaker> {
         self.breaker.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn publish(&self, b: &Breaker) {
+        self.state.set(b.state() as i64);
     }
 
     pub fn state(&self) -> BreakerState {
@@ -55,7 +63,12 @@ impl SinkCircuit {
     /// Waits until a frame may be read.
     pub async fn pass(&self) -> Pass<'_> {
         loop {
-            let permit = self.lock().poll(self.epoch.elapsed());
+            let permit = {
+                let mut b = self.lock();
+                let permit = b.poll(self.epoch.elapsed());
+                self.publish(&b);
+                permit
+            };
             match permit {
                 Permit::Allow => return Pass { circuit: self, probe: false },
                 Permit::Probe => {
@@ -74,6 +87,7 @@ impl SinkCircuit {
             tracing::info!(failures = b.failures(), "core: sink circuit closed; reading frames again");
         }
         b.on_success();
+        self.publish(&b);
     }
 
     /// A delivery failed. Opens a closed circuit, reopens after a failed probe; frames that were
@@ -84,6 +98,8 @@ impl SinkCircuit {
             return;
         }
         let delay = b.on_failure(self.epoch.elapsed(), rand::random::<f64>());
+        self.opens.inc();
+        self.publish(&b);
         tracing::warn!(
             failures = b.failures(),
             retry_in_ms = delay.as_millis() as u64,
@@ -97,14 +113,19 @@ impl SinkCircuit {
 mod tests {
     use super::*;
 
+    fn circuit() -> SinkCircuit {
+        SinkCircuit::new(IntGauge::new("s", "s").unwrap(), IntCounter::new("o", "o").unwrap())
+    }
+
     #[tokio::test]
     async fn frames_wait_while_open_and_one_probe_closes_it() {
-        let c = SinkCircuit::default();
+        let c = circuit();
         drop(c.pass().await);
         c.failed();
         c.failed();
         assert_eq!(c.state(), BreakerState::Open);
         assert_eq!(c.lock().failures(), 1, "a second in-flight failure does not escalate");
+        assert_eq!((c.state.get(), c.opens.get()), (BreakerState::Open as i64, 1));
         let started = tokio::time::Instant::now();
         let probe = c.pass().await;
         assert!(probe.probe, "the first frame after the backoff is a probe");
@@ -119,11 +140,12 @@ mod tests {
         let (second_was_probe, ()) = tokio::join!(waiter, release);
         assert!(!second_was_probe);
         assert_eq!(c.state(), BreakerState::Closed);
+        assert_eq!(c.state.get(), BreakerState::Closed as i64);
     }
 
     #[tokio::test]
     async fn an_abandoned_probe_hands_over_to_the_next_frame() {
-        let c = SinkCircuit::default();
+        let c = circuit();
         c.failed();
         drop(c.pass().await);
         assert!(c.pass().await.probe, "the next frame probes");

@@ -110,6 +110,11 @@ pub fn router(state: Arc<AppState>) -> Router {
 #[derive(Clone)]
 struct RequestId(HeaderValue);
 
+/// The `traceparent` of this request's span at the edge (the client's trace, the edge's span ID),
+/// present only when the client sent a valid one.
+#[derive(Clone)]
+struct TraceParent(String);
+
 /// Parses a W3C `traceparent` (`00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`).
 fn parse_traceparent(v: &str) -> Option<(&str, &str)> {
     let mut parts = v.split('-');
@@ -145,12 +150,18 @@ async fn request_context(State(state): State<Arc<AppState>>, mut req: Request, n
         },
     );
     req.extensions_mut().insert(RequestId(id.clone()));
+    if let Some((_, tp)) = &trace {
+        req.extensions_mut().insert(TraceParent(tp.clone()));
+    }
     let span = tracing::info_span!(
         "request",
         request_id = %id.to_str().unwrap_or(""),
         trace_id = trace.as_ref().map(|(t, _)| t.as_str()).unwrap_or(""),
         method = %req.method(),
         path = %req.uri().path(),
+        // Filled in once known, so every log line of the request carries them.
+        tenant_id = tracing::field::Empty,
+        batch_id = tracing::field::Empty,
     );
     let mut resp = next.run(req).instrument(span).await;
     let code = resp.extensions().get::<ErrorCode>().map_or("ok", |c| c.0);
@@ -436,6 +447,7 @@ async fn ingest(
     State(state): State<Arc<AppState>>,
     Extension(RequestId(request_id)): Extension<RequestId>,
     peer: Option<Extension<PeerAddr>>,
+    trace: Option<Extension<TraceParent>>,
     headers: HeaderMap,
     uri: Uri,
     body: Body,
@@ -444,6 +456,7 @@ async fn ingest(
     let admission = &state.admission;
     admission.check_ip(peer.map(|Extension(PeerAddr(a))| a.ip()))?;
     let caller = authenticate(&state, &headers, &uri)?;
+    tracing::Span::current().record("tenant_id", caller.principal.tenant.as_str());
     let tenant = caller.principal.tenant.clone();
     let content_length = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
     // Held until the answer is built: bounds the requests and bytes in memory.
@@ -499,6 +512,7 @@ async fn ingest(
         }
     };
 
+    tracing::Span::current().record("batch_id", tracing::field::display(batch_id));
     let prepared = prepare(&state, &caller, &raw, &headers, batch_id).map_err(|e| prepare_error(e, &state.limits))?;
     let rate = match &admitted {
         Some(a) => Some(admission.charge(a, prepared.accepted.len() + prepared.rejected.len())?),
@@ -506,7 +520,7 @@ async fn ingest(
     };
     let received_at_ms = prepared.received_at_ms;
     let ingest::WalBatch { accepted, rejected, bytes } = prepared
-        .into_wal_bytes(&caller.principal, &state.region)
+        .into_wal_bytes(&caller.principal, &state.region, trace.map(|Extension(TraceParent(tp))| tp))
         .map_err(|e| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", e.to_string()))?;
     let enqueue = state.metrics.enqueue_latency.start_timer();
     let wal_bytes = bytes.len() as u64;
@@ -560,6 +574,7 @@ async fn debug(
     body: Body,
 ) -> Result<Response, ApiError> {
     let caller = authenticate(&state, &headers, &uri)?;
+    tracing::Span::current().record("tenant_id", caller.principal.tenant.as_str());
     if state.debug_limiter.check_key(&caller.principal.key_id).is_err() {
         let mut err = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
