@@ -30,7 +30,7 @@ use crate::auth::KeyStore;
 use crate::config::AdmissionConfig;
 use quota::{IpLimiter, Limited, Prepaid, RateInfo, TenantBucket};
 use shed::{Verdict, WalLevel};
-use usage::Usage;
+use usage::{Share, Usage};
 
 /// Why a request was refused; the label of `sluice_edge_admission_refusals_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,7 +194,12 @@ impl Admission {
     /// then one event from the tenant's bucket. `None` when the tenant is unlimited.
     pub fn admit(&self, keys: &KeyStore, tenant: &str, wal_used: u64) -> Result<Option<Admitted>, Refusal> {
         let level = WalLevel { used: wal_used, high_water: self.high_water, budget: self.budget };
-        let share = self.usage.lock().unwrap_or_else(PoisonError::into_inner).share(tenant, self.now());
+        // The share walks every active tenant: only worth it when the WAL is under pressure.
+        let share = if wal_used > self.high_water {
+            self.usage.lock().unwrap_or_else(PoisonError::into_inner).share(tenant, self.now())
+        } else {
+            Share { rate: 0.0, total: 0.0, active: 0 }
+        };
         let retry = Duration::from_secs(self.config.retry_after_secs);
         match shed::decide(level, share) {
             Verdict::Accept => {}
