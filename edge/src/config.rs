@@ -288,7 +288,8 @@ pub struct AdmissionConfig {
     /// clients connect directly.
     pub ip_requests_per_sec: u32,
     /// Fraction of `wal.budget_bytes` above which tenants sending more than their share of the
-    /// recent WAL intake are shed with `429`. Default 0.8.
+    /// recent WAL intake are shed with `429`. Default 0.8; values below 0.5 count as 0.5 (the WAL
+    /// frees space a segment, up to a quarter of the budget, at a time).
     pub wal_high_water: f64,
     /// `Retry-After` of a shed (`429 shed`) or overload (`503 overloaded`) answer, seconds.
     /// Default 2.

@@ -20,7 +20,7 @@ use sluice_wire::stored_response::StoredResponse;
 use tower_http::cors::{Any, CorsLayer};
 use tracing::Instrument;
 
-use crate::admission::quota::{BURST_FACTOR, RateInfo};
+use crate::admission::quota::{self, BURST_FACTOR, RateInfo};
 use crate::admission::{Admission, Refusal};
 use crate::auth::{AuthError, KeyRing, Principal};
 use crate::body::{self, BodyError, BodyFormat};
@@ -52,9 +52,8 @@ pub struct AppState {
 
 impl AppState {
     pub fn debug_quota(per_sec: u32) -> Quota {
-        let rate = NonZeroU32::new(per_sec.max(1)).unwrap_or(NonZeroU32::MIN);
-        let burst = NonZeroU32::new(per_sec.max(1).saturating_mul(3)).unwrap_or(NonZeroU32::MIN);
-        Quota::per_second(rate).allow_burst(burst)
+        // Never unlimited: at least 1/s.
+        quota::quota(per_sec.max(1)).unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
     }
 
     pub fn new_debug_limiter(per_sec: u32) -> DefaultKeyedRateLimiter<String> {

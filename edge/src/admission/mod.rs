@@ -81,6 +81,9 @@ pub struct Admitted {
     prepaid: Prepaid,
 }
 
+/// Lowest `wal_high_water` honoured (see [`Admission::new`]).
+pub const MIN_HIGH_WATER: f64 = 0.5;
+
 /// The in-flight byte cap is counted in KiB so that it fits a semaphore's `u32` permits.
 const KIB: u64 = 1024;
 
@@ -101,7 +104,10 @@ pub struct Admission {
 impl Admission {
     /// `refusals` is the metric counted by reason; `wal_budget` is `wal.budget_bytes`.
     pub fn new(config: AdmissionConfig, max_body_bytes: usize, wal_budget: u64, refusals: IntCounterVec) -> Self {
-        let high_water = (wal_budget as f64 * config.wal_high_water.clamp(0.0, 1.0)) as u64;
+        // The WAL frees space a whole segment (up to a quarter of the budget) at a time, and the
+        // segment being written stays: a mark below half the budget could stay crossed after core
+        // acknowledged everything.
+        let high_water = (wal_budget as f64 * config.wal_high_water.clamp(MIN_HIGH_WATER, 1.0)) as u64;
         let bytes_kib = (config.max_in_flight_bytes as u64 / KIB).clamp(1, u64::from(u32::MAX)) as usize;
         Self {
             ip: IpLimiter::new(config.ip_requests_per_sec),
