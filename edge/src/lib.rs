@@ -103,7 +103,7 @@ pub async fn start(config: EdgeConfig) -> Result<Edge, StartError> {
     let mut background = vec![
         keys.spawn_reloader(Duration::from_millis(config.http.keys_reload_ms.max(10))),
         spawn_idempotency_expiry(idempotency.clone()),
-        spawn_admission_housekeeping(admission.clone()),
+        spawn_admission_housekeeping(admission.clone(), keys.clone()),
     ];
     let state = Arc::new(http::AppState {
         keys,
@@ -171,12 +171,13 @@ fn spawn_idempotency_expiry(store: Arc<idempotency::IdempotencyStore>) -> JoinHa
 }
 
 /// Forgets idle rate-limit state every minute so it stays bounded by the active callers.
-fn spawn_admission_housekeeping(admission: Arc<admission::Admission>) -> JoinHandle<()> {
+fn spawn_admission_housekeeping(admission: Arc<admission::Admission>, keys: Arc<auth::KeyRing>) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(60));
         loop {
             tick.tick().await;
             admission.forget_idle();
+            admission.forget_unlimited(&keys.snapshot());
         }
     })
 }

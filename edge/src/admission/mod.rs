@@ -177,6 +177,10 @@ impl Admission {
     }
 
     fn bucket(&self, tenant: &str, per_sec: u32) -> Option<Arc<TenantBucket>> {
+        if per_sec == 0 {
+            // Unlimited; a bucket left from an earlier quota is dropped by `forget_idle`.
+            return None;
+        }
         let found = self.tenants.read().unwrap_or_else(PoisonError::into_inner).get(tenant).cloned();
         match found {
             Some(b) if b.per_sec() == per_sec => Some(b),
@@ -271,6 +275,15 @@ impl Admission {
         let now = self.now();
         self.usage.lock().unwrap_or_else(PoisonError::into_inner).evict_idle(now);
     }
+
+    /// Drops the buckets of tenants whose quota is now unlimited (or who left the keys file).
+    pub fn forget_unlimited(&self, keys: &KeyStore) {
+        let default = self.config.tenant_events_per_sec;
+        self.tenants
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|tenant, _| keys.quota(tenant).unwrap_or(default) > 0);
+    }
 }
 
 #[cfg(test)]
@@ -328,5 +341,9 @@ mod tests {
         // A changed quota (reload) starts a fresh bucket.
         assert!(a.bucket("t", 20).is_some_and(|b| b.per_sec() == 20));
         assert!(a.bucket("t", 0).is_none(), "0 = unlimited");
+        let mut file = crate::auth::KeysFile::default();
+        file.tenants.insert("t".into(), crate::auth::TenantSettings { events_per_sec: Some(0) });
+        a.forget_unlimited(&KeyStore::from_file(file).unwrap());
+        assert!(a.tenants.read().unwrap().is_empty(), "the stale bucket is dropped");
     }
 }
