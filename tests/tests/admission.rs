@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use sluice_edge::auth::TenantEnv;
 use sluice_tests::edge_harness::{InProcessEdge, edit_keys, set_quota};
-use sluice_tests::http::{Response, post_batch as post, request};
+use sluice_tests::http::{Response, metric, post_batch as post, request};
 use sluice_tests::openapi::Spec;
 
 const ADMIN_TOKEN: &str = "adm1n";
@@ -128,7 +128,7 @@ async fn wal_high_water_shedding_engages_and_releases() {
         c.forwarder.ack_timeout_secs = 2;
     })
     .await;
-    let (addr, hog_key) = (e.addr(), e.key.clone());
+    let (addr, hog_key, admin_addr) = (e.addr(), e.key.clone(), e.edge().admin_addr.expect("admin"));
     let (_, small_key) = sluice_ops::keys::add(&e.keys_file, "small", "prod").expect("key");
     let wal = e.edge().wal.clone();
     let key = small_key.clone();
@@ -233,9 +233,12 @@ async fn wal_high_water_shedding_engages_and_releases() {
             let r = hog(&mut i);
             assert_eq!(r.status, 202, "hog after the drain: {}", String::from_utf8_lossy(&r.body));
         }
-        wait_until("readiness without wal_high_water", Duration::from_secs(30), || {
-            !ready()["degraded"].to_string().contains("wal_high_water")
-        });
+        // The forwarder's probe got through: its circuit closed, and readiness says so.
+        wait_until("readiness without degraded states", Duration::from_secs(30), || ready()["status"] == "ready");
+        let text = String::from_utf8(admin(admin_addr, "GET", "/metrics", "").body).expect("utf-8");
+        assert_eq!(metric(&text, "sluice_edge_forwarder_breaker_state", ""), Some(0.0), "{text}");
+        assert!(metric(&text, "sluice_edge_forwarder_breaker_opens_total", "").is_some_and(|n| n >= 1.0), "{text}");
+        assert!(metric(&text, "sluice_edge_admission_refusals_total", r#"reason="shed""#).is_some_and(|n| n >= 10.0));
     })
     .await
     .expect("release");
