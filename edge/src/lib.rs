@@ -4,6 +4,7 @@
 //! Pure logic (`auth`, `body`, `validate`) is separate from IO (`http`, `wal`, `forwarder`).
 
 pub mod admin;
+pub mod admission;
 pub mod auth;
 pub mod body;
 pub mod cli;
@@ -84,15 +85,24 @@ pub async fn start(config: EdgeConfig) -> Result<Edge, StartError> {
     let metrics = Arc::new(metrics::EdgeMetrics::new(wal.clone())?);
     let (replication_addr, replication_tasks) = replication.start(&wal, &config, &metrics)?;
     let (stop, stop_rx) = watch::channel(false);
+    let mut link = None;
     let forwarder = if config.forwarder.enabled {
         let f = &config.forwarder;
         let client = tls::quic_client_config(&f.ca_cert, f.client_cert.as_deref(), f.client_key.as_deref())?;
         let fwd = forwarder::Forwarder::new(f.clone(), config.edge_id.clone(), reader, client, metrics.clone())
             .map_err(StartError::Endpoint)?;
+        link = Some(fwd.link_health());
         Some(tokio::spawn(fwd.run(stop_rx.clone())))
     } else {
         None
     };
+    let admission = Arc::new(admission::Admission::new(
+        config.admission.clone(),
+        config.limits.max_body_bytes,
+        config.wal.budget_bytes,
+        metrics.admission_refusals.clone(),
+    ));
+    metrics.register(Box::new(metrics::AdmissionCollector::new(admission.clone(), keys.clone(), link.clone())?))?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| StartError::Bind { addr: config.listen, source })?;
@@ -100,6 +110,7 @@ pub async fn start(config: EdgeConfig) -> Result<Edge, StartError> {
     let mut background = vec![
         keys.spawn_reloader(Duration::from_millis(config.http.keys_reload_ms.max(10))),
         spawn_idempotency_expiry(idempotency.clone()),
+        spawn_admission_housekeeping(admission.clone(), keys.clone()),
     ];
     background.extend(replication_tasks);
     let state = Arc::new(http::AppState {
@@ -114,6 +125,8 @@ pub async fn start(config: EdgeConfig) -> Result<Edge, StartError> {
         replays: signature::ReplayGuard::default(),
         debug_limiter: http::AppState::new_debug_limiter(config.limits.debug_requests_per_sec),
         metrics: metrics.clone(),
+        admission,
+        link,
     });
     let admin_addr = match config.admin.listen {
         Some(addr) => {
@@ -125,6 +138,7 @@ pub async fn start(config: EdgeConfig) -> Result<Edge, StartError> {
                 token: config.admin.token.clone(),
                 wal: wal.clone(),
                 metrics: metrics.clone(),
+                keys: state.keys.clone(),
             }));
             let mut stop = stop_rx.clone();
             background.push(tokio::spawn(async move {
@@ -160,6 +174,18 @@ fn spawn_idempotency_expiry(store: Arc<idempotency::IdempotencyStore>) -> JoinHa
                 Ok(n) => tracing::info!(evicted = n, "edge: idempotency keys expired"),
                 Err(e) => tracing::warn!(error = %e, "edge: idempotency expiry failed"),
             }
+        }
+    })
+}
+
+/// Forgets idle rate-limit state every minute so it stays bounded by the active callers.
+fn spawn_admission_housekeeping(admission: Arc<admission::Admission>, keys: Arc<auth::KeyRing>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            admission.forget_idle();
+            admission.forget_unlimited(&keys.snapshot());
         }
     })
 }

@@ -373,6 +373,8 @@ fn start_edge(opts: &BenchOptions, dir: &Path, replication: Replication) -> anyh
     config.wal.dir = dir.join("wal");
     config.idempotency.path = dir.join("idempotency.redb");
     config.forwarder.enabled = false;
+    // The benchmark measures the edge's capacity, not its per-tenant quota.
+    config.admission.tenant_events_per_sec = 0;
     let rt = runtime(opts.server_threads, "edge-rt")?;
     let peer = match replication {
         Replication::LocalOnly => None,

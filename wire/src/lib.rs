@@ -4,8 +4,10 @@
 //! machine: the WAL record framing ([`record`]), the forwarder frames ([`frame`]), the
 //! edge↔core protocol messages ([`protocol`]) and the edge↔edge replication messages
 //! ([`replication`]). Everything here is pure (no IO, no clock), so it is unit- and
-//! property-testable.
+//! property-testable. [`breaker`] is the one piece of shared *logic*: the circuit breaker both
+//! ends of the edge↔core link use (pure as well).
 
+pub mod breaker;
 pub mod frame;
 pub mod ids;
 pub mod protocol;
