@@ -30,6 +30,9 @@ pub struct Args {
     /// Overrides `admin.token` (prefer the environment variable: flags show up in `ps`).
     #[arg(long, env = "SLUICE_EDGE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// Overrides `drain_deadline_secs`.
+    #[arg(long, env = "SLUICE_EDGE_DRAIN_DEADLINE_SECS")]
+    pub drain_deadline_secs: Option<u64>,
     /// Log as JSON lines (production) instead of human-readable text.
     #[arg(long, env = "SLUICE_LOG_JSON")]
     pub log_json: bool,
@@ -58,6 +61,9 @@ pub fn load_config(args: &Args) -> anyhow::Result<EdgeConfig> {
     if let Some(v) = &args.admin_token {
         config.admin.token = Some(v.clone());
     }
+    if let Some(v) = args.drain_deadline_secs {
+        config.drain_deadline_secs = v;
+    }
     Ok(config)
 }
 
@@ -80,8 +86,20 @@ pub fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting tokio")?;
     runtime.block_on(async {
         let edge = crate::start(config).await.context("starting edge")?;
-        shutdown_signal().await;
-        tracing::info!("edge: shutting down");
+        let drain = edge.drain.clone();
+        // SIGTERM starts a drain; a drain started on the admin API also ends the process.
+        tokio::select! {
+            _ = shutdown_signal() => {
+                tracing::info!("edge: signal received; draining");
+                edge.begin_drain(None);
+            }
+            _ = drain.finished() => {}
+        }
+        tokio::select! {
+            report = drain.finished() => tracing::info!(complete = report.complete,
+                unacked_bytes = report.unacked_bytes, elapsed_ms = report.elapsed_ms, "edge: drained; shutting down"),
+            _ = shutdown_signal() => tracing::warn!("edge: second signal; stopping without waiting for the drain"),
+        }
         edge.shutdown().await;
         anyhow::Ok(())
     })

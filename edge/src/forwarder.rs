@@ -9,6 +9,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_wire::frame;
@@ -17,6 +18,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::ForwarderConfig;
+pub use crate::forwarder_control::{ForwarderControl, ForwarderState};
 use crate::wal::{Position, ReadOutcome, WalReader};
 
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +72,7 @@ pub struct Forwarder {
     next: Position,
     in_flight: VecDeque<Pending>,
     backoff: Duration,
+    control: Arc<ForwarderControl>,
 }
 
 impl Forwarder {
@@ -93,7 +96,14 @@ impl Forwarder {
             next,
             in_flight: VecDeque::new(),
             backoff: MIN_BACKOFF,
+            control: Arc::default(),
         })
+    }
+
+    /// Lets an operator pause, resume and watch this forwarder.
+    pub fn with_control(mut self, control: Arc<ForwarderControl>) -> Self {
+        self.control = control;
+        self
     }
 
     /// Runs until `stop` turns true. An I/O error on the WAL (a full disk refusing the
@@ -135,7 +145,7 @@ impl Forwarder {
         if *stop.borrow() {
             return Ok(Step::Stop);
         }
-        while self.in_flight.len() < self.config.max_in_flight.max(1) {
+        while self.in_flight.len() < self.config.max_in_flight.max(1) && !self.control.is_paused() {
             let outcome = tokio::task::block_in_place(|| self.reader.read(self.next, self.config.frame_bytes))?;
             match outcome {
                 ReadOutcome::UpToDate => break,
@@ -179,8 +189,11 @@ impl Forwarder {
         }
         let Some(oldest) = self.in_flight.pop_front() else {
             let from = self.next;
+            let mut paused = self.control.paused.subscribe();
+            let is_paused = *paused.borrow_and_update();
             tokio::select! {
-                alive = self.reader.wait_past(from) => if !alive { return Ok(Step::Stop) },
+                alive = self.reader.wait_past(from), if !is_paused => if !alive { return Ok(Step::Stop) },
+                _ = paused.changed(), if is_paused => {}
                 _ = stop.changed() => {}
             }
             return Ok(Step::Continue);
@@ -188,7 +201,8 @@ impl Forwarder {
         match oldest {
             Pending::SegmentEnd(next) => tokio::task::block_in_place(|| self.reader.ack(next))?,
             Pending::Frame { segment, start, end, records, mut reply } => {
-                let window_open = self.in_flight.len() + 1 < self.config.max_in_flight.max(1);
+                let window_open =
+                    self.in_flight.len() + 1 < self.config.max_in_flight.max(1) && !self.control.is_paused();
                 let from = self.next;
                 let result = tokio::select! {
                     r = &mut reply => r.unwrap_or_else(|e| Err(SendError::Stream(format!("send task: {e}")))),
@@ -206,6 +220,7 @@ impl Forwarder {
                     Ok(()) => {
                         tokio::task::block_in_place(|| self.reader.ack(Position { segment, offset: end }))?;
                         tracing::debug!(segment, start, end, records, "forwarder: frame acked");
+                        self.control.acked();
                         self.backoff = MIN_BACKOFF;
                     }
                     Err(SendError::Rejected(reason)) => {
@@ -226,6 +241,7 @@ impl Forwarder {
 
     /// A send failed: drop the window, back off, and resend from the acked position.
     async fn failed(&mut self, e: SendError, stop: &mut watch::Receiver<bool>) -> Step {
+        self.control.failed(&e);
         if matches!(e, SendError::Connect(_) | SendError::Stream(_) | SendError::Timeout(_)) {
             self.conn = None;
         }

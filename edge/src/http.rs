@@ -41,6 +41,7 @@ pub struct AppState {
     pub replays: ReplayGuard,
     pub debug_limiter: DefaultKeyedRateLimiter<String>,
     pub metrics: Arc<EdgeMetrics>,
+    pub drain: Arc<crate::drain::Drain>,
 }
 
 impl AppState {
@@ -86,6 +87,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/health", head(health).get(health))
         .route("/ready", get(health))
         .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.drain.clone(), crate::drain::gate))
         .layer(cors)
         .layer(middleware::from_fn_with_state(state.clone(), request_context))
         .with_state(state)
@@ -166,8 +168,13 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self { status, code, message: message.into(), details: None, retry_after_secs: None }
+    }
+
+    pub(crate) fn with_retry_after(mut self, secs: u64) -> Self {
+        self.retry_after_secs = Some(secs);
+        self
     }
 
     fn with_details(mut self, details: serde_json::Value) -> Self {

@@ -8,7 +8,9 @@ pub mod auth;
 pub mod body;
 pub mod cli;
 pub mod config;
+pub mod drain;
 pub mod forwarder;
+pub mod forwarder_control;
 pub mod http;
 pub mod idempotency;
 pub mod ingest;
@@ -57,6 +59,11 @@ pub struct Edge {
     pub admin_addr: Option<SocketAddr>,
     pub wal: Wal,
     pub metrics: Arc<metrics::EdgeMetrics>,
+    /// Drain state: readiness, the ingest gate and the drain's outcome.
+    pub drain: Arc<drain::Drain>,
+    /// Pause/resume and state of the forwarder, when forwarding is enabled.
+    pub forwarder_control: Option<Arc<forwarder::ForwarderControl>>,
+    drain_deadline: Duration,
     stop: watch::Sender<bool>,
     server: JoinHandle<()>,
     background: Vec<JoinHandle<()>>,
@@ -76,15 +83,20 @@ pub async fn start(config: EdgeConfig) -> Result<Edge, StartError> {
     let (wal, reader) = Wal::open(&config.wal)?;
     let metrics = Arc::new(metrics::EdgeMetrics::new(wal.clone())?);
     let (stop, stop_rx) = watch::channel(false);
-    let forwarder = if config.forwarder.enabled {
-        let f = &config.forwarder;
-        let client = tls::quic_client_config(&f.ca_cert, f.client_cert.as_deref(), f.client_key.as_deref())?;
-        let fwd = forwarder::Forwarder::new(f.clone(), config.edge_id.clone(), reader, client)
-            .map_err(StartError::Endpoint)?;
-        Some(tokio::spawn(fwd.run(stop_rx.clone())))
-    } else {
-        None
+    let forwarder_control = config.forwarder.enabled.then(Arc::<forwarder::ForwarderControl>::default);
+    let forwarder = match &forwarder_control {
+        Some(control) => {
+            let f = &config.forwarder;
+            let client = tls::quic_client_config(&f.ca_cert, f.client_cert.as_deref(), f.client_key.as_deref())?;
+            let fwd = forwarder::Forwarder::new(f.clone(), config.edge_id.clone(), reader, client)
+                .map_err(StartError::Endpoint)?
+                .with_control(control.clone());
+            Some(tokio::spawn(fwd.run(stop_rx.clone())))
+        }
+        None => None,
     };
+    let drain = Arc::new(drain::Drain::default());
+    let drain_deadline = Duration::from_secs(config.drain_deadline_secs);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| StartError::Bind { addr: config.listen, source })?;
@@ -92,6 +104,7 @@ pub async fn start(config: EdgeConfig) -> Result<Edge, StartError> {
     let mut background = vec![
         keys.spawn_reloader(Duration::from_millis(config.http.keys_reload_ms.max(10))),
         spawn_idempotency_expiry(idempotency.clone()),
+        tokio::spawn(drain.clone().run(wal.clone(), forwarder_control.clone())),
     ];
     let state = Arc::new(http::AppState {
         keys,
@@ -105,6 +118,7 @@ pub async fn start(config: EdgeConfig) -> Result<Edge, StartError> {
         replays: signature::ReplayGuard::default(),
         debug_limiter: http::AppState::new_debug_limiter(config.limits.debug_requests_per_sec),
         metrics: metrics.clone(),
+        drain: drain.clone(),
     });
     let admin_addr = match config.admin.listen {
         Some(addr) => {
@@ -116,6 +130,9 @@ pub async fn start(config: EdgeConfig) -> Result<Edge, StartError> {
                 token: config.admin.token.clone(),
                 wal: wal.clone(),
                 metrics: metrics.clone(),
+                drain: drain.clone(),
+                drain_deadline,
+                forwarder: forwarder_control.clone(),
             }));
             let mut stop = stop_rx.clone();
             background.push(tokio::spawn(async move {
@@ -136,7 +153,19 @@ pub async fn start(config: EdgeConfig) -> Result<Edge, StartError> {
     let server = tokio::spawn(server::serve(listener, app, http_tls, header_timeout, stop_rx));
     let scheme = if config.http.tls_cert.is_some() { "https" } else { "http" };
     tracing::info!(%http_addr, scheme, edge_id = %config.edge_id, region = %config.region, "edge: listening");
-    Ok(Edge { http_addr, admin_addr, wal, metrics, stop, server, background, forwarder })
+    Ok(Edge {
+        http_addr,
+        admin_addr,
+        wal,
+        metrics,
+        drain,
+        forwarder_control,
+        drain_deadline,
+        stop,
+        server,
+        background,
+        forwarder,
+    })
 }
 
 /// Evicts expired idempotency keys every minute so the store stays bounded.
@@ -156,6 +185,13 @@ fn spawn_idempotency_expiry(store: Arc<idempotency::IdempotencyStore>) -> JoinHa
 }
 
 impl Edge {
+    /// Starts a graceful drain (see [`drain`]) with `deadline`, or `drain_deadline_secs` from the
+    /// config. Returns `false` if a drain is already running. Await `drain.finished()`, then call
+    /// [`Edge::shutdown`].
+    pub fn begin_drain(&self, deadline: Option<Duration>) -> bool {
+        self.drain.begin(deadline.unwrap_or(self.drain_deadline))
+    }
+
     /// Stops accepting, lets in-flight requests finish, stops the forwarder. The WAL keeps
     /// whatever was not yet acknowledged by core.
     pub async fn shutdown(self) {
