@@ -276,8 +276,9 @@ impl Forwarder {
     }
 }
 
-/// One frame exchange on its own stream: write the message, wait for core's ack.
-async fn send_on(conn: quinn::Connection, message: Vec<u8>, timeout: Duration) -> Result<(), SendError> {
+/// One frame exchange on its own stream: write the message, wait for core's ack. Also used by
+/// `sluicectl replay`.
+pub async fn send_on(conn: quinn::Connection, message: Vec<u8>, timeout: Duration) -> Result<(), SendError> {
     let exchange = async {
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| SendError::Stream(e.to_string()))?;
         send.write_all(&message).await.map_err(|e| SendError::Stream(e.to_string()))?;
