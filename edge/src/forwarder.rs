@@ -164,7 +164,13 @@ impl Forwarder {
                     break;
                 }
                 ReadOutcome::Records { segment, start, end, data, count } => {
-                    let conn = match self.connection().await {
+                    // A handshake to an unreachable core can take its whole timeout: stopping (the end
+                    // of a drain) must not wait for it.
+                    let connected = tokio::select! {
+                        c = self.connection() => c,
+                        _ = stop.changed() => return Ok(Step::Stop),
+                    };
+                    let conn = match connected {
                         Ok(c) => c,
                         Err(e) => return Ok(self.failed(e, stop).await),
                     };
