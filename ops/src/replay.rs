@@ -66,6 +66,7 @@ pub struct CoreTarget {
     pub max_attempts: u32,
 }
 
+#[derive(Debug, Clone)]
 pub struct ReplayOptions {
     pub dir: PathBuf,
     /// Every record, not only those after the ack watermark.
