@@ -5,8 +5,8 @@
 //!   routes answer `403` so a forgotten token never leaves them open:
 //!   - `GET /status[?records=true]`: WAL depth (bytes, and records when asked: that walks the
 //!     record headers), age of the oldest unacked record, ack watermark, forwarder and drain state;
-//!   - `POST /drain` (optional body `{"deadline_secs":n}`): graceful drain, then the process exits
-//!     (see [`crate::drain`]);
+//!   - `POST /drain[?wait=true]` (optional body `{"deadline_secs":n}`): graceful drain, then the
+//!     process exits (see [`crate::drain`]); with `wait` the answer carries the drain's report;
 //!   - `POST /forwarder/pause`, `POST /forwarder/resume`: stop/restart sending frames to core (the
 //!     WAL keeps accepting up to its budget), e.g. during a core or broker incident.
 //!
@@ -149,7 +149,14 @@ struct DrainRequest {
     deadline_secs: Option<u64>,
 }
 
-async fn drain(State(state): State<Arc<AdminState>>, body: Bytes) -> Response {
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default)]
+struct DrainQuery {
+    /// Answer only when the drain has finished, with its report (`sluicectl drain` waits so).
+    wait: bool,
+}
+
+async fn drain(State(state): State<Arc<AdminState>>, Query(q): Query<DrainQuery>, body: Bytes) -> Response {
     let req: DrainRequest = if body.iter().all(u8::is_ascii_whitespace) {
         DrainRequest::default()
     } else {
@@ -164,6 +171,11 @@ async fn drain(State(state): State<Arc<AdminState>>, body: Bytes) -> Response {
         tracing::warn!(deadline_secs = deadline.as_secs(), "admin: drain requested; the process exits when it ends");
     }
     let deadline_secs = state.drain.progress().map_or(deadline.as_secs(), |(d, _)| d.as_secs());
+    if q.wait {
+        let report = state.drain.finished().await;
+        return Json(json!({ "draining": true, "started": started, "deadline_secs": deadline_secs, "report": report }))
+            .into_response();
+    }
     (StatusCode::ACCEPTED, Json(json!({ "draining": true, "started": started, "deadline_secs": deadline_secs })))
         .into_response()
 }

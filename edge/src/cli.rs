@@ -86,21 +86,7 @@ pub fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting tokio")?;
     runtime.block_on(async {
         let edge = crate::start(config).await.context("starting edge")?;
-        let drain = edge.drain.clone();
-        // SIGTERM starts a drain; a drain started on the admin API also ends the process.
-        tokio::select! {
-            _ = shutdown_signal() => {
-                tracing::info!("edge: signal received; draining");
-                edge.begin_drain(None);
-            }
-            _ = drain.finished() => {}
-        }
-        tokio::select! {
-            report = drain.finished() => tracing::info!(complete = report.complete,
-                unacked_bytes = report.unacked_bytes, elapsed_ms = report.elapsed_ms, "edge: drained; shutting down"),
-            _ = shutdown_signal() => tracing::warn!("edge: second signal; stopping without waiting for the drain"),
-        }
-        edge.shutdown().await;
+        edge.serve_until_drained().await;
         anyhow::Ok(())
     })
 }

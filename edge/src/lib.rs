@@ -52,6 +52,9 @@ pub enum StartError {
     Metrics(#[from] prometheus::Error),
 }
 
+/// How long the admin API stays up after a drain finished, so its report can be collected.
+const DRAIN_REPORT_LINGER: Duration = Duration::from_millis(500);
+
 /// A running edge.
 pub struct Edge {
     pub http_addr: SocketAddr,
@@ -190,6 +193,29 @@ impl Edge {
     /// [`Edge::shutdown`].
     pub fn begin_drain(&self, deadline: Option<Duration>) -> bool {
         self.drain.begin(deadline.unwrap_or(self.drain_deadline))
+    }
+
+    /// The life of the `sluice-edge` process: serves until SIGTERM/SIGINT or `POST /drain` starts
+    /// a drain, waits for it (a second signal cuts it short), then shuts down.
+    pub async fn serve_until_drained(self) {
+        let drain = self.drain.clone();
+        tokio::select! {
+            _ = cli::shutdown_signal() => {
+                tracing::info!("edge: signal received; draining");
+                self.begin_drain(None);
+            }
+            _ = drain.finished() => {}
+        }
+        tokio::select! {
+            report = drain.finished() => {
+                tracing::info!(complete = report.complete, unacked_bytes = report.unacked_bytes,
+                    elapsed_ms = report.elapsed_ms, "edge: drained; shutting down");
+                // Let the admin API answer whoever follows the drain (`sluicectl drain`) first.
+                tokio::time::sleep(DRAIN_REPORT_LINGER).await;
+            }
+            _ = cli::shutdown_signal() => tracing::warn!("edge: second signal; stopping without waiting for the drain"),
+        }
+        self.shutdown().await;
     }
 
     /// Stops accepting, lets in-flight requests finish, stops the forwarder. The WAL keeps

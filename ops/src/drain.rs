@@ -26,9 +26,20 @@ pub fn admin_request(
     path: &str,
     body: &str,
 ) -> Result<serde_json::Value, AdminError> {
+    admin_request_with_timeout(addr, token, method, path, body, Duration::from_secs(30))
+}
+
+fn admin_request_with_timeout(
+    addr: SocketAddr,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: &str,
+    timeout: Duration,
+) -> Result<serde_json::Value, AdminError> {
     let io = |source| AdminError::Io { addr, source };
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(io)?;
-    s.set_read_timeout(Some(Duration::from_secs(30))).map_err(io)?;
+    s.set_read_timeout(Some(timeout)).map_err(io)?;
     let req = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: Bearer {token}\r\n\
          Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
@@ -88,6 +99,10 @@ fn unacked_bytes(status: &serde_json::Value) -> u64 {
 }
 
 /// Starts the drain and follows it. `deadline_secs` overrides the edge's `drain_deadline_secs`.
+///
+/// The drain request itself waits for the edge's report (`POST /drain?wait=true`, on its own
+/// thread), so the outcome is known even when the drain ends between two polls and the edge exits
+/// right after; `GET /status` polls only feed the progress bar.
 pub fn run(
     edge: SocketAddr,
     token: &str,
@@ -99,7 +114,11 @@ pub fn run(
     let total = unacked_bytes(&before);
     let body = deadline_secs.map_or(String::new(), |d| format!("{{\"deadline_secs\":{d}}}"));
     let started = Instant::now();
-    admin_request(edge, token, "POST", "/drain", &body)?;
+    let token_owned = token.to_string();
+    // The edge's deadline is unknown here: wait up to a day; the edge always answers at its deadline.
+    let waiter = std::thread::spawn(move || {
+        admin_request_with_timeout(edge, &token_owned, "POST", "/drain?wait=true", &body, Duration::from_secs(86_400))
+    });
     progress.set_length(total.max(1));
     let mut summary = DrainSummary {
         edge: edge.to_string(),
@@ -108,35 +127,25 @@ pub fn run(
         unacked_bytes_after: total,
         ..DrainSummary::default()
     };
-    loop {
-        match admin_request(edge, token, "GET", "/status", "") {
-            Ok(status) => {
-                let left = unacked_bytes(&status);
-                summary.unacked_bytes_after = left;
-                progress.set_position(total.saturating_sub(left));
-                progress.set_message(format!(
-                    "{left} bytes left, forwarder {}, {} requests in flight",
-                    status["forwarder"]["state"].as_str().unwrap_or("?"),
-                    status["in_flight_requests"].as_u64().unwrap_or(0)
-                ));
-                let report = &status["drain"]["report"];
-                if report.is_object() {
-                    summary.complete = report["complete"].as_bool().unwrap_or(false);
-                    summary.unacked_bytes_after = report["unacked_bytes"].as_u64().unwrap_or(left);
-                    break;
-                }
-            }
-            // The edge exits right after its drain; a refused connection is the end of it.
-            Err(AdminError::Io { .. }) => {
-                summary.exited = true;
-                summary.complete = summary.unacked_bytes_after == 0;
-                break;
-            }
-            Err(e) => return Err(e),
+    while !waiter.is_finished() {
+        // A failed poll (the edge exiting) is not the outcome: the waiting request is.
+        if let Ok(status) = admin_request(edge, token, "GET", "/status", "") {
+            let left = unacked_bytes(&status);
+            progress.set_position(total.saturating_sub(left));
+            progress.set_message(format!(
+                "{left} bytes left, forwarder {}, {} requests in flight",
+                status["forwarder"]["state"].as_str().unwrap_or("?"),
+                status["in_flight_requests"].as_u64().unwrap_or(0)
+            ));
+            summary.unacked_bytes_after = left;
         }
         std::thread::sleep(poll);
     }
-    if !summary.exited {
+    let answer = waiter.join().map_err(|_| AdminError::Unparseable { addr: edge })??;
+    let report = &answer["report"];
+    summary.complete = report["complete"].as_bool().unwrap_or(false);
+    summary.unacked_bytes_after = report["unacked_bytes"].as_u64().unwrap_or(summary.unacked_bytes_after);
+    {
         // Wait (bounded) for the process to go away, so a script can restart it right after.
         let until = Instant::now() + Duration::from_secs(30);
         while Instant::now() < until {

@@ -218,3 +218,66 @@ fn sigterm_with_core_away_exits_at_the_deadline_and_keeps_the_wal() {
     let inspection = sluice_ops::wal::inspect(&env.wal_dir()).expect("inspect");
     assert_eq!((inspection.totals.unacked_records, inspection.totals.events), (5, 15), "{inspection:?}");
 }
+
+/// `sluicectl drain` (its library half): starts the drain, follows the backlog down to zero and
+/// reports it, and notices the edge going away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sluicectl_drain_follows_the_backlog_to_the_end() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = sluice_ops::devpki::write_dev_pki(&dir.path().join("pki")).expect("pki");
+    let core = file_core(&pki, dir.path()).await;
+    let core_addr = core.addr;
+    let e = InProcessEdge::start(|c| {
+        c.admin.listen = Some("127.0.0.1:0".parse().expect("addr"));
+        c.admin.token = Some(TOKEN.into());
+        c.forwarder.enabled = true;
+        c.forwarder.core_addr = core_addr;
+        c.forwarder.ca_cert = pki.ca_cert.clone();
+        c.forwarder.client_cert = Some(pki.edge_cert.clone());
+        c.forwarder.client_key = Some(pki.edge_key.clone());
+    })
+    .await;
+    let (addr, admin_addr, key) = (e.addr(), e.edge().admin_addr.expect("admin"), e.key.clone());
+    let backlog = tokio::task::spawn_blocking(move || {
+        assert_eq!(admin(admin_addr, "POST", "/forwarder/pause", "").status, 200);
+        for i in 0..20 {
+            let (body, _) = events_body(&format!("cli{i}"), 10);
+            assert_eq!(post_events(addr, &key, "application/json", &[], &body).status, 202);
+        }
+        admin(admin_addr, "GET", "/status", "").json()["wal"]["unacked_bytes"].as_u64().expect("bytes")
+    })
+    .await
+    .expect("client");
+    assert!(backlog > 0);
+    // What the edge binary does: serve until a drain ends, then shut down (the admin port closes).
+    let stopper = tokio::spawn(e.edge.expect("edge").serve_until_drained());
+    let summary = tokio::task::spawn_blocking(move || {
+        sluice_ops::drain::run(admin_addr, TOKEN, Some(20), Duration::from_millis(50), &indicatif::ProgressBar::hidden())
+    })
+    .await
+    .expect("client")
+    .expect("drain");
+    assert!(summary.complete && summary.exited, "{summary:?}");
+    assert_eq!(summary.unacked_records_before, Some(20));
+    assert_eq!((summary.unacked_bytes_before, summary.drained_bytes, summary.unacked_bytes_after), (backlog, backlog, 0));
+    let mut keys: Vec<String> =
+        serde_json::to_value(&summary).expect("json").as_object().expect("object").keys().cloned().collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        [
+            "complete",
+            "drained_bytes",
+            "edge",
+            "elapsed_ms",
+            "exited",
+            "rate_bytes_per_sec",
+            "unacked_bytes_after",
+            "unacked_bytes_before",
+            "unacked_records_before"
+        ]
+    );
+    tokio::time::timeout(Duration::from_secs(30), stopper).await.expect("edge stops").expect("stopper");
+    core.shutdown().await;
+    drop(dir);
+}
