@@ -15,6 +15,7 @@ pub mod http;
 pub mod idempotency;
 pub mod ingest;
 pub mod metrics;
+pub mod operator_metrics;
 pub mod pii;
 pub mod server;
 pub mod signature;
@@ -100,6 +101,11 @@ pub async fn start(config: EdgeConfig) -> Result<Edge, StartError> {
     };
     let drain = Arc::new(drain::Drain::default());
     let drain_deadline = Duration::from_secs(config.drain_deadline_secs);
+    metrics.register(Box::new(operator_metrics::OperatorCollector::new(
+        wal.clone(),
+        drain.clone(),
+        forwarder_control.clone(),
+    )?))?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| StartError::Bind { addr: config.listen, source })?;

@@ -28,6 +28,12 @@ fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// The value of an unlabelled metric on the admin port.
+fn metric(admin: SocketAddr, name: &str) -> Option<f64> {
+    let text = String::from_utf8(request(admin, "GET", "/metrics", &[], b"").expect("metrics").body).expect("utf8");
+    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
 fn admin_toml(addr: SocketAddr) -> String {
     format!("[admin]\nlisten = \"{addr}\"\ntoken = \"{TOKEN}\"\n")
 }
@@ -68,6 +74,7 @@ async fn admin_drain_turns_readiness_off_and_refuses_new_requests() {
         assert_eq!(status["drain"]["deadline_secs"], 5);
         assert_eq!(status["wal"]["unacked_records"], 1, "{status}");
         assert_eq!(status["forwarder"]["state"], "disabled");
+        assert_eq!(metric(admin_addr, "sluice_edge_draining"), Some(1.0));
         let p = admin(admin_addr, "POST", "/forwarder/pause", "");
         assert_eq!((p.status, p.json()["error"]["code"].as_str()), (409, Some("forwarder_disabled")));
     })
@@ -128,12 +135,19 @@ async fn forwarder_pause_keeps_events_in_the_wal_until_resumed() {
         assert!(status["wal"]["unacked_bytes"].as_u64().is_some_and(|b| b > 0), "{status}");
         assert!(status["wal"]["oldest_unacked_age_ms"].as_u64().is_some_and(|a| a >= 400), "{status}");
         assert_eq!(delivered(), 0, "a paused forwarder sends nothing");
+        assert_eq!(metric(admin_addr, "sluice_edge_forwarder_paused"), Some(1.0));
+        assert!(metric(admin_addr, "sluice_edge_wal_oldest_unacked_age_seconds").is_some_and(|a| a >= 0.4));
+        assert!(metric(admin_addr, "sluice_edge_wal_unacked_bytes").is_some_and(|b| b > 0.0));
 
         assert_eq!(admin(admin_addr, "POST", "/forwarder/resume", "").status, 200);
         wait_until("the WAL to empty after resume", Duration::from_secs(30), || {
             admin(admin_addr, "GET", "/status", "").json()["wal"]["unacked_bytes"] == 0
         });
         assert_eq!(delivered(), 4);
+        assert_eq!(metric(admin_addr, "sluice_edge_forwarder_paused"), Some(0.0));
+        assert_eq!(metric(admin_addr, "sluice_edge_wal_unacked_bytes"), Some(0.0));
+        assert_eq!(metric(admin_addr, "sluice_edge_wal_oldest_unacked_age_seconds"), Some(0.0));
+        assert!(metric(admin_addr, "sluice_edge_forwarder_frames_acked_total").is_some_and(|n| n >= 1.0));
         let status = admin(admin_addr, "GET", "/status", "").json();
         assert_eq!(status["forwarder"]["state"], "forwarding", "{status}");
         assert_eq!(status["wal"]["oldest_unacked_age_ms"], serde_json::Value::Null);
