@@ -68,6 +68,9 @@ async fn admin_drain_turns_readiness_off_and_refuses_new_requests() {
         assert_eq!(refused.json()["error"]["code"], "draining");
         assert_eq!(refused.header("retry-after"), Some("1"));
         assert!(refused.header("x-request-id").is_some());
+        let spec = sluice_tests::openapi::Spec::load();
+        spec.check("POST", "/v1/events", &refused);
+        spec.check("GET", "/ready", &ready);
 
         let status = admin(admin_addr, "GET", "/status?records=true", "").json();
         assert_eq!(status["draining"], true);
