@@ -115,7 +115,9 @@ async fn status(State(state): State<Arc<AdminState>>, Query(q): Query<StatusQuer
             "frames_acked": f.frames_acked(),
             "last_error": f.last_error(),
         }),
-        None => json!({ "enabled": false, "paused": false, "state": "disabled", "frames_acked": 0, "last_error": null }),
+        None => {
+            json!({ "enabled": false, "paused": false, "state": "disabled", "frames_acked": 0, "last_error": null })
+        }
     };
     let drain = state.drain.progress().map(|(deadline, started)| {
         json!({
@@ -162,7 +164,13 @@ async fn drain(State(state): State<Arc<AdminState>>, Query(q): Query<DrainQuery>
     } else {
         match serde_json::from_slice(&body) {
             Ok(r) => r,
-            Err(e) => return error(StatusCode::BAD_REQUEST, "malformed_body", &format!("expected {{\"deadline_secs\":n}}: {e}")),
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "malformed_body",
+                    &format!("expected {{\"deadline_secs\":n}}: {e}"),
+                );
+            }
         }
     };
     let deadline = req.deadline_secs.map_or(state.drain_deadline, Duration::from_secs);

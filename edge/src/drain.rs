@@ -133,7 +133,11 @@ impl Drain {
         let started = (*self.started.borrow()).unwrap_or_else(Instant::now);
         let until = started + deadline;
         let depth = wal.depth().map(|d| d.unacked_bytes).unwrap_or(0);
-        tracing::warn!(deadline_secs = deadline.as_secs_f64(), unacked_bytes = depth, "drain: started; readiness off, new requests get 503");
+        tracing::warn!(
+            deadline_secs = deadline.as_secs_f64(),
+            unacked_bytes = depth,
+            "drain: started; readiness off, new requests get 503"
+        );
         if let Some(f) = &forwarder
             && f.resume()
         {
@@ -169,16 +173,25 @@ impl Drain {
         if report.complete {
             tracing::info!(elapsed_ms = report.elapsed_ms, "drain: complete; core acknowledged the whole WAL");
         } else {
-            tracing::warn!(elapsed_ms = report.elapsed_ms, unacked_bytes = unacked, in_flight_requests,
-                forwarding = forwarder.is_some(), "drain: deadline reached or forwarding off; the rest stays in the WAL");
+            tracing::warn!(
+                elapsed_ms = report.elapsed_ms,
+                unacked_bytes = unacked,
+                in_flight_requests,
+                forwarding = forwarder.is_some(),
+                "drain: deadline reached or forwarding off; the rest stays in the WAL"
+            );
         }
         self.report.send_replace(Some(report));
     }
 }
 
 fn draining_error() -> ApiError {
-    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "draining", "this edge is draining for maintenance; retry on another")
-        .with_retry_after(1)
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "draining",
+        "this edge is draining for maintenance; retry on another",
+    )
+    .with_retry_after(1)
 }
 
 /// HTTP middleware: `/ready` fails while draining; `/v1/*` requests are refused once draining

@@ -25,7 +25,11 @@ pub struct OperatorCollector {
 }
 
 impl OperatorCollector {
-    pub fn new(wal: Wal, drain: Arc<Drain>, forwarder: Option<Arc<ForwarderControl>>) -> Result<Self, prometheus::Error> {
+    pub fn new(
+        wal: Wal,
+        drain: Arc<Drain>,
+        forwarder: Option<Arc<ForwarderControl>>,
+    ) -> Result<Self, prometheus::Error> {
         Ok(Self {
             wal,
             drain,

@@ -50,8 +50,7 @@ fn admin_request_with_timeout(
     s.read_to_end(&mut raw).map_err(io)?;
     let split = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or(AdminError::Unparseable { addr })?;
     let head = String::from_utf8_lossy(&raw[..split]);
-    let status: u16 =
-        head.split(' ').nth(1).and_then(|c| c.parse().ok()).ok_or(AdminError::Unparseable { addr })?;
+    let status: u16 = head.split(' ').nth(1).and_then(|c| c.parse().ok()).ok_or(AdminError::Unparseable { addr })?;
     let body = &raw[split + 4..];
     // axum answers with Content-Length, so the body is not chunked.
     if !(200..300).contains(&status) {

@@ -358,8 +358,7 @@ fn run_wal(action: WalAction) -> anyhow::Result<()> {
             Ok(())
         }
         WalAction::Dump { dir, tenant, batch_id, since, until, unacked } => {
-            let filter =
-                wal::DumpFilter { tenant, batch_id, since_ms: since, until_ms: until, unacked_only: unacked };
+            let filter = wal::DumpFilter { tenant, batch_id, since_ms: since, until_ms: until, unacked_only: unacked };
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
             let n = wal::dump(&dir, &filter, &mut out)?;

@@ -37,7 +37,9 @@ pub enum ReplayError {
     ForeignState { path: PathBuf, other: String },
     #[error("connecting to core at {addr}: {reason}")]
     Connect { addr: SocketAddr, reason: String },
-    #[error("core kept refusing segment {segment} offset {start} after {attempts} attempts: {last}; run again to resume")]
+    #[error(
+        "core kept refusing segment {segment} offset {start} after {attempts} attempts: {last}; run again to resume"
+    )]
     GaveUp { segment: u64, start: u64, attempts: u32, last: String },
     #[error("core rejected segment {segment} offset {start} as undecodable: {reason}")]
     Rejected { segment: u64, start: u64, reason: String },
@@ -165,7 +167,7 @@ struct Batch {
 
 /// The sending side: core over QUIC, or an NDJSON file.
 enum Sink {
-    Core { target: CoreTarget, endpoint: quinn::Endpoint, conn: Option<quinn::Connection> },
+    Core { target: Box<CoreTarget>, endpoint: quinn::Endpoint, conn: Option<quinn::Connection> },
     File { path: PathBuf, file: std::io::BufWriter<std::fs::File> },
 }
 
@@ -288,11 +290,11 @@ pub async fn run(
                 .map_err(|e| ReplayError::Connect { addr: t.addr, reason: e.to_string() })?;
             endpoint.set_default_client_config(t.client.clone());
             let name = format!("core {}", t.addr);
-            (Sink::Core { target: t, endpoint, conn: None }, name, true)
+            (Sink::Core { target: Box::new(t), endpoint, conn: None }, name, true)
         }
         Target::File(path) => {
-            let file = std::fs::File::create(&path)
-                .map_err(|source| ReplayError::Output { path: path.clone(), source })?;
+            let file =
+                std::fs::File::create(&path).map_err(|source| ReplayError::Output { path: path.clone(), source })?;
             let name = format!("file {}", path.display());
             (Sink::File { path, file: std::io::BufWriter::new(file) }, name, false)
         }

@@ -135,13 +135,16 @@ pub fn inspect(dir: &Path) -> Result<Inspection, WalToolError> {
     let mut segments: BTreeMap<(u64, bool), SegmentInfo> = BTreeMap::new();
     let mut tenants: BTreeMap<(String, String), TenantInfo> = BTreeMap::new();
     for seg in &wal.segments {
-        segments.insert((seg.seq, seg.quarantined), SegmentInfo {
-            seq: seg.seq,
-            file: seg.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
-            bytes: seg.bytes,
-            state: if seg.quarantined { "quarantined" } else { "live" },
-            ..SegmentInfo::default()
-        });
+        segments.insert(
+            (seg.seq, seg.quarantined),
+            SegmentInfo {
+                seq: seg.seq,
+                file: seg.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+                bytes: seg.bytes,
+                state: if seg.quarantined { "quarantined" } else { "live" },
+                ..SegmentInfo::default()
+            },
+        );
     }
     wal.walk(|seg, item| {
         let Some(info) = segments.get_mut(&(seg.seq, seg.quarantined)) else { return };
@@ -313,7 +316,8 @@ pub fn dump(dir: &Path, filter: &DumpFilter, out: &mut impl Write) -> Result<u64
             return;
         }
         let line = record_json(seg.seq, *offset, acked, record);
-        if let Err(e) = serde_json::to_writer(&mut *out, &line).map_err(std::io::Error::from).and_then(|()| out.write_all(b"\n"))
+        if let Err(e) =
+            serde_json::to_writer(&mut *out, &line).map_err(std::io::Error::from).and_then(|()| out.write_all(b"\n"))
         {
             failed = Some(e);
             return;

@@ -179,8 +179,11 @@ fn sigterm_drain_under_load_loses_nothing_and_exits_in_time() {
     let (http, core_addr, admin_addr) = (free_tcp_addr(), free_udp_addr(), free_tcp_addr());
     let _core = env.spawn_core(core_addr, &kafka.brokers);
     let deadline_secs = 30;
-    let opts =
-        EdgeOpts { drain_deadline_secs: Some(deadline_secs), extra_toml: admin_toml(admin_addr), ..EdgeOpts::default() };
+    let opts = EdgeOpts {
+        drain_deadline_secs: Some(deadline_secs),
+        extra_toml: admin_toml(admin_addr),
+        ..EdgeOpts::default()
+    };
     let mut edge = env.spawn_edge_with(http, core_addr, &opts);
     let collector = Collector::start(&kafka.brokers, &env.topic());
     let ledger = Ledger::new();
@@ -210,7 +213,11 @@ fn sigterm_drain_under_load_loses_nothing_and_exits_in_time() {
     assert_eq!(ledger.missing_retry_after(), 0, "every 503 carries Retry-After");
     let inspection = sluice_ops::wal::inspect(&env.wal_dir()).expect("inspect");
     assert_eq!(inspection.totals.unacked_records, 0, "the drained WAL is empty: {inspection:?}");
-    eprintln!("drained a {backlog} byte backlog in {took:?}; requests by status: 202={} 503={}", ledger.requests("202"), ledger.requests("503"));
+    eprintln!(
+        "drained a {backlog} byte backlog in {took:?}; requests by status: 202={} 503={}",
+        ledger.requests("202"),
+        ledger.requests("503")
+    );
 }
 
 /// With core unreachable the drain cannot empty the WAL: the edge still exits at its deadline,
@@ -269,14 +276,23 @@ async fn sluicectl_drain_follows_the_backlog_to_the_end() {
     // What the edge binary does: serve until a drain ends, then shut down (the admin port closes).
     let stopper = tokio::spawn(e.edge.expect("edge").serve_until_drained());
     let summary = tokio::task::spawn_blocking(move || {
-        sluice_ops::drain::run(admin_addr, TOKEN, Some(20), Duration::from_millis(50), &indicatif::ProgressBar::hidden())
+        sluice_ops::drain::run(
+            admin_addr,
+            TOKEN,
+            Some(20),
+            Duration::from_millis(50),
+            &indicatif::ProgressBar::hidden(),
+        )
     })
     .await
     .expect("client")
     .expect("drain");
     assert!(summary.complete && summary.exited, "{summary:?}");
     assert_eq!(summary.unacked_records_before, Some(20));
-    assert_eq!((summary.unacked_bytes_before, summary.drained_bytes, summary.unacked_bytes_after), (backlog, backlog, 0));
+    assert_eq!(
+        (summary.unacked_bytes_before, summary.drained_bytes, summary.unacked_bytes_after),
+        (backlog, backlog, 0)
+    );
     let mut keys: Vec<String> =
         serde_json::to_value(&summary).expect("json").as_object().expect("object").keys().cloned().collect();
     keys.sort_unstable();

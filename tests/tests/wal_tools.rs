@@ -18,7 +18,7 @@ const T0: u64 = 1_764_064_800_000;
 fn record(i: u64) -> BatchRecord {
     BatchRecord {
         batch_id: uuid::Uuid::from_u128(u128::from(i) + 1),
-        tenant: if i % 2 == 0 { "acme" } else { "zeta" }.into(),
+        tenant: if i.is_multiple_of(2) { "acme" } else { "zeta" }.into(),
         env: "prod".into(),
         region: "eu".into(),
         received_at_ms: T0 + i * 1000,
@@ -82,7 +82,10 @@ async fn inspect_json_is_exact_and_stable() {
     });
     assert_eq!(got, want);
     let table = wal::render_ls(&wal::inspect(&dir).expect("inspect"));
-    assert!(table.contains("00000000000000000002.wal") && table.contains("acked watermark: segment 1 offset"), "{table}");
+    assert!(
+        table.contains("00000000000000000002.wal") && table.contains("acked watermark: segment 1 offset"),
+        "{table}"
+    );
 }
 
 /// A flipped bit in an older segment is reported as corruption at the damaged record's offset;
@@ -142,7 +145,12 @@ fn dump_ids(dir: &Path, filter: &DumpFilter) -> Vec<String> {
     String::from_utf8(out)
         .expect("utf8")
         .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("NDJSON line")["batch_id"].as_str().unwrap_or("").to_string())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).expect("NDJSON line")["batch_id"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        })
         .collect()
 }
 
@@ -208,7 +216,9 @@ async fn replay_to_file_writes_the_selected_records() {
         let got: Vec<String> = std::fs::read_to_string(&out)
             .expect("out")
             .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("line")["batch_id"].as_str().unwrap_or("").into())
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).expect("line")["batch_id"].as_str().unwrap_or("").into()
+            })
             .collect();
         assert_eq!(got, want);
     }
@@ -228,7 +238,8 @@ async fn quarantined_segments_are_listed_and_salvaged_on_request() {
     std::fs::rename(&seg2, seg2.with_extension("corrupt")).expect("quarantine");
 
     let i = wal::inspect(&dir).expect("inspect");
-    let states: Vec<(u64, &str, u64, u64)> = i.segments.iter().map(|s| (s.seq, s.state, s.records, s.damaged)).collect();
+    let states: Vec<(u64, &str, u64, u64)> =
+        i.segments.iter().map(|s| (s.seq, s.state, s.records, s.damaged)).collect();
     assert_eq!(states, [(1, "live", 2, 0), (2, "quarantined", 1, 1), (3, "live", 2, 0)]);
     let v = wal::verify(&dir).expect("verify");
     assert!(!v.ok);
@@ -250,7 +261,9 @@ async fn quarantined_segments_are_listed_and_salvaged_on_request() {
         let got: Vec<String> = std::fs::read_to_string(&out)
             .expect("out")
             .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("line")["batch_id"].as_str().unwrap_or("").into())
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).expect("line")["batch_id"].as_str().unwrap_or("").into()
+            })
             .collect();
         assert_eq!(got, want, "include_quarantined={include}");
     }

@@ -56,11 +56,20 @@ pub fn acked_watermark(dir: &Path) -> io::Result<Option<Position>> {
 /// What a scan finds at one place in a segment.
 #[derive(Debug)]
 pub enum Item {
-    Record { offset: u64, len: u64, record: BatchRecord },
+    Record {
+        offset: u64,
+        len: u64,
+        record: BatchRecord,
+    },
     /// Bytes at `offset` that are not a valid record. `skipped` bytes were passed over to the next
     /// valid record (or the end). `tail` means no valid record follows: in the last segment that is
     /// the torn tail of an append that was never acknowledged.
-    Corrupt { offset: u64, skipped: u64, error: RecordError, tail: bool },
+    Corrupt {
+        offset: u64,
+        skipped: u64,
+        error: RecordError,
+        tail: bool,
+    },
 }
 
 /// Walks the records of one segment's bytes, resynchronising after damage so the records behind
