@@ -23,8 +23,11 @@ pub struct Args {
     /// Use the Kafka sink with these bootstrap servers (overrides `sink`).
     #[arg(long, env = "SLUICE_CORE_KAFKA")]
     pub kafka: Option<String>,
+    /// Overrides `admin_listen` (serves `GET /metrics`).
+    #[arg(long, env = "SLUICE_CORE_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
     /// Log as JSON lines.
-    #[arg(long, env = "SLUICE_LOG_JSON")]
+    #[arg(long, env = "SLUICE_LOG_JSON", value_parser = clap::builder::BoolishValueParser::new())]
     pub log_json: bool,
 }
 
@@ -41,6 +44,9 @@ pub fn load_config(args: &Args) -> anyhow::Result<CoreConfig> {
     }
     if let Some(v) = &args.data_dir {
         config.data_dir = v.clone();
+    }
+    if let Some(v) = args.admin_listen {
+        config.admin_listen = Some(v);
     }
     if let Some(brokers) = &args.kafka {
         let mut k = match config.sink {

@@ -20,6 +20,9 @@ pub struct CoreConfig {
     pub data_dir: PathBuf,
     /// How long a delivered batch ID is remembered. Default 48 hours.
     pub dedupe_ttl_hours: u64,
+    /// Admin HTTP listen address serving `GET /metrics` (Prometheus text); unset (the default)
+    /// disables it. Keep it on a private interface.
+    pub admin_listen: Option<SocketAddr>,
     pub sink: SinkConfig,
 }
 
@@ -32,6 +35,7 @@ impl Default for CoreConfig {
             client_ca: None,
             data_dir: PathBuf::from("data/core"),
             dedupe_ttl_hours: 48,
+            admin_listen: None,
             sink: SinkConfig::default(),
         }
     }

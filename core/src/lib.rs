@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod config;
 pub mod dedupe;
+pub mod metrics;
 pub mod server;
 pub mod sink;
 pub mod tls;
@@ -30,10 +31,15 @@ pub enum StartError {
     Sink(#[from] sink::SinkError),
     #[error("binding {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
 }
 
 pub struct Core {
     pub addr: SocketAddr,
+    /// Where `GET /metrics` is served, when `admin_listen` is set.
+    pub admin_addr: Option<SocketAddr>,
+    pub metrics: Arc<metrics::CoreMetrics>,
     endpoint: quinn::Endpoint,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -47,7 +53,8 @@ pub async fn start(config: CoreConfig) -> Result<Core, StartError> {
     let endpoint = quinn::Endpoint::server(server_config, config.listen)
         .map_err(|source| StartError::Bind { addr: config.listen, source })?;
     let addr = endpoint.local_addr().map_err(|source| StartError::Bind { addr: config.listen, source })?;
-    let ingest = Arc::new(server::Ingest::new(dedupe.clone(), sink));
+    let metrics = Arc::new(metrics::CoreMetrics::new()?);
+    let ingest = Arc::new(server::Ingest::new(dedupe.clone(), sink, metrics.clone()));
     let ttl_ms = config.dedupe_ttl_hours * 3600 * 1000;
     let expiry = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(60));
@@ -63,8 +70,41 @@ pub async fn start(config: CoreConfig) -> Result<Core, StartError> {
         }
     });
     let server = tokio::spawn(server::serve(endpoint.clone(), ingest));
+    let mut tasks = vec![server, expiry];
+    let admin_addr = match config.admin_listen {
+        Some(admin) => {
+            let listener = tokio::net::TcpListener::bind(admin)
+                .await
+                .map_err(|source| StartError::Bind { addr: admin, source })?;
+            let bound = listener.local_addr().map_err(|source| StartError::Bind { addr: admin, source })?;
+            tasks.push(tokio::spawn(serve_admin(listener, metrics.clone())));
+            tracing::info!(admin_addr = %bound, "core: admin API listening");
+            Some(bound)
+        }
+        None => None,
+    };
     tracing::info!(%addr, "core: listening");
-    Ok(Core { addr, endpoint, tasks: vec![server, expiry] })
+    Ok(Core { addr, admin_addr, metrics, endpoint, tasks })
+}
+
+/// `GET /metrics` (Prometheus text) on the admin port.
+async fn serve_admin(listener: tokio::net::TcpListener, metrics: Arc<metrics::CoreMetrics>) {
+    use axum::http::{StatusCode, header};
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let metrics = metrics.clone();
+                async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], metrics.render()) }
+            }),
+        )
+        .fallback(|| async {
+            let error = serde_json::json!({ "error": { "code": "not_found", "message": "no such admin endpoint" } });
+            (StatusCode::NOT_FOUND, axum::Json(error))
+        });
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::error!(error = %e, "core: admin server failed");
+    }
 }
 
 impl Core {

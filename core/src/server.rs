@@ -6,22 +6,24 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use uuid::Uuid;
 
-use sluice_wire::BatchRecord;
 use sluice_wire::frame;
 use sluice_wire::protocol::{self, Ack, MAX_COMPRESSED_LEN, MAX_HEADER_LEN};
+use sluice_wire::{BatchRecord, Stream};
 
 use crate::dedupe::DedupeIndex;
+use crate::metrics::CoreMetrics;
 use crate::sink::Sink;
 
 pub struct Ingest {
     pub dedupe: Arc<dyn DedupeIndex>,
     pub sink: Sink,
     pub in_flight: Arc<BatchLocks>,
+    pub metrics: Arc<CoreMetrics>,
 }
 
 impl Ingest {
-    pub fn new(dedupe: Arc<dyn DedupeIndex>, sink: Sink) -> Self {
-        Self { dedupe, sink, in_flight: Arc::default() }
+    pub fn new(dedupe: Arc<dyn DedupeIndex>, sink: Sink, metrics: Arc<CoreMetrics>) -> Self {
+        Self { dedupe, sink, in_flight: Arc::default(), metrics }
     }
 }
 
@@ -134,6 +136,17 @@ pub(crate) fn now_ms() -> u64 {
 impl Ingest {
     /// Decodes a frame, delivers the batches not delivered before, and says what the edge may do.
     pub async fn process(&self, msg: &[u8]) -> Ack {
+        let ack = self.process_frame(msg).await;
+        let label = match ack {
+            Ack::Stored => "stored",
+            Ack::Retry { .. } => "retry",
+            Ack::Rejected { .. } => "rejected",
+        };
+        self.metrics.frames.with_label_values(&[label]).inc();
+        ack
+    }
+
+    async fn process_frame(&self, msg: &[u8]) -> Ack {
         let (header, payload) = match protocol::decode_message(msg) {
             Ok(x) => x,
             Err(e) => {
@@ -162,11 +175,22 @@ impl Ingest {
         };
         let fresh: Vec<&BatchRecord> = batches.iter().zip(&seen).filter(|(_, s)| !**s).map(|(b, _)| b).collect();
         let duplicates = batches.len() - fresh.len();
+        self.metrics.batches.inc_by(batches.len() as u64);
+        self.metrics.duplicate_batches.inc_by(duplicates as u64);
         if !fresh.is_empty() {
+            let events = |stream| fresh.iter().filter(|b| b.stream == stream).map(|b| b.events.len() as u64).sum();
+            let (normal, dead): (u64, u64) = (events(Stream::Events), events(Stream::DeadLetter));
+            let oldest = fresh.iter().map(|b| b.received_at_ms).min().unwrap_or(0);
+            let delivering = self.metrics.in_delivery.start(normal + dead, oldest);
+            let timer = self.metrics.delivery_seconds.start_timer();
             if let Err(e) = self.sink.deliver(&fresh).await {
+                timer.stop_and_discard();
                 tracing::warn!(edge = %header.edge_id, segment = header.segment, error = %e, "core: sink refused frame; edge will resend");
                 return Ack::Retry { reason: e.to_string() };
             }
+            drop((timer, delivering));
+            self.metrics.delivered_events.with_label_values(&["events"]).inc_by(normal);
+            self.metrics.delivered_events.with_label_values(&["dead_letter"]).inc_by(dead);
             let ids: Vec<_> = fresh.iter().map(|b| b.batch_id).collect();
             let dedupe = self.dedupe.clone();
             // Recording after delivery: a crash in between re-delivers the frame (a duplicate with
@@ -207,6 +231,7 @@ mod tests {
                 events: (0..5)
                     .map(|i| EventRecord { event_id: format!("{b}-{i}"), json: format!(r#"{{"i":{i}}}"#).into_bytes() })
                     .collect(),
+                traceparent: None,
             };
             encode_record(&record, &mut raw).unwrap();
         }
@@ -229,7 +254,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let dedupe: Arc<dyn DedupeIndex> = Arc::new(RedbDedupe::open(&dir.path().join("d.redb")).unwrap());
         let sink = Sink::File(FileSink::open(&dir.path().join("sink")).unwrap());
-        let ingest = Arc::new(Ingest::new(dedupe, sink));
+        let ingest = Arc::new(Ingest::new(dedupe, sink, Arc::new(CoreMetrics::new().unwrap())));
         let msg = Arc::new(frame());
         let copies: Vec<_> = (0..4)
             .map(|_| {
@@ -243,5 +268,10 @@ mod tests {
         let lines = std::fs::read_to_string(dir.path().join("sink").join(EVENTS_FILE_NAME)).unwrap().lines().count();
         assert_eq!(lines, 100, "each of the 100 events is delivered exactly once");
         assert!(ingest.in_flight.is_empty(), "locks are released");
+        let m = &ingest.metrics;
+        assert_eq!(m.frames.with_label_values(&["stored"]).get(), 4);
+        assert_eq!((m.batches.get(), m.duplicate_batches.get()), (80, 60), "dedupe hits are counted");
+        assert_eq!(m.delivered_events.with_label_values(&["events"]).get(), 100);
+        assert_eq!(m.in_delivery.snapshot(now_ms()).0, 0, "nothing left in delivery");
     }
 }

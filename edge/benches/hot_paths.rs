@@ -84,6 +84,7 @@ fn record(raw: &[u8]) -> BatchRecord {
         received_at_ms: p.received_at_ms,
         stream: Stream::Events,
         events: p.accepted,
+        traceparent: None,
     }
 }
 

@@ -15,6 +15,9 @@ pub struct Args {
     /// TOML config file; every field has a default (see `edge/src/config.rs`).
     #[arg(long, env = "SLUICE_EDGE_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Overrides `edge_id` (e.g. the pod name of a StatefulSet).
+    #[arg(long, env = "SLUICE_EDGE_ID")]
+    pub edge_id: Option<String>,
     /// Overrides `listen`.
     #[arg(long, env = "SLUICE_EDGE_LISTEN")]
     pub listen: Option<SocketAddr>,
@@ -34,7 +37,7 @@ pub struct Args {
     #[arg(long, env = "SLUICE_EDGE_DRAIN_DEADLINE_SECS")]
     pub drain_deadline_secs: Option<u64>,
     /// Log as JSON lines (production) instead of human-readable text.
-    #[arg(long, env = "SLUICE_LOG_JSON")]
+    #[arg(long, env = "SLUICE_LOG_JSON", value_parser = clap::builder::BoolishValueParser::new())]
     pub log_json: bool,
 }
 
@@ -46,6 +49,9 @@ pub fn load_config(args: &Args) -> anyhow::Result<EdgeConfig> {
         }
         None => EdgeConfig::default(),
     };
+    if let Some(v) = &args.edge_id {
+        config.edge_id = v.clone();
+    }
     if let Some(v) = args.listen {
         config.listen = v;
     }
@@ -101,5 +107,20 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_config() {
+        let args =
+            Args::try_parse_from(["sluice-edge", "--edge-id", "sluice-edge-3", "--admin-listen", "127.0.0.1:9080"])
+                .expect("flags parse");
+        let config = load_config(&args).expect("config");
+        assert_eq!(config.edge_id, "sluice-edge-3");
+        assert_eq!(config.admin.listen, Some("127.0.0.1:9080".parse().unwrap()));
     }
 }

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use crate::routing::{CoreNode, Rendezvous};
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EdgeConfig {
@@ -209,8 +211,13 @@ pub struct ForwarderConfig {
     /// Forward the WAL to core. `false` keeps everything in the WAL (benchmarks, maintenance).
     /// Default `true`.
     pub enabled: bool,
-    /// Core's QUIC address. Default `127.0.0.1:7000`.
+    /// Core's QUIC address when there is one core node. Default `127.0.0.1:7000`.
     pub core_addr: SocketAddr,
+    /// Several core nodes: each tenant goes to one of them by rendezvous hashing on the node ids,
+    /// and to its next choice while that node is down. Default empty: `core_addr` alone.
+    pub core_nodes: Vec<CoreNode>,
+    /// Seconds a core node that failed is skipped before it is tried again. Default 5.
+    pub node_retry_secs: u64,
     /// Name in core's certificate. Default `localhost`.
     pub server_name: String,
     /// CA certificate (PEM) that signed core's certificate. Required when enabled.
@@ -228,11 +235,24 @@ pub struct ForwarderConfig {
     pub max_in_flight: usize,
 }
 
+impl ForwarderConfig {
+    /// The core nodes to route between: `core_nodes`, or `core_addr` alone.
+    pub fn routing(&self) -> Rendezvous {
+        if self.core_nodes.is_empty() {
+            Rendezvous::new(vec![CoreNode { id: "core".into(), addr: self.core_addr }])
+        } else {
+            Rendezvous::new(self.core_nodes.clone())
+        }
+    }
+}
+
 impl Default for ForwarderConfig {
     fn default() -> Self {
         Self {
             enabled: true,
             core_addr: SocketAddr::from(([127, 0, 0, 1], 7000)),
+            core_nodes: Vec::new(),
+            node_retry_secs: 5,
             server_name: "localhost".into(),
             ca_cert: PathBuf::from("ca.pem"),
             client_cert: None,

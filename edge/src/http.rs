@@ -97,6 +97,11 @@ pub fn router(state: Arc<AppState>) -> Router {
 #[derive(Clone)]
 struct RequestId(HeaderValue);
 
+/// The `traceparent` of this request's span at the edge (the client's trace, the edge's span ID),
+/// present only when the client sent a valid one.
+#[derive(Clone)]
+struct TraceParent(String);
+
 /// Parses a W3C `traceparent` (`00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`).
 fn parse_traceparent(v: &str) -> Option<(&str, &str)> {
     let mut parts = v.split('-');
@@ -132,12 +137,18 @@ async fn request_context(State(state): State<Arc<AppState>>, mut req: Request, n
         },
     );
     req.extensions_mut().insert(RequestId(id.clone()));
+    if let Some((_, tp)) = &trace {
+        req.extensions_mut().insert(TraceParent(tp.clone()));
+    }
     let span = tracing::info_span!(
         "request",
         request_id = %id.to_str().unwrap_or(""),
         trace_id = trace.as_ref().map(|(t, _)| t.as_str()).unwrap_or(""),
         method = %req.method(),
         path = %req.uri().path(),
+        // Filled in once known, so every log line of the request carries them.
+        tenant_id = tracing::field::Empty,
+        batch_id = tracing::field::Empty,
     );
     let mut resp = next.run(req).instrument(span).await;
     let code = resp.extensions().get::<ErrorCode>().map_or("ok", |c| c.0);
@@ -368,12 +379,14 @@ fn prepare(
 async fn ingest(
     State(state): State<Arc<AppState>>,
     Extension(RequestId(request_id)): Extension<RequestId>,
+    trace: Option<Extension<TraceParent>>,
     headers: HeaderMap,
     uri: Uri,
     body: Body,
 ) -> Result<Response, ApiError> {
     let request_id = request_id.to_str().unwrap_or("");
     let caller = authenticate(&state, &headers, &uri)?;
+    tracing::Span::current().record("tenant_id", caller.principal.tenant.as_str());
     let tenant = caller.principal.tenant.clone();
 
     let idem_key = headers.get(IDEMPOTENCY_KEY).map(|v| v.to_str().unwrap_or(""));
@@ -422,10 +435,11 @@ async fn ingest(
         }
     };
 
+    tracing::Span::current().record("batch_id", tracing::field::display(batch_id));
     let prepared = prepare(&state, &caller, &raw, &headers, batch_id).map_err(|e| prepare_error(e, &state.limits))?;
     let received_at_ms = prepared.received_at_ms;
     let ingest::WalBatch { accepted, rejected, bytes } = prepared
-        .into_wal_bytes(&caller.principal, &state.region)
+        .into_wal_bytes(&caller.principal, &state.region, trace.map(|Extension(TraceParent(tp))| tp))
         .map_err(|e| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", e.to_string()))?;
     let enqueue = state.metrics.enqueue_latency.start_timer();
     if let Err(e) = state.wal.append(bytes).await {
@@ -473,6 +487,7 @@ async fn debug(
     body: Body,
 ) -> Result<Response, ApiError> {
     let caller = authenticate(&state, &headers, &uri)?;
+    tracing::Span::current().record("tenant_id", caller.principal.tenant.as_str());
     if state.debug_limiter.check_key(&caller.principal.key_id).is_err() {
         let mut err = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,

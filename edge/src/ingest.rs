@@ -100,7 +100,13 @@ pub struct WalBatch {
 impl Prepared {
     /// Encodes the WAL bytes for this request: the events record and, if any event was rejected,
     /// a dead-letter record, appended together so both are durable before the 202.
-    pub fn into_wal_bytes(self, principal: &Principal, region: &str) -> Result<WalBatch, RecordError> {
+    /// `traceparent` is the request span's W3C trace context, carried to the Kafka headers.
+    pub fn into_wal_bytes(
+        self,
+        principal: &Principal,
+        region: &str,
+        traceparent: Option<String>,
+    ) -> Result<WalBatch, RecordError> {
         let accepted = self.accepted.len();
         let rejected = self.rejected;
         let size: usize = self.accepted.iter().chain(&self.dead_letters).map(|e| e.json.len() + 64).sum();
@@ -113,6 +119,7 @@ impl Prepared {
             received_at_ms: self.received_at_ms,
             stream: Stream::Events,
             events: self.accepted,
+            traceparent,
         };
         encode_record(&record, &mut bytes)?;
         if !self.dead_letters.is_empty() {
@@ -154,10 +161,12 @@ mod tests {
         let p = prepare(&req).unwrap();
         assert_eq!(p.accepted.len(), 2);
         assert_eq!(p.rejected.iter().map(|r| (r.index, r.code)).collect::<Vec<_>>(), vec![(1, "malformed_json")]);
-        let batch = p.into_wal_bytes(&principal, "eu").unwrap();
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let batch = p.into_wal_bytes(&principal, "eu", Some(tp.into())).unwrap();
         assert_eq!((batch.accepted, batch.rejected.len()), (2, 1));
         let recs: Vec<_> = records(&batch.bytes).collect::<Result<_, _>>().unwrap();
         assert_eq!(recs.len(), 2);
+        assert!(recs.iter().all(|r| r.traceparent.as_deref() == Some(tp)), "both records carry the trace");
         assert_eq!((recs[0].stream, recs[0].events.len()), (Stream::Events, 2));
         assert_eq!((recs[1].stream, recs[1].events.len()), (Stream::DeadLetter, 1));
         assert_ne!(recs[0].batch_id, recs[1].batch_id);

@@ -17,6 +17,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod operator_metrics;
 pub mod pii;
+pub mod routing;
 pub mod server;
 pub mod signature;
 pub mod tls;
@@ -92,7 +93,7 @@ pub async fn start(config: EdgeConfig) -> Result<Edge, StartError> {
         Some(control) => {
             let f = &config.forwarder;
             let client = tls::quic_client_config(&f.ca_cert, f.client_cert.as_deref(), f.client_key.as_deref())?;
-            let fwd = forwarder::Forwarder::new(f.clone(), config.edge_id.clone(), reader, client)
+            let fwd = forwarder::Forwarder::new(f.clone(), config.edge_id.clone(), reader, client, metrics.clone())
                 .map_err(StartError::Endpoint)?
                 .with_control(control.clone());
             Some(tokio::spawn(fwd.run(stop_rx.clone())))

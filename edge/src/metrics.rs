@@ -9,6 +9,9 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
 use crate::wal::Wal;
 
 pub struct EdgeMetrics {
@@ -19,6 +22,14 @@ pub struct EdgeMetrics {
     pub responses: IntCounterVec,
     /// Time from handing a batch to the WAL until its group's `fdatasync` returned.
     pub enqueue_latency: Histogram,
+    /// Frames sent to core and not yet acknowledged.
+    pub forwarder_frames_in_flight: IntGauge,
+    /// Records and WAL bytes core acknowledged (rate = forwarding throughput).
+    pub forwarded_records: IntCounter,
+    pub forwarded_bytes: IntCounter,
+    /// Edge receipt time (epoch ms) of the oldest record core has not acknowledged; 0 when the
+    /// forwarder is caught up. Exposed as an age at scrape time.
+    pub oldest_unacked_ms: Arc<AtomicU64>,
 }
 
 impl EdgeMetrics {
@@ -37,8 +48,26 @@ impl EdgeMetrics {
         registry.register(Box::new(accepted_events.clone()))?;
         registry.register(Box::new(responses.clone()))?;
         registry.register(Box::new(enqueue_latency.clone()))?;
-        registry.register(Box::new(WalCollector::new(wal)?))?;
-        Ok(Self { registry, accepted_events, responses, enqueue_latency })
+        let forwarder_frames_in_flight =
+            IntGauge::new("sluice_edge_forwarder_frames_in_flight", "Frames sent to core, awaiting its ack")?;
+        let forwarded_records =
+            IntCounter::new("sluice_edge_forwarded_records_total", "WAL records acknowledged by core")?;
+        let forwarded_bytes = IntCounter::new("sluice_edge_forwarded_bytes_total", "WAL bytes acknowledged by core")?;
+        registry.register(Box::new(forwarder_frames_in_flight.clone()))?;
+        registry.register(Box::new(forwarded_records.clone()))?;
+        registry.register(Box::new(forwarded_bytes.clone()))?;
+        let oldest_unacked_ms = Arc::new(AtomicU64::new(0));
+        registry.register(Box::new(WalCollector::new(wal, oldest_unacked_ms.clone())?))?;
+        Ok(Self {
+            registry,
+            accepted_events,
+            responses,
+            enqueue_latency,
+            forwarder_frames_in_flight,
+            forwarded_records,
+            forwarded_bytes,
+            oldest_unacked_ms,
+        })
     }
 
     /// Registers a metric owned by another module (forwarder, limits, replication).
@@ -59,6 +88,8 @@ impl EdgeMetrics {
 /// Reads the WAL writer's counters at scrape time.
 struct WalCollector {
     wal: Wal,
+    oldest_unacked_ms: Arc<AtomicU64>,
+    oldest_unacked_age: prometheus::Gauge,
     unforwarded_bytes: IntGauge,
     fsyncs: IntCounter,
     records: IntCounter,
@@ -67,9 +98,14 @@ struct WalCollector {
 }
 
 impl WalCollector {
-    fn new(wal: Wal) -> Result<Self, prometheus::Error> {
+    fn new(wal: Wal, oldest_unacked_ms: Arc<AtomicU64>) -> Result<Self, prometheus::Error> {
         Ok(Self {
             wal,
+            oldest_unacked_ms,
+            oldest_unacked_age: prometheus::Gauge::new(
+                "sluice_edge_wal_oldest_unacked_age_seconds",
+                "Age since receipt of the oldest WAL record core has not acknowledged (0 when caught up)",
+            )?,
             unforwarded_bytes: IntGauge::new(
                 "sluice_edge_wal_unforwarded_bytes",
                 "Bytes in WAL segments not yet acknowledged by core",
@@ -88,6 +124,7 @@ impl WalCollector {
 impl Collector for WalCollector {
     fn desc(&self) -> Vec<&Desc> {
         [
+            self.oldest_unacked_age.desc(),
             self.unforwarded_bytes.desc(),
             self.fsyncs.desc(),
             self.records.desc(),
@@ -108,7 +145,11 @@ impl Collector for WalCollector {
         catch_up(&self.bytes, stats.bytes.load(Relaxed));
         let secs = stats.sync_nanos.load(Relaxed) as f64 / 1e9;
         self.fsync_seconds.inc_by((secs - self.fsync_seconds.get()).max(0.0));
+        let oldest = self.oldest_unacked_ms.load(Relaxed);
+        let age_ms = if oldest == 0 { 0 } else { crate::http::now_ms().saturating_sub(oldest) };
+        self.oldest_unacked_age.set(age_ms as f64 / 1000.0);
         [
+            self.oldest_unacked_age.collect(),
             self.unforwarded_bytes.collect(),
             self.fsyncs.collect(),
             self.records.collect(),

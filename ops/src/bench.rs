@@ -30,6 +30,7 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use sluice_core::config::{KafkaConfig, SinkConfig};
 use sluice_core::dedupe::{DedupeIndex, RedbDedupe};
+use sluice_core::metrics::CoreMetrics;
 use sluice_core::server::Ingest;
 use sluice_edge::config::{EdgeConfig, LimitsConfig, PiiPolicy, ValidationConfig};
 use sluice_edge::validate::{self, BatchContext};
@@ -169,6 +170,33 @@ pub struct EdgePhase {
     pub report: LoadReport,
     pub wal: GroupStats,
     pub cpu: CpuTimes,
+    pub appends: SlowAppends,
+}
+
+/// Server-side view of the same phase: WAL appends (queue + write + fdatasync) over two bounds,
+/// from the edge's `enqueue_latency` histogram. Set against the client's p99 it tells whether a
+/// latency tail comes from the WAL or from elsewhere (HTTP, scheduling, the load generator).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SlowAppends {
+    pub total: u64,
+    /// Appends slower than 12.8 ms and 51.2 ms (histogram bucket bounds).
+    pub over_12ms: u64,
+    pub over_51ms: u64,
+}
+
+impl SlowAppends {
+    fn read(metrics: &sluice_edge::metrics::EdgeMetrics) -> Self {
+        let h = prometheus::core::Metric::metric(&metrics.enqueue_latency);
+        let h = h.get_histogram();
+        let total = h.get_sample_count();
+        let at_most = |bound: f64| {
+            h.get_bucket()
+                .iter()
+                .find(|b| (b.upper_bound() - bound).abs() < 1e-9)
+                .map_or(total, |b| b.cumulative_count())
+        };
+        Self { total, over_12ms: total - at_most(0.0128), over_51ms: total - at_most(0.0512) }
+    }
 }
 
 impl EdgePhase {
@@ -370,10 +398,11 @@ fn edge_phase(
     let report = lg.block_on(loadgen::run(&load, bar));
     let cpu = cpu_times().since(&cpu_before);
     let wal = GroupStats::read(&edge.edge.wal).since(wal_before);
+    let appends = SlowAppends::read(&edge.edge.metrics);
     edge.stop();
     std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
     let report = report.with_context(|| format!("load phase {label}"))?;
-    Ok(EdgePhase { label: label.to_string(), report, wal, cpu })
+    Ok(EdgePhase { label: label.to_string(), report, wal, cpu, appends })
 }
 
 /// Everything the suite measured.
@@ -473,6 +502,7 @@ fn build_frames(events: usize) -> anyhow::Result<Vec<Frame>> {
             received_at_ms: 1_767_312_000_000,
             stream: Stream::Events,
             events: evs,
+            traceparent: None,
         });
     }
     let mut frames = Vec::new();
@@ -533,7 +563,7 @@ pub fn core_alone(events: usize, dir: &Path) -> anyhow::Result<CoreResult> {
         for (slot, window) in [(0, 1), (1, 4)] {
             let dedupe: Arc<dyn DedupeIndex> = Arc::new(RedbDedupe::open(&dir.join(format!("dedupe-{window}.redb")))?);
             let sink = sluice_core::sink::Sink::from_config(&SinkConfig::Kafka(kafka.clone()))?;
-            let ingest = Arc::new(Ingest::new(dedupe, sink));
+            let ingest = Arc::new(Ingest::new(dedupe, sink, Arc::new(CoreMetrics::new()?)));
             // Producer start-up (metadata, idempotent producer ID) is paid before the clock starts.
             run_core(&ingest, &warmup, 1).await?;
             core[slot] = run_core(&ingest, &frames, window).await?;
@@ -768,6 +798,11 @@ fn errors(e: &BTreeMap<String, u64>) -> String {
     e.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join(", ")
 }
 
+/// `part` as a percentage of `whole`.
+fn share(part: u64, whole: u64) -> f64 {
+    100.0 * part as f64 / whole.max(1) as f64
+}
+
 fn ms(d: Duration) -> String {
     format!("{:.2}", d.as_secs_f64() * 1e3)
 }
@@ -806,15 +841,15 @@ pub fn render(opts: &BenchOptions, r: &BenchResults, machine: &str) -> String {
     let _ = writeln!(s, "\n### 2. Edge alone (WAL on, forwarder off)\n");
     let _ = writeln!(
         s,
-        "| phase | events/s | req/s | MB/s JSON | p50 ms | p95 ms | p99 ms | max ms | errors | events/s per server CPU-s | records/group | KiB/group | ms/fdatasync | CPU |"
+        "| phase | events/s | req/s | MB/s JSON | p50 ms | p95 ms | p99 ms | max ms | errors | events/s per server CPU-s | records/group | KiB/group | ms/fdatasync | WAL appends > 12.8 / > 51.2 ms | CPU |"
     );
-    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
     for p in r.edge.iter().chain(&r.matrix) {
         let rep = &p.report;
         let t = &rep.tally;
         let _ = writeln!(
             s,
-            "| {} | {:.0} | {:.0} | {:.1} | {} | {} | {} | {} | {} | {:.0} | {:.1} | {:.0} | {:.2} | {} |",
+            "| {} | {:.0} | {:.0} | {:.1} | {} | {} | {} | {} | {} | {:.0} | {:.1} | {:.0} | {:.2} | {:.2}% / {:.2}% | {} |",
             p.label,
             rep.events_per_sec(),
             rep.requests_per_sec(),
@@ -828,6 +863,8 @@ pub fn render(opts: &BenchOptions, r: &BenchResults, machine: &str) -> String {
             p.wal.records_per_group(),
             p.wal.bytes_per_group() / 1024.0,
             p.wal.ms_per_sync(),
+            share(p.appends.over_12ms, p.appends.total),
+            share(p.appends.over_51ms, p.appends.total),
             p.cpu.describe(rep.elapsed + opts.phases.warmup),
         );
     }
@@ -954,6 +991,10 @@ mod tests {
         assert!(r.edge[0].report.events_per_sec() > 0.0);
         assert!(r.edge[0].wal.groups > 0 && r.edge[0].events_per_server_cpu_sec() > 0.0);
         assert_eq!(r.edge[0].report.error_count(), 0);
+        // Every answered request made one WAL append, seen by the server-side histogram.
+        let appends = r.edge[0].appends;
+        assert!(appends.total >= r.edge[0].report.tally.ok_requests && appends.total > 0, "{appends:?}");
+        assert!(appends.over_51ms <= appends.over_12ms && appends.over_12ms <= appends.total);
         assert!(r.core.eps(r.core.core_serial) > 0.0 && r.core.eps(r.core.bare_serial) > 0.0);
         assert!(!r.e2e.freshness.is_empty(), "some events were seen in Kafka");
         let table = render(&opts, &r, "machine");

@@ -299,6 +299,7 @@ pub fn record_json(segment: u64, offset: u64, acked: bool, r: &BatchRecord) -> s
         "region": r.region,
         "received_at_ms": r.received_at_ms,
         "stream": match r.stream { Stream::Events => "events", Stream::DeadLetter => "dead_letter" },
+        "traceparent": r.traceparent,
         "events": events,
     })
 }

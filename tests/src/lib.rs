@@ -7,6 +7,7 @@ pub mod edge_harness;
 pub mod http;
 pub mod kafka;
 pub mod ledger;
+pub mod metrics;
 pub mod openapi;
 pub mod procs;
 pub mod udp_proxy;

@@ -97,6 +97,10 @@ client_key = "{key}"
 
     /// Core config TOML with extra librdkafka properties (e.g. a short `message.timeout.ms`).
     pub fn core_config_with(&self, listen: SocketAddr, brokers: &str, kafka_props: &[(&str, &str)]) -> String {
+        self.core_config_in(listen, brokers, kafka_props, &self.path().join("core"))
+    }
+
+    fn core_config_in(&self, listen: SocketAddr, brokers: &str, kafka_props: &[(&str, &str)], data: &Path) -> String {
         let mut props = String::new();
         if !kafka_props.is_empty() {
             props.push_str("[sink.properties]\n");
@@ -118,7 +122,7 @@ dlq_topic = "{dlq}"
             cert = self.pki.core_cert.display(),
             key = self.pki.core_key.display(),
             ca = self.pki.ca_cert.display(),
-            data = self.path().join("core").display(),
+            data = data.display(),
             dlq = self.dlq_topic(),
         )
     }
@@ -137,6 +141,18 @@ dlq_topic = "{dlq}"
 
     pub fn spawn_core(&self, listen: SocketAddr, brokers: &str) -> Proc {
         self.spawn_core_with(listen, brokers, &[])
+    }
+
+    /// One of several core nodes: its own config, data directory (`<name>/`) and admin port.
+    pub fn spawn_core_node(&self, name: &'static str, listen: SocketAddr, brokers: &str, admin: SocketAddr) -> Proc {
+        let config = self.path().join(format!("{name}.toml"));
+        // Top-level keys go before the config's first section.
+        let text = format!(
+            "admin_listen = \"{admin}\"\n{}",
+            self.core_config_in(listen, brokers, &[], &self.path().join(name))
+        );
+        std::fs::write(&config, text).expect("core config");
+        Proc::spawn(name, &bin_path("sluice-core-under-test"), &config, self.path())
     }
 
     pub fn spawn_core_with(&self, listen: SocketAddr, brokers: &str, kafka_props: &[(&str, &str)]) -> Proc {
@@ -177,7 +193,7 @@ pub struct Proc {
 }
 
 impl Proc {
-    fn spawn(name: &'static str, exe: &str, config: &Path, dir: &Path) -> Proc {
+    pub fn spawn(name: &'static str, exe: &str, config: &Path, dir: &Path) -> Proc {
         let log = dir.join(format!("{name}.log"));
         let out = OpenOptions::new().create(true).append(true).open(&log).expect("log file");
         let err = out.try_clone().expect("log file");

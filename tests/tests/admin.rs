@@ -2,18 +2,7 @@
 
 use sluice_tests::edge_harness::InProcessEdge;
 use sluice_tests::http::{events_body, post_events, request};
-
-/// The value of an unlabelled sample, or of the first sample whose labels contain `labels`.
-fn sample(text: &str, name: &str, labels: &str) -> Option<f64> {
-    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
-        let (series, value) = l.rsplit_once(' ')?;
-        let matches = match series.split_once('{') {
-            Some((n, rest)) => n == name && rest.contains(labels),
-            None => series == name && labels.is_empty(),
-        };
-        matches.then(|| value.parse().ok()).flatten()
-    })
-}
+use sluice_tests::metrics::sample;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_requires_its_token_and_metrics_follow_traffic() {

@@ -25,6 +25,7 @@ fn frame_message(region: &str) -> Vec<u8> {
                 json: format!(r#"{{"event_id":"dup-{i}"}}"#).into_bytes(),
             })
             .collect(),
+        traceparent: None,
     };
     let mut raw = Vec::new();
     encode_record(&record, &mut raw).unwrap();

@@ -1,6 +1,7 @@
 //! The walking skeleton's promise: events posted as a JSON array, as NDJSON and gzip-compressed
 //! travel edge → WAL → QUIC → core → Kafka and arrive exactly once, normalized, with headers;
-//! an invalid event in an accepted batch reaches core's dead-letter topic.
+//! an invalid event in an accepted batch reaches core's dead-letter topic; a request's W3C
+//! `traceparent` follows its events into the Kafka headers.
 
 use std::collections::HashSet;
 use std::io::Write;
@@ -8,7 +9,8 @@ use std::time::Duration;
 
 use sluice_tests::http::{events_body, post_events};
 use sluice_tests::kafka::{TestKafka, consume};
-use sluice_tests::procs::TestEnv;
+use sluice_tests::metrics::{sample, wait_for_sample};
+use sluice_tests::procs::{EdgeOpts, Proc, TestEnv, bin_path};
 use sluice_tests::{free_tcp_addr, free_udp_addr};
 
 #[test]
@@ -18,9 +20,15 @@ fn array_ndjson_and_gzip_bodies_arrive_once_normalized() {
     kafka.create_topic(&env.topic(), 3);
     kafka.create_topic(&env.dlq_topic(), 1);
     let core_addr = free_udp_addr();
-    let _core = env.spawn_core(core_addr, &kafka.brokers);
+    let (core_admin, edge_admin) = (free_tcp_addr(), free_tcp_addr());
+    let core_config = env.path().join("core.toml");
+    // Top-level keys go before the config's first section.
+    let text = format!("admin_listen = \"{core_admin}\"\n{}", env.core_config(core_addr, &kafka.brokers));
+    std::fs::write(&core_config, text).unwrap();
+    let _core = Proc::spawn("core", &bin_path("sluice-core-under-test"), &core_config, env.path());
     let http = free_tcp_addr();
-    let _edge = env.spawn_edge(http, core_addr);
+    let admin = EdgeOpts { extra_toml: format!("[admin]\nlisten = \"{edge_admin}\"\n"), ..EdgeOpts::default() };
+    let _edge = env.spawn_edge_with(http, core_addr, &admin);
 
     let mut expected: Vec<String> = Vec::new();
     let mut batch_ids = HashSet::new();
@@ -44,9 +52,14 @@ fn array_ndjson_and_gzip_bodies_arrive_once_normalized() {
         })
         .collect();
     expected.extend((0..3).map(|i| format!("nd-{i}")));
-    let r = post_events(http, &env.key, "application/x-ndjson", &[], ndjson.as_bytes());
+    let client_trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let r = post_events(http, &env.key, "application/x-ndjson", &[("traceparent", client_trace)], ndjson.as_bytes());
     assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
-    batch_ids.insert(r.json()["batch_id"].as_str().unwrap().to_string());
+    let traced_batch = r.json()["batch_id"].as_str().unwrap().to_string();
+    batch_ids.insert(traced_batch.clone());
+    // The edge continues the client's trace with its own span; that span is what Kafka carries.
+    let edge_trace = r.header("traceparent").expect("traceparent continued").to_string();
+    assert!(edge_trace.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && edge_trace != client_trace);
 
     let (plain, ids) = events_body("gzip", 3);
     expected.extend(ids);
@@ -75,6 +88,8 @@ fn array_ndjson_and_gzip_bodies_arrive_once_normalized() {
         assert!(p["received_at"].as_u64().unwrap() > 1_700_000_000_000);
         // Both the RFC 3339 form and epoch seconds normalize to epoch milliseconds.
         assert_eq!(p["timestamp"].as_i64(), Some(1_795_600_800_000), "{p}");
+        let expected_trace = (m.headers["batch_id"] == traced_batch).then_some(&edge_trace);
+        assert_eq!(m.headers.get("traceparent"), expected_trace, "{:?}", m.headers);
     }
 
     let dead = consume(&kafka.brokers, &env.dlq_topic(), 1, Duration::from_secs(30), Duration::from_secs(1));
@@ -84,4 +99,45 @@ fn array_ndjson_and_gzip_bodies_arrive_once_normalized() {
     assert_eq!(d["batch_id"], array_batch.as_str());
     assert_eq!(d["raw"], r#"{"event":"broken"}"#);
     assert_eq!(dead[0].headers["tenant"], "acme");
+
+    // Both admin ports report the traffic: 9 accepted at the edge, 9 + 1 dead letter delivered.
+    // Three events records and one dead-letter record acked by core.
+    let edge = wait_for_sample(edge_admin, "sluice_edge_forwarded_records_total", "", 4.0);
+    assert_eq!(sample(&edge, "sluice_edge_accepted_events_total", ""), Some(9.0), "{edge}");
+    assert_eq!(sample(&edge, "sluice_edge_responses_total", r#"code="ok",status="202""#), Some(3.0), "{edge}");
+    let core = wait_for_sample(core_admin, "sluice_core_delivered_events_total", r#"stream="events""#, 9.0);
+    assert_eq!(sample(&core, "sluice_core_delivered_events_total", r#"stream="dead_letter""#), Some(1.0), "{core}");
+    assert!(sample(&core, "sluice_core_frames_total", r#"ack="stored""#).is_some_and(|n| n >= 1.0), "{core}");
+    assert_eq!(sample(&core, "sluice_core_events_in_delivery", ""), Some(0.0), "{core}");
+}
+
+/// The edge's broker-lag metrics: while core is away the unacked WAL bytes and the age of the
+/// oldest unacked record grow; once core is back and has acked everything the age drops to 0.
+#[test]
+fn wal_lag_metrics_rise_while_core_is_away_and_clear_after() {
+    let kafka = TestKafka::start();
+    let env = TestEnv::new("lag");
+    kafka.create_topic(&env.topic(), 1);
+    let (core_addr, http, admin) = (free_udp_addr(), free_tcp_addr(), free_tcp_addr());
+    let opts = EdgeOpts { extra_toml: format!("[admin]\nlisten = \"{admin}\"\n"), ..EdgeOpts::default() };
+    let _edge = env.spawn_edge_with(http, core_addr, &opts);
+    let (body, ids) = events_body("lag", 5);
+    assert_eq!(post_events(http, &env.key, "application/json", &[], &body).status, 202);
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let text = loop {
+        let text = sluice_tests::metrics::scrape(admin);
+        if sample(&text, "sluice_edge_wal_oldest_unacked_age_seconds", "").is_some_and(|age| age >= 1.5) {
+            break text;
+        }
+        assert!(std::time::Instant::now() < deadline, "lag age never grew:\n{text}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(sample(&text, "sluice_edge_wal_unforwarded_bytes", "").is_some_and(|b| b > 0.0), "{text}");
+    assert_eq!(sample(&text, "sluice_edge_forwarded_records_total", ""), Some(0.0), "{text}");
+
+    let _core = env.spawn_core(core_addr, &kafka.brokers);
+    let msgs = consume(&kafka.brokers, &env.topic(), ids.len(), Duration::from_secs(60), Duration::from_secs(1));
+    assert_eq!(msgs.len(), ids.len());
+    wait_for_sample(admin, "sluice_edge_wal_oldest_unacked_age_seconds", "", 0.0);
 }

@@ -29,6 +29,7 @@ fn record(i: u64) -> BatchRecord {
                 json: json!({ "event_id": format!("e{i}-{e}"), "pad": "x".repeat(3000) }).to_string().into_bytes(),
             })
             .collect(),
+        traceparent: None,
     }
 }
 
@@ -181,7 +182,7 @@ async fn dump_prints_ndjson_and_filters_by_tenant_time_batch_and_ack() {
         line,
         json!({
             "segment": 3, "offset": 0, "acked": false, "batch_id": id(4), "tenant": "acme", "env": "prod",
-            "region": "eu", "received_at_ms": T0 + 4000, "stream": "events",
+            "region": "eu", "received_at_ms": T0 + 4000, "stream": "events", "traceparent": null,
             "events": [
                 { "event_id": "e4-0", "event": { "event_id": "e4-0", "pad": "x".repeat(3000) } },
                 { "event_id": "e4-1", "event": { "event_id": "e4-1", "pad": "x".repeat(3000) } },

@@ -65,6 +65,7 @@ mod tests {
             received_at_ms: i as u64,
             stream: Stream::Events,
             events: vec![EventRecord { event_id: i.to_string(), json: b"{}".to_vec() }],
+            traceparent: None,
         }
     }
 

@@ -9,8 +9,9 @@ use uuid::Uuid;
 
 /// Bytes before the versioned payload: `len` and `crc`.
 pub const HEADER_LEN: usize = 8;
-/// The record format this code writes. Readers accept every version listed in `decode_record`.
-pub const RECORD_VERSION: u8 = 1;
+/// The record format this code writes. Readers accept every version listed in `decode_record`:
+/// 1 (no trace context) and 2 (adds `traceparent`).
+pub const RECORD_VERSION: u8 = 2;
 /// Upper bound on one record's payload, so a corrupt length can never trigger a huge allocation.
 /// A request is at most 512 KiB of events, so 16 MiB leaves room for envelopes.
 pub const MAX_RECORD_LEN: u32 = 16 * 1024 * 1024;
@@ -34,6 +35,28 @@ pub struct BatchRecord {
     pub received_at_ms: u64,
     pub stream: Stream,
     pub events: Vec<EventRecord>,
+    /// The W3C `traceparent` of the edge's request span, when the client sent one, so a batch can be
+    /// followed from the HTTP request to its Kafka messages.
+    pub traceparent: Option<String>,
+}
+
+/// Version 1 of [`BatchRecord`], before trace context; WALs written by older edges still hold it.
+#[derive(Deserialize)]
+struct BatchRecordV1 {
+    batch_id: Uuid,
+    tenant: String,
+    env: String,
+    region: String,
+    received_at_ms: u64,
+    stream: Stream,
+    events: Vec<EventRecord>,
+}
+
+impl From<BatchRecordV1> for BatchRecord {
+    fn from(v: BatchRecordV1) -> Self {
+        let BatchRecordV1 { batch_id, tenant, env, region, received_at_ms, stream, events } = v;
+        BatchRecord { batch_id, tenant, env, region, received_at_ms, stream, events, traceparent: None }
+    }
 }
 
 /// A normalized event, kept as the JSON bytes that will be produced so core never re-serializes.
@@ -105,8 +128,31 @@ pub fn check_record(buf: &[u8]) -> Result<Option<usize>, RecordError> {
 pub fn decode_record(buf: &[u8]) -> Result<BatchRecord, RecordError> {
     let total = check_record(buf)?.ok_or(RecordError::Incomplete)?;
     let payload = &buf[HEADER_LEN..total];
+    let body = |e: postcard::Error| RecordError::Body(e.to_string());
     match payload[0] {
-        RECORD_VERSION => postcard::from_bytes(&payload[1..]).map_err(|e| RecordError::Body(e.to_string())),
+        RECORD_VERSION => postcard::from_bytes(&payload[1..]).map_err(body),
+        1 => postcard::from_bytes::<BatchRecordV1>(&payload[1..]).map(BatchRecord::from).map_err(body),
+        v => Err(RecordError::UnknownVersion(v)),
+    }
+}
+
+/// The leading fields of a record, read without decoding its events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordPrefix<'a> {
+    pub tenant: &'a str,
+    pub received_at_ms: u64,
+}
+
+/// The tenant and receive time of one complete framed record, without decoding its events
+/// (routing and lag tracking need only these). Every version so far starts with
+/// `batch_id, tenant, env, region, received_at_ms`.
+pub fn peek_prefix(buf: &[u8]) -> Result<RecordPrefix<'_>, RecordError> {
+    let total = check_record(buf)?.ok_or(RecordError::Incomplete)?;
+    let payload = &buf[HEADER_LEN..total];
+    match payload[0] {
+        1 | RECORD_VERSION => postcard::take_from_bytes::<(Uuid, &str, &str, &str, u64)>(&payload[1..])
+            .map(|((_, tenant, _, _, received_at_ms), _)| RecordPrefix { tenant, received_at_ms })
+            .map_err(|e| RecordError::Body(e.to_string())),
         v => Err(RecordError::UnknownVersion(v)),
     }
 }
@@ -153,6 +199,7 @@ mod tests {
                     json: format!(r#"{{"event":"e{i}"}}"#).into_bytes(),
                 })
                 .collect(),
+            traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
         }
     }
 
@@ -198,6 +245,26 @@ mod tests {
         let crc = crc32c::crc32c(&buf[HEADER_LEN..]);
         buf[4..8].copy_from_slice(&crc.to_le_bytes());
         assert_eq!(decode_record(&buf), Err(RecordError::UnknownVersion(99)));
+    }
+
+    #[test]
+    fn version_1_records_still_decode() {
+        let rec = BatchRecord { traceparent: None, ..sample(2) };
+        // Version 1 is the same fields in the same order without the trailing traceparent.
+        let v1 = (rec.batch_id, &rec.tenant, &rec.env, &rec.region, rec.received_at_ms, rec.stream, &rec.events);
+        let payload = [vec![1u8], postcard::to_stdvec(&v1).unwrap()].concat();
+        let mut buf = (payload.len() as u32).to_le_bytes().to_vec();
+        buf.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
+        buf.extend_from_slice(&payload);
+        assert_eq!(decode_record(&buf).unwrap(), rec);
+    }
+
+    #[test]
+    fn peek_prefix_reads_tenant_and_receive_time() {
+        let mut buf = Vec::new();
+        encode_record(&BatchRecord { tenant: "globex".into(), received_at_ms: 42, ..sample(3) }, &mut buf).unwrap();
+        assert_eq!(peek_prefix(&buf), Ok(RecordPrefix { tenant: "globex", received_at_ms: 42 }));
+        assert_eq!(peek_prefix(&buf[..buf.len() - 1]), Err(RecordError::Incomplete));
     }
 
     #[test]

@@ -23,6 +23,7 @@ fn batch() -> impl Strategy<Value = BatchRecord> {
             received_at_ms: at,
             stream: if dlq { Stream::DeadLetter } else { Stream::Events },
             events: events.into_iter().map(|(event_id, json)| EventRecord { event_id, json }).collect(),
+            traceparent: None,
         })
 }
 

@@ -45,11 +45,15 @@ pub fn producer_config(config: &KafkaConfig) -> ClientConfig {
 
 /// The headers of one event's message: tenant, env, batch_id, event_id (downstream dedupe keys).
 pub fn event_headers(batch: &BatchRecord, batch_id: &str, event: &EventRecord) -> OwnedHeaders {
-    OwnedHeaders::new_with_capacity(4)
+    let headers = OwnedHeaders::new_with_capacity(5)
         .insert(Header { key: "tenant", value: Some(batch.tenant.as_str()) })
         .insert(Header { key: "env", value: Some(batch.env.as_str()) })
         .insert(Header { key: "batch_id", value: Some(batch_id) })
-        .insert(Header { key: "event_id", value: Some(event.event_id.as_str()) })
+        .insert(Header { key: "event_id", value: Some(event.event_id.as_str()) });
+    match &batch.traceparent {
+        Some(tp) => headers.insert(Header { key: "traceparent", value: Some(tp.as_str()) }),
+        None => headers,
+    }
 }
 
 impl KafkaSink {
@@ -149,6 +153,7 @@ mod tests {
             received_at_ms: 1,
             stream: Stream::Events,
             events: vec![EventRecord { event_id: format!("e{i}"), json: b"{}".to_vec() }],
+            traceparent: None,
         }
     }
 

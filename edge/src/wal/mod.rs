@@ -252,6 +252,7 @@ mod tests {
             received_at_ms: 1,
             stream: sluice_wire::Stream::Events,
             events: vec![sluice_wire::EventRecord { event_id: "e".into(), json: vec![b' '; pad] }],
+            traceparent: None,
         };
         let mut b = Vec::new();
         sluice_wire::record::encode_record(&r, &mut b).unwrap();

@@ -211,6 +211,7 @@ mod tests {
             received_at_ms,
             stream: sluice_wire::Stream::Events,
             events: vec![],
+            traceparent: None,
         };
         let mut b = Vec::new();
         encode_record(&r, &mut b).unwrap();
