@@ -410,9 +410,6 @@ fn replay_core_target(
             sluice_edge::config::ForwarderConfig::default()
         }
     };
-    if let Some(v) = core {
-        f.core_addr = v;
-    }
     if let Some(v) = ca {
         f.ca_cert = v;
     }
@@ -425,7 +422,13 @@ fn replay_core_target(
     let client = sluice_edge::tls::quic_client_config(&f.ca_cert, f.client_cert.as_deref(), f.client_key.as_deref())
         .context("QUIC client TLS")?;
     Ok(replay::Target::Core(replay::CoreTarget {
-        addr: f.core_addr,
+        // --core names one node; otherwise the edge config's nodes (core_nodes or core_addr).
+        routing: match core {
+            Some(addr) => {
+                sluice_edge::routing::Rendezvous::new(vec![sluice_edge::routing::CoreNode { id: "core".into(), addr }])
+            }
+            None => f.routing(),
+        },
         server_name: f.server_name,
         client,
         edge_id,

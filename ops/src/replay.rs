@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use sluice_edge::forwarder::{SendError, send_on};
+use sluice_edge::routing::Rendezvous;
 use sluice_edge::wal::Position;
 use sluice_edge::wal::scan::Item;
 use sluice_wire::frame;
@@ -57,7 +58,9 @@ pub enum Target {
 }
 
 pub struct CoreTarget {
-    pub addr: SocketAddr,
+    /// The core nodes, and which one each tenant goes to: the forwarder's routing (each node's
+    /// dedupe index is its own, so a batch must go where the edge would have sent it).
+    pub routing: Rendezvous,
     pub server_name: String,
     pub client: quinn::ClientConfig,
     /// Shown in core's logs for these frames.
@@ -160,6 +163,8 @@ struct Batch {
     start: u64,
     end: u64,
     raw: Vec<u8>,
+    /// Tenant and byte range in `raw` of each record (for routing to core nodes).
+    spans: Vec<(String, std::ops::Range<usize>)>,
     records: u32,
     events: u64,
     lines: Vec<serde_json::Value>,
@@ -167,13 +172,17 @@ struct Batch {
 
 /// The sending side: core over QUIC, or an NDJSON file.
 enum Sink {
-    Core { target: Box<CoreTarget>, endpoint: quinn::Endpoint, conn: Option<quinn::Connection> },
+    Core { target: Box<CoreTarget>, endpoint: quinn::Endpoint, conns: Vec<Option<quinn::Connection>> },
     File { path: PathBuf, file: std::io::BufWriter<std::fs::File> },
 }
 
 impl Sink {
-    async fn connect(target: &CoreTarget, endpoint: &quinn::Endpoint) -> Result<quinn::Connection, String> {
-        let connecting = endpoint.connect(target.addr, &target.server_name).map_err(|e| e.to_string())?;
+    async fn connect(
+        target: &CoreTarget,
+        endpoint: &quinn::Endpoint,
+        addr: SocketAddr,
+    ) -> Result<quinn::Connection, String> {
+        let connecting = endpoint.connect(addr, &target.server_name).map_err(|e| e.to_string())?;
         tokio::time::timeout(Duration::from_secs(10), connecting)
             .await
             .map_err(|_| "handshake timed out".to_string())?
@@ -181,6 +190,9 @@ impl Sink {
     }
 
     /// Delivers one batch; returns only once core answered `Stored` (or the lines are written).
+    /// With several core nodes the records are split by tenant like the forwarder does, one
+    /// sub-frame per node; a node that does not answer is retried, never swapped for another
+    /// (its dedupe index is the one that knows the batch).
     async fn deliver(&mut self, b: &Batch) -> Result<(), ReplayError> {
         match self {
             Sink::File { path, file } => {
@@ -192,58 +204,81 @@ impl Sink {
                 }
                 Ok(())
             }
-            Sink::Core { target, endpoint, conn } => {
-                let header = FrameHeader {
-                    protocol_version: PROTOCOL_VERSION,
-                    edge_id: target.edge_id.clone(),
-                    segment: b.segment,
-                    start: b.start,
-                    end: b.end,
-                    record_count: b.records,
-                    raw_len: b.raw.len() as u32,
-                };
-                let message = frame::encode_message(&header, &b.raw, target.zstd_level)
-                    .map_err(|e| ReplayError::Encode(e.to_string()))?;
-                let mut backoff = Duration::from_millis(100);
-                let mut last = String::new();
-                for attempt in 1..=target.max_attempts.max(1) {
-                    let c = match conn {
-                        Some(c) if c.close_reason().is_none() => c.clone(),
-                        _ => match Self::connect(target, endpoint).await {
-                            Ok(c) => {
-                                *conn = Some(c.clone());
-                                c
-                            }
-                            Err(reason) if attempt == 1 && conn.is_none() => {
-                                return Err(ReplayError::Connect { addr: target.addr, reason });
-                            }
-                            Err(reason) => {
-                                last = reason;
-                                tokio::time::sleep(backoff).await;
-                                backoff = (backoff * 2).min(Duration::from_secs(5));
-                                continue;
-                            }
-                        },
-                    };
-                    match send_on(c, message.clone(), target.ack_timeout).await {
-                        Ok(()) => return Ok(()),
-                        Err(SendError::Rejected(reason)) => {
-                            return Err(ReplayError::Rejected { segment: b.segment, start: b.start, reason });
-                        }
-                        Err(e) => {
-                            if !matches!(e, SendError::Retry(_)) {
-                                *conn = None;
-                            }
-                            tracing::warn!(error = %e, segment = b.segment, start = b.start, attempt, "replay: frame not acked; retrying");
-                            last = e.to_string();
-                            tokio::time::sleep(backoff).await;
-                            backoff = (backoff * 2).min(Duration::from_secs(5));
-                        }
-                    }
+            Sink::Core { target, endpoint, conns } => {
+                let mut split: Vec<(Vec<u8>, u32)> = vec![(Vec::new(), 0); target.routing.nodes().len()];
+                for (tenant, range) in &b.spans {
+                    let node = target.routing.pick(tenant, |_| true).unwrap_or(0);
+                    split[node].0.extend_from_slice(&b.raw[range.clone()]);
+                    split[node].1 += 1;
                 }
-                Err(ReplayError::GaveUp { segment: b.segment, start: b.start, attempts: target.max_attempts, last })
+                for (node, (data, count)) in split.into_iter().enumerate().filter(|(_, (d, _))| !d.is_empty()) {
+                    let header = FrameHeader {
+                        protocol_version: PROTOCOL_VERSION,
+                        edge_id: target.edge_id.clone(),
+                        segment: b.segment,
+                        start: b.start,
+                        end: b.end,
+                        record_count: count,
+                        raw_len: data.len() as u32,
+                    };
+                    let message = frame::encode_message(&header, &data, target.zstd_level)
+                        .map_err(|e| ReplayError::Encode(e.to_string()))?;
+                    Self::send(target, endpoint, &mut conns[node], node, message, b).await?;
+                }
+                Ok(())
             }
         }
+    }
+
+    /// Sends one frame message to core node `node`, retrying with backoff until `Stored`.
+    async fn send(
+        target: &CoreTarget,
+        endpoint: &quinn::Endpoint,
+        conn: &mut Option<quinn::Connection>,
+        node: usize,
+        message: Vec<u8>,
+        b: &Batch,
+    ) -> Result<(), ReplayError> {
+        let addr = target.routing.nodes()[node].addr;
+        let mut backoff = Duration::from_millis(100);
+        let mut last = String::new();
+        for attempt in 1..=target.max_attempts.max(1) {
+            let c = match conn {
+                Some(c) if c.close_reason().is_none() => c.clone(),
+                _ => match Self::connect(target, endpoint, addr).await {
+                    Ok(c) => {
+                        *conn = Some(c.clone());
+                        c
+                    }
+                    // Never reached: a wrong address or certificate, not a transient failure.
+                    Err(reason) if attempt == 1 && conn.is_none() => {
+                        return Err(ReplayError::Connect { addr, reason });
+                    }
+                    Err(reason) => {
+                        last = reason;
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        continue;
+                    }
+                },
+            };
+            match send_on(c, message.clone(), target.ack_timeout).await {
+                Ok(()) => return Ok(()),
+                Err(SendError::Rejected(reason)) => {
+                    return Err(ReplayError::Rejected { segment: b.segment, start: b.start, reason });
+                }
+                Err(e) => {
+                    if !matches!(e, SendError::Retry(_)) {
+                        *conn = None;
+                    }
+                    tracing::warn!(error = %e, %addr, segment = b.segment, start = b.start, attempt, "replay: frame not acked; retrying");
+                    last = e.to_string();
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        Err(ReplayError::GaveUp { segment: b.segment, start: b.start, attempts: target.max_attempts, last })
     }
 
     async fn finish(self) -> Result<(), ReplayError> {
@@ -253,8 +288,8 @@ impl Sink {
                 .map_err(|e| e.into_error())
                 .and_then(|f| f.sync_all())
                 .map_err(|source| ReplayError::Output { path, source }),
-            Sink::Core { endpoint, conn, .. } => {
-                if let Some(c) = conn {
+            Sink::Core { endpoint, conns, .. } => {
+                for c in conns.into_iter().flatten() {
                     c.close(0u32.into(), b"replay done");
                 }
                 endpoint.wait_idle().await;
@@ -283,14 +318,17 @@ pub async fn run(
     let wal = WalDir::open(&opts.dir)?;
     let (mut sink, target_name, use_state) = match target {
         Target::Core(t) => {
-            let bind: SocketAddr = if t.addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
-                .parse()
-                .map_err(|e: std::net::AddrParseError| ReplayError::Connect { addr: t.addr, reason: e.to_string() })?;
+            let addrs: Vec<SocketAddr> = t.routing.nodes().iter().map(|n| n.addr).collect();
+            let first = addrs.first().copied().unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+            let bind: SocketAddr =
+                if addrs.iter().any(SocketAddr::is_ipv6) { "[::]:0" } else { "0.0.0.0:0" }.parse().map_err(
+                    |e: std::net::AddrParseError| ReplayError::Connect { addr: first, reason: e.to_string() },
+                )?;
             let mut endpoint = quinn::Endpoint::client(bind)
-                .map_err(|e| ReplayError::Connect { addr: t.addr, reason: e.to_string() })?;
+                .map_err(|e| ReplayError::Connect { addr: first, reason: e.to_string() })?;
             endpoint.set_default_client_config(t.client.clone());
-            let name = format!("core {}", t.addr);
-            (Sink::Core { target: Box::new(t), endpoint, conn: None }, name, true)
+            let name = format!("core {}", addrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(","));
+            (Sink::Core { target: Box::new(t), endpoint, conns: vec![None; addrs.len()] }, name, true)
         }
         Target::File(path) => {
             let file =
@@ -362,7 +400,9 @@ pub async fn run(
                         batch.start = offset;
                     }
                     let (o, l) = (offset as usize, len as usize);
+                    let at = batch.raw.len();
                     batch.raw.extend_from_slice(&data[o..o + l]);
+                    batch.spans.push((record.tenant.clone(), at..at + l));
                     batch.end = offset + len;
                     batch.records += 1;
                     batch.events += record.events.len() as u64;

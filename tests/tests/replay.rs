@@ -7,6 +7,7 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use sluice_edge::routing::{CoreNode, Rendezvous};
 use sluice_ops::replay::{self, CoreTarget, ReplayOptions, ReplaySummary, Target};
 use sluice_tests::kafka::TestKafka;
 use sluice_tests::ledger::{Collector, Ledger, Outcome, check};
@@ -28,7 +29,7 @@ fn run_replay(env: &TestEnv, core: std::net::SocketAddr, opts: &ReplayOptions) -
         sluice_edge::tls::quic_client_config(&env.pki.ca_cert, Some(&env.pki.edge_cert), Some(&env.pki.edge_key))
             .expect("client config");
     let target = Target::Core(CoreTarget {
-        addr: core,
+        routing: Rendezvous::new(vec![CoreNode { id: "core".into(), addr: core }]),
         server_name: "localhost".into(),
         client,
         edge_id: "replay-test".into(),
