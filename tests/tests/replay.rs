@@ -107,3 +107,93 @@ fn replaying_a_killed_nodes_wal_delivers_everything_exactly_once() {
     report.assert_no_loss();
     assert_eq!(report.duplicated, 0, "replays must not duplicate (batch IDs are deduped by core)");
 }
+
+/// With several core nodes a replay sends each tenant's records to the node the forwarder would
+/// (rendezvous hashing): each node's dedupe index only knows the batches it delivered, so a batch
+/// sent elsewhere would be produced twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_routes_each_tenant_to_its_core_node() {
+    use sluice_edge::config::WalConfig;
+    use sluice_edge::wal::Wal;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let pki = sluice_ops::devpki::write_dev_pki(&tmp.path().join("pki")).expect("pki");
+    let wal_dir = tmp.path().join("wal");
+    let tenants: Vec<String> = (0..8).map(|t| format!("tenant-{t}")).collect();
+    {
+        let (wal, _reader) = Wal::open(&WalConfig { dir: wal_dir.clone(), ..WalConfig::default() }).expect("wal");
+        for (i, tenant) in tenants.iter().enumerate() {
+            let record = sluice_wire::BatchRecord {
+                batch_id: uuid::Uuid::from_u128(i as u128 + 1),
+                tenant: tenant.clone(),
+                env: "prod".into(),
+                region: "eu".into(),
+                received_at_ms: 1_764_064_800_000,
+                stream: sluice_wire::Stream::Events,
+                events: vec![sluice_wire::EventRecord {
+                    event_id: format!("ev-{i}"),
+                    json: serde_json::json!({ "event_id": format!("ev-{i}"), "tenant": tenant })
+                        .to_string()
+                        .into_bytes(),
+                }],
+                traceparent: None,
+            };
+            let mut bytes = Vec::new();
+            sluice_wire::record::encode_record(&record, &mut bytes).expect("encode");
+            wal.append(bytes).await.expect("append");
+        }
+    }
+    let mut cores = Vec::new();
+    for name in ["a", "b"] {
+        let dir = tmp.path().join(format!("core-{name}"));
+        let core = sluice_core::start(sluice_core::config::CoreConfig {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            cert: pki.core_cert.clone(),
+            key: pki.core_key.clone(),
+            client_ca: Some(pki.ca_cert.clone()),
+            data_dir: dir.join("data"),
+            sink: sluice_core::config::SinkConfig::File { dir: dir.join("sink") },
+            ..sluice_core::config::CoreConfig::default()
+        })
+        .await
+        .expect("core");
+        cores.push((core, dir.join("sink").join(sluice_core::sink::EVENTS_FILE_NAME)));
+    }
+    let nodes: Vec<CoreNode> =
+        cores.iter().zip(["core-a", "core-b"]).map(|((c, _), id)| CoreNode { id: id.into(), addr: c.addr }).collect();
+    let routing = Rendezvous::new(nodes.clone());
+    let client = sluice_edge::tls::quic_client_config(&pki.ca_cert, Some(&pki.edge_cert), Some(&pki.edge_key))
+        .expect("client config");
+    let target = Target::Core(CoreTarget {
+        routing: Rendezvous::new(nodes),
+        server_name: "localhost".into(),
+        client,
+        edge_id: "replay-test".into(),
+        zstd_level: 3,
+        ack_timeout: Duration::from_secs(20),
+        max_attempts: 10,
+    });
+    let opts = ReplayOptions {
+        dir: wal_dir.clone(),
+        all: false,
+        include_quarantined: false,
+        state_file: replay::default_state_file(&wal_dir),
+        restart: false,
+        frame_bytes: 1 << 20,
+    };
+    let summary = replay::run(&opts, target, &indicatif::ProgressBar::hidden()).await.expect("replay");
+    assert_eq!(summary.records, 8);
+    let mut per_node = [0usize; 2];
+    for (node, (_, sink)) in cores.iter().enumerate() {
+        for line in std::fs::read_to_string(sink).unwrap_or_default().lines() {
+            let event: serde_json::Value = serde_json::from_str(line).expect("json");
+            let tenant = event["tenant"].as_str().expect("tenant");
+            assert_eq!(routing.pick(tenant, |_| true), Some(node), "{tenant} landed on the wrong node");
+            per_node[node] += 1;
+        }
+    }
+    assert_eq!(per_node.iter().sum::<usize>(), 8, "every event delivered once: {per_node:?}");
+    assert!(per_node.iter().all(|&n| n > 0), "both nodes got tenants: {per_node:?}");
+    for (core, _) in cores {
+        core.shutdown().await;
+    }
+}
