@@ -435,6 +435,7 @@ fn replay_core_target(
         zstd_level: f.zstd_level,
         ack_timeout: std::time::Duration::from_secs(f.ack_timeout_secs),
         max_attempts: 30,
+        max_in_flight: f.max_in_flight,
     }))
 }
 

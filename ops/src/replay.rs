@@ -6,6 +6,8 @@
 //! - **What**: records core has not acknowledged (from the ack watermark on), or with `--all`
 //!   every record; `--include-quarantined` adds the valid records of `*.corrupt` segments
 //!   (salvage). Damaged regions are skipped and counted (`sluicectl wal verify` lists them).
+//! - **Pipelined** like the forwarder: up to `max_in_flight` frames await core's ack at once; the
+//!   state file only ever moves past the oldest frame once it is acknowledged.
 //! - **Idempotent**: every record keeps its batch ID, and core drops batches it already
 //!   delivered, so replaying twice, or replaying what the node had forwarded, adds nothing.
 //! - **Resumable**: after each acknowledged frame a state file (beside the WAL directory by
@@ -13,9 +15,11 @@
 //!   there. `--restart` ignores it.
 //! - `--to-file` writes the records as NDJSON (the `wal dump` format) instead of sending them.
 
+use std::collections::VecDeque;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -69,6 +73,9 @@ pub struct CoreTarget {
     pub ack_timeout: Duration,
     /// Attempts per frame before giving up (the state file keeps the progress).
     pub max_attempts: u32,
+    /// Frames awaiting core's ack at once (the forwarder's `max_in_flight`). Progress is recorded
+    /// only up to the oldest unacknowledged one.
+    pub max_in_flight: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -170,30 +177,51 @@ struct Batch {
     lines: Vec<serde_json::Value>,
 }
 
+/// A connection to one core node.
+#[derive(Default)]
+struct NodeConn {
+    conn: Option<quinn::Connection>,
+    /// Connected at least once: a later failure is transient, a first one is a wrong address or
+    /// certificate and fails the replay at once.
+    ever: bool,
+}
+
+/// What frames sent to core share: the target, the QUIC endpoint, one connection per node.
+struct CoreCtx {
+    target: CoreTarget,
+    endpoint: quinn::Endpoint,
+    conns: tokio::sync::Mutex<Vec<NodeConn>>,
+}
+
 /// The sending side: core over QUIC, or an NDJSON file.
 enum Sink {
-    Core { target: Box<CoreTarget>, endpoint: quinn::Endpoint, conns: Vec<Option<quinn::Connection>> },
+    Core(Arc<CoreCtx>),
     File { path: PathBuf, file: std::io::BufWriter<std::fs::File> },
 }
 
-impl Sink {
-    async fn connect(
-        target: &CoreTarget,
-        endpoint: &quinn::Endpoint,
-        addr: SocketAddr,
-    ) -> Result<quinn::Connection, String> {
-        let connecting = endpoint.connect(addr, &target.server_name).map_err(|e| e.to_string())?;
-        tokio::time::timeout(Duration::from_secs(10), connecting)
-            .await
-            .map_err(|_| "handshake timed out".to_string())?
-            .map_err(|e| e.to_string())
-    }
+/// A batch on its way; `task` is `None` once it is delivered (file output is written at once).
+struct InFlight {
+    segment: u64,
+    start: u64,
+    end: u64,
+    records: u32,
+    events: u64,
+    bytes: u64,
+    task: Option<tokio::task::JoinHandle<Result<(), ReplayError>>>,
+}
 
-    /// Delivers one batch; returns only once core answered `Stored` (or the lines are written).
-    /// With several core nodes the records are split by tenant like the forwarder does, one
-    /// sub-frame per node; a node that does not answer is retried, never swapped for another
-    /// (its dedupe index is the one that knows the batch).
-    async fn deliver(&mut self, b: &Batch) -> Result<(), ReplayError> {
+impl Sink {
+    /// Starts delivering `b`; core frames go out concurrently, each retried until `Stored`.
+    fn start(&mut self, b: Batch) -> Result<InFlight, ReplayError> {
+        let mut f = InFlight {
+            segment: b.segment,
+            start: b.start,
+            end: b.end,
+            records: b.records,
+            events: b.events,
+            bytes: b.raw.len() as u64,
+            task: None,
+        };
         match self {
             Sink::File { path, file } => {
                 for line in &b.lines {
@@ -202,83 +230,10 @@ impl Sink {
                         .and_then(|()| file.write_all(b"\n"))
                         .map_err(|source| ReplayError::Output { path: path.clone(), source })?;
                 }
-                Ok(())
             }
-            Sink::Core { target, endpoint, conns } => {
-                let mut split: Vec<(Vec<u8>, u32)> = vec![(Vec::new(), 0); target.routing.nodes().len()];
-                for (tenant, range) in &b.spans {
-                    let node = target.routing.pick(tenant, |_| true).unwrap_or(0);
-                    split[node].0.extend_from_slice(&b.raw[range.clone()]);
-                    split[node].1 += 1;
-                }
-                for (node, (data, count)) in split.into_iter().enumerate().filter(|(_, (d, _))| !d.is_empty()) {
-                    let header = FrameHeader {
-                        protocol_version: PROTOCOL_VERSION,
-                        edge_id: target.edge_id.clone(),
-                        segment: b.segment,
-                        start: b.start,
-                        end: b.end,
-                        record_count: count,
-                        raw_len: data.len() as u32,
-                    };
-                    let message = frame::encode_message(&header, &data, target.zstd_level)
-                        .map_err(|e| ReplayError::Encode(e.to_string()))?;
-                    Self::send(target, endpoint, &mut conns[node], node, message, b).await?;
-                }
-                Ok(())
-            }
+            Sink::Core(ctx) => f.task = Some(tokio::spawn(deliver(ctx.clone(), b))),
         }
-    }
-
-    /// Sends one frame message to core node `node`, retrying with backoff until `Stored`.
-    async fn send(
-        target: &CoreTarget,
-        endpoint: &quinn::Endpoint,
-        conn: &mut Option<quinn::Connection>,
-        node: usize,
-        message: Vec<u8>,
-        b: &Batch,
-    ) -> Result<(), ReplayError> {
-        let addr = target.routing.nodes()[node].addr;
-        let mut backoff = Duration::from_millis(100);
-        let mut last = String::new();
-        for attempt in 1..=target.max_attempts.max(1) {
-            let c = match conn {
-                Some(c) if c.close_reason().is_none() => c.clone(),
-                _ => match Self::connect(target, endpoint, addr).await {
-                    Ok(c) => {
-                        *conn = Some(c.clone());
-                        c
-                    }
-                    // Never reached: a wrong address or certificate, not a transient failure.
-                    Err(reason) if attempt == 1 && conn.is_none() => {
-                        return Err(ReplayError::Connect { addr, reason });
-                    }
-                    Err(reason) => {
-                        last = reason;
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
-                        continue;
-                    }
-                },
-            };
-            match send_on(c, message.clone(), target.ack_timeout).await {
-                Ok(()) => return Ok(()),
-                Err(SendError::Rejected(reason)) => {
-                    return Err(ReplayError::Rejected { segment: b.segment, start: b.start, reason });
-                }
-                Err(e) => {
-                    if !matches!(e, SendError::Retry(_)) {
-                        *conn = None;
-                    }
-                    tracing::warn!(error = %e, %addr, segment = b.segment, start = b.start, attempt, "replay: frame not acked; retrying");
-                    last = e.to_string();
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
-        Err(ReplayError::GaveUp { segment: b.segment, start: b.start, attempts: target.max_attempts, last })
+        Ok(f)
     }
 
     async fn finish(self) -> Result<(), ReplayError> {
@@ -288,15 +243,98 @@ impl Sink {
                 .map_err(|e| e.into_error())
                 .and_then(|f| f.sync_all())
                 .map_err(|source| ReplayError::Output { path, source }),
-            Sink::Core { endpoint, conns, .. } => {
-                for c in conns.into_iter().flatten() {
+            Sink::Core(ctx) => {
+                for c in ctx.conns.lock().await.iter().filter_map(|n| n.conn.as_ref()) {
                     c.close(0u32.into(), b"replay done");
                 }
-                endpoint.wait_idle().await;
+                ctx.endpoint.wait_idle().await;
                 Ok(())
             }
         }
     }
+}
+
+/// Delivers one batch to core. With several core nodes the records are split by tenant like the
+/// forwarder does, one sub-frame per node; a node that does not answer is retried, never swapped
+/// for another (its dedupe index is the one that knows the batch).
+async fn deliver(ctx: Arc<CoreCtx>, b: Batch) -> Result<(), ReplayError> {
+    let target = &ctx.target;
+    let mut split: Vec<(Vec<u8>, u32)> = vec![(Vec::new(), 0); target.routing.nodes().len()];
+    for (tenant, range) in &b.spans {
+        let node = target.routing.pick(tenant, |_| true).unwrap_or(0);
+        split[node].0.extend_from_slice(&b.raw[range.clone()]);
+        split[node].1 += 1;
+    }
+    for (node, (data, count)) in split.into_iter().enumerate().filter(|(_, (d, _))| !d.is_empty()) {
+        let header = FrameHeader {
+            protocol_version: PROTOCOL_VERSION,
+            edge_id: target.edge_id.clone(),
+            segment: b.segment,
+            start: b.start,
+            end: b.end,
+            record_count: count,
+            raw_len: data.len() as u32,
+        };
+        let message =
+            frame::encode_message(&header, &data, target.zstd_level).map_err(|e| ReplayError::Encode(e.to_string()))?;
+        send(&ctx, node, message, b.segment, b.start).await?;
+    }
+    Ok(())
+}
+
+/// The connection to `node`, connecting if needed.
+async fn connection(ctx: &CoreCtx, node: usize) -> Result<quinn::Connection, (bool, String)> {
+    let mut conns = ctx.conns.lock().await;
+    let state = &mut conns[node];
+    if let Some(c) = &state.conn
+        && c.close_reason().is_none()
+    {
+        return Ok(c.clone());
+    }
+    let addr = ctx.target.routing.nodes()[node].addr;
+    let connecting = ctx.endpoint.connect(addr, &ctx.target.server_name).map_err(|e| (state.ever, e.to_string()))?;
+    let conn = tokio::time::timeout(Duration::from_secs(10), connecting)
+        .await
+        .map_err(|_| (state.ever, "handshake timed out".to_string()))?
+        .map_err(|e| (state.ever, e.to_string()))?;
+    state.conn = Some(conn.clone());
+    state.ever = true;
+    Ok(conn)
+}
+
+/// Sends one frame message to core node `node`, retrying with backoff until `Stored`.
+async fn send(ctx: &CoreCtx, node: usize, message: Vec<u8>, segment: u64, start: u64) -> Result<(), ReplayError> {
+    let target = &ctx.target;
+    let addr = target.routing.nodes()[node].addr;
+    let mut backoff = Duration::from_millis(100);
+    let mut last = String::new();
+    for attempt in 1..=target.max_attempts.max(1) {
+        let c = match connection(ctx, node).await {
+            Ok(c) => c,
+            // Never reached: a wrong address or certificate, not a transient failure.
+            Err((false, reason)) => return Err(ReplayError::Connect { addr, reason }),
+            Err((true, reason)) => {
+                last = reason;
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        match send_on(c, message.clone(), target.ack_timeout).await {
+            Ok(()) => return Ok(()),
+            Err(SendError::Rejected(reason)) => return Err(ReplayError::Rejected { segment, start, reason }),
+            Err(e) => {
+                if !matches!(e, SendError::Retry(_)) {
+                    ctx.conns.lock().await[node].conn = None;
+                }
+                tracing::warn!(error = %e, %addr, segment, start, attempt, "replay: frame not acked; retrying");
+                last = e.to_string();
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    Err(ReplayError::GaveUp { segment, start, attempts: target.max_attempts, last })
 }
 
 /// Bytes a replay will read from `start` on (for the progress bar).
@@ -328,7 +366,8 @@ pub async fn run(
                 .map_err(|e| ReplayError::Connect { addr: first, reason: e.to_string() })?;
             endpoint.set_default_client_config(t.client.clone());
             let name = format!("core {}", addrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(","));
-            (Sink::Core { target: Box::new(t), endpoint, conns: vec![None; addrs.len()] }, name, true)
+            let conns = tokio::sync::Mutex::new(addrs.iter().map(|_| NodeConn::default()).collect());
+            (Sink::Core(Arc::new(CoreCtx { target: t, endpoint, conns })), name, true)
         }
         Target::File(path) => {
             let file =
@@ -362,7 +401,7 @@ pub async fn run(
         Some(from)
     };
     progress.set_length(planned_bytes(&wal, opts, &start));
-    let mut summary = ReplaySummary {
+    let summary = ReplaySummary {
         dir: opts.dir.display().to_string(),
         target: target_name,
         mode: if opts.all { "all" } else { "unacked" },
@@ -370,8 +409,17 @@ pub async fn run(
         state_file: use_state.then(|| opts.state_file.display().to_string()),
         ..ReplaySummary::default()
     };
-    let mut done_records = state.map_or(0, |s| s.records);
-    let dir_name = canonical(&opts.dir);
+    let mut tracker = Tracker {
+        summary,
+        done_records: state.map_or(0, |s| s.records),
+        dir: canonical(&opts.dir),
+        state_file: use_state.then(|| opts.state_file.clone()),
+    };
+    let window = match &sink {
+        Sink::Core(ctx) => ctx.target.max_in_flight.max(1),
+        Sink::File { .. } => 1,
+    };
+    let mut in_flight: VecDeque<InFlight> = VecDeque::new();
     for seg in wal.segments.iter().filter(|s| opts.include_quarantined || !s.quarantined) {
         let data = std::fs::read(&seg.path).map_err(|source| WalToolError::Io { path: seg.path.clone(), source })?;
         let from = start(seg.seq, seg.quarantined);
@@ -384,9 +432,9 @@ pub async fn run(
             {
                 let before_ack = !seg.quarantined && wal.is_acked(seg.seq, offset) && !opts.all;
                 if before_ack {
-                    summary.skipped_acked += 1;
+                    tracker.summary.skipped_acked += 1;
                 } else {
-                    summary.skipped_done += 1;
+                    tracker.summary.skipped_done += 1;
                 }
             }
         }
@@ -412,31 +460,73 @@ pub async fn run(
                     }
                 }
                 Item::Corrupt { offset, skipped, error, tail } => {
-                    summary.damaged += 1;
+                    tracker.summary.damaged += 1;
                     tracing::warn!(segment = seg.seq, offset, bytes = skipped, tail, %error, "replay: skipping a damaged region");
                 }
             }
             let at_boundary = !matches!(items.peek(), Some(Item::Record { .. }));
             if batch.records > 0 && (batch.raw.len() >= opts.frame_bytes || at_boundary) {
-                sink.deliver(&batch).await?;
-                summary.frames += 1;
-                summary.records += u64::from(batch.records);
-                summary.events += batch.events;
-                summary.bytes += batch.raw.len() as u64;
-                done_records += u64::from(batch.records);
-                progress.set_position(progress.position() + (batch.end - batch.start));
-                progress.set_message(format!("{} records, {} frames", summary.records, summary.frames));
-                if use_state {
-                    let next = Pos { segment: seg.seq, offset: batch.end };
-                    store_state(&opts.state_file, &ReplayState { dir: dir_name.clone(), next, records: done_records })?;
+                let full = std::mem::replace(&mut batch, Batch { segment: seg.seq, ..Batch::default() });
+                in_flight.push_back(sink.start(full)?);
+                while in_flight.len() >= window
+                    && let Some(oldest) = in_flight.pop_front()
+                {
+                    if let Err(e) = tracker.settle(oldest, progress).await {
+                        abort_all(&in_flight);
+                        return Err(e);
+                    }
                 }
-                batch = Batch { segment: seg.seq, ..Batch::default() };
             }
         }
     }
+    while let Some(oldest) = in_flight.pop_front() {
+        if let Err(e) = tracker.settle(oldest, progress).await {
+            abort_all(&in_flight);
+            return Err(e);
+        }
+    }
+    let mut summary = tracker.summary;
     sink.finish().await?;
     summary.elapsed_ms = started.elapsed().as_millis() as u64;
     Ok(summary)
+}
+
+/// Applies acknowledged batches in WAL order: summary, progress bar, state file.
+struct Tracker {
+    summary: ReplaySummary,
+    done_records: u64,
+    dir: String,
+    state_file: Option<PathBuf>,
+}
+
+impl Tracker {
+    /// Waits for the oldest batch in flight; only then does the state file move past it.
+    async fn settle(&mut self, f: InFlight, progress: &indicatif::ProgressBar) -> Result<(), ReplayError> {
+        if let Some(task) = f.task {
+            task.await.map_err(|e| ReplayError::Encode(format!("replay task: {e}")))??;
+        }
+        let s = &mut self.summary;
+        s.frames += 1;
+        s.records += u64::from(f.records);
+        s.events += f.events;
+        s.bytes += f.bytes;
+        self.done_records += u64::from(f.records);
+        progress.set_position(progress.position() + (f.end - f.start));
+        progress.set_message(format!("{} records, {} frames", s.records, s.frames));
+        if let Some(path) = &self.state_file {
+            let next = Pos { segment: f.segment, offset: f.end };
+            store_state(path, &ReplayState { dir: self.dir.clone(), next, records: self.done_records })?;
+        }
+        Ok(())
+    }
+}
+
+fn abort_all(in_flight: &VecDeque<InFlight>) {
+    for f in in_flight {
+        if let Some(t) = &f.task {
+            t.abort();
+        }
+    }
 }
 
 impl ReplaySummary {

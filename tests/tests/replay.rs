@@ -36,6 +36,7 @@ fn run_replay(env: &TestEnv, core: std::net::SocketAddr, opts: &ReplayOptions) -
         zstd_level: 3,
         ack_timeout: Duration::from_secs(20),
         max_attempts: 10,
+        max_in_flight: 4,
     });
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(replay::run(opts, target, &indicatif::ProgressBar::hidden())).expect("replay")
@@ -171,6 +172,7 @@ async fn replay_routes_each_tenant_to_its_core_node() {
         zstd_level: 3,
         ack_timeout: Duration::from_secs(20),
         max_attempts: 10,
+        max_in_flight: 4,
     });
     let opts = ReplayOptions {
         dir: wal_dir.clone(),
