@@ -18,13 +18,14 @@ mod identity;
 pub mod mirror;
 mod reader;
 mod recovery;
+pub mod scan;
 mod segment;
 mod watermark;
 mod writer;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, mpsc};
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
 
 use tokio::sync::{oneshot, watch};
 
@@ -85,8 +86,32 @@ pub(crate) struct Shared {
     pub disk_bytes: AtomicU64,
     pub failed: AtomicBool,
     pub stats: WalStats,
-    /// Everything before this position is acknowledged by core (the in-memory watermark).
-    pub acked: watch::Sender<Position>,
+    /// The position core has acknowledged up to (the reader's, published for status).
+    pub acked: Mutex<Position>,
+}
+
+/// How far the forwarder is behind: what `GET /status` and a drain report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Depth {
+    pub acked: Position,
+    pub committed: Position,
+    /// Committed bytes core has not acknowledged.
+    pub unacked_bytes: u64,
+}
+
+impl Shared {
+    fn new(disk_bytes: u64, acked: Position) -> Self {
+        Self {
+            disk_bytes: AtomicU64::new(disk_bytes),
+            failed: AtomicBool::new(false),
+            stats: WalStats::default(),
+            acked: Mutex::new(acked),
+        }
+    }
+
+    fn publish_acked(&self, to: Position) {
+        *self.acked.lock().unwrap_or_else(PoisonError::into_inner) = to;
+    }
 }
 
 struct Append {
@@ -152,7 +177,7 @@ impl Wal {
         let next_seq = live.last().map_or(1, |&(seq, _)| seq + 1).max(acked.segment).max(1);
         let disk_bytes: u64 = live.iter().map(|&(_, len)| len).sum();
         let reader_start = acked.max(Position { segment: live.first().map_or(next_seq, |s| s.0), offset: 0 });
-        let shared = Arc::new(Shared::new(disk_bytes, reader_start));
+        let shared = Arc::new(Shared::new(disk_bytes, acked));
         let start = Position { segment: next_seq, offset: 0 };
         let (committed_tx, committed_rx) = watch::channel(start);
         let writer = writer::Writer::create(config, next_seq, shared.clone(), committed_tx, replicate).map_err(err)?;
@@ -167,11 +192,6 @@ impl Wal {
     /// This WAL's identity (see `wal.id`), stable for as long as the directory lives.
     pub fn id(&self) -> u64 {
         self.id
-    }
-
-    /// Everything before this position is acknowledged by core.
-    pub fn acked(&self) -> Position {
-        *self.shared.acked.borrow()
     }
 
     /// Appends one framed record; resolves once it is durable.
@@ -214,16 +234,29 @@ impl Wal {
     pub fn committed(&self) -> Position {
         *self.committed.borrow()
     }
-}
 
-impl Shared {
-    fn new(disk_bytes: u64, acked: Position) -> Self {
-        Self {
-            disk_bytes: AtomicU64::new(disk_bytes),
-            failed: AtomicBool::new(false),
-            stats: WalStats::default(),
-            acked: watch::channel(acked).0,
-        }
+    /// The position up to which core has acknowledged.
+    pub fn acked(&self) -> Position {
+        *self.shared.acked.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Acked and committed positions and the bytes between them.
+    pub fn depth(&self) -> std::io::Result<Depth> {
+        // Committed first: a record committed after this read is simply not counted yet.
+        let committed = self.committed();
+        let acked = self.acked();
+        let segments = list_segments(&self.dir)?;
+        Ok(Depth { acked, committed, unacked_bytes: scan::unacked_bytes(&segments, acked, committed) })
+    }
+
+    /// Records core has not acknowledged (walks record headers: one read per record).
+    pub fn unacked_records(&self, depth: &Depth) -> std::io::Result<u64> {
+        scan::count_records(&self.dir, &list_segments(&self.dir)?, depth.acked, depth.committed)
+    }
+
+    /// The oldest record core has not acknowledged, if any.
+    pub fn oldest_unacked(&self, depth: &Depth) -> std::io::Result<Option<sluice_wire::BatchRecord>> {
+        scan::record_at(&self.dir, &list_segments(&self.dir)?, depth.acked, depth.committed)
     }
 }
 

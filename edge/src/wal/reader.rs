@@ -41,6 +41,7 @@ impl WalReader {
         shared: Arc<Shared>,
         writer: std::sync::mpsc::Sender<Request>,
     ) -> Self {
+        shared.publish_acked(acked);
         Self { dir, committed, acked, shared, writer }
     }
 
@@ -141,7 +142,7 @@ impl WalReader {
         }
         trim(&self.dir, to, &self.shared)?;
         self.acked = to;
-        self.shared.acked.send_replace(to);
+        self.shared.publish_acked(to);
         Ok(())
     }
 
