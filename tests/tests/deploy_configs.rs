@@ -166,6 +166,7 @@ fn example_configs_parse() {
     let edge: EdgeConfig = toml::from_str(&read("edge.example.toml")).unwrap();
     assert_eq!(edge.region, "eu-central");
     assert_eq!(edge.limits.max_events, 500);
+    assert_eq!(edge.replication.peers.len(), 1);
     let core: CoreConfig = toml::from_str(&read("core.example.toml")).unwrap();
     assert!(matches!(core.sink, SinkConfig::Kafka(ref k) if k.properties.contains_key("security.protocol")));
 }
