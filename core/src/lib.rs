@@ -2,6 +2,7 @@
 //! it already delivered (redb dedupe index), produces the rest to Kafka (or the embedded file
 //! sink), and acks a frame only once every event in it is durable downstream.
 
+pub mod circuit;
 pub mod cli;
 pub mod config;
 pub mod dedupe;

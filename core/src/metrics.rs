@@ -24,6 +24,9 @@ pub struct CoreMetrics {
     /// Time for the sink to confirm one frame's fresh batches.
     pub delivery_seconds: Histogram,
     pub in_delivery: Arc<InDelivery>,
+    /// The sink's circuit breaker (`circuit`): 0 closed, 1 half-open, 2 open; and how often it opened.
+    pub sink_circuit_state: IntGauge,
+    pub sink_circuit_opens: IntCounter,
 }
 
 impl CoreMetrics {
@@ -50,7 +53,25 @@ impl CoreMetrics {
         registry.register(Box::new(delivered_events.clone()))?;
         registry.register(Box::new(delivery_seconds.clone()))?;
         registry.register(Box::new(InDeliveryCollector::new(in_delivery.clone())?))?;
-        Ok(Self { registry, frames, batches, duplicate_batches, delivered_events, delivery_seconds, in_delivery })
+        let sink_circuit_state = IntGauge::new(
+            "sluice_core_sink_circuit_state",
+            "Circuit breaker towards the sink: 0 closed, 1 half-open (probing), 2 open (frames left unread)",
+        )?;
+        let sink_circuit_opens =
+            IntCounter::new("sluice_core_sink_circuit_opens_total", "Times the sink's circuit breaker opened")?;
+        registry.register(Box::new(sink_circuit_state.clone()))?;
+        registry.register(Box::new(sink_circuit_opens.clone()))?;
+        Ok(Self {
+            registry,
+            frames,
+            batches,
+            duplicate_batches,
+            delivered_events,
+            delivery_seconds,
+            in_delivery,
+            sink_circuit_state,
+            sink_circuit_opens,
+        })
     }
 
     /// Registers a metric owned by another module.

@@ -10,6 +10,7 @@ use sluice_wire::frame;
 use sluice_wire::protocol::{self, Ack, MAX_COMPRESSED_LEN, MAX_HEADER_LEN};
 use sluice_wire::{BatchRecord, Stream};
 
+use crate::circuit::SinkCircuit;
 use crate::dedupe::DedupeIndex;
 use crate::metrics::CoreMetrics;
 use crate::sink::Sink;
@@ -19,11 +20,14 @@ pub struct Ingest {
     pub sink: Sink,
     pub in_flight: Arc<BatchLocks>,
     pub metrics: Arc<CoreMetrics>,
+    /// Open while the sink's deliveries fail: frames are then left unread.
+    pub circuit: SinkCircuit,
 }
 
 impl Ingest {
     pub fn new(dedupe: Arc<dyn DedupeIndex>, sink: Sink, metrics: Arc<CoreMetrics>) -> Self {
-        Self { dedupe, sink, in_flight: Arc::default(), metrics }
+        let circuit = SinkCircuit::new(metrics.sink_circuit_state.clone(), metrics.sink_circuit_opens.clone());
+        Self { dedupe, sink, in_flight: Arc::default(), metrics, circuit }
     }
 }
 
@@ -107,6 +111,8 @@ pub async fn serve(endpoint: quinn::Endpoint, ingest: Arc<Ingest>) {
 }
 
 async fn handle_stream(ingest: Arc<Ingest>, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+    // Not a byte is read while the sink's circuit is open (backpressure to the edges).
+    let _pass = ingest.circuit.pass().await;
     let ack = match recv.read_to_end(4 + MAX_HEADER_LEN + MAX_COMPRESSED_LEN).await {
         Ok(msg) => ingest.process(&msg).await,
         Err(e) => {
@@ -186,8 +192,10 @@ impl Ingest {
             if let Err(e) = self.sink.deliver(&fresh).await {
                 timer.stop_and_discard();
                 tracing::warn!(edge = %header.edge_id, segment = header.segment, error = %e, "core: sink refused frame; edge will resend");
+                self.circuit.failed();
                 return Ack::Retry { reason: e.to_string() };
             }
+            self.circuit.delivered();
             drop((timer, delivering));
             self.metrics.delivered_events.with_label_values(&["events"]).inc_by(normal);
             self.metrics.delivered_events.with_label_values(&["dead_letter"]).inc_by(dead);

@@ -1,5 +1,6 @@
 //! Micro-benchmarks of the per-event hot path of an edge and of the forwarder's framing:
-//! body parse + validate + normalize, WAL record encoding, zstd frame compression.
+//! body parse + validate + normalize, WAL record encoding, zstd frame compression, and the
+//! admission checks every request passes.
 //!
 //! `cargo bench -p sluice-edge`. Throughput is reported per event (or per byte for zstd).
 
@@ -122,5 +123,30 @@ fn zstd_framing(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, parse_validate_normalize, zstd_framing);
+/// What admission control adds to one accepted request of a rate-limited tenant: the in-flight
+/// permits, the WAL-pressure check, the bucket charge on arrival and its settlement, and the
+/// usage record.
+fn admission(c: &mut Criterion) {
+    use sluice_edge::admission::Admission;
+    use sluice_edge::auth::KeyStore;
+    use sluice_edge::config::AdmissionConfig;
+    let refusals = prometheus::IntCounterVec::new(prometheus::Opts::new("r", "r"), &["reason"]).unwrap();
+    // A quota no benchmark loop reaches, so every request is admitted.
+    let config = AdmissionConfig { tenant_events_per_sec: u32::MAX / 4, ..AdmissionConfig::default() };
+    let a = Admission::new(config, 512 * 1024, 1 << 33, refusals);
+    let keys = KeyStore::default();
+    let mut g = c.benchmark_group("admission");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("admit+charge+record one request", |b| {
+        b.iter(|| {
+            let _in_flight = a.enter(Some(30_000)).unwrap();
+            let admitted = a.admit(&keys, black_box("acme"), 1 << 20).unwrap().unwrap();
+            black_box(a.charge(&admitted, EVENTS).unwrap());
+            a.record("acme", 30_000, EVENTS as u64);
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, parse_validate_normalize, zstd_framing, admission);
 criterion_main!(benches);

@@ -11,6 +11,11 @@
 //!     WAL keeps accepting up to its budget), e.g. during a core or broker incident.
 //!
 //! Errors use the public API's JSON shape `{"error":{"code","message"}}`.
+//!
+//! Kill switch (operator routes, bearer token): `POST /admission/block` and
+//! `POST /admission/unblock` with `{"tenant":"…"}` or `{"tenant":"…","env":"…"}` take effect on
+//! the next request and last until unblocked or the process restarts (for a lasting block, use
+//! `disabled_tenants`/`disabled_envs` in the keys file); `GET /admission` lists the blocks.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +30,7 @@ use axum::{Json, Router};
 use serde_json::json;
 use subtle::ConstantTimeEq;
 
+use crate::auth::{Block, KeyRing};
 use crate::drain::Drain;
 use crate::forwarder_control::ForwarderControl;
 use crate::metrics::EdgeMetrics;
@@ -35,6 +41,7 @@ pub struct AdminState {
     pub token: Option<String>,
     pub wal: Wal,
     pub metrics: Arc<EdgeMetrics>,
+    pub keys: Arc<KeyRing>,
     pub drain: Arc<Drain>,
     /// Deadline of a `POST /drain` without one (`drain_deadline_secs`).
     pub drain_deadline: Duration,
@@ -48,6 +55,10 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/drain", post(drain))
         .route("/forwarder/pause", post(pause))
         .route("/forwarder/resume", post(resume))
+        // Kill switch (admission control).
+        .route("/admission", get(admission_status))
+        .route("/admission/block", post(block))
+        .route("/admission/unblock", post(unblock))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/metrics", get(metrics))
@@ -206,4 +217,42 @@ fn set_paused(state: &AdminState, paused: bool) -> Response {
     let changed = if paused { f.pause() } else { f.resume() };
     tracing::warn!(paused, changed, "admin: forwarder {}", if paused { "paused" } else { "resumed" });
     Json(json!({ "forwarder": { "paused": paused, "changed": changed } })).into_response()
+}
+
+/// The kill-switch entry in a block/unblock body, or why it is not one (answered `400`).
+fn parse_block(body: &[u8]) -> Result<Block, String> {
+    let block: Block =
+        serde_json::from_slice(body).map_err(|e| format!("expected {{\"tenant\":…,\"env\"?:…}}: {e}"))?;
+    if block.tenant.is_empty() || block.env.as_ref().is_some_and(String::is_empty) {
+        return Err("tenant and env must not be empty".into());
+    }
+    Ok(block)
+}
+
+async fn block(State(state): State<Arc<AdminState>>, body: Bytes) -> Response {
+    let block = match parse_block(&body) {
+        Ok(b) => b,
+        Err(m) => return error(StatusCode::BAD_REQUEST, "malformed_body", &m),
+    };
+    let added = state.keys.block(block.clone());
+    tracing::warn!(tenant_id = %block.tenant, env = block.env.as_deref().unwrap_or("*"), added, "admin: kill switch on");
+    Json(json!({ "blocked": block, "changed": added })).into_response()
+}
+
+async fn unblock(State(state): State<Arc<AdminState>>, body: Bytes) -> Response {
+    let block = match parse_block(&body) {
+        Ok(b) => b,
+        Err(m) => return error(StatusCode::BAD_REQUEST, "malformed_body", &m),
+    };
+    let removed = state.keys.unblock(&block);
+    tracing::warn!(tenant_id = %block.tenant, env = block.env.as_deref().unwrap_or("*"), removed, "admin: kill switch off");
+    Json(json!({ "unblocked": block, "changed": removed })).into_response()
+}
+
+async fn admission_status(State(state): State<Arc<AdminState>>) -> Json<serde_json::Value> {
+    let snapshot = state.keys.snapshot();
+    Json(json!({
+        "blocks": state.keys.runtime_blocks(),
+        "quotas": snapshot.quotas(),
+    }))
 }

@@ -3,7 +3,7 @@
 //! reveals a key. API keys are 192-bit random strings, so a fast hash is the right tool (a
 //! password KDF protects low-entropy secrets and would cost every request milliseconds).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -23,8 +23,46 @@ pub struct KeysFile {
     /// Kill switch: every key of these tenants gets 403, without touching the keys.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub disabled_tenants: Vec<String>,
+    /// Kill switch for one environment of a tenant: its keys get 403, the tenant's other
+    /// environments keep working.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disabled_envs: Vec<TenantEnv>,
+    /// Per-tenant settings (quotas), by tenant name. Tenants not listed get the edge's defaults.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tenants: BTreeMap<String, TenantSettings>,
     #[serde(default)]
     pub keys: Vec<KeyEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantEnv {
+    pub tenant: String,
+    pub env: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TenantSettings {
+    /// Events per second this tenant may send to one edge, burst 3×; `0` means unlimited. Unset:
+    /// the edge's `admission.tenant_events_per_sec`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub events_per_sec: Option<u32>,
+}
+
+/// A kill-switch entry set at runtime (admin API): a whole tenant, or one of its environments.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Block {
+    pub tenant: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<String>,
+}
+
+impl Block {
+    fn covers(&self, p: &Principal) -> bool {
+        self.tenant == p.tenant && self.env.as_ref().is_none_or(|e| *e == p.env)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -63,6 +101,8 @@ pub enum AuthError {
     Revoked,
     #[error("tenant is disabled")]
     TenantDisabled,
+    #[error("this environment of the tenant is disabled")]
+    EnvDisabled,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -98,11 +138,18 @@ pub struct KeyStore {
     by_hash: HashMap<[u8; 32], Principal>,
     revoked: HashSet<[u8; 32]>,
     disabled_tenants: HashSet<String>,
+    disabled_envs: HashSet<(String, String)>,
+    quotas: BTreeMap<String, u32>,
 }
 
 impl KeyStore {
     pub fn from_file(file: KeysFile) -> Result<Self, KeysFileError> {
-        let mut store = KeyStore { disabled_tenants: file.disabled_tenants.into_iter().collect(), ..Self::default() };
+        let mut store = KeyStore {
+            disabled_tenants: file.disabled_tenants.into_iter().collect(),
+            disabled_envs: file.disabled_envs.into_iter().map(|b| (b.tenant, b.env)).collect(),
+            quotas: file.tenants.into_iter().filter_map(|(t, s)| Some((t, s.events_per_sec?))).collect(),
+            ..Self::default()
+        };
         for entry in file.keys {
             let hash = parse_hash(&entry.hash).ok_or_else(|| KeysFileError::BadHash { id: entry.id.clone() })?;
             let signing_secret = match &entry.signing_secret {
@@ -136,7 +183,20 @@ impl KeyStore {
         if self.disabled_tenants.contains(&principal.tenant) {
             return Err(AuthError::TenantDisabled);
         }
+        if self.disabled_envs.contains(&(principal.tenant.clone(), principal.env.clone())) {
+            return Err(AuthError::EnvDisabled);
+        }
         Ok(principal.clone())
+    }
+
+    /// The tenant's configured events/s, if the keys file sets one.
+    pub fn quota(&self, tenant: &str) -> Option<u32> {
+        self.quotas.get(tenant).copied()
+    }
+
+    /// Every tenant with a configured quota (bounded by the file: the metric label set).
+    pub fn quotas(&self) -> &BTreeMap<String, u32> {
+        &self.quotas
     }
 }
 
@@ -146,6 +206,8 @@ pub struct KeyRing {
     path: PathBuf,
     current: ArcSwap<KeyStore>,
     stamp: Mutex<Option<FileStamp>>,
+    /// Kill-switch entries set through the admin API, in force until unblocked or restart.
+    blocks: ArcSwap<BTreeSet<Block>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -163,11 +225,54 @@ impl KeyRing {
     pub fn load(path: &Path) -> Result<Self, KeysFileError> {
         let before = stamp(path);
         let store = KeyStore::load(path)?;
-        Ok(Self { path: path.to_path_buf(), current: ArcSwap::from_pointee(store), stamp: Mutex::new(before) })
+        Ok(Self {
+            path: path.to_path_buf(),
+            current: ArcSwap::from_pointee(store),
+            stamp: Mutex::new(before),
+            blocks: ArcSwap::default(),
+        })
     }
 
     pub fn authenticate(&self, secret: Option<&str>) -> Result<Principal, AuthError> {
-        self.current.load().authenticate(secret)
+        let principal = self.current.load().authenticate(secret)?;
+        match self.blocks.load().iter().find(|b| b.covers(&principal)) {
+            None => Ok(principal),
+            Some(b) if b.env.is_some() => Err(AuthError::EnvDisabled),
+            Some(_) => Err(AuthError::TenantDisabled),
+        }
+    }
+
+    /// The keys file as last loaded (quotas, disabled tenants).
+    pub fn snapshot(&self) -> Arc<KeyStore> {
+        self.current.load_full()
+    }
+
+    /// Blocks a tenant (or one environment) at once; `false` if it already was.
+    pub fn block(&self, block: Block) -> bool {
+        let mut added = false;
+        self.blocks.rcu(|set| {
+            let mut set = BTreeSet::clone(set);
+            added = set.insert(block.clone());
+            set
+        });
+        added
+    }
+
+    /// Lifts a block set by [`KeyRing::block`]; `false` if there was none. Entries in the keys
+    /// file stay in force until the file changes.
+    pub fn unblock(&self, block: &Block) -> bool {
+        let mut removed = false;
+        self.blocks.rcu(|set| {
+            let mut set = BTreeSet::clone(set);
+            removed = set.remove(block);
+            set
+        });
+        removed
+    }
+
+    /// The blocks set through the admin API.
+    pub fn runtime_blocks(&self) -> Vec<Block> {
+        self.blocks.load().iter().cloned().collect()
     }
 
     /// Reloads the file if it changed since the last look. A file that fails to parse keeps the
@@ -262,6 +367,37 @@ mod tests {
         std::fs::write(&path, "this is [not toml").unwrap();
         assert!(ring.reload_if_changed().is_err());
         assert_eq!(ring.authenticate(Some(&secret)), Err(AuthError::TenantDisabled), "bad file keeps old keys");
+    }
+
+    #[test]
+    fn environment_kill_switch_and_runtime_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.toml");
+        let (prod, prod_secret) = new_key("acme", "prod");
+        let (dev, dev_secret) = new_key("acme", "dev");
+        let (other, other_secret) = new_key("globex", "prod");
+        let mut file = KeysFile { keys: vec![prod, dev, other], ..KeysFile::default() };
+        file.disabled_envs.push(TenantEnv { tenant: "acme".into(), env: "dev".into() });
+        file.tenants.insert("acme".into(), TenantSettings { events_per_sec: Some(50) });
+        std::fs::write(&path, toml::to_string(&file).unwrap()).unwrap();
+        let ring = KeyRing::load(&path).unwrap();
+        assert!(ring.authenticate(Some(&prod_secret)).is_ok());
+        assert_eq!(ring.authenticate(Some(&dev_secret)), Err(AuthError::EnvDisabled));
+        assert_eq!(ring.snapshot().quota("acme"), Some(50));
+        assert_eq!(ring.snapshot().quota("globex"), None);
+
+        let block_prod = Block { tenant: "acme".into(), env: Some("prod".into()) };
+        assert!(ring.block(block_prod.clone()));
+        assert!(!ring.block(block_prod.clone()), "already blocked");
+        assert_eq!(ring.authenticate(Some(&prod_secret)), Err(AuthError::EnvDisabled));
+        assert!(ring.authenticate(Some(&other_secret)).is_ok(), "other tenants are untouched");
+        let block_globex = Block { tenant: "globex".into(), env: None };
+        ring.block(block_globex.clone());
+        assert_eq!(ring.authenticate(Some(&other_secret)), Err(AuthError::TenantDisabled));
+        assert!(ring.unblock(&block_prod));
+        assert!(!ring.unblock(&block_prod));
+        assert!(ring.authenticate(Some(&prod_secret)).is_ok());
+        assert_eq!(ring.runtime_blocks(), vec![block_globex]);
     }
 
     #[test]

@@ -30,6 +30,7 @@ pub struct EdgeConfig {
     pub wal: WalConfig,
     pub forwarder: ForwarderConfig,
     pub admin: AdminConfig,
+    pub admission: AdmissionConfig,
 }
 
 impl Default for EdgeConfig {
@@ -48,6 +49,7 @@ impl Default for EdgeConfig {
             wal: WalConfig::default(),
             forwarder: ForwarderConfig::default(),
             admin: AdminConfig::default(),
+            admission: AdmissionConfig::default(),
         }
     }
 }
@@ -115,7 +117,8 @@ pub struct HttpConfig {
     pub allow_query_key: bool,
     /// Allowed clock skew for `X-Signature` timestamps, seconds. Default 300.
     pub signature_skew_secs: u64,
-    /// How often the keys file is checked for changes, milliseconds. Default 1000.
+    /// How often the keys file is checked for changes, milliseconds. Default 500, so a kill
+    /// switch or quota change in the file takes effect within a second.
     pub keys_reload_ms: u64,
 }
 
@@ -128,7 +131,7 @@ impl Default for HttpConfig {
             body_timeout_ms: 30_000,
             allow_query_key: true,
             signature_skew_secs: 300,
-            keys_reload_ms: 1_000,
+            keys_reload_ms: 500,
         }
     }
 }
@@ -274,4 +277,45 @@ pub struct AdminConfig {
     /// Bearer token for every admin route except `GET /metrics`; unset refuses them (`403`).
     /// Overridable by `SLUICE_EDGE_ADMIN_TOKEN`.
     pub token: Option<String>,
+}
+
+/// Admission control: rate limits, WAL-pressure shedding and the in-flight caps. Per-tenant
+/// quotas and the kill switch live in the keys file (hot-reloaded); these are the edge-wide
+/// defaults and thresholds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdmissionConfig {
+    /// Events per second one tenant may send to this edge unless its `[tenants.<name>]` entry in
+    /// the keys file sets `events_per_sec`; burst 3×. `0` means unlimited. Default 100000.
+    pub tenant_events_per_sec: u32,
+    /// Requests per second per client IP address, burst 3×. `0` (the default) turns it off:
+    /// behind a load balancer every request comes from the balancer's address; turn it on where
+    /// clients connect directly.
+    pub ip_requests_per_sec: u32,
+    /// Fraction of `wal.budget_bytes` above which tenants sending more than their share of the
+    /// recent WAL intake are shed with `429`. Default 0.8; values below 0.5 count as 0.5 (the WAL
+    /// frees space a segment, up to a quarter of the budget, at a time).
+    pub wal_high_water: f64,
+    /// `Retry-After` of a shed (`429 shed`) or overload (`503 overloaded`) answer, seconds.
+    /// Default 2.
+    pub retry_after_secs: u64,
+    /// Requests handled at once; more are answered `503 overloaded` at once. Default 1024.
+    pub max_in_flight_requests: usize,
+    /// Request memory held at once, bytes (each request reserves its `Content-Length` (or
+    /// `limits.max_body_bytes` if unknown) plus `limits.max_body_bytes` for the decoded copy).
+    /// More are answered `503 overloaded`. Default 268435456 (256 MiB).
+    pub max_in_flight_bytes: usize,
+}
+
+impl Default for AdmissionConfig {
+    fn default() -> Self {
+        Self {
+            tenant_events_per_sec: 100_000,
+            ip_requests_per_sec: 0,
+            wal_high_water: 0.8,
+            retry_after_secs: 2,
+            max_in_flight_requests: 1024,
+            max_in_flight_bytes: 256 * 1024 * 1024,
+        }
+    }
 }

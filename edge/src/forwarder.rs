@@ -12,15 +12,20 @@
 //! when every sub-frame is. A node that fails is skipped for `node_retry_secs`, so its tenants
 //! move to their next choice on the resend (core dedupes per node, so a batch whose first copy
 //! reached the failed node may be produced twice: a bounded duplicate, never a loss).
+//!
+//! A circuit breaker ([`sluice_wire::breaker`]) guards the link: a failed send opens it for an
+//! exponential backoff with jitter, then one frame goes out alone as a probe (window of 1) and
+//! its ack closes the breaker again. Its state is in [`LinkHealth`] for metrics and readiness.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 
+use sluice_wire::breaker::{Breaker, BreakerState};
 use sluice_wire::protocol::{self, Ack, FrameHeader, PROTOCOL_VERSION};
 use sluice_wire::{frame, record};
 use tokio::sync::watch;
@@ -50,6 +55,24 @@ pub enum SendError {
 
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// The forwarder's view of its link to core, shared with metrics and readiness.
+#[derive(Debug, Default)]
+pub struct LinkHealth {
+    state: AtomicU8,
+    opens: AtomicU64,
+}
+
+impl LinkHealth {
+    pub fn state(&self) -> BreakerState {
+        BreakerState::from_u8(self.state.load(Ordering::Relaxed))
+    }
+
+    /// How many times the breaker opened.
+    pub fn opens(&self) -> u64 {
+        self.opens.load(Ordering::Relaxed)
+    }
+}
 
 enum Step {
     Continue,
@@ -125,7 +148,10 @@ pub struct Forwarder {
     /// Where the next frame is read from: at or past the acked position.
     next: Position,
     in_flight: VecDeque<Pending>,
-    backoff: Duration,
+    breaker: Breaker,
+    link: Arc<LinkHealth>,
+    /// Origin of the breaker's clock.
+    epoch: Instant,
     control: Arc<ForwarderControl>,
 }
 
@@ -153,7 +179,9 @@ impl Forwarder {
             metrics,
             next,
             in_flight: VecDeque::new(),
-            backoff: MIN_BACKOFF,
+            breaker: Breaker::new(MIN_BACKOFF, MAX_BACKOFF),
+            link: Arc::default(),
+            epoch: Instant::now(),
             control: Arc::default(),
         })
     }
@@ -162,6 +190,27 @@ impl Forwarder {
     pub fn with_control(mut self, control: Arc<ForwarderControl>) -> Self {
         self.control = control;
         self
+    }
+
+    /// The breaker state, updated as the forwarder runs.
+    pub fn link_health(&self) -> Arc<LinkHealth> {
+        self.link.clone()
+    }
+
+    /// Frames allowed on the wire: none while an operator paused forwarding, the configured
+    /// window while the breaker is closed, a single probe otherwise.
+    fn window(&self) -> usize {
+        if self.control.is_paused() {
+            0
+        } else if self.breaker.state() == BreakerState::Closed {
+            self.config.max_in_flight.max(1)
+        } else {
+            1
+        }
+    }
+
+    fn publish_breaker(&self) {
+        self.link.state.store(self.breaker.state() as u8, Ordering::Relaxed);
     }
 
     /// Runs until `stop` turns true. An I/O error on the WAL (a full disk refusing the
@@ -213,7 +262,7 @@ impl Forwarder {
         if *stop.borrow() {
             return Ok(Step::Stop);
         }
-        while self.in_flight.len() < self.config.max_in_flight.max(1) && !self.control.is_paused() {
+        while self.in_flight.len() < self.window() {
             let outcome = tokio::task::block_in_place(|| self.reader.read(self.next, self.config.frame_bytes))?;
             match outcome {
                 ReadOutcome::UpToDate => break,
@@ -299,8 +348,7 @@ impl Forwarder {
         match oldest {
             Pending::SegmentEnd(next) => tokio::task::block_in_place(|| self.reader.ack(next))?,
             Pending::Frame { segment, start, end, records, first_received_ms, mut reply } => {
-                let window_open =
-                    self.in_flight.len() + 1 < self.config.max_in_flight.max(1) && !self.control.is_paused();
+                let window_open = self.in_flight.len() + 1 < self.window();
                 let from = self.next;
                 let result = tokio::select! {
                     r = &mut reply => r.unwrap_or_else(|e| Err((0, SendError::Stream(format!("send task: {e}"))))),
@@ -328,7 +376,11 @@ impl Forwarder {
                         self.control.acked();
                         self.metrics.forwarded_records.inc_by(u64::from(records));
                         self.metrics.forwarded_bytes.inc_by(end - start);
-                        self.backoff = MIN_BACKOFF;
+                        if self.breaker.state() != BreakerState::Closed {
+                            tracing::info!("forwarder: probe acked; circuit to core closed");
+                        }
+                        self.breaker.on_success();
+                        self.publish_breaker();
                     }
                     Err((_, SendError::Rejected(reason))) => {
                         tracing::error!(segment, start, %reason, "forwarder: core rejected frame; quarantining segment");
@@ -359,13 +411,19 @@ impl Forwarder {
             }
         }
         self.restart_from_acked();
-        tracing::warn!(error = %e, retry_in_ms = self.backoff.as_millis() as u64, resend_from_segment = self.next.segment,
-            resend_from_offset = self.next.offset, "forwarder: will resend unacked frames");
+        let delay = self.breaker.on_failure(self.epoch.elapsed(), rand::random::<f64>());
+        self.link.opens.fetch_add(1, Ordering::Relaxed);
+        self.publish_breaker();
+        tracing::warn!(error = %e, circuit = "open", failures = self.breaker.failures(), retry_in_ms = delay.as_millis() as u64,
+            resend_from_segment = self.next.segment, resend_from_offset = self.next.offset,
+            "forwarder: will resend unacked frames");
         tokio::select! {
-            _ = tokio::time::sleep(self.backoff) => {}
+            _ = tokio::time::sleep(delay) => {}
             _ = stop.changed() => return Step::Stop,
         }
-        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        // The backoff has passed: the next frame goes alone, as the half-open probe.
+        self.breaker.poll(self.epoch.elapsed());
+        self.publish_breaker();
         Step::Continue
     }
 

@@ -20,12 +20,16 @@ use sluice_wire::stored_response::StoredResponse;
 use tower_http::cors::{Any, CorsLayer};
 use tracing::Instrument;
 
+use crate::admission::quota::{self, BURST_FACTOR, RateInfo};
+use crate::admission::{Admission, Refusal};
 use crate::auth::{AuthError, KeyRing, Principal};
 use crate::body::{self, BodyError, BodyFormat};
 use crate::config::{HttpConfig, LimitsConfig, PiiConfig, ValidationConfig};
+use crate::forwarder::LinkHealth;
 use crate::idempotency::{self, IdempotencyStore, Lookup};
 use crate::ingest::{self, PrepareError, Prepared};
 use crate::metrics::EdgeMetrics;
+use crate::server::PeerAddr;
 use crate::signature::{self, ReplayGuard, SignatureError};
 use crate::wal::{Wal, WalError};
 
@@ -41,14 +45,16 @@ pub struct AppState {
     pub replays: ReplayGuard,
     pub debug_limiter: DefaultKeyedRateLimiter<String>,
     pub metrics: Arc<EdgeMetrics>,
+    pub admission: Arc<Admission>,
+    /// The forwarder's link to core (`None` when forwarding is off), for readiness.
+    pub link: Option<Arc<LinkHealth>>,
     pub drain: Arc<crate::drain::Drain>,
 }
 
 impl AppState {
     pub fn debug_quota(per_sec: u32) -> Quota {
-        let rate = NonZeroU32::new(per_sec.max(1)).unwrap_or(NonZeroU32::MIN);
-        let burst = NonZeroU32::new(per_sec.max(1).saturating_mul(3)).unwrap_or(NonZeroU32::MIN);
-        Quota::per_second(rate).allow_burst(burst)
+        // Never unlimited: at least 1/s.
+        quota::quota(per_sec.max(1)).unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
     }
 
     pub fn new_debug_limiter(per_sec: u32) -> DefaultKeyedRateLimiter<String> {
@@ -60,6 +66,10 @@ pub const IDEMPOTENCY_KEY: &str = "x-idempotency-key";
 pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
 const REQUEST_ID: &str = "x-request-id";
 const TRACEPARENT: &str = "traceparent";
+const RATELIMIT_LIMIT: &str = "ratelimit-limit";
+const RATELIMIT_REMAINING: &str = "ratelimit-remaining";
+const RATELIMIT_RESET: &str = "ratelimit-reset";
+const RATELIMIT_POLICY: &str = "ratelimit-policy";
 
 pub fn router(state: Arc<AppState>) -> Router {
     let cors = CorsLayer::new()
@@ -79,13 +89,17 @@ pub fn router(state: Arc<AppState>) -> Router {
             HeaderName::from_static(REQUEST_ID),
             HeaderName::from_static(IDEMPOTENT_REPLAYED),
             header::RETRY_AFTER,
+            HeaderName::from_static(RATELIMIT_LIMIT),
+            HeaderName::from_static(RATELIMIT_REMAINING),
+            HeaderName::from_static(RATELIMIT_RESET),
+            HeaderName::from_static(RATELIMIT_POLICY),
         ])
         .max_age(Duration::from_secs(86_400));
     Router::new()
         .route("/v1/events", post(ingest))
         .route("/v1/events:debug", post(debug))
         .route("/health", head(health).get(health))
-        .route("/ready", get(health))
+        .route("/ready", get(ready))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.drain.clone(), crate::drain::gate))
         .layer(cors)
@@ -164,6 +178,35 @@ async fn health() -> StatusCode {
     StatusCode::OK
 }
 
+/// Readiness with the degraded states an operator (or a load balancer) should know about. `503`
+/// only when the WAL is latched failed (nothing can be accepted until a restart); a full WAL or an
+/// open circuit to core still answer every client with `503`/`429` + `Retry-After`, which is
+/// better for SDKs than a connection refused by a balancer.
+async fn ready(State(state): State<Arc<AppState>>) -> Response {
+    if state.drain.is_draining() {
+        let body = json!({ "status": "draining", "degraded": [] });
+        return json_response(StatusCode::SERVICE_UNAVAILABLE, serde_json::to_vec(&body).unwrap_or_default());
+    }
+    let used = state.wal.unforwarded_bytes();
+    let mut degraded = Vec::new();
+    if state.wal.is_failed() {
+        degraded.push("wal_failed");
+    }
+    if used >= state.wal.budget() {
+        degraded.push("wal_full");
+    } else if state.admission.wal_under_pressure(used) {
+        degraded.push("wal_high_water");
+    }
+    if let Some(link) = &state.link
+        && link.state() != sluice_wire::breaker::BreakerState::Closed
+    {
+        degraded.push("core_unreachable");
+    }
+    let status = if state.wal.is_failed() { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+    let body = json!({ "status": if degraded.is_empty() { "ready" } else { "degraded" }, "degraded": degraded });
+    json_response(status, serde_json::to_vec(&body).unwrap_or_default())
+}
+
 async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
 }
@@ -176,11 +219,13 @@ pub struct ApiError {
     message: String,
     details: Option<serde_json::Value>,
     retry_after_secs: Option<u64>,
+    /// Boxed: rare, and it would double the size of every `Result<_, ApiError>`.
+    rate: Option<Box<RateInfo>>,
 }
 
 impl ApiError {
     pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into(), details: None, retry_after_secs: None }
+        Self { status, code, message: message.into(), details: None, retry_after_secs: None, rate: None }
     }
 
     pub(crate) fn with_retry_after(mut self, secs: u64) -> Self {
@@ -205,7 +250,38 @@ impl IntoResponse for ApiError {
         if let Some(secs) = self.retry_after_secs {
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
+        if let Some(rate) = self.rate {
+            insert_rate_headers(resp.headers_mut(), &rate);
+        }
         resp
+    }
+}
+
+/// Whole seconds for `Retry-After`/`RateLimit-Reset`, rounded up so a client that waits that
+/// long is not refused again for the same reason.
+fn ceil_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+/// `RateLimit-*` headers (IETF draft `ratelimit-headers`): the bucket (burst) as the limit over a
+/// window of `BURST_FACTOR` seconds, which is the configured rate.
+fn insert_rate_headers(headers: &mut HeaderMap, rate: &RateInfo) {
+    headers.insert(RATELIMIT_LIMIT, HeaderValue::from(rate.burst));
+    headers.insert(RATELIMIT_REMAINING, HeaderValue::from(rate.remaining));
+    headers.insert(RATELIMIT_RESET, HeaderValue::from(ceil_secs(rate.reset)));
+    if let Ok(v) = HeaderValue::from_str(&format!("{};w={BURST_FACTOR}", rate.burst)) {
+        headers.insert(RATELIMIT_POLICY, v);
+    }
+}
+
+impl From<Refusal> for ApiError {
+    fn from(r: Refusal) -> Self {
+        let status =
+            if r.reason.is_unavailable() { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::TOO_MANY_REQUESTS };
+        let mut err = ApiError::new(status, r.reason.code(), r.message);
+        err.retry_after_secs = Some(ceil_secs(r.retry_after).max(1));
+        err.rate = r.rate.map(Box::new);
+        err
     }
 }
 
@@ -215,6 +291,7 @@ impl From<AuthError> for ApiError {
             AuthError::Missing | AuthError::Unknown => (StatusCode::UNAUTHORIZED, "unauthorized"),
             AuthError::Revoked => (StatusCode::FORBIDDEN, "key_revoked"),
             AuthError::TenantDisabled => (StatusCode::FORBIDDEN, "tenant_disabled"),
+            AuthError::EnvDisabled => (StatusCode::FORBIDDEN, "environment_disabled"),
         };
         ApiError::new(status, code, e.to_string())
     }
@@ -379,15 +456,25 @@ fn prepare(
 async fn ingest(
     State(state): State<Arc<AppState>>,
     Extension(RequestId(request_id)): Extension<RequestId>,
+    peer: Option<Extension<PeerAddr>>,
     trace: Option<Extension<TraceParent>>,
     headers: HeaderMap,
     uri: Uri,
     body: Body,
 ) -> Result<Response, ApiError> {
     let request_id = request_id.to_str().unwrap_or("");
+    let admission = &state.admission;
+    admission.check_ip(peer.map(|Extension(PeerAddr(a))| a.ip()))?;
     let caller = authenticate(&state, &headers, &uri)?;
     tracing::Span::current().record("tenant_id", caller.principal.tenant.as_str());
     let tenant = caller.principal.tenant.clone();
+    let content_length = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
+    // Held until the answer is built: bounds the requests and bytes in memory.
+    let _in_flight = admission.enter(content_length)?;
+    let admitted = admission.admit(&state.keys.snapshot(), &tenant, state.wal.unforwarded_bytes()).map_err(|r| {
+        tracing::debug!(tenant_id = %tenant, request_id, reason = r.reason.code(), "ingest: refused by admission");
+        ApiError::from(r)
+    })?;
 
     let idem_key = headers.get(IDEMPOTENCY_KEY).map(|v| v.to_str().unwrap_or(""));
     let reserved = match idem_key {
@@ -437,17 +524,23 @@ async fn ingest(
 
     tracing::Span::current().record("batch_id", tracing::field::display(batch_id));
     let prepared = prepare(&state, &caller, &raw, &headers, batch_id).map_err(|e| prepare_error(e, &state.limits))?;
+    let rate = match &admitted {
+        Some(a) => Some(admission.charge(a, prepared.accepted.len() + prepared.rejected.len())?),
+        None => None,
+    };
     let received_at_ms = prepared.received_at_ms;
     let ingest::WalBatch { accepted, rejected, bytes } = prepared
         .into_wal_bytes(&caller.principal, &state.region, trace.map(|Extension(TraceParent(tp))| tp))
         .map_err(|e| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", e.to_string()))?;
     let enqueue = state.metrics.enqueue_latency.start_timer();
+    let wal_bytes = bytes.len() as u64;
     if let Err(e) = state.wal.append(bytes).await {
         enqueue.stop_and_discard();
         tracing::warn!(tenant_id = %tenant, request_id, error = %e, "ingest: append refused");
         return Err(wal_error(e));
     }
     enqueue.observe_duration();
+    admission.record(&tenant, wal_bytes, accepted as u64);
     state.metrics.accepted_events.inc_by(accepted as u64);
     tracing::debug!(tenant_id = %tenant, request_id, %batch_id, accepted, rejected = rejected.len(), "ingest: accepted");
     let mut body = json!({ "accepted": accepted, "batch_id": batch_id });
@@ -465,7 +558,11 @@ async fn ingest(
             tracing::warn!(tenant_id = %tenant, request_id, error = %e, "ingest: storing idempotent response failed");
         }
     }
-    Ok(json_response(StatusCode::ACCEPTED, body_bytes))
+    let mut resp = json_response(StatusCode::ACCEPTED, body_bytes);
+    if let Some(rate) = rate {
+        insert_rate_headers(resp.headers_mut(), &rate);
+    }
+    Ok(resp)
 }
 
 fn json_response(status: StatusCode, body: Vec<u8>) -> Response {

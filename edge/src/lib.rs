@@ -4,6 +4,7 @@
 //! Pure logic (`auth`, `body`, `validate`) is separate from IO (`http`, `wal`, `forwarder`).
 
 pub mod admin;
+pub mod admission;
 pub mod auth;
 pub mod body;
 pub mod cli;
@@ -88,6 +89,7 @@ pub async fn start(config: EdgeConfig) -> Result<Edge, StartError> {
     let (wal, reader) = Wal::open(&config.wal)?;
     let metrics = Arc::new(metrics::EdgeMetrics::new(wal.clone())?);
     let (stop, stop_rx) = watch::channel(false);
+    let mut link = None;
     let forwarder_control = config.forwarder.enabled.then(Arc::<forwarder::ForwarderControl>::default);
     let forwarder = match &forwarder_control {
         Some(control) => {
@@ -96,6 +98,7 @@ pub async fn start(config: EdgeConfig) -> Result<Edge, StartError> {
             let fwd = forwarder::Forwarder::new(f.clone(), config.edge_id.clone(), reader, client, metrics.clone())
                 .map_err(StartError::Endpoint)?
                 .with_control(control.clone());
+            link = Some(fwd.link_health());
             Some(tokio::spawn(fwd.run(stop_rx.clone())))
         }
         None => None,
@@ -107,6 +110,13 @@ pub async fn start(config: EdgeConfig) -> Result<Edge, StartError> {
         drain.clone(),
         forwarder_control.clone(),
     )?))?;
+    let admission = Arc::new(admission::Admission::new(
+        config.admission.clone(),
+        config.limits.max_body_bytes,
+        config.wal.budget_bytes,
+        metrics.admission_refusals.clone(),
+    ));
+    metrics.register(Box::new(metrics::AdmissionCollector::new(admission.clone(), keys.clone(), link.clone())?))?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| StartError::Bind { addr: config.listen, source })?;
@@ -115,6 +125,7 @@ pub async fn start(config: EdgeConfig) -> Result<Edge, StartError> {
         keys.spawn_reloader(Duration::from_millis(config.http.keys_reload_ms.max(10))),
         spawn_idempotency_expiry(idempotency.clone()),
         tokio::spawn(drain.clone().run(wal.clone(), forwarder_control.clone())),
+        spawn_admission_housekeeping(admission.clone(), keys.clone()),
     ];
     let state = Arc::new(http::AppState {
         keys,
@@ -129,6 +140,8 @@ pub async fn start(config: EdgeConfig) -> Result<Edge, StartError> {
         debug_limiter: http::AppState::new_debug_limiter(config.limits.debug_requests_per_sec),
         metrics: metrics.clone(),
         drain: drain.clone(),
+        admission,
+        link,
     });
     let admin_addr = match config.admin.listen {
         Some(addr) => {
@@ -143,6 +156,7 @@ pub async fn start(config: EdgeConfig) -> Result<Edge, StartError> {
                 drain: drain.clone(),
                 drain_deadline,
                 forwarder: forwarder_control.clone(),
+                keys: state.keys.clone(),
             }));
             let mut stop = stop_rx.clone();
             background.push(tokio::spawn(async move {
@@ -190,6 +204,18 @@ fn spawn_idempotency_expiry(store: Arc<idempotency::IdempotencyStore>) -> JoinHa
                 Ok(n) => tracing::info!(evicted = n, "edge: idempotency keys expired"),
                 Err(e) => tracing::warn!(error = %e, "edge: idempotency expiry failed"),
             }
+        }
+    })
+}
+
+/// Forgets idle rate-limit state every minute so it stays bounded by the active callers.
+fn spawn_admission_housekeeping(admission: Arc<admission::Admission>, keys: Arc<auth::KeyRing>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            admission.forget_idle();
+            admission.forget_unlimited(&keys.snapshot());
         }
     })
 }

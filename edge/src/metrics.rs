@@ -7,11 +7,15 @@
 
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
-use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
-
+use prometheus::{
+    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
+use crate::admission::Admission;
+use crate::auth::KeyRing;
+use crate::forwarder::LinkHealth;
 use crate::wal::Wal;
 
 pub struct EdgeMetrics {
@@ -22,6 +26,9 @@ pub struct EdgeMetrics {
     pub responses: IntCounterVec,
     /// Time from handing a batch to the WAL until its group's `fdatasync` returned.
     pub enqueue_latency: Histogram,
+    /// Requests refused by admission control, by reason (`ip_rate_limited`, `rate_limited`,
+    /// `shed`, `overloaded`, `wal_full`).
+    pub admission_refusals: IntCounterVec,
     /// Frames sent to core and not yet acknowledged.
     pub forwarder_frames_in_flight: IntGauge,
     /// Records and WAL bytes core acknowledged (rate = forwarding throughput).
@@ -48,6 +55,11 @@ impl EdgeMetrics {
         registry.register(Box::new(accepted_events.clone()))?;
         registry.register(Box::new(responses.clone()))?;
         registry.register(Box::new(enqueue_latency.clone()))?;
+        let admission_refusals = IntCounterVec::new(
+            Opts::new("sluice_edge_admission_refusals_total", "Requests refused by admission control, by reason"),
+            &["reason"],
+        )?;
+        registry.register(Box::new(admission_refusals.clone()))?;
         let forwarder_frames_in_flight =
             IntGauge::new("sluice_edge_forwarder_frames_in_flight", "Frames sent to core, awaiting its ack")?;
         let forwarded_records =
@@ -67,6 +79,7 @@ impl EdgeMetrics {
             forwarded_records,
             forwarded_bytes,
             oldest_unacked_ms,
+            admission_refusals,
         })
     }
 
@@ -157,5 +170,67 @@ impl Collector for WalCollector {
             self.fsync_seconds.collect(),
         ]
         .concat()
+    }
+}
+
+/// Admission state read at scrape time: `sluice_edge_tenant_quota_utilization` (accepted
+/// events/s over quota, labelled only for tenants with a quota in the keys file, so the label
+/// set is bounded by configuration) and the forwarder's circuit breaker.
+pub struct AdmissionCollector {
+    admission: Arc<Admission>,
+    keys: Arc<KeyRing>,
+    link: Option<Arc<LinkHealth>>,
+    utilization: GaugeVec,
+    breaker_state: IntGauge,
+    breaker_opens: IntCounter,
+}
+
+impl AdmissionCollector {
+    pub fn new(
+        admission: Arc<Admission>,
+        keys: Arc<KeyRing>,
+        link: Option<Arc<LinkHealth>>,
+    ) -> Result<Self, prometheus::Error> {
+        Ok(Self {
+            admission,
+            keys,
+            link,
+            utilization: GaugeVec::new(
+                Opts::new(
+                    "sluice_edge_tenant_quota_utilization",
+                    "Accepted events/s over the tenant's quota (tenants with a quota in the keys file)",
+                ),
+                &["tenant"],
+            )?,
+            breaker_state: IntGauge::new(
+                "sluice_edge_forwarder_breaker_state",
+                "Forwarder circuit breaker towards core: 0 closed, 1 half-open, 2 open",
+            )?,
+            breaker_opens: IntCounter::new(
+                "sluice_edge_forwarder_breaker_opens_total",
+                "Times the forwarder's circuit breaker opened (a send to core failed)",
+            )?,
+        })
+    }
+}
+
+impl Collector for AdmissionCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        [self.utilization.desc(), self.breaker_state.desc(), self.breaker_opens.desc()].concat()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        self.utilization.reset();
+        for (tenant, u) in self.admission.utilization(&self.keys.snapshot()) {
+            self.utilization.with_label_values(&[tenant.as_str()]).set(u);
+        }
+        let mut out = self.utilization.collect();
+        if let Some(link) = &self.link {
+            self.breaker_state.set(link.state() as i64);
+            self.breaker_opens.inc_by(link.opens().saturating_sub(self.breaker_opens.get()));
+            out.extend(self.breaker_state.collect());
+            out.extend(self.breaker_opens.collect());
+        }
+        out
     }
 }

@@ -28,6 +28,10 @@ use tower::ServiceExt;
 
 use crate::tls::{TlsError, load_certs, load_key};
 
+/// The client's address, in every request's extensions (per-IP limits).
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub std::net::SocketAddr);
+
 /// TLS for the public API: HTTP/2 and HTTP/1.1 offered via ALPN.
 pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
     let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
@@ -97,7 +101,9 @@ async fn serve_connection<S>(
     let flag = started.clone();
     let service = TowerToHyperService::new(app.map_request(move |req: axum::http::Request<hyper::body::Incoming>| {
         flag.store(true, Ordering::Relaxed);
-        req.map(Body::new)
+        let mut req = req.map(Body::new);
+        req.extensions_mut().insert(PeerAddr(peer));
+        req
     }));
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(conn);

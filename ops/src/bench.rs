@@ -362,6 +362,8 @@ fn start_edge(opts: &BenchOptions, dir: &Path) -> anyhow::Result<EdgeUnderTest> 
     config.wal.dir = dir.join("wal");
     config.idempotency.path = dir.join("idempotency.redb");
     config.forwarder.enabled = false;
+    // The benchmark measures the edge's capacity, not its per-tenant quota.
+    config.admission.tenant_events_per_sec = 0;
     let rt = runtime(opts.server_threads, "edge-rt")?;
     let edge = rt.block_on(sluice_edge::start(config)).context("starting the edge")?;
     Ok(EdgeUnderTest { rt, edge, keys })

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use anyhow::Context;
-use sluice_edge::auth::{KeysFile, new_key, read_keys_file};
+use sluice_edge::auth::{KeysFile, TenantEnv, TenantSettings, new_key, read_keys_file};
 
 fn load_or_empty(path: &Path) -> anyhow::Result<KeysFile> {
     if path.exists() { Ok(read_keys_file(path)?) } else { Ok(KeysFile::default()) }
@@ -56,6 +56,34 @@ pub fn revoke(path: &Path, id: &str) -> anyhow::Result<()> {
     save(path, &file)
 }
 
+/// Sets a tenant's events/s quota (`[tenants.<name>] events_per_sec`).
+pub fn set_quota(path: &Path, tenant: &str, events_per_sec: u32) -> anyhow::Result<()> {
+    let mut file = load_or_empty(path)?;
+    file.tenants.insert(tenant.into(), TenantSettings { events_per_sec: Some(events_per_sec) });
+    save(path, &file)
+}
+
+/// Turns the kill switch for a tenant (`env: None`) or one environment on or off.
+pub fn set_disabled(path: &Path, tenant: &str, env: Option<&str>, disabled: bool) -> anyhow::Result<()> {
+    let mut file = load_or_empty(path)?;
+    match env {
+        None => {
+            file.disabled_tenants.retain(|t| t != tenant);
+            if disabled {
+                file.disabled_tenants.push(tenant.into());
+            }
+        }
+        Some(env) => {
+            let entry = TenantEnv { tenant: tenant.into(), env: env.into() };
+            file.disabled_envs.retain(|e| *e != entry);
+            if disabled {
+                file.disabled_envs.push(entry);
+            }
+        }
+    }
+    save(path, &file)
+}
+
 /// 32 random bytes, hex: an HMAC-SHA256 key.
 pub fn new_signing_secret() -> String {
     hex::encode(rand::random::<[u8; 32]>())
@@ -80,5 +108,29 @@ mod tests {
         assert_eq!(store.authenticate(Some(&secret)), Err(sluice_edge::auth::AuthError::Revoked));
         assert!(store.authenticate(Some(&signed)).unwrap().signing_secret.is_some());
         assert!(revoke(&path, "key_missing").is_err());
+    }
+
+    #[test]
+    fn quotas_and_kill_switch_round_trip_through_the_file() {
+        use sluice_edge::auth::AuthError;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.toml");
+        let (_, prod) = add(&path, "acme", "prod").unwrap();
+        let (_, dev) = add(&path, "acme", "dev").unwrap();
+        set_quota(&path, "acme", 250).unwrap();
+        set_disabled(&path, "acme", Some("dev"), true).unwrap();
+        let store = sluice_edge::auth::KeyStore::load(&path).unwrap();
+        assert_eq!(store.quota("acme"), Some(250));
+        assert_eq!(store.authenticate(Some(&dev)), Err(AuthError::EnvDisabled));
+        assert!(store.authenticate(Some(&prod)).is_ok());
+        set_disabled(&path, "acme", None, true).unwrap();
+        set_disabled(&path, "acme", None, true).unwrap();
+        assert_eq!(list(&path).unwrap().disabled_tenants, vec!["acme".to_string()], "no duplicate entries");
+        let store = sluice_edge::auth::KeyStore::load(&path).unwrap();
+        assert_eq!(store.authenticate(Some(&prod)), Err(AuthError::TenantDisabled));
+        set_disabled(&path, "acme", None, false).unwrap();
+        set_disabled(&path, "acme", Some("dev"), false).unwrap();
+        let store = sluice_edge::auth::KeyStore::load(&path).unwrap();
+        assert!(store.authenticate(Some(&dev)).is_ok());
     }
 }

@@ -223,6 +223,20 @@ enum KeysAction {
     List,
     /// Revoke a key by id: requests with it get 403.
     Revoke { id: String },
+    /// Set a tenant's events/s quota on each edge (burst 3×; 0 = unlimited).
+    Quota { tenant: String, events_per_sec: u32 },
+    /// Kill switch: every key of the tenant (or of one environment) gets 403.
+    Disable {
+        tenant: String,
+        #[arg(long)]
+        env: Option<String>,
+    },
+    /// Lifts `disable`.
+    Enable {
+        tenant: String,
+        #[arg(long)]
+        env: Option<String>,
+    },
 }
 
 /// Same allocator as the `sluice-edge` binary, so `sluicectl dev` and `bench` measure the edge as
@@ -319,6 +333,21 @@ fn main() -> anyhow::Result<()> {
             KeysAction::Revoke { id } => {
                 sluice_ops::keys::revoke(&file, &id)?;
                 println!("revoked {id}");
+                Ok(())
+            }
+            KeysAction::Quota { tenant, events_per_sec } => {
+                sluice_ops::keys::set_quota(&file, &tenant, events_per_sec)?;
+                println!("tenant {tenant}: {events_per_sec} events/s per edge (burst ×3; 0 = unlimited)");
+                Ok(())
+            }
+            KeysAction::Disable { tenant, env } => {
+                sluice_ops::keys::set_disabled(&file, &tenant, env.as_deref(), true)?;
+                println!("disabled tenant {tenant} env {}", env.as_deref().unwrap_or("*"));
+                Ok(())
+            }
+            KeysAction::Enable { tenant, env } => {
+                sluice_ops::keys::set_disabled(&file, &tenant, env.as_deref(), false)?;
+                println!("enabled tenant {tenant} env {}", env.as_deref().unwrap_or("*"));
                 Ok(())
             }
         },

@@ -63,3 +63,18 @@ impl InProcessEdge {
         }
     }
 }
+
+/// Rewrites a keys file (atomically, as `sluicectl keys` does) with `change` applied; a running
+/// edge picks it up at its next reload.
+pub fn edit_keys(path: &std::path::Path, change: impl FnOnce(&mut sluice_edge::auth::KeysFile)) {
+    let mut file = sluice_edge::auth::read_keys_file(path).expect("keys file");
+    change(&mut file);
+    sluice_ops::keys::save(path, &file).expect("save keys file");
+}
+
+/// Sets a tenant's events/s quota in a keys file.
+pub fn set_quota(path: &std::path::Path, tenant: &str, events_per_sec: u32) {
+    edit_keys(path, |f| {
+        f.tenants.insert(tenant.into(), sluice_edge::auth::TenantSettings { events_per_sec: Some(events_per_sec) });
+    });
+}

@@ -90,3 +90,31 @@ pub fn events_body(prefix: &str, n: usize) -> (Vec<u8>, Vec<String>) {
         .collect();
     (serde_json::to_vec(&events).expect("json"), ids)
 }
+
+/// `POST /v1/events` of `n` valid events (see [`events_body`]) as JSON.
+pub fn post_batch(addr: SocketAddr, key: &str, prefix: &str, n: usize) -> Response {
+    let (body, _) = events_body(prefix, n);
+    post_events(addr, key, "application/json", &[], &body)
+}
+
+impl Response {
+    /// `ok` for a 2xx, else the `error.code` of the JSON body.
+    pub fn code(&self) -> String {
+        if (200..300).contains(&self.status) {
+            return "ok".into();
+        }
+        serde_json::from_slice::<serde_json::Value>(&self.body)
+            .ok()
+            .and_then(|v| v["error"]["code"].as_str().map(str::to_string))
+            .unwrap_or_default()
+    }
+}
+
+/// The value of the first Prometheus sample of `name` whose labels contain `labels`.
+pub fn metric(text: &str, name: &str, labels: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (series, value) = l.rsplit_once(' ')?;
+        let (n, rest) = series.split_once('{').unwrap_or((series, ""));
+        (n == name && rest.contains(labels)).then(|| value.parse().ok()).flatten()
+    })
+}

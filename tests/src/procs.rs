@@ -216,6 +216,10 @@ impl Proc {
         let _ = self.child.wait();
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// `kill -TERM`: the edge drains, then exits.
     pub fn terminate(&mut self) {
         let status = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();

@@ -293,6 +293,56 @@ fn wal_budget_full_sheds_then_recovers() {
     assert_log_clean(&edge);
 }
 
+/// Scenario 5c. All brokers go down and stay down. Core's sink circuit opens: it stops reading
+/// frames and acks nothing. The edge keeps answering `202` from its WAL until the budget is
+/// used, then `503` + `Retry-After`, never a `202` it cannot persist. When the brokers return,
+/// core's probe closes the circuit and everything acknowledged is delivered.
+#[test]
+fn broker_down_until_the_wal_budget() {
+    let rig = Rig::new("brokerdown");
+    let Some(mock) = &rig.kafka.mock else {
+        eprintln!("broker_down_until_the_wal_budget needs the mock cluster; skipped with SLUICE_TEST_KAFKA");
+        return;
+    };
+    let core = rig.core(&[("message.timeout.ms", "3000")]);
+    let edge = rig.edge(&EdgeOpts { budget_bytes: Some(256 * 1024), ack_timeout_secs: Some(2), ..EdgeOpts::default() });
+    let collector = rig.collector();
+    let ledger = Ledger::new();
+    let driver = Driver::start(&ledger, rig.http, &rig.env.key, "brokerdown", 2, BATCH, PAUSE);
+    wait_until("first deliveries", Duration::from_secs(30), || collector.seen_count() > 0);
+
+    for b in 1..=3 {
+        mock.broker_down(b).unwrap();
+    }
+    let before = ledger.requests("202");
+    wait_until("the WAL budget to fill", Duration::from_secs(120), || ledger.requests("503") > 5);
+    let accepted_while_down = ledger.requests("202") - before;
+    assert!(accepted_while_down > 0, "the edge stopped answering 202 as soon as Kafka went down");
+    wait_until("core's sink circuit to open", Duration::from_secs(30), || {
+        core.log().contains("not reading or acking frames")
+    });
+    // Full and nothing drains: every request is refused until the brokers return.
+    let at_full = ledger.requests("202");
+    driver.wait_requests(20, Duration::from_secs(20));
+    assert_eq!(ledger.requests("202"), at_full, "a 202 while the WAL was full and Kafka down");
+
+    for b in 1..=3 {
+        mock.broker_up(b).unwrap();
+    }
+    let healed = Instant::now();
+    wait_until("202s after the brokers return", Duration::from_secs(120), || ledger.requests("202") > at_full + 10);
+    driver.stop();
+
+    let report = settle("5c Kafka down until the WAL budget", &ledger, collector, &HashSet::new(), Some(healed));
+    eprintln!("accepted while Kafka was down: {accepted_while_down} requests");
+    report.assert_no_loss();
+    assert_eq!(report.duplicated, 0, "no process crashed, so no duplicates");
+    assert_eq!(ledger.missing_retry_after(), 0, "every 503 carries Retry-After");
+    assert!(core.log().contains("sink circuit closed"), "core never closed its circuit");
+    assert_log_clean(&edge);
+    assert_log_clean(&core);
+}
+
 /// Unmounts a test filesystem even when the test fails.
 struct Mount(std::path::PathBuf);
 

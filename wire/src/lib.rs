@@ -3,8 +3,10 @@
 //! Architecture invariant: only this crate defines bytes that outlive a process or cross a
 //! machine: the WAL record framing ([`record`]), the forwarder frames ([`frame`]) and the
 //! edge↔core protocol messages ([`protocol`]). Everything here is pure (no IO, no clock), so it
-//! is unit- and property-testable.
+//! is unit- and property-testable. [`breaker`] is the one piece of shared *logic*: the circuit
+//! breaker both ends of the edge↔core link use (pure as well).
 
+pub mod breaker;
 pub mod frame;
 pub mod ids;
 pub mod protocol;

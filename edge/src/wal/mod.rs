@@ -188,6 +188,16 @@ impl Wal {
         self.shared.disk_bytes.load(Ordering::Relaxed)
     }
 
+    /// `wal.budget_bytes`: past it appends are refused.
+    pub fn budget(&self) -> u64 {
+        self.budget
+    }
+
+    /// Latched after a failed write or sync: every append is refused until a restart.
+    pub fn is_failed(&self) -> bool {
+        self.shared.failed.load(Ordering::Acquire)
+    }
+
     /// The end of the last durable record.
     pub fn committed(&self) -> Position {
         *self.committed.borrow()
