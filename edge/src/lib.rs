@@ -156,6 +156,7 @@ pub async fn start(config: EdgeConfig) -> Result<Edge, StartError> {
                 drain: drain.clone(),
                 drain_deadline,
                 forwarder: forwarder_control.clone(),
+                link: state.link.clone(),
                 keys: state.keys.clone(),
             }));
             let mut stop = stop_rx.clone();

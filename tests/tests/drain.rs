@@ -153,6 +153,7 @@ async fn forwarder_pause_keeps_events_in_the_wal_until_resumed() {
         assert_eq!(metric(admin_addr, "sluice_edge_forwarded_records_total"), Some(1.0));
         let status = admin(admin_addr, "GET", "/status", "").json();
         assert_eq!(status["forwarder"]["state"], "forwarding", "{status}");
+        assert_eq!(status["forwarder"]["circuit"], "closed", "{status}");
         assert_eq!(status["wal"]["oldest_unacked_age_ms"], serde_json::Value::Null);
         assert_eq!(status["wal"]["acked"], status["wal"]["committed"], "{status}");
 
