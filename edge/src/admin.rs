@@ -54,13 +54,13 @@ pub struct AdminState {
 pub fn router(state: Arc<AdminState>) -> Router {
     let operator = Router::new()
         .route("/status", get(status))
-        .route("/drain", post(drain))
-        .route("/forwarder/pause", post(pause))
-        .route("/forwarder/resume", post(resume))
         // Kill switch (admission control).
         .route("/admission", get(admission_status))
         .route("/admission/block", post(block))
         .route("/admission/unblock", post(unblock))
+        .route("/drain", post(drain))
+        .route("/forwarder/pause", post(pause))
+        .route("/forwarder/resume", post(resume))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/metrics", get(metrics))

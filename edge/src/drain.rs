@@ -194,11 +194,14 @@ fn draining_error() -> ApiError {
     .with_retry_after(1)
 }
 
-/// HTTP middleware: `/v1/*` requests are refused once draining and counted while they run.
-/// Readiness (`/ready`, in `http`) fails while draining; `/health` (liveness) stays up so the
-/// process is not killed early.
+/// HTTP middleware: `/ready` fails while draining; `/v1/*` requests are refused once draining
+/// and counted while they run. `/health` (liveness) stays up so the process is not killed early.
 pub async fn gate(State(drain): State<Arc<Drain>>, req: Request, next: Next) -> Response {
-    if !req.uri().path().starts_with("/v1/") {
+    let path = req.uri().path();
+    if path == "/ready" && drain.is_draining() {
+        return draining_error().into_response();
+    }
+    if !path.starts_with("/v1/") {
         return next.run(req).await;
     }
     match drain.enter() {

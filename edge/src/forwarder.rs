@@ -197,7 +197,7 @@ impl Forwarder {
         self.link.clone()
     }
 
-    /// Frames allowed on the wire: none while an operator paused forwarding, the configured
+    /// Frames allowed on the wire: none while an operator has paused forwarding, the configured
     /// window while the breaker is closed, a single probe otherwise.
     fn window(&self) -> usize {
         if self.control.is_paused() {

@@ -183,10 +183,6 @@ async fn health() -> StatusCode {
 /// open circuit to core still answer every client with `503`/`429` + `Retry-After`, which is
 /// better for SDKs than a connection refused by a balancer.
 async fn ready(State(state): State<Arc<AppState>>) -> Response {
-    if state.drain.is_draining() {
-        let body = json!({ "status": "draining", "degraded": [] });
-        return json_response(StatusCode::SERVICE_UNAVAILABLE, serde_json::to_vec(&body).unwrap_or_default());
-    }
     let used = state.wal.unforwarded_bytes();
     let mut degraded = Vec::new();
     if state.wal.is_failed() {

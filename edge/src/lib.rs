@@ -103,13 +103,6 @@ pub async fn start(config: EdgeConfig) -> Result<Edge, StartError> {
         }
         None => None,
     };
-    let drain = Arc::new(drain::Drain::default());
-    let drain_deadline = Duration::from_secs(config.drain_deadline_secs);
-    metrics.register(Box::new(operator_metrics::OperatorCollector::new(
-        wal.clone(),
-        drain.clone(),
-        forwarder_control.clone(),
-    )?))?;
     let admission = Arc::new(admission::Admission::new(
         config.admission.clone(),
         config.limits.max_body_bytes,
@@ -117,6 +110,13 @@ pub async fn start(config: EdgeConfig) -> Result<Edge, StartError> {
         metrics.admission_refusals.clone(),
     ));
     metrics.register(Box::new(metrics::AdmissionCollector::new(admission.clone(), keys.clone(), link.clone())?))?;
+    let drain = Arc::new(drain::Drain::default());
+    let drain_deadline = Duration::from_secs(config.drain_deadline_secs);
+    metrics.register(Box::new(operator_metrics::OperatorCollector::new(
+        wal.clone(),
+        drain.clone(),
+        forwarder_control.clone(),
+    )?))?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| StartError::Bind { addr: config.listen, source })?;
@@ -124,8 +124,8 @@ pub async fn start(config: EdgeConfig) -> Result<Edge, StartError> {
     let mut background = vec![
         keys.spawn_reloader(Duration::from_millis(config.http.keys_reload_ms.max(10))),
         spawn_idempotency_expiry(idempotency.clone()),
-        tokio::spawn(drain.clone().run(wal.clone(), forwarder_control.clone())),
         spawn_admission_housekeeping(admission.clone(), keys.clone()),
+        tokio::spawn(drain.clone().run(wal.clone(), forwarder_control.clone())),
     ];
     let state = Arc::new(http::AppState {
         keys,
@@ -139,9 +139,9 @@ pub async fn start(config: EdgeConfig) -> Result<Edge, StartError> {
         replays: signature::ReplayGuard::default(),
         debug_limiter: http::AppState::new_debug_limiter(config.limits.debug_requests_per_sec),
         metrics: metrics.clone(),
-        drain: drain.clone(),
         admission,
         link,
+        drain: drain.clone(),
     });
     let admin_addr = match config.admin.listen {
         Some(addr) => {
@@ -153,11 +153,11 @@ pub async fn start(config: EdgeConfig) -> Result<Edge, StartError> {
                 token: config.admin.token.clone(),
                 wal: wal.clone(),
                 metrics: metrics.clone(),
+                keys: state.keys.clone(),
                 drain: drain.clone(),
                 drain_deadline,
                 forwarder: forwarder_control.clone(),
                 link: state.link.clone(),
-                keys: state.keys.clone(),
             }));
             let mut stop = stop_rx.clone();
             background.push(tokio::spawn(async move {

@@ -60,7 +60,7 @@ async fn admin_drain_turns_readiness_off_and_refuses_new_requests() {
         assert_eq!(admin(admin_addr, "POST", "/drain", "").json()["started"], false, "a second drain is a no-op");
 
         let ready = request(addr, "GET", "/ready", &[], b"").expect("ready");
-        assert_eq!((ready.status, ready.json()["status"].as_str()), (503, Some("draining")));
+        assert_eq!((ready.status, ready.json()["error"]["code"].as_str()), (503, Some("draining")));
         assert_eq!(request(addr, "HEAD", "/health", &[], b"").expect("health").status, 200, "liveness stays up");
         let (body, _) = events_body("after", 5);
         let refused = post_events(addr, &key, "application/json", &[], &body);
