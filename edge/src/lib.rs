@@ -165,6 +165,7 @@ pub async fn start(config: EdgeConfig) -> Result<Edge, StartError> {
                 drain: drain.clone(),
                 drain_deadline,
                 forwarder: forwarder_control.clone(),
+                link: state.link.clone(),
             }));
             let mut stop = stop_rx.clone();
             background.push(tokio::spawn(async move {
