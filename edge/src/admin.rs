@@ -4,7 +4,8 @@
 //! - everything else needs `Authorization: Bearer <admin.token>`; without a configured token those
 //!   routes answer `403` so a forgotten token never leaves them open:
 //!   - `GET /status[?records=true]`: WAL depth (bytes, and records when asked: that walks the
-//!     record headers), age of the oldest unacked record, ack watermark, forwarder and drain state;
+//!     record headers), age of the oldest unacked record, ack watermark, forwarder and drain state,
+//!     replication peers with their lag;
 //!   - `POST /drain[?wait=true]` (optional body `{"deadline_secs":n}`): graceful drain, then the
 //!     process exits (see [`crate::drain`]); with `wait` the answer carries the drain's report;
 //!   - `POST /forwarder/pause`, `POST /forwarder/resume`: stop/restart sending frames to core (the
@@ -31,9 +32,11 @@ use serde_json::json;
 use subtle::ConstantTimeEq;
 
 use crate::auth::{Block, KeyRing};
+use crate::config::{DegradedMode, PeerConfig};
 use crate::drain::Drain;
 use crate::forwarder_control::ForwarderControl;
 use crate::metrics::EdgeMetrics;
+use crate::replication::ReplicationMetrics;
 use crate::wal::{Position, Wal};
 
 pub struct AdminState {
@@ -47,6 +50,37 @@ pub struct AdminState {
     pub drain_deadline: Duration,
     /// `None` when forwarding is disabled.
     pub forwarder: Option<Arc<ForwarderControl>>,
+    /// The forwarder's circuit to core, `None` when forwarding is disabled.
+    pub link: Option<Arc<crate::forwarder::LinkHealth>>,
+    /// The POP peers this edge replicates to, `None` without replication.
+    pub replication: Option<ReplicationView>,
+}
+
+/// What `GET /status` shows of replication: the configured peers and how far each is behind.
+pub struct ReplicationView {
+    pub factor: usize,
+    pub mode: DegradedMode,
+    pub peers: Vec<PeerConfig>,
+    pub metrics: Arc<ReplicationMetrics>,
+}
+
+impl ReplicationView {
+    fn status(&self) -> serde_json::Value {
+        let peers: Vec<_> = self
+            .peers
+            .iter()
+            .map(|p| {
+                let lag = self.metrics.lag_bytes.with_label_values(&[p.id.as_str()]).get();
+                json!({ "id": p.id, "addr": p.addr.to_string(), "lag_bytes": lag })
+            })
+            .collect();
+        json!({
+            "factor": self.factor,
+            "mode": match self.mode { DegradedMode::Require => "require", DegradedMode::AllowLocal => "allow_local" },
+            "degraded": self.metrics.degraded.get() == 1,
+            "peers": peers,
+        })
+    }
 }
 
 pub fn router(state: Arc<AdminState>) -> Router {
@@ -125,9 +159,11 @@ async fn status(State(state): State<Arc<AdminState>>, Query(q): Query<StatusQuer
             "state": f.state().as_str(),
             "frames_acked": f.frames_acked(),
             "last_error": f.last_error(),
+            "circuit": state.link.as_ref().map(|l| l.state().as_str()),
         }),
         None => {
-            json!({ "enabled": false, "paused": false, "state": "disabled", "frames_acked": 0, "last_error": null })
+            json!({ "enabled": false, "paused": false, "state": "disabled", "frames_acked": 0, "last_error": null,
+                    "circuit": null })
         }
     };
     let drain = state.drain.progress().map(|(deadline, started)| {
@@ -152,6 +188,7 @@ async fn status(State(state): State<Arc<AdminState>>, Query(q): Query<StatusQuer
             "acked": position(depth.acked),
         },
         "forwarder": forwarder,
+        "replication": state.replication.as_ref().map(ReplicationView::status),
     }))
     .into_response()
 }

@@ -94,6 +94,12 @@ pub async fn start(config: EdgeConfig) -> Result<Edge, StartError> {
     let replication = replication::Replication::prepare(&config)?;
     let (wal, reader) = Wal::open_replicated(&config.wal, replication.replicate())?;
     let metrics = Arc::new(metrics::EdgeMetrics::new(wal.clone())?);
+    let replication_view = (!config.replication.peers.is_empty()).then(|| admin::ReplicationView {
+        factor: config.replication.factor,
+        mode: config.replication.mode,
+        peers: config.replication.peers.clone(),
+        metrics: replication.metrics(),
+    });
     let (replication_addr, replication_tasks) = replication.start(&wal, &config, &metrics)?;
     let (stop, stop_rx) = watch::channel(false);
     let mut link = None;
@@ -165,6 +171,8 @@ pub async fn start(config: EdgeConfig) -> Result<Edge, StartError> {
                 drain: drain.clone(),
                 drain_deadline,
                 forwarder: forwarder_control.clone(),
+                link: state.link.clone(),
+                replication: replication_view,
             }));
             let mut stop = stop_rx.clone();
             background.push(tokio::spawn(async move {

@@ -22,6 +22,7 @@ async fn admin_requires_its_token_and_metrics_follow_traffic() {
         assert_eq!(r.status, 200);
         assert_eq!(r.json()["edge_id"], "edge-1");
         assert_eq!(r.json()["wal"]["unforwarded_bytes"], 0);
+        assert!(r.json()["replication"].is_null(), "no peers configured");
 
         let before = String::from_utf8(request(admin, "GET", "/metrics", &[], b"").expect("metrics").body).unwrap();
         assert_eq!(sample(&before, "sluice_edge_accepted_events_total", ""), Some(0.0));

@@ -17,6 +17,7 @@ use sluice_tests::{free_tcp_addr, udp_addr_outside_ephemeral_range};
 const BATCH: usize = 10;
 const PAUSE: Duration = Duration::from_millis(20);
 const LEASE_SECS: u64 = 2;
+const ADMIN_TOKEN: &str = "pop-admin";
 
 /// One edge of the POP: its addresses stay fixed across restarts.
 struct Node {
@@ -34,13 +35,22 @@ impl Node {
     /// Edge options: replicate to `peers` (id, address), serve replicas on `self.repl`.
     fn opts(&self, peers: &[(&str, SocketAddr)], mode: &str) -> EdgeOpts {
         let mut extra = format!(
-            "[admin]\nlisten = \"{}\"\n[replication]\nlisten = \"{}\"\nfactor = 2\nmode = \"{mode}\"\nack_timeout_ms = 2000\nlease_secs = {LEASE_SECS}\n",
+            "[admin]\nlisten = \"{}\"\ntoken = \"{ADMIN_TOKEN}\"\n[replication]\nlisten = \"{}\"\nfactor = 2\nmode = \"{mode}\"\nack_timeout_ms = 2000\nlease_secs = {LEASE_SECS}\n",
             self.admin, self.repl
         );
         for (id, addr) in peers {
             extra.push_str(&format!("[[replication.peers]]\nid = \"{id}\"\naddr = \"{addr}\"\n"));
         }
         EdgeOpts { node: Some(self.name.into()), ack_timeout_secs: Some(3), extra_toml: extra, ..EdgeOpts::default() }
+    }
+
+    /// `GET /status` on the admin API.
+    fn status(&self) -> serde_json::Value {
+        let auth = format!("Bearer {ADMIN_TOKEN}");
+        let r = sluice_tests::http::request(self.admin, "GET", "/status", &[("Authorization", &auth)], b"")
+            .expect("status");
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        r.json()
     }
 
     fn metric(&self, name: &str) -> f64 {
@@ -296,6 +306,12 @@ fn replica_loss_with_allow_local_degrades() {
         a.metric("sluice_edge_replication_lag_bytes{peer=\"b\"}") > 0.0
     });
     assert!(a_proc.log().contains("degraded"), "no warning logged");
+    // The operator's view of the same: the peer, its lag, degraded mode.
+    let status = a.status();
+    let repl = &status["replication"];
+    assert_eq!((repl["mode"].as_str(), repl["degraded"].as_bool()), (Some("allow_local"), Some(true)), "{status}");
+    assert_eq!(repl["peers"][0]["id"], "b", "{status}");
+    assert!(repl["peers"][0]["lag_bytes"].as_u64().is_some_and(|l| l > 0), "{status}");
 
     let b_proc = pop.edge(&b, &b_opts);
     wait_until("replication to resume", Duration::from_secs(30), || {
@@ -307,6 +323,7 @@ fn replica_loss_with_allow_local_degrades() {
     wait_until("the replication lag to clear", Duration::from_secs(10), || {
         a.metric("sluice_edge_replication_lag_bytes{peer=\"b\"}") == 0.0
     });
+    assert_eq!(a.status()["replication"]["degraded"], false);
 
     let report = settle("R3 replica down, allow_local", &ledger, collector, None);
     report.assert_no_loss();

@@ -153,6 +153,11 @@ impl Replication {
         Ok(Self { replicator: Some(Arc::new(replicator)), wal, metrics })
     }
 
+    /// Replication metrics, also read by the admin status.
+    pub fn metrics(&self) -> Arc<ReplicationMetrics> {
+        self.metrics.clone()
+    }
+
     /// What the WAL writer waits for, if anything.
     pub fn replicate(&self) -> Option<Arc<dyn Replicate>> {
         self.replicator.clone().map(|r| r as Arc<dyn Replicate>)

@@ -25,7 +25,7 @@ mod writer;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, mpsc};
+use std::sync::{Arc, mpsc};
 
 use tokio::sync::{oneshot, watch};
 
@@ -86,8 +86,8 @@ pub(crate) struct Shared {
     pub disk_bytes: AtomicU64,
     pub failed: AtomicBool,
     pub stats: WalStats,
-    /// The position core has acknowledged up to (the reader's, published for status).
-    pub acked: Mutex<Position>,
+    /// Everything before this position is acknowledged by core (the in-memory watermark).
+    pub acked: watch::Sender<Position>,
 }
 
 /// How far the forwarder is behind: what `GET /status` and a drain report.
@@ -97,21 +97,6 @@ pub struct Depth {
     pub committed: Position,
     /// Committed bytes core has not acknowledged.
     pub unacked_bytes: u64,
-}
-
-impl Shared {
-    fn new(disk_bytes: u64, acked: Position) -> Self {
-        Self {
-            disk_bytes: AtomicU64::new(disk_bytes),
-            failed: AtomicBool::new(false),
-            stats: WalStats::default(),
-            acked: Mutex::new(acked),
-        }
-    }
-
-    fn publish_acked(&self, to: Position) {
-        *self.acked.lock().unwrap_or_else(PoisonError::into_inner) = to;
-    }
 }
 
 struct Append {
@@ -177,7 +162,7 @@ impl Wal {
         let next_seq = live.last().map_or(1, |&(seq, _)| seq + 1).max(acked.segment).max(1);
         let disk_bytes: u64 = live.iter().map(|&(_, len)| len).sum();
         let reader_start = acked.max(Position { segment: live.first().map_or(next_seq, |s| s.0), offset: 0 });
-        let shared = Arc::new(Shared::new(disk_bytes, acked));
+        let shared = Arc::new(Shared::new(disk_bytes, reader_start));
         let start = Position { segment: next_seq, offset: 0 };
         let (committed_tx, committed_rx) = watch::channel(start);
         let writer = writer::Writer::create(config, next_seq, shared.clone(), committed_tx, replicate).map_err(err)?;
@@ -192,6 +177,11 @@ impl Wal {
     /// This WAL's identity (see `wal.id`), stable for as long as the directory lives.
     pub fn id(&self) -> u64 {
         self.id
+    }
+
+    /// Everything before this position is acknowledged by core.
+    pub fn acked(&self) -> Position {
+        *self.shared.acked.borrow()
     }
 
     /// Appends one framed record; resolves once it is durable.
@@ -235,11 +225,6 @@ impl Wal {
         *self.committed.borrow()
     }
 
-    /// The position up to which core has acknowledged.
-    pub fn acked(&self) -> Position {
-        *self.shared.acked.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// Acked and committed positions and the bytes between them.
     pub fn depth(&self) -> std::io::Result<Depth> {
         // Committed first: a record committed after this read is simply not counted yet.
@@ -257,6 +242,17 @@ impl Wal {
     /// The oldest record core has not acknowledged, if any.
     pub fn oldest_unacked(&self, depth: &Depth) -> std::io::Result<Option<sluice_wire::BatchRecord>> {
         scan::record_at(&self.dir, &list_segments(&self.dir)?, depth.acked, depth.committed)
+    }
+}
+
+impl Shared {
+    fn new(disk_bytes: u64, acked: Position) -> Self {
+        Self {
+            disk_bytes: AtomicU64::new(disk_bytes),
+            failed: AtomicBool::new(false),
+            stats: WalStats::default(),
+            acked: watch::channel(acked).0,
+        }
     }
 }
 

@@ -41,7 +41,6 @@ impl WalReader {
         shared: Arc<Shared>,
         writer: std::sync::mpsc::Sender<Request>,
     ) -> Self {
-        shared.publish_acked(acked);
         Self { dir, committed, acked, shared, writer }
     }
 
@@ -142,7 +141,7 @@ impl WalReader {
         }
         trim(&self.dir, to, &self.shared)?;
         self.acked = to;
-        self.shared.publish_acked(to);
+        self.shared.acked.send_replace(to);
         Ok(())
     }
 
