@@ -2,7 +2,13 @@
 //!
 //! - `GET /metrics`: Prometheus text, unauthenticated (bind the port to a private interface);
 //! - everything else needs `Authorization: Bearer <admin.token>`; without a configured token those
-//!   routes answer `403` so a forgotten token never leaves them open.
+//!   routes answer `403` so a forgotten token never leaves them open:
+//!   - `GET /status[?records=true]`: WAL depth (bytes, and records when asked: that walks the
+//!     record headers), age of the oldest unacked record, ack watermark, forwarder and drain state;
+//!   - `POST /drain[?wait=true]` (optional body `{"deadline_secs":n}`): graceful drain, then the
+//!     process exits (see [`crate::drain`]); with `wait` the answer carries the drain's report;
+//!   - `POST /forwarder/pause`, `POST /forwarder/resume`: stop/restart sending frames to core (the
+//!     WAL keeps accepting up to its budget), e.g. during a core or broker incident.
 //!
 //! Errors use the public API's JSON shape `{"error":{"code","message"}}`.
 //!
@@ -12,9 +18,10 @@
 //! `disabled_tenants`/`disabled_envs` in the keys file); `GET /admission` lists the blocks.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{Request, State};
+use axum::extract::{Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -24,8 +31,10 @@ use serde_json::json;
 use subtle::ConstantTimeEq;
 
 use crate::auth::{Block, KeyRing};
+use crate::drain::Drain;
+use crate::forwarder_control::ForwarderControl;
 use crate::metrics::EdgeMetrics;
-use crate::wal::Wal;
+use crate::wal::{Position, Wal};
 
 pub struct AdminState {
     pub edge_id: String,
@@ -33,6 +42,11 @@ pub struct AdminState {
     pub wal: Wal,
     pub metrics: Arc<EdgeMetrics>,
     pub keys: Arc<KeyRing>,
+    pub drain: Arc<Drain>,
+    /// Deadline of a `POST /drain` without one (`drain_deadline_secs`).
+    pub drain_deadline: Duration,
+    /// `None` when forwarding is disabled.
+    pub forwarder: Option<Arc<ForwarderControl>>,
 }
 
 pub fn router(state: Arc<AdminState>) -> Router {
@@ -42,6 +56,9 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/admission", get(admission_status))
         .route("/admission/block", post(block))
         .route("/admission/unblock", post(unblock))
+        .route("/drain", post(drain))
+        .route("/forwarder/pause", post(pause))
+        .route("/forwarder/resume", post(resume))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/metrics", get(metrics))
@@ -74,15 +91,132 @@ async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response()
 }
 
-async fn status(State(state): State<Arc<AdminState>>) -> Json<serde_json::Value> {
-    let committed = state.wal.committed();
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default)]
+struct StatusQuery {
+    /// Also count unacked records (one read per record header).
+    records: bool,
+}
+
+fn position(p: Position) -> serde_json::Value {
+    json!({ "segment": p.segment, "offset": p.offset })
+}
+
+async fn status(State(state): State<Arc<AdminState>>, Query(q): Query<StatusQuery>) -> Response {
+    let wal = state.wal.clone();
+    let scanned = tokio::task::spawn_blocking(move || {
+        let depth = wal.depth()?;
+        let oldest = wal.oldest_unacked(&depth)?;
+        let records = if q.records { Some(wal.unacked_records(&depth)?) } else { None };
+        std::io::Result::Ok((depth, oldest, records))
+    })
+    .await;
+    let (depth, oldest, records) = match scanned {
+        Ok(Ok(x)) => x,
+        Ok(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, "wal_unreadable", &e.to_string()),
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, "internal", &e.to_string()),
+    };
+    let now = crate::http::now_ms();
+    let oldest_at = oldest.map(|r| r.received_at_ms);
+    let forwarder = match &state.forwarder {
+        Some(f) => json!({
+            "enabled": true,
+            "paused": f.is_paused(),
+            "state": f.state().as_str(),
+            "frames_acked": f.frames_acked(),
+            "last_error": f.last_error(),
+        }),
+        None => {
+            json!({ "enabled": false, "paused": false, "state": "disabled", "frames_acked": 0, "last_error": null })
+        }
+    };
+    let drain = state.drain.progress().map(|(deadline, started)| {
+        json!({
+            "deadline_secs": deadline.as_secs(),
+            "elapsed_ms": started.elapsed().as_millis() as u64,
+            "report": state.drain.report(),
+        })
+    });
     Json(json!({
         "edge_id": state.edge_id,
+        "draining": state.drain.is_draining(),
+        "drain": drain,
+        "in_flight_requests": state.drain.in_flight(),
         "wal": {
             "unforwarded_bytes": state.wal.unforwarded_bytes(),
-            "committed": { "segment": committed.segment, "offset": committed.offset },
+            "unacked_bytes": depth.unacked_bytes,
+            "unacked_records": records,
+            "oldest_unacked_received_at_ms": oldest_at,
+            "oldest_unacked_age_ms": oldest_at.map(|t| now.saturating_sub(t)),
+            "committed": position(depth.committed),
+            "acked": position(depth.acked),
         },
+        "forwarder": forwarder,
     }))
+    .into_response()
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct DrainRequest {
+    deadline_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default)]
+struct DrainQuery {
+    /// Answer only when the drain has finished, with its report (`sluicectl drain` waits so).
+    wait: bool,
+}
+
+async fn drain(State(state): State<Arc<AdminState>>, Query(q): Query<DrainQuery>, body: Bytes) -> Response {
+    let req: DrainRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        DrainRequest::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(r) => r,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "malformed_body",
+                    &format!("expected {{\"deadline_secs\":n}}: {e}"),
+                );
+            }
+        }
+    };
+    let deadline = req.deadline_secs.map_or(state.drain_deadline, Duration::from_secs);
+    let started = state.drain.begin(deadline);
+    if started {
+        tracing::warn!(deadline_secs = deadline.as_secs(), "admin: drain requested; the process exits when it ends");
+    }
+    let deadline_secs = state.drain.progress().map_or(deadline.as_secs(), |(d, _)| d.as_secs());
+    if q.wait {
+        let report = state.drain.finished().await;
+        return Json(json!({ "draining": true, "started": started, "deadline_secs": deadline_secs, "report": report }))
+            .into_response();
+    }
+    (StatusCode::ACCEPTED, Json(json!({ "draining": true, "started": started, "deadline_secs": deadline_secs })))
+        .into_response()
+}
+
+async fn pause(State(state): State<Arc<AdminState>>) -> Response {
+    set_paused(&state, true)
+}
+
+async fn resume(State(state): State<Arc<AdminState>>) -> Response {
+    set_paused(&state, false)
+}
+
+fn set_paused(state: &AdminState, paused: bool) -> Response {
+    let Some(f) = &state.forwarder else {
+        return error(StatusCode::CONFLICT, "forwarder_disabled", "forwarding is disabled in this edge's config");
+    };
+    if paused && state.drain.is_draining() {
+        return error(StatusCode::CONFLICT, "draining", "a draining edge keeps forwarding until its WAL is empty");
+    }
+    let changed = if paused { f.pause() } else { f.resume() };
+    tracing::warn!(paused, changed, "admin: forwarder {}", if paused { "paused" } else { "resumed" });
+    Json(json!({ "forwarder": { "paused": paused, "changed": changed } })).into_response()
 }
 
 /// The kill-switch entry in a block/unblock body, or why it is not one (answered `400`).

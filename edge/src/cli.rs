@@ -33,6 +33,9 @@ pub struct Args {
     /// Overrides `admin.token` (prefer the environment variable: flags show up in `ps`).
     #[arg(long, env = "SLUICE_EDGE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// Overrides `drain_deadline_secs`.
+    #[arg(long, env = "SLUICE_EDGE_DRAIN_DEADLINE_SECS")]
+    pub drain_deadline_secs: Option<u64>,
     /// Log as JSON lines (production) instead of human-readable text.
     #[arg(long, env = "SLUICE_LOG_JSON", value_parser = clap::builder::BoolishValueParser::new())]
     pub log_json: bool,
@@ -64,6 +67,9 @@ pub fn load_config(args: &Args) -> anyhow::Result<EdgeConfig> {
     if let Some(v) = &args.admin_token {
         config.admin.token = Some(v.clone());
     }
+    if let Some(v) = args.drain_deadline_secs {
+        config.drain_deadline_secs = v;
+    }
     Ok(config)
 }
 
@@ -86,9 +92,7 @@ pub fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting tokio")?;
     runtime.block_on(async {
         let edge = crate::start(config).await.context("starting edge")?;
-        shutdown_signal().await;
-        tracing::info!("edge: shutting down");
-        edge.shutdown().await;
+        edge.serve_until_drained().await;
         anyhow::Ok(())
     })
 }

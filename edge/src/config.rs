@@ -18,6 +18,10 @@ pub struct EdgeConfig {
     pub region: String,
     /// API keys file (see `sluicectl keys`). Default `keys.toml`.
     pub keys_file: PathBuf,
+    /// How long a drain (SIGTERM, `POST /drain`) may take forwarding the WAL before the process
+    /// exits anyway, seconds; what is left stays in the WAL. Keep it below the orchestrator's
+    /// kill grace period. Default 60.
+    pub drain_deadline_secs: u64,
     pub limits: LimitsConfig,
     pub validation: ValidationConfig,
     pub http: HttpConfig,
@@ -36,6 +40,7 @@ impl Default for EdgeConfig {
             edge_id: "edge-1".into(),
             region: "local".into(),
             keys_file: PathBuf::from("keys.toml"),
+            drain_deadline_secs: 60,
             limits: LimitsConfig::default(),
             validation: ValidationConfig::default(),
             http: HttpConfig::default(),

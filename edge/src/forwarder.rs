@@ -32,6 +32,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::ForwarderConfig;
+pub use crate::forwarder_control::{ForwarderControl, ForwarderState};
 use crate::metrics::EdgeMetrics;
 use crate::routing::Rendezvous;
 use crate::wal::{Position, ReadOutcome, WalReader};
@@ -151,6 +152,7 @@ pub struct Forwarder {
     link: Arc<LinkHealth>,
     /// Origin of the breaker's clock.
     epoch: Instant,
+    control: Arc<ForwarderControl>,
 }
 
 impl Forwarder {
@@ -180,7 +182,14 @@ impl Forwarder {
             breaker: Breaker::new(MIN_BACKOFF, MAX_BACKOFF),
             link: Arc::default(),
             epoch: Instant::now(),
+            control: Arc::default(),
         })
+    }
+
+    /// Lets an operator pause, resume and watch this forwarder.
+    pub fn with_control(mut self, control: Arc<ForwarderControl>) -> Self {
+        self.control = control;
+        self
     }
 
     /// The breaker state, updated as the forwarder runs.
@@ -188,10 +197,16 @@ impl Forwarder {
         self.link.clone()
     }
 
-    /// Frames allowed on the wire: the configured window while the breaker is closed, a single
-    /// probe otherwise.
+    /// Frames allowed on the wire: none while an operator has paused forwarding, the configured
+    /// window while the breaker is closed, a single probe otherwise.
     fn window(&self) -> usize {
-        if self.breaker.state() == BreakerState::Closed { self.config.max_in_flight.max(1) } else { 1 }
+        if self.control.is_paused() {
+            0
+        } else if self.breaker.state() == BreakerState::Closed {
+            self.config.max_in_flight.max(1)
+        } else {
+            1
+        }
     }
 
     fn publish_breaker(&self) {
@@ -272,7 +287,13 @@ impl Forwarder {
                         // record is the oldest unacked one even if it cannot be sent now.
                         self.metrics.oldest_unacked_ms.store(first_received_ms, Ordering::Relaxed);
                     }
-                    let parts = match self.route(data, count).await {
+                    // A handshake to an unreachable core can take its whole timeout: stopping (the end
+                    // of a drain) must not wait for it.
+                    let routed = tokio::select! {
+                        r = self.route(data, count) => r,
+                        _ = stop.changed() => return Ok(Step::Stop),
+                    };
+                    let parts = match routed {
                         Ok(p) => p,
                         Err((node, e)) => return Ok(self.failed(node, e, stop).await),
                     };
@@ -308,11 +329,18 @@ impl Forwarder {
             }
         }
         let Some(oldest) = self.in_flight.pop_front() else {
-            // Everything read is acked and the reader is at the end: nothing is waiting.
-            self.metrics.oldest_unacked_ms.store(0, Ordering::Relaxed);
             let from = self.next;
+            let mut paused = self.control.paused.subscribe();
+            let is_paused = *paused.borrow_and_update();
+            // Everything read is acked and the reader is at the end: nothing is waiting. Unless an
+            // operator paused forwarding: then the next unread record is waiting.
+            let waiting_since = if is_paused { tokio::task::block_in_place(|| self.unread_since_ms())? } else { 0 };
+            self.metrics.oldest_unacked_ms.store(waiting_since, Ordering::Relaxed);
+            // While paused, new data only wakes the loop to refresh that metric.
+            let wake_past = if is_paused { self.reader.committed() } else { from };
             tokio::select! {
-                alive = self.reader.wait_past(from) => if !alive { return Ok(Step::Stop) },
+                alive = self.reader.wait_past(wake_past) => if !alive { return Ok(Step::Stop) },
+                _ = paused.changed(), if is_paused => {}
                 _ = stop.changed() => {}
             }
             return Ok(Step::Continue);
@@ -345,6 +373,7 @@ impl Forwarder {
                     Ok(()) => {
                         tokio::task::block_in_place(|| self.reader.ack(Position { segment, offset: end }))?;
                         tracing::debug!(segment, start, end, records, "forwarder: frame acked");
+                        self.control.acked();
                         self.metrics.forwarded_records.inc_by(u64::from(records));
                         self.metrics.forwarded_bytes.inc_by(end - start);
                         if self.breaker.state() != BreakerState::Closed {
@@ -373,6 +402,7 @@ impl Forwarder {
     /// that is unreachable (not one that asked to retry) is skipped for a while when there are
     /// others to route to.
     async fn failed(&mut self, node: usize, e: SendError, stop: &mut watch::Receiver<bool>) -> Step {
+        self.control.failed(&e);
         if matches!(e, SendError::Connect(_) | SendError::Stream(_) | SendError::Timeout(_)) {
             if self.routing.nodes().len() > 1 {
                 self.mark_down(node);
@@ -439,6 +469,21 @@ impl Forwarder {
         }
     }
 
+    /// Edge receipt time of the first record not yet read (0 if none): the oldest unacked one
+    /// while forwarding is paused.
+    fn unread_since_ms(&self) -> std::io::Result<u64> {
+        let mut at = self.next;
+        loop {
+            match self.reader.read(at, 1)? {
+                ReadOutcome::Records { data, .. } => {
+                    return Ok(record::peek_prefix(&data).map_or(0, |p| p.received_at_ms));
+                }
+                ReadOutcome::NextSegment(next) => at = next,
+                ReadOutcome::UpToDate | ReadOutcome::Corrupt { .. } => return Ok(0),
+            }
+        }
+    }
+
     /// Stops routing to `node` and probes it in the background until it answers again.
     fn mark_down(&mut self, node: usize) {
         let Some(state) = self.nodes.get_mut(node) else { return };
@@ -492,8 +537,9 @@ async fn connect(
         .map_err(|e| SendError::Connect(e.to_string()))
 }
 
-/// One frame exchange on its own stream: write the message, wait for core's ack.
-async fn send_on(conn: quinn::Connection, message: Vec<u8>, timeout: Duration) -> Result<(), SendError> {
+/// One frame exchange on its own stream: write the message, wait for core's ack. Also used by
+/// `sluicectl replay`.
+pub async fn send_on(conn: quinn::Connection, message: Vec<u8>, timeout: Duration) -> Result<(), SendError> {
     let exchange = async {
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| SendError::Stream(e.to_string()))?;
         send.write_all(&message).await.map_err(|e| SendError::Stream(e.to_string()))?;

@@ -48,6 +48,7 @@ pub struct AppState {
     pub admission: Arc<Admission>,
     /// The forwarder's link to core (`None` when forwarding is off), for readiness.
     pub link: Option<Arc<LinkHealth>>,
+    pub drain: Arc<crate::drain::Drain>,
 }
 
 impl AppState {
@@ -100,6 +101,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/health", head(health).get(health))
         .route("/ready", get(ready))
         .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.drain.clone(), crate::drain::gate))
         .layer(cors)
         .layer(middleware::from_fn_with_state(state.clone(), request_context))
         .with_state(state)
@@ -218,8 +220,13 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self { status, code, message: message.into(), details: None, retry_after_secs: None, rate: None }
+    }
+
+    pub(crate) fn with_retry_after(mut self, secs: u64) -> Self {
+        self.retry_after_secs = Some(secs);
+        self
     }
 
     fn with_details(mut self, details: serde_json::Value) -> Self {

@@ -9,11 +9,14 @@ pub mod auth;
 pub mod body;
 pub mod cli;
 pub mod config;
+pub mod drain;
 pub mod forwarder;
+pub mod forwarder_control;
 pub mod http;
 pub mod idempotency;
 pub mod ingest;
 pub mod metrics;
+pub mod operator_metrics;
 pub mod pii;
 pub mod routing;
 pub mod server;
@@ -52,6 +55,9 @@ pub enum StartError {
     Metrics(#[from] prometheus::Error),
 }
 
+/// How long the admin API stays up after a drain finished, so its report can be collected.
+const DRAIN_REPORT_LINGER: Duration = Duration::from_millis(500);
+
 /// A running edge.
 pub struct Edge {
     pub http_addr: SocketAddr,
@@ -59,6 +65,11 @@ pub struct Edge {
     pub admin_addr: Option<SocketAddr>,
     pub wal: Wal,
     pub metrics: Arc<metrics::EdgeMetrics>,
+    /// Drain state: readiness, the ingest gate and the drain's outcome.
+    pub drain: Arc<drain::Drain>,
+    /// Pause/resume and state of the forwarder, when forwarding is enabled.
+    pub forwarder_control: Option<Arc<forwarder::ForwarderControl>>,
+    drain_deadline: Duration,
     stop: watch::Sender<bool>,
     server: JoinHandle<()>,
     background: Vec<JoinHandle<()>>,
@@ -79,15 +90,18 @@ pub async fn start(config: EdgeConfig) -> Result<Edge, StartError> {
     let metrics = Arc::new(metrics::EdgeMetrics::new(wal.clone())?);
     let (stop, stop_rx) = watch::channel(false);
     let mut link = None;
-    let forwarder = if config.forwarder.enabled {
-        let f = &config.forwarder;
-        let client = tls::quic_client_config(&f.ca_cert, f.client_cert.as_deref(), f.client_key.as_deref())?;
-        let fwd = forwarder::Forwarder::new(f.clone(), config.edge_id.clone(), reader, client, metrics.clone())
-            .map_err(StartError::Endpoint)?;
-        link = Some(fwd.link_health());
-        Some(tokio::spawn(fwd.run(stop_rx.clone())))
-    } else {
-        None
+    let forwarder_control = config.forwarder.enabled.then(Arc::<forwarder::ForwarderControl>::default);
+    let forwarder = match &forwarder_control {
+        Some(control) => {
+            let f = &config.forwarder;
+            let client = tls::quic_client_config(&f.ca_cert, f.client_cert.as_deref(), f.client_key.as_deref())?;
+            let fwd = forwarder::Forwarder::new(f.clone(), config.edge_id.clone(), reader, client, metrics.clone())
+                .map_err(StartError::Endpoint)?
+                .with_control(control.clone());
+            link = Some(fwd.link_health());
+            Some(tokio::spawn(fwd.run(stop_rx.clone())))
+        }
+        None => None,
     };
     let admission = Arc::new(admission::Admission::new(
         config.admission.clone(),
@@ -96,6 +110,13 @@ pub async fn start(config: EdgeConfig) -> Result<Edge, StartError> {
         metrics.admission_refusals.clone(),
     ));
     metrics.register(Box::new(metrics::AdmissionCollector::new(admission.clone(), keys.clone(), link.clone())?))?;
+    let drain = Arc::new(drain::Drain::default());
+    let drain_deadline = Duration::from_secs(config.drain_deadline_secs);
+    metrics.register(Box::new(operator_metrics::OperatorCollector::new(
+        wal.clone(),
+        drain.clone(),
+        forwarder_control.clone(),
+    )?))?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| StartError::Bind { addr: config.listen, source })?;
@@ -104,6 +125,7 @@ pub async fn start(config: EdgeConfig) -> Result<Edge, StartError> {
         keys.spawn_reloader(Duration::from_millis(config.http.keys_reload_ms.max(10))),
         spawn_idempotency_expiry(idempotency.clone()),
         spawn_admission_housekeeping(admission.clone(), keys.clone()),
+        tokio::spawn(drain.clone().run(wal.clone(), forwarder_control.clone())),
     ];
     let state = Arc::new(http::AppState {
         keys,
@@ -119,6 +141,7 @@ pub async fn start(config: EdgeConfig) -> Result<Edge, StartError> {
         metrics: metrics.clone(),
         admission,
         link,
+        drain: drain.clone(),
     });
     let admin_addr = match config.admin.listen {
         Some(addr) => {
@@ -131,6 +154,9 @@ pub async fn start(config: EdgeConfig) -> Result<Edge, StartError> {
                 wal: wal.clone(),
                 metrics: metrics.clone(),
                 keys: state.keys.clone(),
+                drain: drain.clone(),
+                drain_deadline,
+                forwarder: forwarder_control.clone(),
             }));
             let mut stop = stop_rx.clone();
             background.push(tokio::spawn(async move {
@@ -151,7 +177,19 @@ pub async fn start(config: EdgeConfig) -> Result<Edge, StartError> {
     let server = tokio::spawn(server::serve(listener, app, http_tls, header_timeout, stop_rx));
     let scheme = if config.http.tls_cert.is_some() { "https" } else { "http" };
     tracing::info!(%http_addr, scheme, edge_id = %config.edge_id, region = %config.region, "edge: listening");
-    Ok(Edge { http_addr, admin_addr, wal, metrics, stop, server, background, forwarder })
+    Ok(Edge {
+        http_addr,
+        admin_addr,
+        wal,
+        metrics,
+        drain,
+        forwarder_control,
+        drain_deadline,
+        stop,
+        server,
+        background,
+        forwarder,
+    })
 }
 
 /// Evicts expired idempotency keys every minute so the store stays bounded.
@@ -183,6 +221,36 @@ fn spawn_admission_housekeeping(admission: Arc<admission::Admission>, keys: Arc<
 }
 
 impl Edge {
+    /// Starts a graceful drain (see [`drain`]) with `deadline`, or `drain_deadline_secs` from the
+    /// config. Returns `false` if a drain is already running. Await `drain.finished()`, then call
+    /// [`Edge::shutdown`].
+    pub fn begin_drain(&self, deadline: Option<Duration>) -> bool {
+        self.drain.begin(deadline.unwrap_or(self.drain_deadline))
+    }
+
+    /// The life of the `sluice-edge` process: serves until SIGTERM/SIGINT or `POST /drain` starts
+    /// a drain, waits for it (a second signal cuts it short), then shuts down.
+    pub async fn serve_until_drained(self) {
+        let drain = self.drain.clone();
+        tokio::select! {
+            _ = cli::shutdown_signal() => {
+                tracing::info!("edge: signal received; draining");
+                self.begin_drain(None);
+            }
+            _ = drain.finished() => {}
+        }
+        tokio::select! {
+            report = drain.finished() => {
+                tracing::info!(complete = report.complete, unacked_bytes = report.unacked_bytes,
+                    elapsed_ms = report.elapsed_ms, "edge: drained; shutting down");
+                // Let the admin API answer whoever follows the drain (`sluicectl drain`) first.
+                tokio::time::sleep(DRAIN_REPORT_LINGER).await;
+            }
+            _ = cli::shutdown_signal() => tracing::warn!("edge: second signal; stopping without waiting for the drain"),
+        }
+        self.shutdown().await;
+    }
+
     /// Stops accepting, lets in-flight requests finish, stops the forwarder. The WAL keeps
     /// whatever was not yet acknowledged by core.
     pub async fn shutdown(self) {

@@ -3,5 +3,8 @@
 pub mod bench;
 pub mod dev;
 pub mod devpki;
+pub mod drain;
 pub mod keys;
 pub mod loadgen;
+pub mod replay;
+pub mod wal;

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use sluice_ops::bench::{self, BenchOptions};
 use sluice_ops::dev::{self, DevOptions, KafkaChoice};
 use sluice_ops::loadgen::{self, LoadgenOptions};
+use sluice_ops::replay;
 
 #[derive(Debug, Parser)]
 #[command(name = "sluicectl", version, about = "Operate Sluice: run it locally, manage keys, measure it")]
@@ -90,6 +91,71 @@ enum Command {
         #[arg(long)]
         quick: bool,
     },
+    /// Drain an edge through its admin API: readiness off, new requests refused, forward the WAL
+    /// until empty or the deadline, then the edge exits. Shows progress and a summary.
+    Drain {
+        /// The edge's admin address (`admin.listen`).
+        #[arg(long)]
+        edge: SocketAddr,
+        /// The edge's `admin.token`.
+        #[arg(long, env = "SLUICE_ADMIN_TOKEN", hide_env_values = true)]
+        token: String,
+        /// Override the edge's `drain_deadline_secs`.
+        #[arg(long)]
+        deadline_secs: Option<u64>,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Read a WAL directory offline (a live edge's, or one copied off a dead node).
+    Wal {
+        #[command(subcommand)]
+        action: WalAction,
+    },
+    /// Ship a WAL directory's records to core (or to an NDJSON file): how a dead node's disk is
+    /// recovered. Idempotent (core drops batch IDs it already delivered) and resumable.
+    Replay {
+        /// The WAL directory.
+        dir: PathBuf,
+        /// Take core's address, TLS files and frame settings from this edge config's `[forwarder]`.
+        #[arg(long)]
+        edge_config: Option<PathBuf>,
+        /// Core's QUIC address (overrides the edge config).
+        #[arg(long)]
+        core: Option<SocketAddr>,
+        /// CA certificate of core (PEM).
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        /// Client certificate and key (PEM) for mutual TLS.
+        #[arg(long)]
+        cert: Option<PathBuf>,
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// Name in core's certificate.
+        #[arg(long)]
+        server_name: Option<String>,
+        /// Shown in core's logs for the replayed frames.
+        #[arg(long, default_value = "sluicectl-replay")]
+        edge_id: String,
+        /// Every record, not only those after the ack watermark.
+        #[arg(long)]
+        all: bool,
+        /// Also salvage the valid records of quarantined (`*.corrupt`) segments.
+        #[arg(long)]
+        include_quarantined: bool,
+        /// Progress file (default: `<dir>.replay-state.json` beside the directory).
+        #[arg(long)]
+        state: Option<PathBuf>,
+        /// Ignore the progress file of an earlier run.
+        #[arg(long)]
+        restart: bool,
+        /// Write NDJSON (the `wal dump` format) to this file instead of sending to core.
+        #[arg(long, conflicts_with = "core")]
+        to_file: Option<PathBuf>,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Manage API keys in an edge keys file.
     Keys {
         /// The keys file.
@@ -97,6 +163,46 @@ enum Command {
         file: PathBuf,
         #[command(subcommand)]
         action: KeysAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum WalAction {
+    /// Segments: bytes, records, events, unacked, damage, oldest/newest received_at.
+    Ls {
+        dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Totals, ack watermark, unacked depth and per-tenant counts.
+    Inspect {
+        dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Checks every record's checksum; reports damage by segment and offset. Exit code 1 on
+    /// corruption (a torn tail alone is expected after a crash and passes).
+    Verify {
+        dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Prints records as NDJSON, one line per record.
+    Dump {
+        dir: PathBuf,
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        batch_id: Option<uuid::Uuid>,
+        /// received_at at or after this (epoch ms or RFC 3339).
+        #[arg(long, value_parser = sluice_ops::wal::parse_time_ms)]
+        since: Option<u64>,
+        /// received_at before this (epoch ms or RFC 3339).
+        #[arg(long, value_parser = sluice_ops::wal::parse_time_ms)]
+        until: Option<u64>,
+        /// Only records core has not acknowledged.
+        #[arg(long)]
+        unacked: bool,
     },
 }
 
@@ -175,6 +281,38 @@ fn main() -> anyhow::Result<()> {
             }
             run_bench(&opts, &out)
         }
+        Command::Drain { edge, token, deadline_secs, json } => run_drain(edge, &token, deadline_secs, json),
+        Command::Wal { action } => run_wal(action),
+        Command::Replay {
+            dir,
+            edge_config,
+            core,
+            ca,
+            cert,
+            key,
+            server_name,
+            edge_id,
+            all,
+            include_quarantined,
+            state,
+            restart,
+            to_file,
+            json,
+        } => {
+            let target = match to_file {
+                Some(path) => replay::Target::File(path),
+                None => replay_core_target(edge_config.as_deref(), core, ca, cert, key, server_name, edge_id)?,
+            };
+            let opts = replay::ReplayOptions {
+                state_file: state.unwrap_or_else(|| replay::default_state_file(&dir)),
+                dir,
+                all,
+                include_quarantined,
+                restart,
+                frame_bytes: 1024 * 1024,
+            };
+            run_replay(&opts, target, json)
+        }
         Command::Keys { file, action } => match action {
             KeysAction::New { tenant, env, signed } => {
                 let signing = signed.then(sluice_ops::keys::new_signing_secret);
@@ -213,6 +351,140 @@ fn main() -> anyhow::Result<()> {
                 Ok(())
             }
         },
+    }
+}
+
+fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value).context("encoding JSON")?);
+    Ok(())
+}
+
+fn run_wal(action: WalAction) -> anyhow::Result<()> {
+    use sluice_ops::wal;
+    match action {
+        WalAction::Ls { dir, json } | WalAction::Inspect { dir, json } if json => {
+            let i = wal::inspect(&dir)?;
+            print_json(&i)
+        }
+        WalAction::Ls { dir, .. } => {
+            print!("{}", wal::render_ls(&wal::inspect(&dir)?));
+            Ok(())
+        }
+        WalAction::Inspect { dir, .. } => {
+            print!("{}", wal::render_inspect(&wal::inspect(&dir)?));
+            Ok(())
+        }
+        WalAction::Verify { dir, json } => {
+            let v = wal::verify(&dir)?;
+            if json {
+                print_json(&v)?;
+            } else {
+                print!("{}", wal::render_verify(&v));
+            }
+            if !v.ok {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        WalAction::Dump { dir, tenant, batch_id, since, until, unacked } => {
+            let filter = wal::DumpFilter { tenant, batch_id, since_ms: since, until_ms: until, unacked_only: unacked };
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            let n = wal::dump(&dir, &filter, &mut out)?;
+            std::io::Write::flush(&mut out).context("writing stdout")?;
+            eprintln!("{n} records");
+            Ok(())
+        }
+    }
+}
+
+fn run_drain(edge: SocketAddr, token: &str, deadline_secs: Option<u64>, json: bool) -> anyhow::Result<()> {
+    let bar = indicatif::ProgressBar::new(1).with_style(
+        indicatif::ProgressStyle::with_template(
+            "drain [{bar:30}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} ETA {eta} {msg}",
+        )
+        .context("progress template")?,
+    );
+    let summary = sluice_ops::drain::run(edge, token, deadline_secs, std::time::Duration::from_millis(250), &bar)?;
+    bar.finish_and_clear();
+    if json {
+        print_json(&summary)?;
+    } else {
+        print!("{}", summary.render());
+    }
+    if !summary.complete {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+fn replay_core_target(
+    edge_config: Option<&std::path::Path>,
+    core: Option<SocketAddr>,
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    server_name: Option<String>,
+    edge_id: String,
+) -> anyhow::Result<replay::Target> {
+    let mut f = match edge_config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            toml::from_str::<sluice_edge::config::EdgeConfig>(&text)
+                .with_context(|| format!("parsing {}", path.display()))?
+                .forwarder
+        }
+        None => {
+            anyhow::ensure!(core.is_some(), "replay needs --core <addr> (or --edge-config, or --to-file)");
+            sluice_edge::config::ForwarderConfig::default()
+        }
+    };
+    if let Some(v) = ca {
+        f.ca_cert = v;
+    }
+    if cert.is_some() || key.is_some() {
+        (f.client_cert, f.client_key) = (cert, key);
+    }
+    if let Some(v) = server_name {
+        f.server_name = v;
+    }
+    let client = sluice_edge::tls::quic_client_config(&f.ca_cert, f.client_cert.as_deref(), f.client_key.as_deref())
+        .context("QUIC client TLS")?;
+    Ok(replay::Target::Core(replay::CoreTarget {
+        // --core names one node; otherwise the edge config's nodes (core_nodes or core_addr).
+        routing: match core {
+            Some(addr) => {
+                sluice_edge::routing::Rendezvous::new(vec![sluice_edge::routing::CoreNode { id: "core".into(), addr }])
+            }
+            None => f.routing(),
+        },
+        server_name: f.server_name,
+        client,
+        edge_id,
+        zstd_level: f.zstd_level,
+        ack_timeout: std::time::Duration::from_secs(f.ack_timeout_secs),
+        max_attempts: 30,
+        max_in_flight: f.max_in_flight,
+    }))
+}
+
+fn run_replay(opts: &replay::ReplayOptions, target: replay::Target, json: bool) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let runtime = tokio::runtime::Runtime::new().context("starting tokio")?;
+    let bar = indicatif::ProgressBar::new(1).with_style(
+        indicatif::ProgressStyle::with_template(
+            "replay [{bar:30}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} ETA {eta} {msg}",
+        )
+        .context("progress template")?,
+    );
+    let summary = runtime.block_on(replay::run(opts, target, &bar))?;
+    bar.finish_and_clear();
+    if json {
+        print_json(&summary)
+    } else {
+        print!("{}", summary.render());
+        Ok(())
     }
 }
 

@@ -65,8 +65,9 @@ impl TestEnv {
         if let Some(b) = opts.frame_bytes {
             fwd.push_str(&format!("frame_bytes = {b}\n"));
         }
+        let top = opts.drain_deadline_secs.map(|s| format!("drain_deadline_secs = {s}\n")).unwrap_or_default();
         format!(
-            r#"listen = "{http}"
+            r#"{top}listen = "{http}"
 region = "{region}"
 keys_file = "{keys}"
 [idempotency]
@@ -171,6 +172,7 @@ pub struct EdgeOpts {
     pub frame_bytes: Option<usize>,
     /// Appended verbatim at the end of the config (whole TOML sections).
     pub extra_toml: String,
+    pub drain_deadline_secs: Option<u64>,
 }
 
 /// Path of a binary of this package. Cargo builds a package's binaries before its integration
@@ -216,6 +218,26 @@ impl Proc {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// `kill -TERM`: the edge drains, then exits.
+    pub fn terminate(&mut self) {
+        let status = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        assert!(status.is_ok_and(|s| s.success()), "kill -TERM {} failed", self.child.id());
+    }
+
+    /// Waits up to `timeout` for the process to exit; `None` if it is still running.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn is_running(&mut self) -> bool {

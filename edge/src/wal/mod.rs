@@ -12,13 +12,14 @@
 
 mod reader;
 mod recovery;
+pub mod scan;
 mod segment;
 mod watermark;
 mod writer;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, mpsc};
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
 
 use tokio::sync::{oneshot, watch};
 
@@ -67,6 +68,23 @@ pub(crate) struct Shared {
     pub disk_bytes: AtomicU64,
     pub failed: AtomicBool,
     pub stats: WalStats,
+    /// The position core has acknowledged up to (the reader's, published for status).
+    pub acked: Mutex<Position>,
+}
+
+/// How far the forwarder is behind: what `GET /status` and a drain report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Depth {
+    pub acked: Position,
+    pub committed: Position,
+    /// Committed bytes core has not acknowledged.
+    pub unacked_bytes: u64,
+}
+
+impl Shared {
+    fn publish_acked(&self, to: Position) {
+        *self.acked.lock().unwrap_or_else(PoisonError::into_inner) = to;
+    }
 }
 
 struct Append {
@@ -125,6 +143,7 @@ impl Wal {
             disk_bytes: AtomicU64::new(disk_bytes),
             failed: AtomicBool::new(false),
             stats: WalStats::default(),
+            acked: Mutex::new(acked),
         });
         let start = Position { segment: next_seq, offset: 0 };
         let (committed_tx, committed_rx) = watch::channel(start);
@@ -182,6 +201,30 @@ impl Wal {
     /// The end of the last durable record.
     pub fn committed(&self) -> Position {
         *self.committed.borrow()
+    }
+
+    /// The position up to which core has acknowledged.
+    pub fn acked(&self) -> Position {
+        *self.shared.acked.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Acked and committed positions and the bytes between them.
+    pub fn depth(&self) -> std::io::Result<Depth> {
+        // Committed first: a record committed after this read is simply not counted yet.
+        let committed = self.committed();
+        let acked = self.acked();
+        let segments = list_segments(&self.dir)?;
+        Ok(Depth { acked, committed, unacked_bytes: scan::unacked_bytes(&segments, acked, committed) })
+    }
+
+    /// Records core has not acknowledged (walks record headers: one read per record).
+    pub fn unacked_records(&self, depth: &Depth) -> std::io::Result<u64> {
+        scan::count_records(&self.dir, &list_segments(&self.dir)?, depth.acked, depth.committed)
+    }
+
+    /// The oldest record core has not acknowledged, if any.
+    pub fn oldest_unacked(&self, depth: &Depth) -> std::io::Result<Option<sluice_wire::BatchRecord>> {
+        scan::record_at(&self.dir, &list_segments(&self.dir)?, depth.acked, depth.committed)
     }
 }
 

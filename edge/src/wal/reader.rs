@@ -41,6 +41,7 @@ impl WalReader {
         shared: Arc<Shared>,
         writer: std::sync::mpsc::Sender<Request>,
     ) -> Self {
+        shared.publish_acked(acked);
         Self { dir, committed, acked, shared, writer }
     }
 
@@ -158,6 +159,7 @@ impl WalReader {
                 "wal: ack watermark not persisted; will retry on the next ack (a crash now only causes resends)");
         }
         self.acked = to;
+        self.shared.publish_acked(to);
         Ok(())
     }
 
