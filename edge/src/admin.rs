@@ -47,6 +47,8 @@ pub struct AdminState {
     pub drain_deadline: Duration,
     /// `None` when forwarding is disabled.
     pub forwarder: Option<Arc<ForwarderControl>>,
+    /// The forwarder's circuit to core, `None` when forwarding is disabled.
+    pub link: Option<Arc<crate::forwarder::LinkHealth>>,
 }
 
 pub fn router(state: Arc<AdminState>) -> Router {
@@ -125,9 +127,11 @@ async fn status(State(state): State<Arc<AdminState>>, Query(q): Query<StatusQuer
             "state": f.state().as_str(),
             "frames_acked": f.frames_acked(),
             "last_error": f.last_error(),
+            "circuit": state.link.as_ref().map(|l| l.state().as_str()),
         }),
         None => {
-            json!({ "enabled": false, "paused": false, "state": "disabled", "frames_acked": 0, "last_error": null })
+            json!({ "enabled": false, "paused": false, "state": "disabled", "frames_acked": 0, "last_error": null,
+                    "circuit": null })
         }
     };
     let drain = state.drain.progress().map(|(deadline, started)| {

@@ -30,6 +30,7 @@ pub struct EdgeConfig {
     pub wal: WalConfig,
     pub forwarder: ForwarderConfig,
     pub admin: AdminConfig,
+    pub replication: ReplicationConfig,
     pub admission: AdmissionConfig,
 }
 
@@ -49,6 +50,7 @@ impl Default for EdgeConfig {
             wal: WalConfig::default(),
             forwarder: ForwarderConfig::default(),
             admin: AdminConfig::default(),
+            replication: ReplicationConfig::default(),
             admission: AdmissionConfig::default(),
         }
     }
@@ -277,6 +279,73 @@ pub struct AdminConfig {
     /// Bearer token for every admin route except `GET /metrics`; unset refuses them (`403`).
     /// Overridable by `SLUICE_EDGE_ADMIN_TOKEN`.
     pub token: Option<String>,
+}
+
+/// Replication of the WAL to peer edges of the same POP (see ARCHITECTURE.md, "Replication").
+/// With no `peers` (the default) the edge replicates nothing and a `202` means the local WAL only.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReplicationConfig {
+    /// QUIC address where this edge stores its peers' replicas; unset (the default) serves none.
+    pub listen: Option<SocketAddr>,
+    /// The edges this one replicates to: every group commit goes to each of them. Default none.
+    pub peers: Vec<PeerConfig>,
+    /// Copies a `202` needs, counting the local one: `factor - 1` peers must have fdatasync'd the
+    /// group. Must not exceed `peers.len() + 1`. Default 2.
+    pub factor: usize,
+    /// What to do when fewer than `factor - 1` peers acknowledge a group. Default `require`.
+    pub mode: DegradedMode,
+    /// Milliseconds to wait for the peers' acks of one group. Default 1000.
+    pub ack_timeout_ms: u64,
+    /// Seconds a replica waits without hearing from an origin before it forwards the origin's
+    /// unacknowledged records to core itself. Default 10.
+    pub lease_secs: u64,
+    /// Name in the peers' certificates. Default `localhost`.
+    pub server_name: String,
+    /// CA (PEM) of the peers' certificates. Default: `forwarder.ca_cert`.
+    pub ca_cert: Option<PathBuf>,
+    /// This edge's certificate and key (PEM), presented as server and as client to peers (needs
+    /// both server and client auth usages). Default: `forwarder.client_cert` / `client_key`.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            peers: Vec::new(),
+            factor: 2,
+            mode: DegradedMode::Require,
+            ack_timeout_ms: 1_000,
+            lease_secs: 10,
+            server_name: "localhost".into(),
+            ca_cert: None,
+            cert: None,
+            key: None,
+        }
+    }
+}
+
+/// A peer edge of the POP.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    /// The peer's `edge_id`.
+    pub id: String,
+    /// The peer's `replication.listen` address.
+    pub addr: SocketAddr,
+}
+
+/// Behaviour when a group cannot get the replica acks it needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DegradedMode {
+    /// Refuse: the request gets `503 replica_unavailable` with `Retry-After`, never a `202`.
+    Require,
+    /// Accept with the local fdatasync only, counted in `sluice_edge_replication_degraded_seconds_total`
+    /// and logged as a warning.
+    AllowLocal,
 }
 
 /// Admission control: rate limits, WAL-pressure shedding and the in-flight caps. Per-tenant

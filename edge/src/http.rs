@@ -341,6 +341,11 @@ fn wal_error(e: WalError) -> ApiError {
         WalError::Full { .. } => {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "wal_full", "the edge is buffering its limit; retry later")
         }
+        WalError::Unreplicated(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "replica_unavailable",
+            "the edge cannot reach the replicas a 202 needs; retry later",
+        ),
         WalError::Failed(_) | WalError::Closed => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "storage_unavailable",

@@ -18,6 +18,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod operator_metrics;
 pub mod pii;
+pub mod replication;
 pub mod routing;
 pub mod server;
 pub mod signature;
@@ -53,6 +54,8 @@ pub enum StartError {
     Endpoint(std::io::Error),
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error(transparent)]
+    Replication(#[from] replication::ReplicationError),
 }
 
 /// How long the admin API stays up after a drain finished, so its report can be collected.
@@ -63,6 +66,8 @@ pub struct Edge {
     pub http_addr: SocketAddr,
     /// Where the admin API listens, when `admin.listen` is set.
     pub admin_addr: Option<SocketAddr>,
+    /// Where peers' replicas are received, when `replication.listen` is set.
+    pub replication_addr: Option<SocketAddr>,
     pub wal: Wal,
     pub metrics: Arc<metrics::EdgeMetrics>,
     /// Drain state: readiness, the ingest gate and the drain's outcome.
@@ -86,8 +91,10 @@ pub async fn start(config: EdgeConfig) -> Result<Edge, StartError> {
         (None, None) => None,
         _ => return Err(StartError::HalfHttpTls),
     };
-    let (wal, reader) = Wal::open(&config.wal)?;
+    let replication = replication::Replication::prepare(&config)?;
+    let (wal, reader) = Wal::open_replicated(&config.wal, replication.replicate())?;
     let metrics = Arc::new(metrics::EdgeMetrics::new(wal.clone())?);
+    let (replication_addr, replication_tasks) = replication.start(&wal, &config, &metrics)?;
     let (stop, stop_rx) = watch::channel(false);
     let mut link = None;
     let forwarder_control = config.forwarder.enabled.then(Arc::<forwarder::ForwarderControl>::default);
@@ -127,6 +134,7 @@ pub async fn start(config: EdgeConfig) -> Result<Edge, StartError> {
         spawn_admission_housekeeping(admission.clone(), keys.clone()),
         tokio::spawn(drain.clone().run(wal.clone(), forwarder_control.clone())),
     ];
+    background.extend(replication_tasks);
     let state = Arc::new(http::AppState {
         keys,
         wal: wal.clone(),
@@ -157,6 +165,7 @@ pub async fn start(config: EdgeConfig) -> Result<Edge, StartError> {
                 drain: drain.clone(),
                 drain_deadline,
                 forwarder: forwarder_control.clone(),
+                link: state.link.clone(),
             }));
             let mut stop = stop_rx.clone();
             background.push(tokio::spawn(async move {
@@ -180,6 +189,7 @@ pub async fn start(config: EdgeConfig) -> Result<Edge, StartError> {
     Ok(Edge {
         http_addr,
         admin_addr,
+        replication_addr,
         wal,
         metrics,
         drain,

@@ -1,4 +1,5 @@
-//! QUIC client TLS for the forwarder: core's CA, optional client certificate (mutual TLS).
+//! QUIC TLS: the forwarder's client side (core's CA, optional client certificate for mutual TLS),
+//! and both sides of edge↔edge replication (always mutual TLS, its own ALPN).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -28,15 +29,31 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     PrivateKeyDer::from_pem_file(path).map_err(|source| TlsError::Pem { path: path.display().to_string(), source })
 }
 
+fn roots(ca: &Path) -> Result<rustls::RootCertStore, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in load_certs(ca)? {
+        roots.add(cert)?;
+    }
+    Ok(roots)
+}
+
+/// Client config for the forwarder (edge → core).
 pub fn quic_client_config(
     ca: &Path,
     client_cert: Option<&Path>,
     client_key: Option<&Path>,
 ) -> Result<quinn::ClientConfig, TlsError> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in load_certs(ca)? {
-        roots.add(cert)?;
-    }
+    quic_client_config_for(sluice_wire::protocol::ALPN, ca, client_cert, client_key)
+}
+
+/// Client config speaking protocol `alpn`.
+pub fn quic_client_config_for(
+    alpn: &[u8],
+    ca: &Path,
+    client_cert: Option<&Path>,
+    client_key: Option<&Path>,
+) -> Result<quinn::ClientConfig, TlsError> {
+    let roots = roots(ca)?;
     let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_root_certificates(roots);
@@ -45,7 +62,7 @@ pub fn quic_client_config(
         (None, None) => builder.with_no_client_auth(),
         _ => return Err(TlsError::HalfClientIdentity),
     };
-    crypto.alpn_protocols = vec![sluice_wire::protocol::ALPN.to_vec()];
+    crypto.alpn_protocols = vec![alpn.to_vec()];
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(crypto).map_err(|e| TlsError::Quic(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
     let mut transport = quinn::TransportConfig::default();
@@ -57,4 +74,26 @@ pub fn quic_client_config(
     ));
     config.transport_config(Arc::new(transport));
     Ok(config)
+}
+
+/// Server config for the replication listener: this edge's certificate, and peers must present a
+/// certificate signed by `client_ca` (mutual TLS).
+pub fn quic_server_config(
+    alpn: &[u8],
+    cert: &Path,
+    key: &Path,
+    client_ca: &Path,
+) -> Result<quinn::ServerConfig, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots(client_ca)?), provider.clone())
+            .build()
+            .map_err(|e| TlsError::Quic(e.to_string()))?;
+    let mut crypto = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(load_certs(cert)?, load_key(key)?)?;
+    crypto.alpn_protocols = vec![alpn.to_vec()];
+    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(crypto).map_err(|e| TlsError::Quic(e.to_string()))?;
+    Ok(quinn::ServerConfig::with_crypto(Arc::new(quic)))
 }

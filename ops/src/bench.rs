@@ -5,7 +5,9 @@
 //! 2. edge alone (WAL on, forwarder off): max events/s, latency at 50% and 80% of max, group commit;
 //! 3. core alone: frames into `Ingest::process` → Kafka mock cluster, against a bare producer;
 //! 4. end to end: freshness (202 → consumed from Kafka) at a steady rate;
-//! 5. gzip vs plain, 1 KiB vs 300 B events.
+//! 5. gzip vs plain, 1 KiB vs 300 B events;
+//! 6. replication: local-only vs replicated (R=2, a peer edge in this process over loopback QUIC),
+//!    closed loop and at one open-loop rate.
 //!
 //! Server and load generator run in one process on separate tokio runtimes with fixed worker
 //! counts, and CPU time is read per thread from `/proc/self/task/*/schedstat`, so "events per
@@ -32,7 +34,7 @@ use sluice_core::config::{KafkaConfig, SinkConfig};
 use sluice_core::dedupe::{DedupeIndex, RedbDedupe};
 use sluice_core::metrics::CoreMetrics;
 use sluice_core::server::Ingest;
-use sluice_edge::config::{EdgeConfig, LimitsConfig, PiiPolicy, ValidationConfig};
+use sluice_edge::config::{EdgeConfig, LimitsConfig, PeerConfig, PiiPolicy, ValidationConfig};
 use sluice_edge::validate::{self, BatchContext};
 use sluice_wire::protocol::{self, Ack, FrameHeader, PROTOCOL_VERSION};
 use sluice_wire::record::encode_record;
@@ -342,10 +344,19 @@ pub fn fsync_bandwidth(dir: &Path, sizes: &[usize], per_size: Duration) -> anyho
 struct EdgeUnderTest {
     rt: tokio::runtime::Runtime,
     edge: sluice_edge::Edge,
+    /// The edge `edge` replicates to, when the phase is replicated.
+    peer: Option<sluice_edge::Edge>,
     keys: Vec<String>,
 }
 
-fn start_edge(opts: &BenchOptions, dir: &Path) -> anyhow::Result<EdgeUnderTest> {
+/// Whether an edge phase replicates every group to a peer edge (R=2, `require`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replication {
+    LocalOnly,
+    Replicated,
+}
+
+fn start_edge(opts: &BenchOptions, dir: &Path, replication: Replication) -> anyhow::Result<EdgeUnderTest> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let keys_file = dir.join("keys.toml");
     let _ = std::fs::remove_file(&keys_file);
@@ -365,30 +376,53 @@ fn start_edge(opts: &BenchOptions, dir: &Path) -> anyhow::Result<EdgeUnderTest> 
     // The benchmark measures the edge's capacity, not its per-tenant quota.
     config.admission.tenant_events_per_sec = 0;
     let rt = runtime(opts.server_threads, "edge-rt")?;
+    let peer = match replication {
+        Replication::LocalOnly => None,
+        Replication::Replicated => {
+            let pki = crate::devpki::write_dev_pki(&dir.join("pki"))?;
+            config.forwarder.ca_cert = pki.ca_cert;
+            config.forwarder.client_cert = Some(pki.edge_cert);
+            config.forwarder.client_key = Some(pki.edge_key);
+            let mut peer = config.clone();
+            peer.edge_id = "peer".into();
+            peer.wal.dir = dir.join("peer-wal");
+            peer.idempotency.path = dir.join("peer-idempotency.redb");
+            peer.replication.listen = Some("127.0.0.1:0".parse().context("loopback address")?);
+            let peer = rt.block_on(sluice_edge::start(peer)).context("starting the peer edge")?;
+            let addr = peer.replication_addr.context("the peer serves replicas")?;
+            config.replication.peers = vec![PeerConfig { id: "peer".into(), addr }];
+            Some(peer)
+        }
+    };
     let edge = rt.block_on(sluice_edge::start(config)).context("starting the edge")?;
-    Ok(EdgeUnderTest { rt, edge, keys })
+    Ok(EdgeUnderTest { rt, edge, peer, keys })
 }
 
 impl EdgeUnderTest {
     fn stop(self) {
         self.rt.block_on(self.edge.shutdown());
+        if let Some(peer) = self.peer {
+            self.rt.block_on(peer.shutdown());
+        }
         self.rt.shutdown_timeout(Duration::from_secs(5));
     }
 }
 
 /// Runs one load phase against a fresh edge (its own empty WAL, so one phase's backlog never
 /// fills the WAL budget of the next: the forwarder is off and nothing is trimmed).
+#[allow(clippy::too_many_arguments)]
 fn edge_phase(
     label: &str,
     opts: &BenchOptions,
     dir: &Path,
     lg: &tokio::runtime::Runtime,
     bar: &ProgressBar,
+    replication: Replication,
     load: impl FnOnce(LoadgenOptions) -> LoadgenOptions,
 ) -> anyhow::Result<EdgePhase> {
     bar.set_message(format!("edge: {label}"));
     bar.set_position(0);
-    let edge = start_edge(opts, dir)?;
+    let edge = start_edge(opts, dir, replication)?;
     let base = LoadgenOptions {
         connections: opts.connections,
         warmup: opts.phases.warmup,
@@ -414,6 +448,8 @@ pub struct BenchResults {
     pub core: CoreResult,
     pub e2e: E2eResult,
     pub matrix: Vec<EdgePhase>,
+    /// Local-only and replicated, closed loop then open loop at one rate.
+    pub replication: Vec<EdgePhase>,
     pub total: Duration,
 }
 
@@ -433,14 +469,17 @@ pub fn run(opts: &BenchOptions, progress: &MultiProgress) -> anyhow::Result<Benc
     let lg = runtime(opts.loadgen_threads, "loadgen")?;
     let edge_dir = scratch.path().join("edge");
     let p = opts.phases;
-    let max =
-        edge_phase("max (closed loop)", opts, &edge_dir, &lg, &bar, |l| LoadgenOptions { duration: p.edge_max, ..l })?;
+    let local = Replication::LocalOnly;
+    let max = edge_phase("max (closed loop)", opts, &edge_dir, &lg, &bar, local, |l| LoadgenOptions {
+        duration: p.edge_max,
+        ..l
+    })?;
     let max_eps = max.report.events_per_sec();
     let mut phases = vec![max];
     for pct in [50u32, 80] {
         let rate = Some(max_eps * f64::from(pct) / 100.0);
         let label = format!("{pct}% of max (open loop)");
-        phases.push(edge_phase(&label, opts, &edge_dir, &lg, &bar, |l| LoadgenOptions {
+        phases.push(edge_phase(&label, opts, &edge_dir, &lg, &bar, local, |l| LoadgenOptions {
             duration: p.edge_latency,
             rate_events_per_sec: rate,
             ..l
@@ -450,13 +489,15 @@ pub fn run(opts: &BenchOptions, progress: &MultiProgress) -> anyhow::Result<Benc
     let mut matrix = Vec::new();
     for (event_bytes, gzip) in [(300, false), (300, true), (1024, false), (1024, true)] {
         let label = format!("{event_bytes} B, {}, closed loop", if gzip { "gzip" } else { "plain" });
-        matrix.push(edge_phase(&label, opts, &edge_dir, &lg, &bar, |l| LoadgenOptions {
+        matrix.push(edge_phase(&label, opts, &edge_dir, &lg, &bar, local, |l| LoadgenOptions {
             event_bytes,
             gzip,
             duration: p.matrix,
             ..l
         })?);
     }
+
+    let replication = replication_phases(opts, &edge_dir, &lg, &bar)?;
 
     bar.set_message("core alone vs bare producer");
     let core = core_alone(p.core_events, &scratch.path().join("core"))?;
@@ -466,7 +507,34 @@ pub fn run(opts: &BenchOptions, progress: &MultiProgress) -> anyhow::Result<Benc
     let e2e = end_to_end(opts, &scratch.path().join("e2e"), capacity * 0.5, &lg, &bar)?;
     lg.shutdown_timeout(Duration::from_secs(5));
     bar.finish_and_clear();
-    Ok(BenchResults { fsync, edge: phases, core, e2e, matrix, total: started.elapsed() })
+    Ok(BenchResults { fsync, edge: phases, core, e2e, matrix, replication, total: started.elapsed() })
+}
+
+/// Local-only vs replicated back to back: closed loop (throughput), then both at half the
+/// replicated maximum (latency at the same load).
+fn replication_phases(
+    opts: &BenchOptions,
+    dir: &Path,
+    lg: &tokio::runtime::Runtime,
+    bar: &ProgressBar,
+) -> anyhow::Result<Vec<EdgePhase>> {
+    let duration = opts.phases.matrix;
+    let modes = [(Replication::LocalOnly, "local only"), (Replication::Replicated, "replicated R=2")];
+    let mut out = Vec::new();
+    for (mode, name) in modes {
+        let label = format!("{name}, closed loop");
+        out.push(edge_phase(&label, opts, dir, lg, bar, mode, |l| LoadgenOptions { duration, ..l })?);
+    }
+    let rate = out.iter().map(|p| p.report.events_per_sec()).fold(f64::MAX, f64::min) * 0.5;
+    for (mode, name) in modes {
+        let label = format!("{name}, {rate:.0} events/s open loop");
+        out.push(edge_phase(&label, opts, dir, lg, bar, mode, |l| LoadgenOptions {
+            duration,
+            rate_events_per_sec: Some(rate),
+            ..l
+        })?);
+    }
+    Ok(out)
 }
 
 /// Normalized 300-byte events packed into 1 MiB zstd frames, exactly as an edge would forward them.
@@ -704,6 +772,7 @@ fn end_to_end(
         http: "127.0.0.1:0".parse().context("loopback address")?,
         quic: "127.0.0.1:0".parse().context("loopback address")?,
         kafka: KafkaChoice::Mock,
+        edges: 1,
     };
     let pipeline = rt.block_on(dev::start(&dev_opts))?;
     let brokers = pipeline.brokers.clone().context("mock cluster has brokers")?;
@@ -809,6 +878,33 @@ fn ms(d: Duration) -> String {
     format!("{:.2}", d.as_secs_f64() * 1e3)
 }
 
+const EDGE_TABLE_HEADER: &str = "| phase | events/s | req/s | MB/s JSON | p50 ms | p95 ms | p99 ms | max ms | errors | events/s per server CPU-s | records/group | KiB/group | ms/fdatasync | WAL appends > 12.8 / > 51.2 ms | CPU |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|";
+
+fn edge_row(s: &mut String, p: &EdgePhase, opts: &BenchOptions) {
+    let rep = &p.report;
+    let t = &rep.tally;
+    let _ = writeln!(
+        s,
+        "| {} | {:.0} | {:.0} | {:.1} | {} | {} | {} | {} | {} | {:.0} | {:.1} | {:.0} | {:.2} | {:.2}% / {:.2}% | {} |",
+        p.label,
+        rep.events_per_sec(),
+        rep.requests_per_sec(),
+        rep.raw_mb_per_sec(),
+        ms(t.quantile(0.5)),
+        ms(t.quantile(0.95)),
+        ms(t.quantile(0.99)),
+        ms(Duration::from_micros(t.latency.max())),
+        errors(&rep.tally.errors),
+        p.events_per_server_cpu_sec(),
+        p.wal.records_per_group(),
+        p.wal.bytes_per_group() / 1024.0,
+        p.wal.ms_per_sync(),
+        share(p.appends.over_12ms, p.appends.total),
+        share(p.appends.over_51ms, p.appends.total),
+        p.cpu.describe(rep.elapsed + opts.phases.warmup),
+    );
+}
+
 /// The Markdown report: what ran, on what, and the numbers.
 pub fn render(opts: &BenchOptions, r: &BenchResults, machine: &str) -> String {
     let mut s = String::new();
@@ -841,34 +937,9 @@ pub fn render(opts: &BenchOptions, r: &BenchResults, machine: &str) -> String {
     let ceiling_mb = r.fsync.iter().map(FsyncRow::mb_per_sec).fold(0.0, f64::max);
 
     let _ = writeln!(s, "\n### 2. Edge alone (WAL on, forwarder off)\n");
-    let _ = writeln!(
-        s,
-        "| phase | events/s | req/s | MB/s JSON | p50 ms | p95 ms | p99 ms | max ms | errors | events/s per server CPU-s | records/group | KiB/group | ms/fdatasync | WAL appends > 12.8 / > 51.2 ms | CPU |"
-    );
-    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    let _ = writeln!(s, "{EDGE_TABLE_HEADER}");
     for p in r.edge.iter().chain(&r.matrix) {
-        let rep = &p.report;
-        let t = &rep.tally;
-        let _ = writeln!(
-            s,
-            "| {} | {:.0} | {:.0} | {:.1} | {} | {} | {} | {} | {} | {:.0} | {:.1} | {:.0} | {:.2} | {:.2}% / {:.2}% | {} |",
-            p.label,
-            rep.events_per_sec(),
-            rep.requests_per_sec(),
-            rep.raw_mb_per_sec(),
-            ms(t.quantile(0.5)),
-            ms(t.quantile(0.95)),
-            ms(t.quantile(0.99)),
-            ms(Duration::from_micros(t.latency.max())),
-            errors(&rep.tally.errors),
-            p.events_per_server_cpu_sec(),
-            p.wal.records_per_group(),
-            p.wal.bytes_per_group() / 1024.0,
-            p.wal.ms_per_sync(),
-            share(p.appends.over_12ms, p.appends.total),
-            share(p.appends.over_51ms, p.appends.total),
-            p.cpu.describe(rep.elapsed + opts.phases.warmup),
-        );
+        edge_row(&mut s, p, opts);
     }
 
     let c = &r.core;
@@ -917,6 +988,15 @@ pub fn render(opts: &BenchOptions, r: &BenchResults, machine: &str) -> String {
         ms(Duration::from_micros(e.freshness.max())),
         e.missing
     );
+
+    let _ = writeln!(
+        s,
+        "\n### 5. Replication: local only vs replicated (R=2; the peer edge runs in this process, loopback QUIC, same disk)\n"
+    );
+    let _ = writeln!(s, "{EDGE_TABLE_HEADER}");
+    for p in &r.replication {
+        edge_row(&mut s, p, opts);
+    }
 
     if let Some(max) = r.edge.first() {
         let per_event = max.wal_bytes_per_event();
@@ -999,8 +1079,11 @@ mod tests {
         assert!(appends.over_51ms <= appends.over_12ms && appends.over_12ms <= appends.total);
         assert!(r.core.eps(r.core.core_serial) > 0.0 && r.core.eps(r.core.bare_serial) > 0.0);
         assert!(!r.e2e.freshness.is_empty(), "some events were seen in Kafka");
+        let replicated = &r.replication[1];
+        assert!(replicated.report.events_per_sec() > 0.0 && replicated.report.error_count() == 0);
         let table = render(&opts, &r, "machine");
         assert!(table.contains("### 4. End to end"), "{table}");
+        assert!(table.contains("replicated R=2, closed loop"), "{table}");
     }
 
     #[test]

@@ -8,7 +8,7 @@ use anyhow::Context;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 use sluice_core::config::{CoreConfig, KafkaConfig, SinkConfig};
-use sluice_edge::config::EdgeConfig;
+use sluice_edge::config::{EdgeConfig, PeerConfig};
 
 use crate::devpki::write_dev_pki;
 
@@ -42,10 +42,17 @@ pub struct DevOptions {
     pub http: SocketAddr,
     pub quic: SocketAddr,
     pub kafka: KafkaChoice,
+    /// Edges in the POP. With more than one, each replicates every group to the others
+    /// (`factor` 2, `require`): edge `i` serves HTTP on `http` port + i and replicas on `quic`
+    /// port + 1 + i, with its own WAL under `<dir>/edge-<i>/`.
+    pub edges: usize,
 }
 
 pub struct DevPipeline {
+    /// The first edge (HTTP on `DevOptions::http`).
     pub edge: sluice_edge::Edge,
+    /// The other edges of the POP, when `DevOptions::edges` > 1.
+    pub peers: Vec<sluice_edge::Edge>,
     pub core: sluice_core::Core,
     pub api_key: String,
     /// Where the file sink writes, when it is used.
@@ -99,8 +106,40 @@ pub async fn start(opts: &DevOptions) -> anyhow::Result<DevPipeline> {
     edge_config.forwarder.ca_cert = pki.ca_cert.clone();
     edge_config.forwarder.client_cert = Some(pki.edge_cert.clone());
     edge_config.forwarder.client_key = Some(pki.edge_key.clone());
-    let edge = sluice_edge::start(edge_config).await.context("starting edge")?;
-    Ok(DevPipeline { edge, core, api_key, sink_dir, brokers, topic, mock })
+    let mut edges = Vec::new();
+    for config in pop_configs(&edge_config, opts.edges, opts.quic, dir)? {
+        let id = config.edge_id.clone();
+        edges.push(sluice_edge::start(config).await.with_context(|| format!("starting {id}"))?);
+    }
+    let edge = edges.remove(0);
+    Ok(DevPipeline { edge, peers: edges, core, api_key, sink_dir, brokers, topic, mock })
+}
+
+/// One edge config per POP member: `edge-<i>` with its own HTTP port, WAL and idempotency store,
+/// replicating to every other member. One edge keeps `base` as it is (no replication).
+pub fn pop_configs(base: &EdgeConfig, edges: usize, quic: SocketAddr, dir: &Path) -> anyhow::Result<Vec<EdgeConfig>> {
+    if edges <= 1 {
+        return Ok(vec![base.clone()]);
+    }
+    let offset = |addr: SocketAddr, by: usize| -> anyhow::Result<SocketAddr> {
+        let port = u16::try_from(usize::from(addr.port()) + by).context("port out of range")?;
+        Ok(SocketAddr::new(addr.ip(), port))
+    };
+    let repl = (0..edges).map(|i| offset(quic, 1 + i)).collect::<anyhow::Result<Vec<_>>>()?;
+    (0..edges)
+        .map(|i| {
+            let mut c = base.clone();
+            c.edge_id = format!("edge-{i}");
+            c.listen = offset(base.listen, i)?;
+            let own = dir.join(&c.edge_id);
+            c.wal.dir = own.join("wal");
+            c.idempotency.path = own.join("idempotency.redb");
+            c.replication.listen = Some(repl[i]);
+            c.replication.peers =
+                (0..edges).filter(|&j| j != i).map(|j| PeerConfig { id: format!("edge-{j}"), addr: repl[j] }).collect();
+            Ok(c)
+        })
+        .collect()
 }
 
 fn kafka_sink(brokers: &str) -> SinkConfig {
@@ -118,6 +157,9 @@ impl DevPipeline {
 
     pub async fn shutdown(self) {
         self.edge.shutdown().await;
+        for e in self.peers {
+            e.shutdown().await;
+        }
         self.core.shutdown().await;
     }
 }

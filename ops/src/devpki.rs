@@ -28,17 +28,19 @@ pub fn write_dev_pki(dir: &Path) -> anyhow::Result<DevPki> {
     ca_params.distinguished_name.push(DnType::CommonName, "sluice dev CA");
     let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
 
-    let leaf = |name: &str, usage: ExtendedKeyUsagePurpose| -> anyhow::Result<(String, String)> {
+    let leaf = |name: &str, usages: Vec<ExtendedKeyUsagePurpose>| -> anyhow::Result<(String, String)> {
         let mut params =
             CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()])?;
         params.distinguished_name.push(DnType::CommonName, name);
-        params.extended_key_usages = vec![usage];
+        params.extended_key_usages = usages;
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &ca)?;
         Ok((cert.pem(), key.serialize_pem()))
     };
-    let (core_pem, core_key) = leaf("sluice-core", ExtendedKeyUsagePurpose::ServerAuth)?;
-    let (edge_pem, edge_key) = leaf("sluice-edge", ExtendedKeyUsagePurpose::ClientAuth)?;
+    let (core_pem, core_key) = leaf("sluice-core", vec![ExtendedKeyUsagePurpose::ServerAuth])?;
+    // An edge is a client of core and of its POP peers, and the server its peers replicate to.
+    let (edge_pem, edge_key) =
+        leaf("sluice-edge", vec![ExtendedKeyUsagePurpose::ClientAuth, ExtendedKeyUsagePurpose::ServerAuth])?;
     let pki = DevPki {
         ca_cert: dir.join("ca.pem"),
         core_cert: dir.join("core.pem"),

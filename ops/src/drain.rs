@@ -97,6 +97,9 @@ fn unacked_bytes(status: &serde_json::Value) -> u64 {
     status["wal"]["unacked_bytes"].as_u64().unwrap_or(0)
 }
 
+/// Every how many progress polls the unacked records are counted too.
+const RECORDS_EVERY_POLLS: u64 = 4;
+
 /// Starts the drain and follows it. `deadline_secs` overrides the edge's `drain_deadline_secs`.
 ///
 /// The drain request itself waits for the edge's report (`POST /drain?wait=true`, on its own
@@ -126,13 +129,23 @@ pub fn run(
         unacked_bytes_after: total,
         ..DrainSummary::default()
     };
+    let mut records_left = summary.unacked_records_before;
+    let mut polls = 0u64;
     while !waiter.is_finished() {
+        // Counting records walks the WAL's record headers on the edge: about once a second.
+        let count = polls.is_multiple_of(RECORDS_EVERY_POLLS);
+        polls += 1;
+        let path = if count { "/status?records=true" } else { "/status" };
         // A failed poll (the edge exiting) is not the outcome: the waiting request is.
-        if let Ok(status) = admin_request(edge, token, "GET", "/status", "") {
+        if let Ok(status) = admin_request(edge, token, "GET", path, "") {
             let left = unacked_bytes(&status);
+            if count {
+                records_left = status["wal"]["unacked_records"].as_u64().or(records_left);
+            }
             progress.set_position(total.saturating_sub(left));
             progress.set_message(format!(
-                "{left} bytes left, forwarder {}, {} requests in flight",
+                "{} records left, forwarder {}, {} requests in flight",
+                records_left.map_or("?".into(), |r| r.to_string()),
                 status["forwarder"]["state"].as_str().unwrap_or("?"),
                 status["in_flight_requests"].as_u64().unwrap_or(0)
             ));

@@ -34,6 +34,10 @@ enum Command {
         /// `host:port` of a real broker.
         #[arg(long, default_value = "none")]
         kafka: KafkaChoice,
+        /// Edges in the local POP. With more than one they replicate to each other: edge i
+        /// serves HTTP on the `--http` port + i and replicas on the `--quic` port + 1 + i.
+        #[arg(long, default_value_t = 1)]
+        edges: usize,
     },
     /// Send synthetic events to an edge on loopback and report throughput and latency.
     Loadgen {
@@ -247,7 +251,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Dev { dir, http, quic, kafka } => run_dev(DevOptions { dir, http, quic, kafka }),
+        Command::Dev { dir, http, quic, kafka, edges } => run_dev(DevOptions { dir, http, quic, kafka, edges }),
         Command::Loadgen {
             target,
             api_keys,
@@ -497,6 +501,13 @@ fn run_dev(opts: DevOptions) -> anyhow::Result<()> {
         println!();
         println!("Sluice dev pipeline is up.");
         println!("  edge HTTP : http://{}", pipeline.edge.http_addr);
+        for peer in &pipeline.peers {
+            println!(
+                "  edge HTTP : http://{} (replicas on {})",
+                peer.http_addr,
+                peer.replication_addr.map_or_else(|| "-".into(), |a| a.to_string())
+            );
+        }
         println!("  core QUIC : {}", pipeline.core.addr);
         println!("  API key   : {}", pipeline.api_key);
         match (&pipeline.sink_dir, &pipeline.brokers) {

@@ -25,6 +25,22 @@ pub fn free_udp_addr() -> SocketAddr {
     UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).expect("no free UDP port on loopback")
 }
 
+/// The first of `n` consecutive free UDP ports below Linux's ephemeral range (32768+). A port
+/// from `bind(0)` that is released again is often handed to the very next `bind(0)` (a UDP
+/// proxy, a QUIC client endpoint), so a server started a moment later on it finds it taken;
+/// ports outside the range are never handed out that way.
+pub fn udp_addr_outside_ephemeral_range(n: u16) -> SocketAddr {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    loop {
+        let first = rng.random_range(20_000..32_000 - n);
+        let free = (first..first + n).all(|p| UdpSocket::bind(SocketAddr::from(([127, 0, 0, 1], p))).is_ok());
+        if free {
+            return SocketAddr::from(([127, 0, 0, 1], first));
+        }
+    }
+}
+
 /// A region name unique to one test run, so topics never collide on a shared real broker.
 pub fn unique_region(test: &str) -> String {
     format!("t-{test}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])

@@ -43,6 +43,14 @@ impl TestEnv {
         self.path().join("wal")
     }
 
+    /// The WAL directory of edge `node` (`EdgeOpts::node`), or of the single edge.
+    pub fn node_wal_dir(&self, node: Option<&str>) -> PathBuf {
+        match node {
+            Some(n) => self.path().join(format!("{n}-wal")),
+            None => self.wal_dir(),
+        }
+    }
+
     /// Edge config TOML: forwarder to `core` with mutual TLS, WAL under the test dir.
     pub fn edge_config(&self, http: SocketAddr, core: SocketAddr) -> String {
         self.edge_config_with(http, core, &EdgeOpts::default())
@@ -50,7 +58,11 @@ impl TestEnv {
 
     /// Edge config TOML with the knobs of `opts` (WAL budget and place, forwarder timeouts, ...).
     pub fn edge_config_with(&self, http: SocketAddr, core: SocketAddr, opts: &EdgeOpts) -> String {
-        let wal_dir = opts.wal_dir.clone().unwrap_or_else(|| self.wal_dir());
+        let wal_dir = opts.wal_dir.clone().unwrap_or_else(|| self.node_wal_dir(opts.node.as_deref()));
+        let (edge_id, idem) = match &opts.node {
+            Some(n) => (n.as_str(), self.path().join(format!("{n}-idempotency.redb"))),
+            None => ("edge-1", self.path().join("idempotency.redb")),
+        };
         let mut wal = String::new();
         if let Some(b) = opts.budget_bytes {
             wal.push_str(&format!("budget_bytes = {b}\n"));
@@ -68,6 +80,7 @@ impl TestEnv {
         let top = opts.drain_deadline_secs.map(|s| format!("drain_deadline_secs = {s}\n")).unwrap_or_default();
         format!(
             r#"{top}listen = "{http}"
+edge_id = "{edge_id}"
 region = "{region}"
 keys_file = "{keys}"
 [idempotency]
@@ -83,7 +96,7 @@ client_key = "{key}"
             region = self.region,
             keys = self.keys_file.display(),
             wal_dir = wal_dir.display(),
-            idem = self.path().join("idempotency.redb").display(),
+            idem = idem.display(),
             ca = self.pki.ca_cert.display(),
             cert = self.pki.edge_cert.display(),
             key = self.pki.edge_key.display(),
@@ -132,9 +145,10 @@ dlq_topic = "{dlq}"
     }
 
     pub fn spawn_edge_with(&self, http: SocketAddr, core: SocketAddr, opts: &EdgeOpts) -> Proc {
-        let config = self.path().join("edge.toml");
+        let name = opts.node.clone().unwrap_or_else(|| "edge".into());
+        let config = self.path().join(format!("{name}.toml"));
         std::fs::write(&config, self.edge_config_with(http, core, opts)).expect("edge config");
-        let p = Proc::spawn("edge", &bin_path("sluice-edge-under-test"), &config, self.path());
+        let p = Proc::spawn(name, &bin_path("sluice-edge-under-test"), &config, self.path());
         wait_healthy(http, &p);
         p
     }
@@ -165,6 +179,9 @@ dlq_topic = "{dlq}"
 /// Edge knobs the fault tests turn; `None` keeps the edge's default.
 #[derive(Debug, Clone, Default)]
 pub struct EdgeOpts {
+    /// Several edges in one test: this one's `edge_id`, which also names its config, log,
+    /// idempotency store and default WAL directory (`<node>-wal`).
+    pub node: Option<String>,
     pub wal_dir: Option<PathBuf>,
     pub budget_bytes: Option<u64>,
     pub segment_bytes: Option<u64>,
@@ -187,13 +204,14 @@ pub fn bin_path(name: &str) -> String {
 
 /// A child process, SIGKILLed when dropped.
 pub struct Proc {
-    pub name: &'static str,
+    pub name: String,
     child: Child,
     log: PathBuf,
 }
 
 impl Proc {
-    pub fn spawn(name: &'static str, exe: &str, config: &Path, dir: &Path) -> Proc {
+    pub fn spawn(name: impl Into<String>, exe: &str, config: &Path, dir: &Path) -> Proc {
+        let name = name.into();
         let log = dir.join(format!("{name}.log"));
         let out = OpenOptions::new().create(true).append(true).open(&log).expect("log file");
         let err = out.try_clone().expect("log file");

@@ -153,6 +153,7 @@ async fn forwarder_pause_keeps_events_in_the_wal_until_resumed() {
         assert_eq!(metric(admin_addr, "sluice_edge_forwarded_records_total"), Some(1.0));
         let status = admin(admin_addr, "GET", "/status", "").json();
         assert_eq!(status["forwarder"]["state"], "forwarding", "{status}");
+        assert_eq!(status["forwarder"]["circuit"], "closed", "{status}");
         assert_eq!(status["wal"]["oldest_unacked_age_ms"], serde_json::Value::Null);
         assert_eq!(status["wal"]["acked"], status["wal"]["committed"], "{status}");
 
@@ -237,7 +238,8 @@ fn sigterm_with_core_away_exits_at_the_deadline_and_keeps_the_wal() {
     let status = edge.wait_exit(Duration::from_secs(20)).expect("the edge exits at its deadline");
     let took = term.elapsed();
     assert!(status.success(), "exit status {status}");
-    assert!(took >= Duration::from_secs(2) && took < Duration::from_secs(10), "took {took:?}");
+    // A stall on the QUIC handshake to the absent core would take its 10 s timeout on top.
+    assert!(took >= Duration::from_secs(2) && took < Duration::from_secs(9), "took {took:?}");
     assert!(edge.log().contains("the rest stays in the WAL"), "{}", edge.log());
     let inspection = sluice_ops::wal::inspect(&env.wal_dir()).expect("inspect");
     assert_eq!((inspection.totals.unacked_records, inspection.totals.events), (5, 15), "{inspection:?}");

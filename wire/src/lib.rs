@@ -1,16 +1,18 @@
 //! Sluice's on-disk and on-wire formats.
 //!
 //! Architecture invariant: only this crate defines bytes that outlive a process or cross a
-//! machine: the WAL record framing ([`record`]), the forwarder frames ([`frame`]) and the
-//! edge↔core protocol messages ([`protocol`]). Everything here is pure (no IO, no clock), so it
-//! is unit- and property-testable. [`breaker`] is the one piece of shared *logic*: the circuit
-//! breaker both ends of the edge↔core link use (pure as well).
+//! machine: the WAL record framing ([`record`]), the forwarder frames ([`frame`]), the
+//! edge↔core protocol messages ([`protocol`]) and the edge↔edge replication messages
+//! ([`replication`]). Everything here is pure (no IO, no clock), so it is unit- and
+//! property-testable. [`breaker`] is the one piece of shared *logic*: the circuit breaker both
+//! ends of the edge↔core link use (pure as well).
 
 pub mod breaker;
 pub mod frame;
 pub mod ids;
 pub mod protocol;
 pub mod record;
+pub mod replication;
 pub mod stored_response;
 
 pub use record::{BatchRecord, EventRecord, RecordError, Stream};

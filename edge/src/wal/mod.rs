@@ -6,10 +6,16 @@
 //! failed (fsyncgate: Linux may drop dirty pages after reporting the error once, so a later
 //! "successful" sync proves nothing) and refuses appends until the process reopens and re-verifies it.
 //!
-//! Layout: `<dir>/<seq:020>.wal` segments of records framed by `sluice_wire::record`, and
-//! `<dir>/ack.watermark`, the position up to which core has acknowledged. Segments entirely
-//! before the watermark are deleted.
+//! With replication, a group also goes to the POP's peers while it is synced locally, and it
+//! completes only once both are done (see [`Replicate`]).
+//!
+//! Layout: `<dir>/<seq:020>.wal` segments of records framed by `sluice_wire::record`,
+//! `<dir>/ack.watermark`, the position up to which core has acknowledged, and `<dir>/wal.id`, the
+//! WAL's identity for replicas. Segments entirely before the watermark are deleted. Peers'
+//! replicas live under `<dir>/replica/` ([`mirror`]).
 
+mod identity;
+pub mod mirror;
 mod reader;
 mod recovery;
 pub mod scan;
@@ -19,7 +25,7 @@ mod writer;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, mpsc};
+use std::sync::{Arc, mpsc};
 
 use tokio::sync::{oneshot, watch};
 
@@ -44,6 +50,18 @@ pub enum WalError {
     Failed(String),
     #[error("WAL writer has stopped")]
     Closed,
+    /// The group is durable locally but did not get the replica acks it needs; it was cut back
+    /// and refused. The WAL itself stays usable.
+    #[error("not replicated: {0}")]
+    Unreplicated(String),
+}
+
+/// Ships one group commit's bytes to the replicas while the writer syncs them locally.
+pub trait Replicate: Send + Sync + 'static {
+    /// Starts replicating `bytes`, which the writer is about to write at `at`. The receiver
+    /// resolves with `Ok` once enough copies are durable (or the configured degraded mode accepts
+    /// the local copy alone), and with `Err(reason)` otherwise.
+    fn begin(&self, at: Position, bytes: &[u8]) -> oneshot::Receiver<Result<(), String>>;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -68,8 +86,8 @@ pub(crate) struct Shared {
     pub disk_bytes: AtomicU64,
     pub failed: AtomicBool,
     pub stats: WalStats,
-    /// The position core has acknowledged up to (the reader's, published for status).
-    pub acked: Mutex<Position>,
+    /// Everything before this position is acknowledged by core (the in-memory watermark).
+    pub acked: watch::Sender<Position>,
 }
 
 /// How far the forwarder is behind: what `GET /status` and a drain report.
@@ -79,12 +97,6 @@ pub struct Depth {
     pub committed: Position,
     /// Committed bytes core has not acknowledged.
     pub unacked_bytes: u64,
-}
-
-impl Shared {
-    fn publish_acked(&self, to: Position) {
-        *self.acked.lock().unwrap_or_else(PoisonError::into_inner) = to;
-    }
 }
 
 struct Append {
@@ -112,15 +124,25 @@ pub struct Wal {
     budget: u64,
     dir: PathBuf,
     committed: watch::Receiver<Position>,
+    id: u64,
 }
 
 impl Wal {
     /// Recovers the directory and starts the writer thread on a fresh segment.
     pub fn open(config: &WalConfig) -> Result<(Wal, WalReader), OpenError> {
+        Self::open_replicated(config, None)
+    }
+
+    /// [`Wal::open`], with every group commit also waiting for `replicate`.
+    pub fn open_replicated(
+        config: &WalConfig,
+        replicate: Option<Arc<dyn Replicate>>,
+    ) -> Result<(Wal, WalReader), OpenError> {
         let config = &effective(config);
         let dir = config.dir.clone();
         let err = |source| OpenError { dir: dir.clone(), source };
         std::fs::create_dir_all(&dir).map_err(err)?;
+        let id = identity::load_or_create(&dir).map_err(err)?;
         let acked = watermark::load(&dir).map_err(err)?.unwrap_or_default();
         let mut segments = list_segments(&dir).map_err(err)?;
         if let Some(&(last, _)) = segments.last() {
@@ -139,27 +161,27 @@ impl Wal {
         }
         let next_seq = live.last().map_or(1, |&(seq, _)| seq + 1).max(acked.segment).max(1);
         let disk_bytes: u64 = live.iter().map(|&(_, len)| len).sum();
-        let shared = Arc::new(Shared {
-            disk_bytes: AtomicU64::new(disk_bytes),
-            failed: AtomicBool::new(false),
-            stats: WalStats::default(),
-            acked: Mutex::new(acked),
-        });
+        let reader_start = acked.max(Position { segment: live.first().map_or(next_seq, |s| s.0), offset: 0 });
+        let shared = Arc::new(Shared::new(disk_bytes, reader_start));
         let start = Position { segment: next_seq, offset: 0 };
         let (committed_tx, committed_rx) = watch::channel(start);
-        let writer = writer::Writer::create(config, next_seq, shared.clone(), committed_tx).map_err(err)?;
+        let writer = writer::Writer::create(config, next_seq, shared.clone(), committed_tx, replicate).map_err(err)?;
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new().name("wal-writer".into()).spawn(move || writer.run(rx)).map_err(err)?;
         tracing::info!(dir = %dir.display(), acked_segment = acked.segment, acked_offset = acked.offset,
             live_segments = live.len(), unforwarded_bytes = disk_bytes, "wal: opened");
-        let reader = WalReader::new(
-            dir.clone(),
-            committed_rx.clone(),
-            acked.max(Position { segment: live.first().map_or(next_seq, |s| s.0), offset: 0 }),
-            shared.clone(),
-            tx.clone(),
-        );
-        Ok((Wal { tx, shared, budget: config.budget_bytes, dir, committed: committed_rx }, reader))
+        let reader = WalReader::new(dir.clone(), committed_rx.clone(), reader_start, shared.clone(), tx.clone());
+        Ok((Wal { tx, shared, budget: config.budget_bytes, dir, committed: committed_rx, id }, reader))
+    }
+
+    /// This WAL's identity (see `wal.id`), stable for as long as the directory lives.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Everything before this position is acknowledged by core.
+    pub fn acked(&self) -> Position {
+        *self.shared.acked.borrow()
     }
 
     /// Appends one framed record; resolves once it is durable.
@@ -203,11 +225,6 @@ impl Wal {
         *self.committed.borrow()
     }
 
-    /// The position up to which core has acknowledged.
-    pub fn acked(&self) -> Position {
-        *self.shared.acked.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// Acked and committed positions and the bytes between them.
     pub fn depth(&self) -> std::io::Result<Depth> {
         // Committed first: a record committed after this read is simply not counted yet.
@@ -225,6 +242,17 @@ impl Wal {
     /// The oldest record core has not acknowledged, if any.
     pub fn oldest_unacked(&self, depth: &Depth) -> std::io::Result<Option<sluice_wire::BatchRecord>> {
         scan::record_at(&self.dir, &list_segments(&self.dir)?, depth.acked, depth.committed)
+    }
+}
+
+impl Shared {
+    fn new(disk_bytes: u64, acked: Position) -> Self {
+        Self {
+            disk_bytes: AtomicU64::new(disk_bytes),
+            failed: AtomicBool::new(false),
+            stats: WalStats::default(),
+            acked: watch::channel(acked).0,
+        }
     }
 }
 
@@ -375,6 +403,48 @@ mod tests {
         eprintln!("acked {acked}, recovered {recovered}");
         assert!(acked > 0);
         assert_eq!(recovered as usize, acked, "recovery forwards only what was acknowledged");
+    }
+
+    /// Replicas that answer from a script: records every position handed to them.
+    struct ScriptedReplicas {
+        answers: std::sync::Mutex<Vec<Result<(), String>>>,
+        seen: std::sync::Mutex<Vec<Position>>,
+    }
+
+    impl Replicate for ScriptedReplicas {
+        fn begin(&self, at: Position, _bytes: &[u8]) -> oneshot::Receiver<Result<(), String>> {
+            self.seen.lock().unwrap().push(at);
+            let (tx, rx) = oneshot::channel();
+            let _ = tx.send(self.answers.lock().unwrap().remove(0));
+            rx
+        }
+    }
+
+    /// A group the replicas did not acknowledge is refused, and cut out of the local WAL so it is
+    /// never forwarded; the WAL stays usable (no fsyncgate latch) and the next group takes its
+    /// place, at the same position on the replicas too.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_group_without_replica_acks_is_refused_and_cut_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = WalConfig { dir: dir.path().join("wal"), ..WalConfig::default() };
+        let replicas = Arc::new(ScriptedReplicas {
+            answers: std::sync::Mutex::new(vec![Ok(()), Err("0 of 1 replica acks".into()), Ok(())]),
+            seen: std::sync::Mutex::new(Vec::new()),
+        });
+        let (wal, reader) = Wal::open_replicated(&config, Some(replicas.clone())).unwrap();
+        let (a, b, c) = (record(10), record(20), record(30));
+        wal.append(a.clone()).await.unwrap();
+        assert!(matches!(wal.append(b).await, Err(WalError::Unreplicated(_))));
+        wal.append(c.clone()).await.unwrap();
+        let seen = replicas.seen.lock().unwrap().clone();
+        assert_eq!(seen[1], seen[2], "the next group is replicated where the refused one was");
+        match reader.read(reader.acked(), 1 << 20).unwrap() {
+            ReadOutcome::Records { data, count, .. } => {
+                assert_eq!(count, 2);
+                assert_eq!(data, [a, c].concat(), "the refused group is not in the WAL");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     /// Regression: quarantining the segment the writer was still appending to renamed the file

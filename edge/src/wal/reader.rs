@@ -3,7 +3,7 @@
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -41,7 +41,6 @@ impl WalReader {
         shared: Arc<Shared>,
         writer: std::sync::mpsc::Sender<Request>,
     ) -> Self {
-        shared.publish_acked(acked);
         Self { dir, committed, acked, shared, writer }
     }
 
@@ -140,26 +139,9 @@ impl WalReader {
         if to <= self.acked {
             return Ok(());
         }
-        let mut deleted = false;
-        for (seq, len) in list_segments(&self.dir)? {
-            if seq >= to.segment {
-                break;
-            }
-            std::fs::remove_file(segment_path(&self.dir, seq))?;
-            self.shared
-                .disk_bytes
-                .fetch_sub(len.min(self.shared.disk_bytes.load(Ordering::Relaxed)), Ordering::Relaxed);
-            deleted = true;
-        }
-        if deleted {
-            sync_dir(&self.dir)?;
-        }
-        if let Err(e) = watermark::store(&self.dir, to) {
-            tracing::warn!(error = %e, segment = to.segment, offset = to.offset,
-                "wal: ack watermark not persisted; will retry on the next ack (a crash now only causes resends)");
-        }
+        trim(&self.dir, to, &self.shared)?;
         self.acked = to;
-        self.shared.publish_acked(to);
+        self.shared.acked.send_replace(to);
         Ok(())
     }
 
@@ -187,6 +169,28 @@ impl WalReader {
         self.ack(next)?;
         Ok(next)
     }
+}
+
+/// Deletes the segments of `dir` wholly before `to`, then stores `to` as the ack watermark (see
+/// [`WalReader::ack`] for why in that order, and why a failed store is only a warning).
+pub(super) fn trim(dir: &Path, to: Position, shared: &Shared) -> io::Result<()> {
+    let mut deleted = false;
+    for (seq, len) in list_segments(dir)? {
+        if seq >= to.segment {
+            break;
+        }
+        std::fs::remove_file(segment_path(dir, seq))?;
+        shared.disk_bytes.fetch_sub(len.min(shared.disk_bytes.load(Ordering::Relaxed)), Ordering::Relaxed);
+        deleted = true;
+    }
+    if deleted {
+        sync_dir(dir)?;
+    }
+    if let Err(e) = watermark::store(dir, to) {
+        tracing::warn!(error = %e, dir = %dir.display(), segment = to.segment, offset = to.offset,
+            "wal: ack watermark not persisted; will retry on the next ack (a crash now only causes resends)");
+    }
+    Ok(())
 }
 
 fn corrupt(at: Position, error: RecordError) -> ReadOutcome {

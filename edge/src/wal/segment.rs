@@ -1,7 +1,7 @@
 //! Segment files: `<seq:020>.wal` in the WAL directory, consecutive sequence numbers, and the
 //! directory fsync every create/rename/delete needs (DESIGN durability rule 3).
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -30,6 +30,14 @@ pub fn list_segments(dir: &Path) -> io::Result<Vec<(u64, u64)>> {
     }
     out.sort_unstable();
     Ok(out)
+}
+
+/// Creates segment `seq` (it must not exist) and makes its directory entry durable before
+/// anything is written to it.
+pub fn create_segment(dir: &Path, seq: u64) -> io::Result<File> {
+    let file = OpenOptions::new().create_new(true).append(true).open(segment_path(dir, seq))?;
+    sync_dir(dir)?;
+    Ok(file)
 }
 
 /// Makes a create, rename or unlink in `dir` durable.

@@ -1,6 +1,6 @@
 //! The group-commit writer thread.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, mpsc};
@@ -8,8 +8,8 @@ use std::time::Instant;
 
 use tokio::sync::watch;
 
-use super::segment::{segment_path, sync_dir};
-use super::{Append, Position, Request, Shared, WalError};
+use super::segment::create_segment;
+use super::{Append, Position, Replicate, Request, Shared, WalError};
 use crate::config::WalConfig;
 
 pub(super) struct Writer {
@@ -21,6 +21,20 @@ pub(super) struct Writer {
     shared: Arc<Shared>,
     committed: watch::Sender<Position>,
     buf: Vec<u8>,
+    replicate: Option<Arc<dyn Replicate>>,
+}
+
+/// Why a group commit failed: the local disk (latches the WAL failed, fsyncgate) or the replicas
+/// (the local WAL is fine; only this group is refused).
+enum CommitError {
+    Io(std::io::Error),
+    Unreplicated(String),
+}
+
+impl From<std::io::Error> for CommitError {
+    fn from(e: std::io::Error) -> Self {
+        CommitError::Io(e)
+    }
 }
 
 impl Writer {
@@ -29,6 +43,7 @@ impl Writer {
         seq: u64,
         shared: Arc<Shared>,
         committed: watch::Sender<Position>,
+        replicate: Option<Arc<dyn Replicate>>,
     ) -> std::io::Result<Self> {
         let file = create_segment(&config.dir, seq)?;
         Ok(Self {
@@ -40,6 +55,7 @@ impl Writer {
             shared,
             committed,
             buf: Vec::with_capacity(config.max_group_bytes),
+            replicate,
         })
     }
 
@@ -103,24 +119,35 @@ impl Writer {
         if self.shared.failed.load(Ordering::Acquire) {
             return Err(WalError::Failed("a previous write or fsync failed".into()));
         }
-        let result = self.write_and_sync(group);
-        if let Err(e) = &result {
-            self.shared.failed.store(true, Ordering::Release);
-            tracing::error!(error = %e, segment = self.pos.segment, "wal: I/O error, refusing appends until restart");
-            // Every append of this group is answered with an error. A partial write (ENOSPC
-            // halfway through the group) can still hold whole records, which recovery would
-            // find valid after a restart and forward: events the client was told were not
-            // stored, and will resend. Cut the segment back to the last committed byte.
-            let undo = self.file.set_len(self.pos.offset).and_then(|()| self.file.sync_data());
-            if let Err(undo) = undo {
-                tracing::error!(error = %undo, segment = self.pos.segment, offset = self.pos.offset,
-                    "wal: could not cut back the failed write; recovery may forward records that were refused");
+        let error = match self.write_and_sync(group) {
+            Ok(()) => return Ok(()),
+            Err(CommitError::Io(e)) => {
+                self.shared.failed.store(true, Ordering::Release);
+                tracing::error!(error = %e, segment = self.pos.segment, "wal: I/O error, refusing appends until restart");
+                WalError::Failed(e.to_string())
             }
+            Err(CommitError::Unreplicated(reason)) => {
+                tracing::warn!(reason = %reason, segment = self.pos.segment, offset = self.pos.offset,
+                    "wal: group not replicated; refused");
+                WalError::Unreplicated(reason)
+            }
+        };
+        // Every append of this group is answered with an error. The bytes may be whole records
+        // on disk (a partial write on ENOSPC; a fully synced group the replicas did not ack),
+        // which recovery would find valid after a restart and forward: events the client was
+        // told were not stored, and will resend. Cut the segment back to the last committed byte.
+        let undo = self.file.set_len(self.pos.offset).and_then(|()| self.file.sync_data());
+        if let Err(undo) = undo {
+            self.shared.failed.store(true, Ordering::Release);
+            tracing::error!(error = %undo, segment = self.pos.segment, offset = self.pos.offset,
+                "wal: could not cut back the failed write; recovery may forward records that were refused");
         }
-        result.map_err(|e| WalError::Failed(e.to_string()))
+        Err(error)
     }
 
-    fn write_and_sync(&mut self, group: &[Append]) -> std::io::Result<()> {
+    /// Writes the group, ships it to the replicas meanwhile, and syncs: the group is committed
+    /// once the local `fdatasync` and the replicas' acks are both in (one round trip per group).
+    fn write_and_sync(&mut self, group: &[Append]) -> Result<(), CommitError> {
         self.buf.clear();
         for append in group {
             self.buf.extend_from_slice(&append.bytes);
@@ -131,11 +158,18 @@ impl Writer {
             self.file = create_segment(&self.dir, next)?;
             self.pos = Position { segment: next, offset: 0 };
         }
+        let replicas = self.replicate.as_ref().map(|r| r.begin(self.pos, &self.buf));
         self.file.write_all(&self.buf)?;
         let started = Instant::now();
         self.file.sync_data()?;
+        let sync_nanos = started.elapsed().as_nanos() as u64;
+        if let Some(wait) = replicas {
+            wait.blocking_recv()
+                .unwrap_or_else(|_| Err("replication stopped".into()))
+                .map_err(CommitError::Unreplicated)?;
+        }
         let stats = &self.shared.stats;
-        stats.sync_nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        stats.sync_nanos.fetch_add(sync_nanos, Ordering::Relaxed);
         stats.groups.fetch_add(1, Ordering::Relaxed);
         stats.records.fetch_add(group.len() as u64, Ordering::Relaxed);
         stats.bytes.fetch_add(len, Ordering::Relaxed);
@@ -144,10 +178,4 @@ impl Writer {
         self.committed.send_replace(self.pos);
         Ok(())
     }
-}
-
-fn create_segment(dir: &std::path::Path, seq: u64) -> std::io::Result<File> {
-    let file = OpenOptions::new().create_new(true).append(true).open(segment_path(dir, seq))?;
-    sync_dir(dir)?;
-    Ok(file)
 }

@@ -1,0 +1,336 @@
+//! The replica side: stores peers' groups under `<wal dir>/replica/<origin>/<wal id>/`, trims
+//! them by the origin's ack watermark, and takes over forwarding when an origin goes silent.
+//!
+//! Takeover: an origin not heard from for `lease_secs` (no append, no heartbeat) may be dead with
+//! its disk. The replica then runs a [`Forwarder`] over its copy, from the origin's last
+//! watermark: exactly what the origin had not got acknowledged by core. If the origin is alive
+//! after all (a network cut), both send the same batches and core's batch-ID dedupe drops the
+//! second copy. The first message from the origin stops the takeover; the origin then carries
+//! on from its own WAL.
+//!
+//! An origin that comes back with a different WAL ID lost its disk: the copies of its older WAL
+//! IDs are orphans. They are forwarded at once (nobody else has them) and deleted once core has
+//! acknowledged all of them.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use sluice_wire::replication::{self as proto, Origin, PeerMessage, PeerReply};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::ReplicationMetrics;
+use crate::config::ForwarderConfig;
+use crate::forwarder::Forwarder;
+use crate::wal::Position;
+use crate::wal::mirror::{Mirror, MirrorAppend, MirrorError};
+
+/// How often leases and orphans are checked.
+const CHECK_EVERY: Duration = Duration::from_millis(200);
+/// How long a stopped takeover forwarder gets to finish before it is aborted.
+const STOP_GRACE: Duration = Duration::from_millis(300);
+
+/// Where and how a takeover forwards.
+#[derive(Clone)]
+pub struct TakeoverConfig {
+    pub forwarder: ForwarderConfig,
+    pub tls: quinn::ClientConfig,
+    /// A registry of its own (not served): a takeover forwarder's gauges (frames in flight,
+    /// oldest unacked age) must not overwrite those of this edge's own forwarder.
+    pub metrics: Arc<crate::metrics::EdgeMetrics>,
+}
+
+pub struct ReplicaStore {
+    root: PathBuf,
+    lease: Duration,
+    takeover: Option<TakeoverConfig>,
+    entries: Mutex<HashMap<(String, u64), SharedEntry>>,
+    metrics: Arc<ReplicationMetrics>,
+}
+
+type SharedEntry = Arc<tokio::sync::Mutex<Entry>>;
+
+/// One origin WAL's copy.
+struct Entry {
+    node_id: String,
+    wal_id: u64,
+    mirror: Mirror,
+    last_heard: Instant,
+    /// Highest append `seq` applied; older appends are dropped.
+    last_seq: u64,
+    /// The origin now writes under another WAL ID: this copy has no other owner.
+    orphan: bool,
+    running: Option<(watch::Sender<bool>, JoinHandle<std::io::Result<()>>)>,
+}
+
+impl ReplicaStore {
+    /// Opens every copy under `root`. Their leases start now: an origin gets `lease` to speak up
+    /// after this replica restarts.
+    pub fn open(
+        root: &Path,
+        lease: Duration,
+        takeover: Option<TakeoverConfig>,
+        metrics: Arc<ReplicationMetrics>,
+    ) -> std::io::Result<Self> {
+        std::fs::create_dir_all(root)?;
+        let mut entries = HashMap::new();
+        for node in std::fs::read_dir(root)? {
+            let node = node?;
+            let Some(node_id) = node.file_name().to_str().filter(|n| valid_node_id(n)).map(str::to_string) else {
+                continue;
+            };
+            for wal in std::fs::read_dir(node.path())? {
+                let wal = wal?;
+                let Some(wal_id) = wal.file_name().to_str().and_then(|n| u64::from_str_radix(n, 16).ok()) else {
+                    continue;
+                };
+                let mirror = Mirror::open(&wal.path())?;
+                tracing::info!(origin = %node_id, wal_id = %format!("{wal_id:016x}"), end_segment = mirror.end().segment,
+                    end_offset = mirror.end().offset, "replica: opened copy");
+                entries.insert(
+                    (node_id.clone(), wal_id),
+                    Arc::new(tokio::sync::Mutex::new(Entry::new(node_id.clone(), wal_id, mirror))),
+                );
+            }
+        }
+        Ok(Self { root: root.to_path_buf(), lease, takeover, entries: Mutex::new(entries), metrics })
+    }
+
+    fn dir(&self, origin: &Origin) -> PathBuf {
+        self.root.join(&origin.node_id).join(format!("{:016x}", origin.wal_id))
+    }
+
+    /// The copy for `origin`, created if new; a new WAL ID makes the origin's other copies orphans.
+    fn entry(&self, origin: &Origin) -> std::io::Result<SharedEntry> {
+        let key = (origin.node_id.clone(), origin.wal_id);
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(e) = entries.get(&key) {
+            return Ok(e.clone());
+        }
+        let mirror = tokio::task::block_in_place(|| Mirror::open(&self.dir(origin)))?;
+        let entry = Arc::new(tokio::sync::Mutex::new(Entry::new(origin.node_id.clone(), origin.wal_id, mirror)));
+        for ((node, wal_id), other) in entries.iter() {
+            if *node == origin.node_id {
+                tracing::warn!(origin = %node, old_wal_id = %format!("{wal_id:016x}"), new_wal_id = %format!("{:016x}", origin.wal_id),
+                    "replica: origin came back with a new WAL (its disk was lost); forwarding the old copy now");
+                if let Ok(mut o) = other.try_lock() {
+                    o.orphan = true;
+                } else {
+                    // Busy right now; the lease check marks it on its next pass.
+                    let other = other.clone();
+                    tokio::spawn(async move { other.lock().await.orphan = true });
+                }
+            }
+        }
+        entries.insert(key, entry.clone());
+        Ok(entry)
+    }
+
+    /// Applies one message from an origin.
+    pub async fn handle(&self, msg: PeerMessage) -> PeerReply {
+        let origin = match &msg {
+            PeerMessage::Append { origin, .. } | PeerMessage::Heartbeat { origin, .. } => origin.clone(),
+        };
+        if !valid_node_id(&origin.node_id) {
+            return PeerReply::Refused { reason: format!("invalid origin id {:?}", origin.node_id) };
+        }
+        let entry = match self.entry(&origin) {
+            Ok(e) => e,
+            Err(e) => return PeerReply::Refused { reason: format!("opening the replica: {e}") },
+        };
+        let mut e = entry.lock().await;
+        e.last_heard = Instant::now();
+        e.stop_takeover("the origin is back").await;
+        let result = match msg {
+            PeerMessage::Append { seq, segment, offset, bytes, .. } => {
+                if seq <= e.last_seq {
+                    return PeerReply::Refused { reason: format!("append {seq} arrived after {}", e.last_seq) };
+                }
+                e.last_seq = seq;
+                let result = tokio::task::block_in_place(|| e.mirror.append(segment, offset, &bytes));
+                match result {
+                    Ok(MirrorAppend::Stored) => Ok(PeerReply::Stored),
+                    Ok(MirrorAppend::Behind { segment, have }) => Ok(PeerReply::Behind { segment, have }),
+                    Err(MirrorError::Io(io)) => {
+                        tracing::error!(origin = %origin.node_id, error = %io, "replica: write failed; refusing appends until restart");
+                        Err(io.to_string())
+                    }
+                    Err(other) => Err(other.to_string()),
+                }
+            }
+            PeerMessage::Heartbeat { acked, .. } => {
+                let to = Position { segment: acked.segment, offset: acked.offset };
+                tokio::task::block_in_place(|| e.mirror.trim(to))
+                    .map(|()| PeerReply::Stored)
+                    .map_err(|io| io.to_string())
+            }
+        };
+        result.unwrap_or_else(|reason| PeerReply::Refused { reason })
+    }
+
+    /// Starts takeovers for silent origins and orphans; drops orphans core has acknowledged.
+    pub async fn check_leases(&self) {
+        let entries: Vec<_> = self.entries.lock().unwrap_or_else(PoisonError::into_inner).values().cloned().collect();
+        for entry in entries {
+            let mut e = entry.lock().await;
+            let drained = match tokio::task::block_in_place(|| e.mirror.drained()) {
+                Ok(d) => d,
+                Err(err) => {
+                    tracing::warn!(origin = %e.node_id, error = %err, "replica: cannot read the copy's watermark");
+                    continue;
+                }
+            };
+            if drained {
+                if e.orphan {
+                    e.stop_takeover("the orphaned copy is fully acknowledged").await;
+                    if e.mirror.has_quarantined() {
+                        // Keep the copy: its quarantined segments are for an operator to salvage.
+                        continue;
+                    }
+                    let dir = e.mirror.dir().to_path_buf();
+                    let key = (e.node_id.clone(), e.wal_id);
+                    drop(e);
+                    self.entries.lock().unwrap_or_else(PoisonError::into_inner).remove(&key);
+                    match tokio::task::block_in_place(|| std::fs::remove_dir_all(&dir)) {
+                        Ok(()) => tracing::info!(dir = %dir.display(), "replica: orphaned copy forwarded and deleted"),
+                        Err(err) => {
+                            tracing::warn!(dir = %dir.display(), error = %err, "replica: cannot delete the orphaned copy")
+                        }
+                    }
+                } else {
+                    e.stop_takeover("everything is acknowledged").await;
+                }
+                continue;
+            }
+            let expired = e.orphan || e.last_heard.elapsed() > self.lease;
+            if expired && e.running.is_none() {
+                self.start_takeover(&mut e);
+            }
+        }
+    }
+
+    fn start_takeover(&self, e: &mut Entry) {
+        let Some(t) = &self.takeover else {
+            tracing::error!(origin = %e.node_id, "replica: origin silent past its lease but the forwarder is disabled here; cannot take over");
+            return;
+        };
+        let reader = match e.mirror.reader() {
+            Ok(r) => r,
+            Err(err) => {
+                tracing::error!(origin = %e.node_id, error = %err, "replica: cannot read the copy for a takeover");
+                return;
+            }
+        };
+        let fwd = match Forwarder::new(t.forwarder.clone(), e.node_id.clone(), reader, t.tls.clone(), t.metrics.clone())
+        {
+            Ok(f) => f,
+            Err(err) => {
+                tracing::error!(origin = %e.node_id, error = %err, "replica: cannot start the takeover forwarder");
+                return;
+            }
+        };
+        tracing::warn!(origin = %e.node_id, wal_id = %format!("{:016x}", e.wal_id), orphan = e.orphan,
+            silent_ms = e.last_heard.elapsed().as_millis() as u64,
+            "replica: taking over, forwarding the origin's unacknowledged records to core");
+        self.metrics.takeovers.inc();
+        let (stop, stop_rx) = watch::channel(false);
+        e.running = Some((stop, tokio::spawn(fwd.run(stop_rx))));
+    }
+}
+
+impl Entry {
+    fn new(node_id: String, wal_id: u64, mirror: Mirror) -> Self {
+        Self { node_id, wal_id, mirror, last_heard: Instant::now(), last_seq: 0, orphan: false, running: None }
+    }
+
+    async fn stop_takeover(&mut self, why: &str) {
+        let Some((stop, mut task)) = self.running.take() else { return };
+        let _ = stop.send(true);
+        // A forwarder stuck connecting to an unreachable core does not see `stop` until its
+        // handshake times out; the origin's message must not wait that long. Aborting is safe:
+        // the forwarder's trims happen inside `block_in_place`, never cut by an abort.
+        match tokio::time::timeout(STOP_GRACE, &mut task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!(origin = %self.node_id, error = %e, "replica: takeover forwarder failed"),
+            Ok(Err(e)) => tracing::warn!(origin = %self.node_id, error = %e, "replica: takeover task failed"),
+            Err(_) => {
+                task.abort();
+                let _ = task.await;
+            }
+        }
+        if let Err(e) = self.mirror.reload_acked() {
+            tracing::warn!(origin = %self.node_id, error = %e, "replica: cannot reload the watermark");
+        }
+        tracing::info!(origin = %self.node_id, reason = why, "replica: takeover stopped");
+    }
+}
+
+/// A node ID names a directory: keep it to a safe alphabet.
+pub fn valid_node_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id != "."
+        && id != ".."
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// Accepts peers' connections; one message per stream.
+pub async fn serve(endpoint: quinn::Endpoint, store: Arc<ReplicaStore>) {
+    while let Some(incoming) = endpoint.accept().await {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let conn = match incoming.await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "replica: handshake failed");
+                    return;
+                }
+            };
+            while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let reply = match recv.read_to_end(proto::MAX_MESSAGE_LEN).await {
+                        Ok(bytes) => match proto::decode_message(&bytes) {
+                            Ok(msg) => store.handle(msg).await,
+                            Err(e) => PeerReply::Refused { reason: format!("undecodable message: {e}") },
+                        },
+                        Err(e) => {
+                            tracing::debug!(error = %e, "replica: reading a message failed");
+                            return;
+                        }
+                    };
+                    if let Ok(bytes) = proto::encode_reply(&reply) {
+                        let _ = send.write_all(&bytes).await;
+                        let _ = send.finish();
+                    }
+                });
+            }
+        });
+    }
+}
+
+/// Runs [`ReplicaStore::check_leases`] forever.
+pub async fn watch_leases(store: Arc<ReplicaStore>) {
+    let mut tick = tokio::time::interval(CHECK_EVERY);
+    loop {
+        tick.tick().await;
+        store.check_leases().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_ids_cannot_escape_the_replica_directory() {
+        for bad in ["", ".", "..", "../x", "a/b", "a\\b", "a b", &"x".repeat(65)] {
+            assert!(!valid_node_id(bad), "{bad:?}");
+        }
+        for good in ["edge-1", "pop1.edge_2", "A9"] {
+            assert!(valid_node_id(good));
+        }
+    }
+}

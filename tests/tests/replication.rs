@@ -1,0 +1,370 @@
+//! Replicated edge WAL: a `202` survives the loss of a whole edge node. Two edges form a POP and
+//! replicate to each other; the zero-loss ledger checks every accepted event reaches Kafka when
+//! an edge is `kill -9`ed *and its disk is deleted* (a replica takes over forwarding), when the
+//! replica dies (`require` refuses with `503`, `allow_local` accepts and reports degraded mode),
+//! and across a network cut between the edges.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use sluice_tests::kafka::TestKafka;
+use sluice_tests::ledger::{Collector, Driver, Ledger, Outcome, Report, check};
+use sluice_tests::procs::{EdgeOpts, Proc, TestEnv};
+use sluice_tests::udp_proxy::{Mode, UdpProxy};
+use sluice_tests::{free_tcp_addr, udp_addr_outside_ephemeral_range};
+
+const BATCH: usize = 10;
+const PAUSE: Duration = Duration::from_millis(20);
+const LEASE_SECS: u64 = 2;
+
+/// One edge of the POP: its addresses stay fixed across restarts.
+struct Node {
+    name: &'static str,
+    http: SocketAddr,
+    repl: SocketAddr,
+    admin: SocketAddr,
+}
+
+impl Node {
+    fn new(name: &'static str) -> Self {
+        Node { name, http: free_tcp_addr(), repl: udp_addr_outside_ephemeral_range(1), admin: free_tcp_addr() }
+    }
+
+    /// Edge options: replicate to `peers` (id, address), serve replicas on `self.repl`.
+    fn opts(&self, peers: &[(&str, SocketAddr)], mode: &str) -> EdgeOpts {
+        let mut extra = format!(
+            "[admin]\nlisten = \"{}\"\n[replication]\nlisten = \"{}\"\nfactor = 2\nmode = \"{mode}\"\nack_timeout_ms = 2000\nlease_secs = {LEASE_SECS}\n",
+            self.admin, self.repl
+        );
+        for (id, addr) in peers {
+            extra.push_str(&format!("[[replication.peers]]\nid = \"{id}\"\naddr = \"{addr}\"\n"));
+        }
+        EdgeOpts { node: Some(self.name.into()), ack_timeout_secs: Some(3), extra_toml: extra, ..EdgeOpts::default() }
+    }
+
+    fn metric(&self, name: &str) -> f64 {
+        let r = sluice_tests::http::request(self.admin, "GET", "/metrics", &[], b"").expect("metrics");
+        let text = String::from_utf8_lossy(&r.body).into_owned();
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok())
+            })
+            .unwrap_or_else(|| panic!("{name} not in /metrics:\n{text}"))
+    }
+}
+
+struct Pop {
+    kafka: TestKafka,
+    env: TestEnv,
+    core_addr: SocketAddr,
+}
+
+impl Pop {
+    fn new(name: &str) -> Self {
+        let kafka = TestKafka::start();
+        let env = TestEnv::new(name);
+        kafka.create_topic(&env.topic(), 3);
+        Pop { kafka, env, core_addr: udp_addr_outside_ephemeral_range(1) }
+    }
+
+    fn core(&self) -> Proc {
+        self.env.spawn_core(self.core_addr, &self.kafka.brokers)
+    }
+
+    fn edge(&self, node: &Node, opts: &EdgeOpts) -> Proc {
+        self.env.spawn_edge_with(node.http, self.core_addr, opts)
+    }
+
+    fn collector(&self) -> Collector {
+        Collector::start(&self.kafka.brokers, &self.env.topic())
+    }
+}
+
+fn settle(name: &str, ledger: &Ledger, collector: Collector, healed: Option<Instant>) -> Report {
+    collector.wait_for(&ledger.accepted(), Duration::from_secs(90));
+    let (seen, malformed) = collector.finish(Duration::from_secs(2));
+    let report = check(name, ledger, &seen, malformed, &HashSet::new(), healed);
+    report.print();
+    report
+}
+
+fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn post(ledger: &Ledger, node: &Node, key: &str, id: String) -> Outcome {
+    ledger.post(node.http, key, (0..BATCH).map(|e| format!("{id}-e{e}")).collect())
+}
+
+/// Posts while the POP is healthy: a replica ack slower than the timeout on a loaded machine
+/// gives a `503` (recorded by the ledger like any other), so retry a few times.
+fn post_healthy(ledger: &Ledger, node: &Node, key: &str, id: String) {
+    for attempt in 0..5 {
+        if post(ledger, node, key, format!("{id}-a{attempt}")) == Outcome::Accepted {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("{id}: no 202 from {} in 5 attempts with its replica up", node.name);
+}
+
+fn assert_log_clean(p: &Proc) {
+    let log = p.log();
+    assert!(!log.contains("panicked"), "{} panicked:\n{log}", p.name);
+}
+
+/// The headline: with core down, edge `a` accepts under load (replicating to `b`), then is
+/// `kill -9`ed and its WAL directory deleted. Core comes up; only `b`'s copy holds `a`'s events,
+/// and `b` forwards them after the lease. Then `a` returns with an empty disk (a new WAL ID):
+/// it accepts again, and `b` drops the old copy once core has all of it.
+#[test]
+fn node_and_disk_loss_is_covered_by_the_replica() {
+    let pop = Pop::new("repl-nodeloss");
+    let (a, b) = (Node::new("a"), Node::new("b"));
+    let a_opts = a.opts(&[("b", b.repl)], "require");
+    let b_opts = b.opts(&[("a", a.repl)], "require");
+    let _b_proc = pop.edge(&b, &b_opts);
+    let mut a_proc = pop.edge(&a, &a_opts);
+    let collector = pop.collector();
+    let ledger = Ledger::new();
+
+    let driver = Driver::start(&ledger, a.http, &pop.env.key, "nodeloss", 2, BATCH, PAUSE);
+    wait_until("a accepting", Duration::from_secs(60), || ledger.requests("202") >= 40);
+    a_proc.kill9();
+    driver.stop();
+    let a_wal = pop.env.node_wal_dir(Some("a"));
+    std::fs::remove_dir_all(&a_wal).expect("deleting a's WAL");
+    let copies = pop.env.node_wal_dir(Some("b")).join("replica").join("a");
+    assert!(copies.exists(), "b holds no copy of a's WAL");
+
+    let _core = pop.core();
+    let healed = Instant::now();
+    let accepted_before = ledger.accepted();
+    assert!(
+        collector.wait_for(&accepted_before, Duration::from_secs(90)),
+        "a's acknowledged events did not reach Kafka through b; b log:\n{}",
+        _b_proc.log()
+    );
+    assert!(_b_proc.log().contains("taking over"), "b never took over");
+
+    // a comes back with an empty disk and accepts again.
+    let a_proc = pop.edge(&a, &a_opts);
+    for i in 0..20 {
+        post_healthy(&ledger, &a, &pop.env.key, format!("after-{i}"));
+    }
+    wait_until("b to drop the orphaned copy", Duration::from_secs(60), || {
+        std::fs::read_dir(&copies).map(|d| d.count()).unwrap_or(0) == 1
+    });
+
+    let report = settle("R1 edge kill -9 + WAL deleted, replica takes over", &ledger, collector, Some(healed));
+    report.assert_no_loss();
+    assert_log_clean(&a_proc);
+    assert_log_clean(&_b_proc);
+}
+
+/// Takeover resends only what core had not acknowledged: `a` forwards a first phase fully (its
+/// watermark reaches `b` by heartbeat, and `b` trims), then core goes away, `a` accepts a second
+/// phase, and `a` dies with its disk. The restarted core (same dedupe index) must get the second
+/// phase from `b`, and see few first-phase batches again: a takeover from the start of the copy
+/// would resend all of them.
+#[test]
+fn takeover_resends_only_what_core_had_not_acked() {
+    let pop = Pop::new("repl-watermark");
+    let core_admin = free_tcp_addr();
+    let mut core = pop.env.spawn_core_node("core", pop.core_addr, &pop.kafka.brokers, core_admin);
+    let (a, b) = (Node::new("a"), Node::new("b"));
+    let b_proc = pop.edge(&b, &b.opts(&[("a", a.repl)], "require"));
+    let mut a_proc = pop.edge(&a, &a.opts(&[("b", b.repl)], "require"));
+    let collector = pop.collector();
+    let ledger = Ledger::new();
+    let driver = Driver::start(&ledger, a.http, &pop.env.key, "first", 2, BATCH, PAUSE);
+    wait_until("the first phase", Duration::from_secs(60), || ledger.requests("202") >= 100);
+    driver.stop();
+    let first_batches = ledger.requests("202");
+    assert!(collector.wait_for(&ledger.accepted(), Duration::from_secs(60)), "first phase not delivered");
+    // Heartbeats run every lease / 4: let `b` hear the final watermark.
+    std::thread::sleep(Duration::from_millis(LEASE_SECS * 1000));
+    core.kill9();
+    for i in 0..20 {
+        post_healthy(&ledger, &a, &pop.env.key, format!("second-{i}"));
+    }
+    a_proc.kill9();
+    std::fs::remove_dir_all(pop.env.node_wal_dir(Some("a"))).expect("deleting a's WAL");
+    let _core = pop.env.spawn_core_node("core", pop.core_addr, &pop.kafka.brokers, core_admin);
+    let healed = Instant::now();
+
+    let report = settle("R5 takeover after core acked a first phase", &ledger, collector, Some(healed));
+    report.assert_no_loss();
+    let core_metric = |name: &str| -> f64 {
+        let r = sluice_tests::http::request(core_admin, "GET", "/metrics", &[], b"").expect("core metrics");
+        String::from_utf8_lossy(&r.body)
+            .lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("{name} not in core's /metrics"))
+    };
+    let resent = core_metric("sluice_core_duplicate_batches_total");
+    eprintln!("takeover: core saw {resent} of {first_batches} first-phase batches again");
+    assert!(b_proc.log().contains("taking over"), "b never took over");
+    assert!(
+        resent < first_batches as f64 / 4.0,
+        "the takeover resent {resent} of {first_batches} batches core had acknowledged"
+    );
+    assert_log_clean(&b_proc);
+}
+
+/// The replica dies under `require`: once it is gone, no request to the origin gets a `202`
+/// (every one is `503` + `Retry-After`); when it returns, the origin accepts again.
+#[test]
+fn replica_loss_with_require_refuses() {
+    let pop = Pop::new("repl-require");
+    let _core = pop.core();
+    let (a, b) = (Node::new("a"), Node::new("b"));
+    let b_opts = b.opts(&[("a", a.repl)], "require");
+    let mut b_proc = pop.edge(&b, &b_opts);
+    // Small segments, so trimming the replica by a's watermark has whole segments to delete.
+    let a_proc = pop.edge(&a, &EdgeOpts { segment_bytes: Some(16 * 1024), ..a.opts(&[("b", b.repl)], "require") });
+    let collector = pop.collector();
+    let ledger = Ledger::new();
+    for i in 0..10 {
+        post_healthy(&ledger, &a, &pop.env.key, format!("before-{i}"));
+    }
+    b_proc.kill9();
+    let refused_before = ledger.requests("503");
+    for i in 0..15 {
+        let outcome = post(&ledger, &a, &pop.env.key, format!("down-{i}"));
+        assert_eq!(outcome, Outcome::Status(503), "request {i} without a replica");
+    }
+    assert_eq!(ledger.requests("503") - refused_before, 15);
+    assert_eq!(ledger.missing_retry_after(), 0, "every 503 carries Retry-After");
+    assert_eq!(a.metric("sluice_edge_replication_degraded"), 1.0);
+
+    let b_proc = pop.edge(&b, &b_opts);
+    let mut i = 0;
+    wait_until("a accepting once b is back", Duration::from_secs(30), || {
+        i += 1;
+        post(&ledger, &a, &pop.env.key, format!("back-{i}")) == Outcome::Accepted
+    });
+    for j in 0..10 {
+        post_healthy(&ledger, &a, &pop.env.key, format!("after-{j}"));
+    }
+    assert_eq!(a.metric("sluice_edge_replication_degraded"), 0.0);
+
+    let report = settle("R2 replica down, require", &ledger, collector, None);
+    report.assert_no_loss();
+    assert_eq!(report.duplicated, 0);
+    // Everything is delivered, so a's watermark is past every full segment: b trims its copy.
+    let copy = pop.env.node_wal_dir(Some("b")).join("replica").join("a");
+    wait_until("b to trim its copy of a's WAL", Duration::from_secs(30), || {
+        let segments: Vec<_> = walfile_segments(&copy);
+        segments.len() == 1
+    });
+    assert_log_clean(&a_proc);
+    assert_log_clean(&b_proc);
+}
+
+/// The replica dies under `allow_local`: the origin keeps answering `202` from its local fsync
+/// alone and reports degraded mode; when the replica returns, the origin sends it the part of the
+/// segment it missed and is replicated again.
+#[test]
+fn replica_loss_with_allow_local_degrades() {
+    let pop = Pop::new("repl-allowlocal");
+    let _core = pop.core();
+    let (a, b) = (Node::new("a"), Node::new("b"));
+    let b_opts = b.opts(&[("a", a.repl)], "allow_local");
+    let mut b_proc = pop.edge(&b, &b_opts);
+    let a_proc = pop.edge(&a, &a.opts(&[("b", b.repl)], "allow_local"));
+    let collector = pop.collector();
+    let ledger = Ledger::new();
+    for i in 0..10 {
+        post_healthy(&ledger, &a, &pop.env.key, format!("before-{i}"));
+    }
+    assert_eq!(a.metric("sluice_edge_replication_degraded"), 0.0);
+    b_proc.kill9();
+    for i in 0..15 {
+        assert_eq!(post(&ledger, &a, &pop.env.key, format!("down-{i}")), Outcome::Accepted);
+    }
+    assert_eq!(a.metric("sluice_edge_replication_degraded"), 1.0);
+    assert!(a.metric("sluice_edge_replication_unreplicated_groups_total") >= 1.0);
+    assert!(a.metric("sluice_edge_replication_ack_latency_seconds_count") >= 10.0, "acks before b died");
+    // The heartbeat task updates the lag every lease / 4.
+    wait_until("the replication lag to show", Duration::from_secs(10), || {
+        a.metric("sluice_edge_replication_lag_bytes{peer=\"b\"}") > 0.0
+    });
+    assert!(a_proc.log().contains("degraded"), "no warning logged");
+
+    let b_proc = pop.edge(&b, &b_opts);
+    wait_until("replication to resume", Duration::from_secs(30), || {
+        post(&ledger, &a, &pop.env.key, format!("probe-{}", rand_suffix()));
+        a.metric("sluice_edge_replication_degraded") == 0.0
+    });
+    assert!(a.metric("sluice_edge_replication_degraded_seconds_total") > 0.0);
+    assert!(a_proc.log().contains("sending it the missing bytes"), "b was not caught up:\n{}", a_proc.log());
+    wait_until("the replication lag to clear", Duration::from_secs(10), || {
+        a.metric("sluice_edge_replication_lag_bytes{peer=\"b\"}") == 0.0
+    });
+
+    let report = settle("R3 replica down, allow_local", &ledger, collector, None);
+    report.assert_no_loss();
+    assert_eq!(report.duplicated, 0);
+    assert_log_clean(&a_proc);
+    assert_log_clean(&b_proc);
+}
+
+fn rand_suffix() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// The network between the two edges is cut for longer than the lease while both take load
+/// (`allow_local`): each replica takes over the other's copy while the origin is still alive and
+/// forwarding too, then the link heals. Nothing is lost; duplicates are counted and reported.
+#[test]
+fn partition_between_edges_then_heal() {
+    let pop = Pop::new("repl-partition");
+    let _core = pop.core();
+    let (a, b) = (Node::new("a"), Node::new("b"));
+    let to_b = UdpProxy::start(b.repl);
+    let to_a = UdpProxy::start(a.repl);
+    let b_proc = pop.edge(&b, &b.opts(&[("a", to_a.addr)], "allow_local"));
+    let a_proc = pop.edge(&a, &a.opts(&[("b", to_b.addr)], "allow_local"));
+    let collector = pop.collector();
+    let ledger = Ledger::new();
+    let da = Driver::start(&ledger, a.http, &pop.env.key, "part-a", 1, BATCH, PAUSE);
+    let db = Driver::start(&ledger, b.http, &pop.env.key, "part-b", 1, BATCH, PAUSE);
+    wait_until("first deliveries", Duration::from_secs(30), || collector.seen_count() > 0);
+
+    to_b.set(Mode::Blackhole);
+    to_a.set(Mode::Blackhole);
+    std::thread::sleep(Duration::from_secs(LEASE_SECS * 3));
+    to_b.set(Mode::Pass);
+    to_a.set(Mode::Pass);
+    let healed = Instant::now();
+    wait_until("replication to resume", Duration::from_secs(30), || {
+        a.metric("sluice_edge_replication_degraded") == 0.0 && b.metric("sluice_edge_replication_degraded") == 0.0
+    });
+    da.wait_requests(20, Duration::from_secs(20));
+    da.stop();
+    db.stop();
+
+    let report = settle("R4 edge↔edge cut 6 s (> lease), heal", &ledger, collector, Some(healed));
+    report.assert_no_loss();
+    assert!(b_proc.log().contains("taking over") || a_proc.log().contains("taking over"), "no takeover during the cut");
+    assert!(a.metric("sluice_edge_replication_degraded_seconds_total") > 0.0);
+    eprintln!("partition: {} duplicated events in {} batches", report.duplicated, report.duplicated_batches);
+    assert_log_clean(&a_proc);
+    assert_log_clean(&b_proc);
+}
+
+/// Segment files under every WAL ID of a replica copy.
+fn walfile_segments(copy: &std::path::Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(copy)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .flat_map(|w| sluice_tests::walfile::segments(&w.path()))
+        .collect()
+}

@@ -1,0 +1,111 @@
+//! Edge ↔ edge replication protocol (within a POP), over QUIC with mutual TLS.
+//!
+//! One bidirectional stream per message. The origin writes `postcard(PeerMessage)` and finishes its
+//! side; the replica answers `postcard(PeerReply)` and finishes. An [`PeerMessage::Append`] carries
+//! one group commit's bytes exactly as the origin writes them to its WAL (records framed by
+//! [`crate::record`]), with their position in the origin's WAL, so a replica's copy has the same
+//! segment numbers and offsets and the origin's ack watermark applies to it unchanged.
+
+use serde::{Deserialize, Serialize};
+
+/// ALPN of the replication protocol; distinct from edge→core so neither side can be confused
+/// for the other.
+pub const ALPN: &[u8] = b"sluice-repl/1";
+/// Largest message a replica reads from a stream (a group is at most `wal.max_group_bytes`).
+pub const MAX_MESSAGE_LEN: usize = 64 * 1024 * 1024;
+
+/// Which WAL of an origin: `wal_id` is chosen at random when the origin's WAL directory is
+/// created, so an origin that comes back with an empty disk is told apart from one whose
+/// positions continue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Origin {
+    pub node_id: String,
+    pub wal_id: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerMessage {
+    /// The bytes of one group commit (or several contiguous ones), to be written at `offset` of
+    /// segment `segment`. `seq` grows with every message of an origin (across its restarts), so a
+    /// replica drops an append that arrives after a newer one.
+    Append {
+        origin: Origin,
+        seq: u64,
+        segment: u64,
+        offset: u64,
+        #[serde(with = "serde_bytes")]
+        bytes: Vec<u8>,
+    },
+    /// Sent periodically: the origin is alive (it renews the replica's takeover lease), and core
+    /// has acknowledged everything before `acked` (the replica trims up to it).
+    Heartbeat { origin: Origin, acked: WirePosition },
+}
+
+/// A position in the origin's WAL: byte `offset` of segment `segment`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WirePosition {
+    pub segment: u64,
+    pub offset: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerReply {
+    /// The append is fdatasync'd on the replica (or the heartbeat applied).
+    Stored,
+    /// The replica's copy of `segment` ends at `have`, before the append's offset: the origin
+    /// must first send the bytes in between.
+    Behind { segment: u64, have: u64 },
+    /// The replica cannot store this (I/O error, an append to a segment it has moved past).
+    Refused { reason: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicationError {
+    #[error("postcard: {0}")]
+    Codec(#[from] postcard::Error),
+}
+
+pub fn encode_message(m: &PeerMessage) -> Result<Vec<u8>, ReplicationError> {
+    Ok(postcard::to_stdvec(m)?)
+}
+
+pub fn decode_message(bytes: &[u8]) -> Result<PeerMessage, ReplicationError> {
+    Ok(postcard::from_bytes(bytes)?)
+}
+
+pub fn encode_reply(r: &PeerReply) -> Result<Vec<u8>, ReplicationError> {
+    Ok(postcard::to_stdvec(r)?)
+}
+
+pub fn decode_reply(bytes: &[u8]) -> Result<PeerReply, ReplicationError> {
+    Ok(postcard::from_bytes(bytes)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips() {
+        let origin = Origin { node_id: "edge-a".into(), wal_id: 42 };
+        let msgs = [
+            PeerMessage::Append { origin: origin.clone(), seq: 5, segment: 3, offset: 4096, bytes: vec![1, 2, 3] },
+            PeerMessage::Heartbeat { origin, acked: WirePosition { segment: 2, offset: 9 } },
+        ];
+        for m in msgs {
+            assert_eq!(decode_message(&encode_message(&m).unwrap()).unwrap(), m);
+        }
+        for r in
+            [PeerReply::Stored, PeerReply::Behind { segment: 1, have: 7 }, PeerReply::Refused { reason: "x".into() }]
+        {
+            assert_eq!(decode_reply(&encode_reply(&r).unwrap()).unwrap(), r);
+        }
+    }
+
+    #[test]
+    fn garbage_is_an_error() {
+        assert!(decode_message(&[]).is_err());
+        assert!(decode_message(&[9, 9, 9]).is_err());
+        assert!(decode_reply(&[200]).is_err());
+    }
+}
