@@ -70,7 +70,7 @@ pub async fn start(config: CoreConfig) -> Result<Core, StartError> {
             }
         }
     });
-    let server = tokio::spawn(server::serve(endpoint.clone(), ingest));
+    let server = tokio::spawn(server::serve(endpoint.clone(), ingest.clone()));
     let mut tasks = vec![server, expiry];
     let admin_addr = match config.admin_listen {
         Some(admin) => {
@@ -78,7 +78,7 @@ pub async fn start(config: CoreConfig) -> Result<Core, StartError> {
                 .await
                 .map_err(|source| StartError::Bind { addr: admin, source })?;
             let bound = listener.local_addr().map_err(|source| StartError::Bind { addr: admin, source })?;
-            tasks.push(tokio::spawn(serve_admin(listener, metrics.clone())));
+            tasks.push(tokio::spawn(serve_admin(listener, metrics.clone(), ingest.clone())));
             tracing::info!(admin_addr = %bound, "core: admin API listening");
             Some(bound)
         }
@@ -88,10 +88,25 @@ pub async fn start(config: CoreConfig) -> Result<Core, StartError> {
     Ok(Core { addr, admin_addr, metrics, endpoint, tasks })
 }
 
-/// `GET /metrics` (Prometheus text) on the admin port.
-async fn serve_admin(listener: tokio::net::TcpListener, metrics: Arc<metrics::CoreMetrics>) {
+/// The admin port: `GET /metrics` (Prometheus text), `GET /health` (the process serves) and
+/// `GET /ready` (`{"status":"ready"|"degraded","degraded":[…]}`, always `200`: a sink circuit
+/// opened by a Kafka outage affects every core node alike, so taking this one out of rotation
+/// would not help; edges keep their WAL until it closes).
+async fn serve_admin(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<metrics::CoreMetrics>,
+    ingest: Arc<server::Ingest>,
+) {
     use axum::http::{StatusCode, header};
     let app = axum::Router::new()
+        .route("/health", axum::routing::get(|| async { StatusCode::OK }))
+        .route(
+            "/ready",
+            axum::routing::get(move || {
+                let state = ingest.circuit.state();
+                async move { axum::Json(readiness(state)) }
+            }),
+        )
         .route(
             "/metrics",
             axum::routing::get(move || {
@@ -108,6 +123,12 @@ async fn serve_admin(listener: tokio::net::TcpListener, metrics: Arc<metrics::Co
     }
 }
 
+fn readiness(sink_circuit: sluice_wire::breaker::BreakerState) -> serde_json::Value {
+    let degraded: Vec<&str> =
+        if sink_circuit == sluice_wire::breaker::BreakerState::Closed { vec![] } else { vec!["sink_circuit_open"] };
+    serde_json::json!({ "status": if degraded.is_empty() { "ready" } else { "degraded" }, "degraded": degraded })
+}
+
 impl Core {
     /// Closes the endpoint; unacked frames are resent by edges to the next core.
     pub async fn shutdown(self) {
@@ -116,5 +137,18 @@ impl Core {
             t.abort();
         }
         self.endpoint.wait_idle().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sluice_wire::breaker::BreakerState;
+
+    #[test]
+    fn readiness_reports_an_open_sink_circuit() {
+        assert_eq!(super::readiness(BreakerState::Closed), serde_json::json!({"status":"ready","degraded":[]}));
+        for s in [BreakerState::Open, BreakerState::HalfOpen] {
+            assert_eq!(super::readiness(s)["degraded"], serde_json::json!(["sink_circuit_open"]));
+        }
     }
 }

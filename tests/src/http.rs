@@ -109,12 +109,3 @@ impl Response {
             .unwrap_or_default()
     }
 }
-
-/// The value of the first Prometheus sample of `name` whose labels contain `labels`.
-pub fn metric(text: &str, name: &str, labels: &str) -> Option<f64> {
-    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
-        let (series, value) = l.rsplit_once(' ')?;
-        let (n, rest) = series.split_once('{').unwrap_or((series, ""));
-        (n == name && rest.contains(labels)).then(|| value.parse().ok()).flatten()
-    })
-}

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use sluice_edge::auth::TenantEnv;
 use sluice_tests::edge_harness::{InProcessEdge, edit_keys, set_quota};
-use sluice_tests::http::{Response, metric, post_batch as post, request};
+use sluice_tests::http::{Response, post_batch as post, request};
+use sluice_tests::metrics::sample;
 use sluice_tests::openapi::Spec;
 
 const ADMIN_TOKEN: &str = "adm1n";
@@ -236,9 +237,9 @@ async fn wal_high_water_shedding_engages_and_releases() {
         // The forwarder's probe got through: its circuit closed, and readiness says so.
         wait_until("readiness without degraded states", Duration::from_secs(30), || ready()["status"] == "ready");
         let text = String::from_utf8(admin(admin_addr, "GET", "/metrics", "").body).expect("utf-8");
-        assert_eq!(metric(&text, "sluice_edge_forwarder_breaker_state", ""), Some(0.0), "{text}");
-        assert!(metric(&text, "sluice_edge_forwarder_breaker_opens_total", "").is_some_and(|n| n >= 1.0), "{text}");
-        assert!(metric(&text, "sluice_edge_admission_refusals_total", r#"reason="shed""#).is_some_and(|n| n >= 10.0));
+        assert_eq!(sample(&text, "sluice_edge_forwarder_breaker_state", ""), Some(0.0), "{text}");
+        assert!(sample(&text, "sluice_edge_forwarder_breaker_opens_total", "").is_some_and(|n| n >= 1.0), "{text}");
+        assert!(sample(&text, "sluice_edge_admission_refusals_total", r#"reason="shed""#).is_some_and(|n| n >= 10.0));
     })
     .await
     .expect("release");

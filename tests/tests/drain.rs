@@ -30,8 +30,7 @@ fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
 
 /// The value of an unlabelled metric on the admin port.
 fn metric(admin: SocketAddr, name: &str) -> Option<f64> {
-    let text = String::from_utf8(request(admin, "GET", "/metrics", &[], b"").expect("metrics").body).expect("utf8");
-    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    sluice_tests::metrics::sample(&sluice_tests::metrics::scrape(admin), name, "")
 }
 
 fn admin_toml(addr: SocketAddr) -> String {

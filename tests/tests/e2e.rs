@@ -109,6 +109,8 @@ fn array_ndjson_and_gzip_bodies_arrive_once_normalized() {
     assert_eq!(sample(&core, "sluice_core_delivered_events_total", r#"stream="dead_letter""#), Some(1.0), "{core}");
     assert!(sample(&core, "sluice_core_frames_total", r#"ack="stored""#).is_some_and(|n| n >= 1.0), "{core}");
     assert_eq!(sample(&core, "sluice_core_events_in_delivery", ""), Some(0.0), "{core}");
+    let ready = sluice_tests::http::request(core_admin, "GET", "/ready", &[], b"").expect("core /ready");
+    assert_eq!((ready.status, ready.json()["status"].as_str()), (200, Some("ready")));
 }
 
 /// The edge's broker-lag metrics: while core is away the unacked WAL bytes and the age of the

@@ -13,7 +13,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use sluice_tests::edge_harness::{InProcessEdge, set_quota};
-use sluice_tests::http::{metric, post_batch as post, request};
+use sluice_tests::http::{post_batch as post, request};
+use sluice_tests::metrics::sample;
 
 const ADMIN_TOKEN: &str = "adm1n";
 
@@ -101,9 +102,9 @@ async fn a_flooding_tenant_is_limited_and_its_neighbour_keeps_its_latency() {
                 quiet_round(&mut loaded, round);
                 let text = String::from_utf8(request(admin_addr, "GET", "/metrics", &[], b"").expect("metrics").body)
                     .expect("utf-8");
-                utilization = metric(&text, "sluice_edge_tenant_quota_utilization", r#"tenant="noisy""#);
+                utilization = sample(&text, "sluice_edge_tenant_quota_utilization", r#"tenant="noisy""#);
                 assert!(
-                    metric(&text, "sluice_edge_tenant_quota_utilization", r#"tenant="acme""#).is_none(),
+                    sample(&text, "sluice_edge_tenant_quota_utilization", r#"tenant="acme""#).is_none(),
                     "only tenants with a configured quota get a label"
                 );
                 stop.store(true, Ordering::Relaxed);
