@@ -181,19 +181,7 @@ mod tests {
     use crate::wal::ReadOutcome;
 
     fn record(tag: u8) -> Vec<u8> {
-        let r = sluice_wire::BatchRecord {
-            batch_id: sluice_wire::ids::new_batch_id(),
-            tenant: "t".into(),
-            env: "e".into(),
-            region: "r".into(),
-            received_at_ms: 1,
-            stream: sluice_wire::Stream::Events,
-            events: vec![sluice_wire::EventRecord { event_id: tag.to_string(), json: vec![tag; 40] }],
-            traceparent: None,
-        };
-        let mut b = Vec::new();
-        sluice_wire::record::encode_record(&r, &mut b).unwrap();
-        b
+        crate::wal::test_record(1, vec![sluice_wire::EventRecord { event_id: tag.to_string(), json: vec![tag; 40] }])
     }
 
     #[test]

@@ -277,24 +277,30 @@ fn effective(config: &WalConfig) -> WalConfig {
     c
 }
 
+/// A framed record for the WAL's unit tests: tenant `t`, the given receive time and events.
+#[cfg(test)]
+pub(crate) fn test_record(received_at_ms: u64, events: Vec<sluice_wire::EventRecord>) -> Vec<u8> {
+    let r = sluice_wire::BatchRecord {
+        batch_id: sluice_wire::ids::new_batch_id(),
+        tenant: "t".into(),
+        env: "e".into(),
+        region: "r".into(),
+        received_at_ms,
+        stream: sluice_wire::Stream::Events,
+        events,
+        traceparent: None,
+    };
+    let mut b = Vec::new();
+    sluice_wire::record::encode_record(&r, &mut b).expect("a test record encodes");
+    b
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn record(pad: usize) -> Vec<u8> {
-        let r = sluice_wire::BatchRecord {
-            batch_id: sluice_wire::ids::new_batch_id(),
-            tenant: "t".into(),
-            env: "e".into(),
-            region: "r".into(),
-            received_at_ms: 1,
-            stream: sluice_wire::Stream::Events,
-            events: vec![sluice_wire::EventRecord { event_id: "e".into(), json: vec![b' '; pad] }],
-            traceparent: None,
-        };
-        let mut b = Vec::new();
-        sluice_wire::record::encode_record(&r, &mut b).unwrap();
-        b
+        test_record(1, vec![sluice_wire::EventRecord { event_id: "e".into(), json: vec![b' '; pad] }])
     }
 
     /// Regression: with segments larger than the budget, acked bytes in the segment being written

@@ -78,22 +78,9 @@ pub fn recover_tail(dir: &Path, seq: u64) -> io::Result<TailRecovery> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sluice_wire::record::encode_record;
 
     fn rec() -> Vec<u8> {
-        let r = sluice_wire::BatchRecord {
-            batch_id: sluice_wire::ids::new_batch_id(),
-            tenant: "t".into(),
-            env: "e".into(),
-            region: "r".into(),
-            received_at_ms: 1,
-            stream: sluice_wire::Stream::Events,
-            events: vec![],
-            traceparent: None,
-        };
-        let mut b = Vec::new();
-        encode_record(&r, &mut b).unwrap();
-        b
+        crate::wal::test_record(1, vec![])
     }
 
     #[test]

@@ -200,22 +200,9 @@ pub fn record_at(dir: &Path, segments: &[(u64, u64)], from: Position, to: Positi
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sluice_wire::record::encode_record;
 
     fn rec(received_at_ms: u64) -> Vec<u8> {
-        let r = BatchRecord {
-            batch_id: sluice_wire::ids::new_batch_id(),
-            tenant: "t".into(),
-            env: "e".into(),
-            region: "r".into(),
-            received_at_ms,
-            stream: sluice_wire::Stream::Events,
-            events: vec![],
-            traceparent: None,
-        };
-        let mut b = Vec::new();
-        encode_record(&r, &mut b).unwrap();
-        b
+        crate::wal::test_record(received_at_ms, vec![])
     }
 
     #[test]
