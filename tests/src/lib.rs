@@ -45,3 +45,14 @@ pub fn udp_addr_outside_ephemeral_range(n: u16) -> SocketAddr {
 pub fn unique_region(test: &str) -> String {
     format!("t-{test}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
 }
+
+/// Polls `cond` every 20 ms until it holds; panics naming `what` after `timeout`. Returns how long
+/// it took.
+pub fn wait_until(what: &str, timeout: std::time::Duration, mut cond: impl FnMut() -> bool) -> std::time::Duration {
+    let start = std::time::Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    start.elapsed()
+}

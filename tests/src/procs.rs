@@ -265,6 +265,12 @@ impl Proc {
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// Panics (with the log) if the process logged a panic.
+    pub fn assert_no_panic(&self) {
+        let log = self.log();
+        assert!(!log.contains("panicked"), "{} panicked:\n{log}", self.name);
+    }
 }
 
 impl Drop for Proc {

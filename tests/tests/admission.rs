@@ -14,6 +14,7 @@ use sluice_tests::edge_harness::{InProcessEdge, edit_keys, set_quota};
 use sluice_tests::http::{Response, post_batch as post, request};
 use sluice_tests::metrics::sample;
 use sluice_tests::openapi::Spec;
+use sluice_tests::wait_until;
 
 const ADMIN_TOKEN: &str = "adm1n";
 
@@ -21,16 +22,6 @@ fn admin(addr: SocketAddr, method: &str, path: &str, body: &str) -> Response {
     let auth = format!("Bearer {ADMIN_TOKEN}");
     let headers = [("Authorization", auth.as_str()), ("Content-Type", "application/json")];
     request(addr, method, path, &headers, body.as_bytes()).expect("admin request")
-}
-
-/// Polls `cond` every 10 ms until it holds; returns how long that took.
-fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    start.elapsed()
 }
 
 /// Waits until the edge has loaded `tenant`'s quota from the keys file.

@@ -12,6 +12,7 @@ use sluice_tests::kafka::TestKafka;
 use sluice_tests::ledger::{Collector, Driver, Ledger, check};
 use sluice_tests::metrics::{sample, try_scrape};
 use sluice_tests::procs::{EdgeOpts, TestEnv};
+use sluice_tests::wait_until;
 use sluice_tests::{free_tcp_addr, free_udp_addr};
 
 const NAMES: [&str; 3] = ["core-a", "core-b", "core-c"];
@@ -20,14 +21,6 @@ const FRAME_BYTES: usize = 32 * 1024;
 fn delivered(admin: SocketAddr) -> f64 {
     let text = try_scrape(admin).unwrap_or_default();
     sample(&text, "sluice_core_delivered_events_total", r#"stream="events""#).unwrap_or(0.0)
-}
-
-fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]

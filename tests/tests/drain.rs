@@ -11,6 +11,7 @@ use sluice_tests::http::{events_body, post_events, request};
 use sluice_tests::kafka::TestKafka;
 use sluice_tests::ledger::{Collector, Driver, Ledger, check};
 use sluice_tests::procs::{EdgeOpts, TestEnv};
+use sluice_tests::wait_until;
 use sluice_tests::{free_tcp_addr, free_udp_addr};
 
 const TOKEN: &str = "drain-test-token";
@@ -18,14 +19,6 @@ const TOKEN: &str = "drain-test-token";
 fn admin(addr: SocketAddr, method: &str, path: &str, body: &str) -> sluice_tests::http::Response {
     let auth = format!("Bearer {TOKEN}");
     request(addr, method, path, &[("Authorization", auth.as_str())], body.as_bytes()).expect("admin request")
-}
-
-fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// The value of an unlabelled metric on the admin port.

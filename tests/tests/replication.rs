@@ -12,6 +12,7 @@ use sluice_tests::kafka::TestKafka;
 use sluice_tests::ledger::{Collector, Driver, Ledger, Outcome, Report, check};
 use sluice_tests::procs::{EdgeOpts, Proc, TestEnv};
 use sluice_tests::udp_proxy::{Mode, UdpProxy};
+use sluice_tests::wait_until;
 use sluice_tests::{free_tcp_addr, udp_addr_outside_ephemeral_range};
 
 const BATCH: usize = 10;
@@ -99,14 +100,6 @@ fn settle(name: &str, ledger: &Ledger, collector: Collector, healed: Option<Inst
     report
 }
 
-fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn post(ledger: &Ledger, node: &Node, key: &str, id: String) -> Outcome {
     ledger.post(node.http, key, (0..BATCH).map(|e| format!("{id}-e{e}")).collect())
 }
@@ -121,11 +114,6 @@ fn post_healthy(ledger: &Ledger, node: &Node, key: &str, id: String) {
         std::thread::sleep(Duration::from_millis(200));
     }
     panic!("{id}: no 202 from {} in 5 attempts with its replica up", node.name);
-}
-
-fn assert_log_clean(p: &Proc) {
-    let log = p.log();
-    assert!(!log.contains("panicked"), "{} panicked:\n{log}", p.name);
 }
 
 /// The headline: with core down, edge `a` accepts under load (replicating to `b`), then is
@@ -173,8 +161,8 @@ fn node_and_disk_loss_is_covered_by_the_replica() {
 
     let report = settle("R1 edge kill -9 + WAL deleted, replica takes over", &ledger, collector, Some(healed));
     report.assert_no_loss();
-    assert_log_clean(&a_proc);
-    assert_log_clean(&_b_proc);
+    a_proc.assert_no_panic();
+    _b_proc.assert_no_panic();
 }
 
 /// Takeover resends only what core had not acknowledged: `a` forwards a first phase fully (its
@@ -224,7 +212,7 @@ fn takeover_resends_only_what_core_had_not_acked() {
         resent < first_batches as f64 / 4.0,
         "the takeover resent {resent} of {first_batches} batches core had acknowledged"
     );
-    assert_log_clean(&b_proc);
+    b_proc.assert_no_panic();
 }
 
 /// The replica dies under `require`: once it is gone, no request to the origin gets a `202`
@@ -273,8 +261,8 @@ fn replica_loss_with_require_refuses() {
         let segments: Vec<_> = walfile_segments(&copy);
         segments.len() == 1
     });
-    assert_log_clean(&a_proc);
-    assert_log_clean(&b_proc);
+    a_proc.assert_no_panic();
+    b_proc.assert_no_panic();
 }
 
 /// The replica dies under `allow_local`: the origin keeps answering `202` from its local fsync
@@ -328,8 +316,8 @@ fn replica_loss_with_allow_local_degrades() {
     let report = settle("R3 replica down, allow_local", &ledger, collector, None);
     report.assert_no_loss();
     assert_eq!(report.duplicated, 0);
-    assert_log_clean(&a_proc);
-    assert_log_clean(&b_proc);
+    a_proc.assert_no_panic();
+    b_proc.assert_no_panic();
 }
 
 fn rand_suffix() -> String {
@@ -372,8 +360,8 @@ fn partition_between_edges_then_heal() {
     assert!(b_proc.log().contains("taking over") || a_proc.log().contains("taking over"), "no takeover during the cut");
     assert!(a.metric("sluice_edge_replication_degraded_seconds_total") > 0.0);
     eprintln!("partition: {} duplicated events in {} batches", report.duplicated, report.duplicated_batches);
-    assert_log_clean(&a_proc);
-    assert_log_clean(&b_proc);
+    a_proc.assert_no_panic();
+    b_proc.assert_no_panic();
 }
 
 /// Segment files under every WAL ID of a replica copy.

@@ -16,6 +16,7 @@ use sluice_tests::kafka::TestKafka;
 use sluice_tests::ledger::{Collector, Driver, Ledger, Report, check, soak};
 use sluice_tests::procs::{EdgeOpts, Proc, TestEnv};
 use sluice_tests::udp_proxy::{Mode, UdpProxy};
+use sluice_tests::wait_until;
 use sluice_tests::walfile;
 use sluice_tests::{free_tcp_addr, free_udp_addr};
 
@@ -85,22 +86,8 @@ fn settle_with(
     report
 }
 
-/// Polls `cond` every 20 ms until it holds or `timeout` passes.
-fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn tail(log: &str) -> String {
     log.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
-}
-
-fn assert_log_clean(p: &Proc) {
-    let log = p.log();
-    assert!(!log.contains("panicked"), "{} panicked:\n{log}", p.name);
 }
 
 /// Scenario 1. All three mock brokers go down for longer than the producer's message timeout
@@ -155,7 +142,7 @@ fn broker_outage() {
     report.assert_no_loss();
     assert_eq!(report.duplicated, 0, "no process crashed, so no duplicates");
     assert_eq!(ledger.requests("no answer"), 0);
-    assert_log_clean(&edge);
+    edge.assert_no_panic();
 }
 
 /// Scenario 2. The edge reaches core through a UDP proxy that blackholes every packet, heals,
@@ -194,7 +181,7 @@ fn network_cut_and_degraded_link() {
     eprintln!("proxy (forwarded, dropped) packets: {:?}", proxy.counts());
     report.assert_no_loss();
     assert_eq!(report.duplicated, 0, "no process crashed, so no duplicates");
-    assert_log_clean(&edge);
+    edge.assert_no_panic();
 }
 
 /// Scenario 3. `kill -9` of the edge mid-load, repeatedly; each restart recovers the WAL and
@@ -222,7 +209,7 @@ fn edge_kill9_cycles() {
     report.assert_no_loss();
     // Resent frames carry the same batch IDs, so core's dedupe drops them.
     assert_eq!(report.duplicated, 0, "an edge crash must not duplicate (core dedupes resent batches)");
-    assert_log_clean(&edge);
+    edge.assert_no_panic();
 }
 
 /// Scenario 4. `kill -9` of core while it produces (brokers slowed to 50 ms per round trip so a
@@ -266,7 +253,7 @@ fn core_kill9_cycles() {
         "duplicates beyond the crash window: {} batches over {cycles} crashes",
         report.duplicated_batches
     );
-    assert_log_clean(&edge);
+    edge.assert_no_panic();
 }
 
 /// Scenario 5a. With core away the WAL fills its budget: the edge sheds with `503` +
@@ -290,7 +277,7 @@ fn wal_budget_full_sheds_then_recovers() {
     report.assert_no_loss();
     assert_eq!(report.duplicated, 0);
     assert_eq!(ledger.missing_retry_after(), 0, "every 503 carries Retry-After");
-    assert_log_clean(&edge);
+    edge.assert_no_panic();
 }
 
 /// Scenario 5c. All brokers go down and stay down. Core's sink circuit opens: it stops reading
@@ -339,8 +326,8 @@ fn broker_down_until_the_wal_budget() {
     assert_eq!(report.duplicated, 0, "no process crashed, so no duplicates");
     assert_eq!(ledger.missing_retry_after(), 0, "every 503 carries Retry-After");
     assert!(core.log().contains("sink circuit closed"), "core never closed its circuit");
-    assert_log_clean(&edge);
-    assert_log_clean(&core);
+    edge.assert_no_panic();
+    core.assert_no_panic();
 }
 
 /// Unmounts a test filesystem even when the test fails.
@@ -401,7 +388,7 @@ fn wal_disk_full_on_small_filesystem() {
     let report = settle("5b WAL disk full (tmpfs)", &ledger, collector, &HashSet::new(), Some(healed));
     report.assert_no_loss();
     assert_eq!(ledger.missing_retry_after(), 0, "every 503 carries Retry-After");
-    assert_log_clean(&edge);
+    edge.assert_no_panic();
     edge.kill9();
 }
 
@@ -500,7 +487,7 @@ fn wal_corruption_on_restart() {
     let log = edge.log();
     assert!(log.contains("truncated torn tail"), "{log}");
     assert!(log.contains("quarantined"), "{log}");
-    assert_log_clean(&edge);
+    edge.assert_no_panic();
 }
 
 /// Scenario 6b. A bit flips in the *active* segment of a running edge. The forwarder must
@@ -532,7 +519,7 @@ fn wal_corruption_in_active_segment() {
     report.assert_no_loss();
     assert_eq!(report.duplicated, 0);
     assert!(edge.log().contains("quarantined"));
-    assert_log_clean(&edge);
+    edge.assert_no_panic();
 }
 
 /// Scenario 1b. Kafka is slow rather than down: every produce takes longer than the edge's ack
@@ -566,5 +553,5 @@ fn slow_kafka_resend_while_in_flight() {
         settle("1b slow Kafka (produce > edge ack timeout)", &ledger, collector, &HashSet::new(), Some(healed));
     report.assert_no_loss();
     assert_eq!(report.duplicated, 0, "a resend raced the first copy's produce");
-    assert_log_clean(&edge);
+    edge.assert_no_panic();
 }
