@@ -164,7 +164,9 @@ async fn request_context(State(state): State<Arc<AppState>>, mut req: Request, n
         tenant_id = tracing::field::Empty,
         batch_id = tracing::field::Empty,
     );
+    let timer = state.metrics.request_duration.start_timer();
     let mut resp = next.run(req).instrument(span).await;
+    timer.observe_duration();
     let code = resp.extensions().get::<ErrorCode>().map_or("ok", |c| c.0);
     state.metrics.responses.with_label_values(&[resp.status().as_str(), code]).inc();
     resp.headers_mut().insert(REQUEST_ID, id);

@@ -26,6 +26,9 @@ pub struct EdgeMetrics {
     pub responses: IntCounterVec,
     /// Time from handing a batch to the WAL until its group's `fdatasync` returned.
     pub enqueue_latency: Histogram,
+    /// Time from a request's head being parsed until its response is ready (body read, checks,
+    /// WAL append): the server's part of the latency a client sees.
+    pub request_duration: Histogram,
     /// Requests refused by admission control, by reason (`ip_rate_limited`, `rate_limited`,
     /// `shed`, `overloaded`, `wal_full`).
     pub admission_refusals: IntCounterVec,
@@ -55,6 +58,14 @@ impl EdgeMetrics {
         registry.register(Box::new(accepted_events.clone()))?;
         registry.register(Box::new(responses.clone()))?;
         registry.register(Box::new(enqueue_latency.clone()))?;
+        let request_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "sluice_edge_request_duration_seconds",
+                "Request head parsed until the response is ready",
+            )
+            .buckets(prometheus::exponential_buckets(0.000_1, 2.0, 16)?),
+        )?;
+        registry.register(Box::new(request_duration.clone()))?;
         let admission_refusals = IntCounterVec::new(
             Opts::new("sluice_edge_admission_refusals_total", "Requests refused by admission control, by reason"),
             &["reason"],
@@ -75,6 +86,7 @@ impl EdgeMetrics {
             accepted_events,
             responses,
             enqueue_latency,
+            request_duration,
             forwarder_frames_in_flight,
             forwarded_records,
             forwarded_bytes,
