@@ -82,9 +82,11 @@ async fn admin_drain_turns_readiness_off_and_refuses_new_requests() {
     e.shutdown().await;
 }
 
-/// An in-process core with the file sink, for tests that need real acks.
-async fn file_core(pki: &sluice_ops::devpki::DevPki, dir: &std::path::Path) -> sluice_core::Core {
-    sluice_core::start(sluice_core::config::CoreConfig {
+/// An in-process core with the file sink (events in `<dir>/sink`), and an in-process edge with its
+/// admin API (token [`TOKEN`]) forwarding to it: for tests that need real acks.
+async fn edge_forwarding_to_file_core(dir: &std::path::Path) -> (sluice_core::Core, InProcessEdge) {
+    let pki = sluice_ops::devpki::write_dev_pki(&dir.join("pki")).expect("pki");
+    let core = sluice_core::start(sluice_core::config::CoreConfig {
         listen: "127.0.0.1:0".parse().expect("addr"),
         cert: pki.core_cert.clone(),
         key: pki.core_key.clone(),
@@ -94,18 +96,9 @@ async fn file_core(pki: &sluice_ops::devpki::DevPki, dir: &std::path::Path) -> s
         ..sluice_core::config::CoreConfig::default()
     })
     .await
-    .expect("core starts")
-}
-
-/// `POST /forwarder/pause` stops forwarding (the WAL keeps the events, status shows them unacked
-/// with their age); `resume` forwards them; a draining edge refuses a pause.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn forwarder_pause_keeps_events_in_the_wal_until_resumed() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let pki = sluice_ops::devpki::write_dev_pki(&dir.path().join("pki")).expect("pki");
-    let core = file_core(&pki, dir.path()).await;
+    .expect("core starts");
     let core_addr = core.addr;
-    let e = InProcessEdge::start(|c| {
+    let edge = InProcessEdge::start(|c| {
         c.admin.listen = Some("127.0.0.1:0".parse().expect("addr"));
         c.admin.token = Some(TOKEN.into());
         c.forwarder.enabled = true;
@@ -115,6 +108,15 @@ async fn forwarder_pause_keeps_events_in_the_wal_until_resumed() {
         c.forwarder.client_key = Some(pki.edge_key.clone());
     })
     .await;
+    (core, edge)
+}
+
+/// `POST /forwarder/pause` stops forwarding (the WAL keeps the events, status shows them unacked
+/// with their age); `resume` forwards them; a draining edge refuses a pause.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarder_pause_keeps_events_in_the_wal_until_resumed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (core, e) = edge_forwarding_to_file_core(dir.path()).await;
     let (addr, admin_addr, key) = (e.addr(), e.edge().admin_addr.expect("admin"), e.key.clone());
     let sink = dir.path().join("sink").join(sluice_core::sink::EVENTS_FILE_NAME);
     let delivered = move || std::fs::read_to_string(&sink).map(|s| s.lines().count()).unwrap_or(0);
@@ -242,19 +244,7 @@ fn sigterm_with_core_away_exits_at_the_deadline_and_keeps_the_wal() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sluicectl_drain_follows_the_backlog_to_the_end() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let pki = sluice_ops::devpki::write_dev_pki(&dir.path().join("pki")).expect("pki");
-    let core = file_core(&pki, dir.path()).await;
-    let core_addr = core.addr;
-    let e = InProcessEdge::start(|c| {
-        c.admin.listen = Some("127.0.0.1:0".parse().expect("addr"));
-        c.admin.token = Some(TOKEN.into());
-        c.forwarder.enabled = true;
-        c.forwarder.core_addr = core_addr;
-        c.forwarder.ca_cert = pki.ca_cert.clone();
-        c.forwarder.client_cert = Some(pki.edge_cert.clone());
-        c.forwarder.client_key = Some(pki.edge_key.clone());
-    })
-    .await;
+    let (core, e) = edge_forwarding_to_file_core(dir.path()).await;
     let (addr, admin_addr, key) = (e.addr(), e.edge().admin_addr.expect("admin"), e.key.clone());
     let backlog = tokio::task::spawn_blocking(move || {
         assert_eq!(admin(admin_addr, "POST", "/forwarder/pause", "").status, 200);

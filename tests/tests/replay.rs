@@ -24,12 +24,12 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-fn run_replay(env: &TestEnv, core: std::net::SocketAddr, opts: &ReplayOptions) -> ReplaySummary {
-    let client =
-        sluice_edge::tls::quic_client_config(&env.pki.ca_cert, Some(&env.pki.edge_cert), Some(&env.pki.edge_key))
-            .expect("client config");
-    let target = Target::Core(CoreTarget {
-        routing: Rendezvous::new(vec![CoreNode { id: "core".into(), addr: core }]),
+/// Replay to `nodes` over mutual TLS with the dev PKI's edge certificate.
+fn core_target(pki: &sluice_ops::devpki::DevPki, nodes: Vec<CoreNode>) -> Target {
+    let client = sluice_edge::tls::quic_client_config(&pki.ca_cert, Some(&pki.edge_cert), Some(&pki.edge_key))
+        .expect("client config");
+    Target::Core(CoreTarget {
+        routing: Rendezvous::new(nodes),
         server_name: "localhost".into(),
         client,
         edge_id: "replay-test".into(),
@@ -37,7 +37,11 @@ fn run_replay(env: &TestEnv, core: std::net::SocketAddr, opts: &ReplayOptions) -
         ack_timeout: Duration::from_secs(20),
         max_attempts: 10,
         max_in_flight: 4,
-    });
+    })
+}
+
+fn run_replay(env: &TestEnv, core: std::net::SocketAddr, opts: &ReplayOptions) -> ReplaySummary {
+    let target = core_target(&env.pki, vec![CoreNode { id: "core".into(), addr: core }]);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(replay::run(opts, target, &indicatif::ProgressBar::hidden())).expect("replay")
 }
@@ -162,18 +166,7 @@ async fn replay_routes_each_tenant_to_its_core_node() {
     let nodes: Vec<CoreNode> =
         cores.iter().zip(["core-a", "core-b"]).map(|((c, _), id)| CoreNode { id: id.into(), addr: c.addr }).collect();
     let routing = Rendezvous::new(nodes.clone());
-    let client = sluice_edge::tls::quic_client_config(&pki.ca_cert, Some(&pki.edge_cert), Some(&pki.edge_key))
-        .expect("client config");
-    let target = Target::Core(CoreTarget {
-        routing: Rendezvous::new(nodes),
-        server_name: "localhost".into(),
-        client,
-        edge_id: "replay-test".into(),
-        zstd_level: 3,
-        ack_timeout: Duration::from_secs(20),
-        max_attempts: 10,
-        max_in_flight: 4,
-    });
+    let target = core_target(&pki, nodes);
     let opts = ReplayOptions {
         dir: wal_dir.clone(),
         all: false,

@@ -214,16 +214,19 @@ async fn replay_to_file_writes_the_selected_records() {
             replay::run(&opts, Target::File(out.clone()), &indicatif::ProgressBar::hidden()).await.expect("replay");
         assert_eq!(summary.records as usize, want.len());
         assert_eq!(summary.skipped_acked, if all { 0 } else { 1 });
-        let got: Vec<String> = std::fs::read_to_string(&out)
-            .expect("out")
-            .lines()
-            .map(|l| {
-                serde_json::from_str::<serde_json::Value>(l).expect("line")["batch_id"].as_str().unwrap_or("").into()
-            })
-            .collect();
+        let got = batch_ids_in(&out);
         assert_eq!(got, want);
     }
     assert!(!replay::default_state_file(&dir).exists(), "--to-file keeps no progress file");
+}
+
+/// The `batch_id` of every line of an NDJSON replay output, in order.
+fn batch_ids_in(ndjson: &Path) -> Vec<String> {
+    std::fs::read_to_string(ndjson)
+        .expect("replay output")
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("line")["batch_id"].as_str().unwrap_or("").into())
+        .collect()
 }
 
 /// A quarantined segment (renamed `*.corrupt` by the forwarder) is listed as such, its damage is
@@ -259,13 +262,7 @@ async fn quarantined_segments_are_listed_and_salvaged_on_request() {
         let summary =
             replay::run(&opts, Target::File(out.clone()), &indicatif::ProgressBar::hidden()).await.expect("replay");
         assert_eq!(summary.damaged, u64::from(include));
-        let got: Vec<String> = std::fs::read_to_string(&out)
-            .expect("out")
-            .lines()
-            .map(|l| {
-                serde_json::from_str::<serde_json::Value>(l).expect("line")["batch_id"].as_str().unwrap_or("").into()
-            })
-            .collect();
+        let got = batch_ids_in(&out);
         assert_eq!(got, want, "include_quarantined={include}");
     }
 }
