@@ -1,5 +1,6 @@
 //! Operator tooling behind `sluicectl`, as a library so the test harness reuses it.
 
+pub mod affinity;
 pub mod bench;
 pub mod dev;
 pub mod devpki;

@@ -91,9 +91,13 @@ enum Command {
         /// ms, 16 connections cap the edge far below its CPU limit.
         #[arg(long, default_value_t = 64)]
         connections: usize,
-        /// A few seconds in total instead of about two minutes: checks the suite, measures little.
+        /// A few seconds in total instead of about three minutes: checks the suite, measures little.
         #[arg(long)]
         quick: bool,
+        /// Let the edge and the load generator share all CPUs. By default, with two or more
+        /// CPUs, the edge phases run the edge on the first and the generator on the second.
+        #[arg(long)]
+        no_pin: bool,
     },
     /// Drain an edge through its admin API: readiness off, new requests refused, forward the WAL
     /// until empty or the deadline, then the edge exits. Shows progress and a summary.
@@ -278,8 +282,11 @@ fn main() -> anyhow::Result<()> {
             },
             threads,
         ),
-        Command::Bench { dir, out, server_threads, loadgen_threads, connections, quick } => {
+        Command::Bench { dir, out, server_threads, loadgen_threads, connections, quick, no_pin } => {
             let mut opts = BenchOptions { server_threads, loadgen_threads, connections, ..BenchOptions::new(dir) };
+            if no_pin {
+                opts.pinning = None;
+            }
             if quick {
                 opts.phases = bench::Phases::smoke();
             }
@@ -560,7 +567,7 @@ fn run_loadgen(opts: LoadgenOptions, threads: usize) -> anyhow::Result<()> {
 
 fn run_bench(opts: &BenchOptions, out: &std::path::Path) -> anyhow::Result<()> {
     let progress = indicatif::MultiProgress::new();
-    eprintln!("bench: the full suite takes about two minutes; numbers are noisy if other work shares the cores");
+    eprintln!("bench: the full suite takes about three minutes; numbers are noisy if other work shares the cores");
     let results = bench::run(opts, &progress)?;
     let table = bench::render(opts, &results, &bench::describe_machine(&opts.dir));
     std::fs::write(out, &table).with_context(|| format!("writing {}", out.display()))?;
