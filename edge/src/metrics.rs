@@ -79,6 +79,7 @@ impl EdgeMetrics {
         registry.register(Box::new(forwarder_frames_in_flight.clone()))?;
         registry.register(Box::new(forwarded_records.clone()))?;
         registry.register(Box::new(forwarded_bytes.clone()))?;
+        registry.register(Box::new(wal.stats().sync_latency.clone()))?;
         let oldest_unacked_ms = Arc::new(AtomicU64::new(0));
         registry.register(Box::new(WalCollector::new(wal, oldest_unacked_ms.clone())?))?;
         Ok(Self {

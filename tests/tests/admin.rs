@@ -43,7 +43,10 @@ async fn admin_requires_its_token_and_metrics_follow_traffic() {
         assert_eq!(sample(&text, "sluice_edge_enqueue_latency_seconds_count", ""), Some(1.0), "{text}");
         // Both ingest requests and the admin-port scrapes before them: only public API requests count.
         assert_eq!(sample(&text, "sluice_edge_request_duration_seconds_count", ""), Some(2.0), "{text}");
-        assert!(sample(&text, "sluice_edge_wal_fsyncs_total", "").is_some_and(|n| n >= 1.0), "{text}");
+        let fsyncs = sample(&text, "sluice_edge_wal_fsyncs_total", "");
+        assert!(fsyncs.is_some_and(|n| n >= 1.0), "{text}");
+        // Every group commit's fdatasync is timed.
+        assert_eq!(sample(&text, "sluice_edge_wal_fsync_duration_seconds_count", ""), fsyncs, "{text}");
         assert!(sample(&text, "sluice_edge_wal_unforwarded_bytes", "").is_some_and(|n| n > 0.0), "{text}");
     })
     .await
