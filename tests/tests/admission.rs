@@ -40,8 +40,6 @@ async fn edge_with_admin(customize: impl FnOnce(&mut sluice_edge::config::EdgeCo
     .await
 }
 
-const BATCH: usize = 10;
-
 /// A tenant over its quota gets `429` with `Retry-After` and `RateLimit-*` headers; retrying at
 /// once is refused again, waiting `Retry-After` seconds succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -49,30 +47,33 @@ async fn retry_after_is_accurate_and_a_client_honouring_it_succeeds() {
     let e = edge_with_admin(|_| {}).await;
     let (addr, admin_addr) = (e.addr(), e.edge().admin_addr.expect("admin"));
     let (_, key) = sluice_ops::keys::add(&e.keys_file, "metered", "prod").expect("key");
-    // 20 events/s, burst 60: six requests of 10 events.
+    // 20 events/s, burst 60: three requests of 20 events. One request's worth refills in a second,
+    // so the five requests up to "impatient" have a whole second (each one fsync'd) to finish.
+    let batch = 20;
     set_quota(&e.keys_file, "metered", 20);
     tokio::task::spawn_blocking(move || {
         wait_quota(admin_addr, "metered");
+        let spec = Spec::load();
         let mut remaining = Vec::new();
-        for i in 0..6 {
-            let r = post(addr, &key, &format!("m{i}"), BATCH);
+        for i in 0..3 {
+            let r = post(addr, &key, &format!("m{i}"), batch);
             assert_eq!(r.status, 202, "request {i}: {}", String::from_utf8_lossy(&r.body));
-            Spec::load().check("POST", "/v1/events", &r);
+            spec.check("POST", "/v1/events", &r);
             assert_eq!(r.header("ratelimit-limit"), Some("60"));
             assert_eq!(r.header("ratelimit-policy"), Some("60;w=3"));
             remaining.push(r.header("ratelimit-remaining").and_then(|v| v.parse::<u32>().ok()).expect("remaining"));
         }
         assert!(remaining.windows(2).all(|w| w[1] < w[0]), "remaining counts down: {remaining:?}");
-        let r = post(addr, &key, "over", BATCH);
+        let r = post(addr, &key, "over", batch);
         assert_eq!((r.status, r.code().as_str()), (429, "rate_limited"));
-        Spec::load().check("POST", "/v1/events", &r);
+        spec.check("POST", "/v1/events", &r);
         assert_eq!(r.header("ratelimit-remaining"), Some("0"));
-        // 10 events at 20/s: the bucket needs at most half a second, rounded up to whole seconds.
+        // 20 events at 20/s: the bucket needs at most a second, rounded up to whole seconds.
         let retry_after: u64 = r.header("retry-after").and_then(|v| v.parse().ok()).expect("Retry-After");
         assert_eq!(retry_after, 1);
-        assert_eq!(post(addr, &key, "impatient", BATCH).status, 429, "retrying at once is refused");
+        assert_eq!(post(addr, &key, "impatient", batch).status, 429, "retrying at once is refused");
         std::thread::sleep(Duration::from_secs(retry_after));
-        let r = post(addr, &key, "patient", BATCH);
+        let r = post(addr, &key, "patient", batch);
         assert_eq!(r.status, 202, "after Retry-After: {}", String::from_utf8_lossy(&r.body));
     })
     .await
@@ -83,11 +84,12 @@ async fn retry_after_is_accurate_and_a_client_honouring_it_succeeds() {
 /// Per-IP limits count requests of every tenant from one address.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_ip_limit_refuses_an_address_over_its_rate() {
-    let e = InProcessEdge::start(|c| c.admission.ip_requests_per_sec = 2).await;
+    // 1 request/s, burst 3: the five requests have a whole second before a token comes back.
+    let e = InProcessEdge::start(|c| c.admission.ip_requests_per_sec = 1).await;
     let (addr, key) = (e.addr(), e.key.clone());
     tokio::task::spawn_blocking(move || {
-        let codes: Vec<String> = (0..8).map(|i| post(addr, &key, &format!("ip{i}"), 1).code()).collect();
-        assert_eq!(codes.iter().filter(|c| *c == "ok").count(), 6, "burst of 3 × 2: {codes:?}");
+        let codes: Vec<String> = (0..5).map(|i| post(addr, &key, &format!("ip{i}"), 1).code()).collect();
+        assert_eq!(codes.iter().filter(|c| *c == "ok").count(), 3, "burst of 3 × 1: {codes:?}");
         assert_eq!(codes.last().map(String::as_str), Some("ip_rate_limited"), "{codes:?}");
         let r = post(addr, &key, "ip-last", 1);
         assert!(r.header("retry-after").is_some());

@@ -156,7 +156,8 @@ async fn idempotency_replay_mismatch_in_flight_and_restart() {
         );
         slow.write_all(head.as_bytes()).unwrap();
         slow.write_all(&body[..10]).unwrap();
-        std::thread::sleep(Duration::from_millis(200));
+        // Time for the server to parse the head and reserve the key (nothing to poll for).
+        std::thread::sleep(Duration::from_secs(1));
         let h2 = [("Content-Type", "application/json"), ("Authorization", auth.as_str()), ("X-Idempotency-Key", "slow-1")];
         let r = post(addr, EVENTS, &h2, &body);
         assert_eq!((r.status, code(&r)), (409, "idempotency_key_in_flight".to_string()));

@@ -281,14 +281,19 @@ fn replica_loss_with_allow_local_degrades() {
     for i in 0..10 {
         post_healthy(&ledger, &a, &pop.env.key, format!("before-{i}"));
     }
-    assert_eq!(a.metric("sluice_edge_replication_degraded"), 0.0);
+    // In allow_local a group whose replica ack came late is still a 202, and the gauge follows
+    // the last group: wait for a replicated one rather than assume the last was.
+    wait_until("a replicated group before the kill", Duration::from_secs(30), || {
+        post(&ledger, &a, &pop.env.key, format!("settle-{}", rand_suffix()));
+        a.metric("sluice_edge_replication_degraded") == 0.0
+    });
     b_proc.kill9();
     for i in 0..15 {
         assert_eq!(post(&ledger, &a, &pop.env.key, format!("down-{i}")), Outcome::Accepted);
     }
     assert_eq!(a.metric("sluice_edge_replication_degraded"), 1.0);
     assert!(a.metric("sluice_edge_replication_unreplicated_groups_total") >= 1.0);
-    assert!(a.metric("sluice_edge_replication_ack_latency_seconds_count") >= 10.0, "acks before b died");
+    assert!(a.metric("sluice_edge_replication_ack_latency_seconds_count") >= 1.0, "acks before b died");
     // The heartbeat task updates the lag every lease / 4.
     wait_until("the replication lag to show", Duration::from_secs(10), || {
         a.metric("sluice_edge_replication_lag_bytes{peer=\"b\"}") > 0.0
