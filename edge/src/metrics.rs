@@ -169,7 +169,7 @@ impl Collector for WalCollector {
         catch_up(&self.fsyncs, stats.groups.load(Relaxed));
         catch_up(&self.records, stats.records.load(Relaxed));
         catch_up(&self.bytes, stats.bytes.load(Relaxed));
-        let secs = stats.sync_nanos.load(Relaxed) as f64 / 1e9;
+        let secs = stats.sync_latency.get_sample_sum();
         self.fsync_seconds.inc_by((secs - self.fsync_seconds.get()).max(0.0));
         let oldest = self.oldest_unacked_ms.load(Relaxed);
         let age_ms = if oldest == 0 { 0 } else { crate::http::now_ms().saturating_sub(oldest) };

@@ -77,9 +77,9 @@ pub struct WalStats {
     pub groups: AtomicU64,
     pub records: AtomicU64,
     pub bytes: AtomicU64,
-    pub sync_nanos: AtomicU64,
     /// Each group commit's `fdatasync`: the disk's share of every append's latency, so a latency
-    /// tail can be told apart from the disk's own (the edge registers it as a metric).
+    /// tail can be told apart from the disk's own (the edge registers it as a metric). Its sum
+    /// is the total time spent in fdatasync.
     pub sync_latency: prometheus::Histogram,
 }
 
@@ -95,7 +95,6 @@ impl WalStats {
             groups: AtomicU64::new(0),
             records: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
-            sync_nanos: AtomicU64::new(0),
             // Only fails on a bad name or unsorted buckets, both constants here.
             sync_latency: prometheus::Histogram::with_opts(opts).expect("constant histogram options are valid"),
         }

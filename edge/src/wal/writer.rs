@@ -163,14 +163,12 @@ impl Writer {
         let started = Instant::now();
         self.file.sync_data()?;
         let sync_time = started.elapsed();
-        let sync_nanos = sync_time.as_nanos() as u64;
         if let Some(wait) = replicas {
             wait.blocking_recv()
                 .unwrap_or_else(|_| Err("replication stopped".into()))
                 .map_err(CommitError::Unreplicated)?;
         }
         let stats = &self.shared.stats;
-        stats.sync_nanos.fetch_add(sync_nanos, Ordering::Relaxed);
         stats.sync_latency.observe(sync_time.as_secs_f64());
         stats.groups.fetch_add(1, Ordering::Relaxed);
         stats.records.fetch_add(group.len() as u64, Ordering::Relaxed);
