@@ -530,11 +530,21 @@ async fn connect(
     addr: SocketAddr,
     server_name: &str,
 ) -> Result<quinn::Connection, SendError> {
-    let connecting = endpoint.connect(addr, server_name).map_err(|e| SendError::Connect(e.to_string()))?;
+    handshake(endpoint, addr, server_name).await.map_err(SendError::Connect)
+}
+
+/// Connects to a core node, giving up after 10 s; the error is the reason. Also used by
+/// `sluicectl replay`.
+pub async fn handshake(
+    endpoint: &quinn::Endpoint,
+    addr: SocketAddr,
+    server_name: &str,
+) -> Result<quinn::Connection, String> {
+    let connecting = endpoint.connect(addr, server_name).map_err(|e| e.to_string())?;
     tokio::time::timeout(Duration::from_secs(10), connecting)
         .await
-        .map_err(|_| SendError::Connect("handshake timed out".into()))?
-        .map_err(|e| SendError::Connect(e.to_string()))
+        .map_err(|_| "handshake timed out".to_string())?
+        .map_err(|e| e.to_string())
 }
 
 /// One frame exchange on its own stream: write the message, wait for core's ack. Also used by

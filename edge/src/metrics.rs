@@ -134,7 +134,8 @@ impl WalCollector {
             )?,
             unforwarded_bytes: IntGauge::new(
                 "sluice_edge_wal_unforwarded_bytes",
-                "Bytes in WAL segments not yet acknowledged by core",
+                "Bytes in live WAL segment files, what the WAL budget limits (a segment is deleted once core \
+                 has acknowledged all of it; sluice_edge_wal_unacked_bytes is the exact unacknowledged count)",
             )?,
             fsyncs: IntCounter::new("sluice_edge_wal_fsyncs_total", "Group commits (one fdatasync each)")?,
             records: IntCounter::new("sluice_edge_wal_records_total", "Records written by group commits")?,

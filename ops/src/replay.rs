@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use sluice_edge::forwarder::{SendError, send_on};
+use sluice_edge::forwarder::{SendError, handshake, send_on};
 use sluice_edge::routing::Rendezvous;
 use sluice_edge::wal::Position;
 use sluice_edge::wal::scan::Item;
@@ -292,11 +292,7 @@ async fn connection(ctx: &CoreCtx, node: usize) -> Result<quinn::Connection, (bo
         return Ok(c.clone());
     }
     let addr = ctx.target.routing.nodes()[node].addr;
-    let connecting = ctx.endpoint.connect(addr, &ctx.target.server_name).map_err(|e| (state.ever, e.to_string()))?;
-    let conn = tokio::time::timeout(Duration::from_secs(10), connecting)
-        .await
-        .map_err(|_| (state.ever, "handshake timed out".to_string()))?
-        .map_err(|e| (state.ever, e.to_string()))?;
+    let conn = handshake(&ctx.endpoint, addr, &ctx.target.server_name).await.map_err(|reason| (state.ever, reason))?;
     state.conn = Some(conn.clone());
     state.ever = true;
     Ok(conn)
