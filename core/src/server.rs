@@ -240,6 +240,7 @@ mod tests {
                     .map(|i| EventRecord { event_id: format!("{b}-{i}"), json: format!(r#"{{"i":{i}}}"#).into_bytes() })
                     .collect(),
                 traceparent: None,
+                shared: Vec::new(),
             };
             encode_record(&record, &mut raw).unwrap();
         }

@@ -86,6 +86,7 @@ fn record(raw: &[u8]) -> BatchRecord {
         stream: Stream::Events,
         events: p.accepted,
         traceparent: None,
+        shared: p.shared,
     }
 }
 

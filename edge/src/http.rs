@@ -600,13 +600,20 @@ async fn debug(
     let raw = read_body(&state, &caller, &headers, body).await?;
     let batch_id = sluice_wire::ids::new_batch_id();
     let (events, rejected, pii) = match prepare(&state, &caller, &raw, &headers, batch_id) {
-        Ok(p) => (p.accepted, p.rejected, None),
+        Ok(p) => {
+            let produced = p.accepted.iter().map(|e| {
+                let mut json = Vec::new();
+                sluice_wire::record::splice_shared(&e.json, &p.shared, &mut json);
+                json
+            });
+            (produced.collect(), p.rejected, None)
+        }
         Err(PrepareError::NoValidEvents(rejected)) => (Vec::new(), rejected, None),
         Err(PrepareError::Pii(v)) => (Vec::new(), Vec::new(), Some(v)),
         Err(e) => return Err(prepare_error(e, &state.limits)),
     };
     let events: Vec<&serde_json::value::RawValue> =
-        events.iter().filter_map(|e| serde_json::from_slice(&e.json).ok()).collect();
+        events.iter().filter_map(|json: &Vec<u8>| serde_json::from_slice(json).ok()).collect();
     let body = json!({
         "valid": !events.is_empty() && rejected.is_empty() && pii.is_none(),
         "events": events,

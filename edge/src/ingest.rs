@@ -30,6 +30,8 @@ pub struct Prepared {
     pub batch_id: Uuid,
     pub received_at_ms: u64,
     pub accepted: Vec<EventRecord>,
+    /// The members every accepted event shares ([`BatchRecord::shared`]).
+    pub shared: Vec<u8>,
     pub rejected: Vec<Reject>,
     /// Dead-letter form of each rejected event.
     pub dead_letters: Vec<EventRecord>,
@@ -72,7 +74,7 @@ pub fn prepare(req: &Request<'_>) -> Result<Prepared, PrepareError> {
     let mut rejected = Vec::new();
     let mut dead_letters = Vec::new();
     for (index, json) in split.events.iter().enumerate() {
-        match validate::normalize_with(&ctx, &shared, index, json) {
+        match validate::normalize(&ctx, index, json) {
             Ok(e) => accepted.push(e),
             Err(Invalid::Pii(v)) => return Err(PrepareError::Pii(v)),
             Err(Invalid::Reject(r)) => {
@@ -85,7 +87,14 @@ pub fn prepare(req: &Request<'_>) -> Result<Prepared, PrepareError> {
     if accepted.is_empty() {
         return Err(PrepareError::NoValidEvents(rejected));
     }
-    Ok(Prepared { batch_id: req.batch_id, received_at_ms: req.received_at_ms, accepted, rejected, dead_letters })
+    Ok(Prepared {
+        batch_id: req.batch_id,
+        received_at_ms: req.received_at_ms,
+        accepted,
+        shared,
+        rejected,
+        dead_letters,
+    })
 }
 
 /// What a request appends to the WAL, and what its 202 reports.
@@ -120,6 +129,7 @@ impl Prepared {
             stream: Stream::Events,
             events: self.accepted,
             traceparent,
+            shared: self.shared,
         };
         encode_record(&record, &mut bytes)?;
         if !self.dead_letters.is_empty() {
@@ -128,6 +138,8 @@ impl Prepared {
             record.batch_id = Uuid::new_v5(&self.batch_id, b"dead-letter");
             record.stream = Stream::DeadLetter;
             record.events = self.dead_letters;
+            // Dead letters hold every member themselves (their text may not even be JSON).
+            record.shared = Vec::new();
             encode_record(&record, &mut bytes)?;
         }
         Ok(WalBatch { accepted, rejected, bytes })
@@ -168,6 +180,13 @@ mod tests {
         assert_eq!(recs.len(), 2);
         assert!(recs.iter().all(|r| r.traceparent.as_deref() == Some(tp)), "both records carry the trace");
         assert_eq!((recs[0].stream, recs[0].events.len()), (Stream::Events, 2));
+        let produced: serde_json::Value = serde_json::from_slice(&recs[0].event_json(&recs[0].events[1])).unwrap();
+        assert_eq!((produced["event"].as_str(), produced["tenant"].as_str()), (Some("c"), Some("acme")));
+        assert_eq!(produced["received_at"], 1_800_000_000_000u64);
+        assert!(
+            !recs[0].events[1].json.windows(8).any(|w| w == b"\"tenant\""),
+            "shared members are stored once per record"
+        );
         assert_eq!((recs[1].stream, recs[1].events.len()), (Stream::DeadLetter, 1));
         assert_ne!(recs[0].batch_id, recs[1].batch_id);
     }

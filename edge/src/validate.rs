@@ -75,12 +75,11 @@ struct InEvent<'a> {
     context: Option<&'a RawValue>,
 }
 
-/// The normalized fields every event of a batch shares, serialized once per batch:
-/// `[,"sent_at":…],"received_at":…,"tenant":…,"env":…,"region":…,"batch_id":…`.
-pub struct SharedFields(Vec<u8>);
-
 impl BatchContext<'_> {
-    pub fn shared_fields(&self) -> SharedFields {
+    /// The normalized members every event of the batch shares, serialized once per batch and
+    /// stored once per WAL record (`BatchRecord::shared`):
+    /// `[,"sent_at":…],"received_at":…,"tenant":…,"env":…,"region":…,"batch_id":…`.
+    pub fn shared_fields(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(160);
         if let Some(sent_at) = self.sent_at_ms {
             out.extend_from_slice(b",\"sent_at\":");
@@ -96,7 +95,7 @@ impl BatchContext<'_> {
         }
         out.extend_from_slice(b",\"batch_id\":");
         push_json(&mut out, &self.batch_id);
-        SharedFields(out)
+        out
     }
 }
 
@@ -110,21 +109,11 @@ fn reject(index: usize, code: &'static str, message: impl Into<String>) -> Rejec
 }
 
 /// Validates the `index`-th event of a batch and returns its normalized form.
-pub fn normalize(ctx: &BatchContext<'_>, index: usize, json: &[u8]) -> Result<EventRecord, Invalid> {
-    normalize_with(ctx, &ctx.shared_fields(), index, json)
-}
-
-/// [`normalize`] with the batch's shared fields computed once by the caller.
 ///
 /// The output object is `event_id, event, distinct_id, timestamp (epoch ms)[, client_timestamp]
-/// [, sent_at], received_at, tenant, env, region, batch_id[, properties][, context]`, written
-/// directly: string fields are copied as the raw JSON tokens the client sent.
-pub fn normalize_with(
-    ctx: &BatchContext<'_>,
-    shared: &SharedFields,
-    index: usize,
-    json: &[u8],
-) -> Result<EventRecord, Invalid> {
+/// [, properties][, context]`, written directly: string fields are copied as the raw JSON tokens
+/// the client sent. The batch's [`BatchContext::shared_fields`] complete it when it is produced.
+pub fn normalize(ctx: &BatchContext<'_>, index: usize, json: &[u8]) -> Result<EventRecord, Invalid> {
     if json.len() > ctx.limits.max_event_bytes {
         let max = ctx.limits.max_event_bytes;
         return Err(reject(index, "event_too_large", format!("event is {} bytes, limit {max}", json.len())).into());
@@ -158,7 +147,7 @@ pub fn normalize_with(
         Some(raw) => Some(required_str(index, "event_id", Some(raw), MAX_ID_LEN)?),
         None => None,
     };
-    let mut out = Vec::with_capacity(json.len() + shared.0.len() + 128);
+    let mut out = Vec::with_capacity(json.len() + 128);
     out.extend_from_slice(b"{\"event_id\":");
     let event_id = match client_id {
         Some(s) => {
@@ -184,7 +173,6 @@ pub fn normalize_with(
         out.extend_from_slice(b",\"client_timestamp\":");
         push_json(&mut out, &original);
     }
-    out.extend_from_slice(&shared.0);
     for (key, value) in [(&b",\"properties\":"[..], input.properties), (b",\"context\":", input.context)] {
         if let Some(v) = value {
             out.extend_from_slice(key);
@@ -317,8 +305,11 @@ mod tests {
         }
     }
 
-    fn out(rec: &EventRecord) -> serde_json::Value {
-        serde_json::from_slice(&rec.json).unwrap()
+    /// The event as produced: its own members and the batch's shared ones.
+    fn out(ctx: &BatchContext<'_>, rec: &EventRecord) -> serde_json::Value {
+        let mut json = Vec::new();
+        sluice_wire::record::splice_shared(&rec.json, &ctx.shared_fields(), &mut json);
+        serde_json::from_slice(&json).unwrap()
     }
 
     #[test]
@@ -337,7 +328,7 @@ mod tests {
     fn enriches_and_keeps_client_fields() {
         let rec = normalize(&ctx(), 0, br#"{"event":"signup","distinct_id":"u1","timestamp":1700000000,"event_id":"e-1","properties":{"plan":"pro"},"tenant":"evil"}"#).unwrap();
         assert_eq!(rec.event_id, "e-1");
-        let v = out(&rec);
+        let v = out(&ctx(), &rec);
         assert_eq!(v["event"], "signup");
         assert_eq!(v["timestamp"], 1_700_000_000_000i64);
         assert_eq!(v["received_at"], 1_700_000_000_123u64);
@@ -357,7 +348,7 @@ mod tests {
     }
 
     fn v_ts(rec: &EventRecord) -> i64 {
-        out(rec)["timestamp"].as_i64().unwrap()
+        out(&ctx(), rec)["timestamp"].as_i64().unwrap()
     }
 
     #[test]
@@ -389,7 +380,7 @@ mod tests {
         assert_eq!(v_ts(&ok), received - 86_399_000);
 
         let future = at(received + 61_000);
-        let clamped = out(&normalize(&ctx(), 0, future.as_bytes()).unwrap());
+        let clamped = out(&ctx(), &normalize(&ctx(), 0, future.as_bytes()).unwrap());
         assert_eq!(clamped["timestamp"].as_i64(), Some(received));
         assert_eq!(clamped["client_timestamp"].as_i64(), Some(received + 61_000));
         let strict = ValidationConfig { future_policy: FuturePolicy::Reject, ..RULES };
@@ -402,20 +393,17 @@ mod tests {
         let body = br#"{"event":"sign\"up","distinct_id":"caf\u00e9","event_id":"id\/1","properties":{"a":"\n"}}"#;
         let rec = normalize(&ctx(), 0, body).unwrap();
         assert_eq!(rec.event_id, "id/1", "the Kafka header carries the decoded ID");
-        let v = out(&rec);
+        let v = out(&ctx(), &rec);
         assert_eq!(v["event"], "sign\"up");
         assert_eq!(v["distinct_id"], "café");
         assert_eq!(v["event_id"], "id/1");
         assert_eq!(v["properties"]["a"], "\n");
-        let shared = ctx().shared_fields();
-        let a = normalize_with(&ctx(), &shared, 0, body).unwrap();
-        assert_eq!(a, rec, "shared fields computed once give the same bytes");
     }
 
     #[test]
     fn sent_at_and_received_at_stay_separate_fields() {
         let c = BatchContext { sent_at_ms: Some(1_699_999_999_000), ..ctx() };
-        let v = out(&normalize(&c, 0, br#"{"event":"e","distinct_id":"u","timestamp":1699999998}"#).unwrap());
+        let v = out(&c, &normalize(&c, 0, br#"{"event":"e","distinct_id":"u","timestamp":1699999998}"#).unwrap());
         assert_eq!(v["timestamp"], 1_699_999_998_000i64);
         assert_eq!(v["sent_at"], 1_699_999_999_000i64);
         assert_eq!(v["received_at"], 1_700_000_000_123u64);
@@ -434,7 +422,7 @@ mod tests {
     fn dead_letters_keep_the_raw_text_and_reason() {
         let r = rejected(&ctx(), b"{\"event\":");
         let dl = dead_letter(&ctx(), &r, b"{\"event\":").unwrap();
-        let v = out(&dl);
+        let v: serde_json::Value = serde_json::from_slice(&dl.json).unwrap();
         assert_eq!(v["raw"], "{\"event\":");
         assert_eq!(v["code"], "malformed_json");
         assert_eq!(v["index"], 3);

@@ -656,6 +656,7 @@ fn build_frames(events: usize) -> anyhow::Result<Vec<Frame>> {
             stream: Stream::Events,
             events: evs,
             traceparent: None,
+            shared: ctx.shared_fields(),
         });
     }
     let mut frames = Vec::new();
@@ -808,12 +809,15 @@ async fn run_bare(producer: &FutureProducer, frames: &Arc<Vec<Frame>>, window: u
 /// The same messages (topic aside), key and headers as the Kafka sink, all in flight at once.
 async fn produce_all(producer: &FutureProducer, records: &[BatchRecord]) -> anyhow::Result<()> {
     let mut pending = Vec::with_capacity(records.iter().map(|r| r.events.len()).sum());
+    let mut payload = Vec::new();
     for batch in records {
         let batch_id = batch.batch_id.to_string();
         for event in &batch.events {
             let headers = sluice_core::sink::kafka_event_headers(batch, &batch_id, event);
+            payload.clear();
+            batch.write_event_json(event, &mut payload);
             let mut record =
-                FutureRecord::to(BARE_TOPIC).key(batch.tenant.as_str()).payload(event.json.as_slice()).headers(headers);
+                FutureRecord::to(BARE_TOPIC).key(batch.tenant.as_str()).payload(payload.as_slice()).headers(headers);
             loop {
                 match producer.send_result(record) {
                     Ok(d) => {

@@ -284,8 +284,9 @@ pub fn record_json(segment: u64, offset: u64, acked: bool, r: &BatchRecord) -> s
         .events
         .iter()
         .map(|e| {
-            let event = serde_json::from_slice::<serde_json::Value>(&e.json)
-                .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&e.json).into_owned()));
+            let json = r.event_json(e);
+            let event = serde_json::from_slice::<serde_json::Value>(&json)
+                .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&json).into_owned()));
             serde_json::json!({ "event_id": e.event_id, "event": event })
         })
         .collect();

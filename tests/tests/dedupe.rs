@@ -26,6 +26,7 @@ fn frame_message(region: &str) -> Vec<u8> {
             })
             .collect(),
         traceparent: None,
+        shared: Vec::new(),
     };
     let mut raw = Vec::new();
     encode_record(&record, &mut raw).unwrap();

@@ -141,6 +141,7 @@ async fn replay_routes_each_tenant_to_its_core_node() {
                         .into_bytes(),
                 }],
                 traceparent: None,
+                shared: Vec::new(),
             };
             let mut bytes = Vec::new();
             sluice_wire::record::encode_record(&record, &mut bytes).expect("encode");

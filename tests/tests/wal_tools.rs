@@ -30,6 +30,7 @@ fn record(i: u64) -> BatchRecord {
             })
             .collect(),
         traceparent: None,
+        shared: Vec::new(),
     }
 }
 

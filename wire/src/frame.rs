@@ -66,6 +66,7 @@ mod tests {
             stream: Stream::Events,
             events: vec![EventRecord { event_id: i.to_string(), json: b"{}".to_vec() }],
             traceparent: None,
+            shared: Vec::new(),
         }
     }
 

@@ -14,8 +14,9 @@ fn batch() -> impl Strategy<Value = BatchRecord> {
         any::<u64>(),
         any::<bool>(),
         prop::collection::vec(("[a-zA-Z0-9-]{0,40}", prop::collection::vec(any::<u8>(), 0..200)), 0..8),
+        prop::collection::vec(any::<u8>(), 0..64),
     )
-        .prop_map(|(id, tenant, env, at, dlq, events)| BatchRecord {
+        .prop_map(|(id, tenant, env, at, dlq, events, shared)| BatchRecord {
             batch_id: uuid::Uuid::from_u128(id),
             tenant: tenant.clone(),
             env,
@@ -24,6 +25,7 @@ fn batch() -> impl Strategy<Value = BatchRecord> {
             stream: if dlq { Stream::DeadLetter } else { Stream::Events },
             events: events.into_iter().map(|(event_id, json)| EventRecord { event_id, json }).collect(),
             traceparent: None,
+            shared,
         })
 }
 

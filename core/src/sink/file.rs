@@ -39,7 +39,7 @@ impl FileSink {
                 Stream::DeadLetter => &mut dead,
             };
             for e in &batch.events {
-                out.extend_from_slice(&e.json);
+                batch.write_event_json(e, out);
                 out.push(b'\n');
             }
         }

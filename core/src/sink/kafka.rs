@@ -97,6 +97,7 @@ impl KafkaSink {
 
     async fn deliver_with(&self, producer: &FutureProducer, batches: &[&BatchRecord]) -> Result<(), SinkError> {
         let mut pending = Vec::with_capacity(batches.iter().map(|b| b.events.len()).sum());
+        let mut payload = Vec::new();
         for batch in batches {
             let topic = match batch.stream {
                 Stream::Events => format!("{}{}", self.topic_prefix, batch.region),
@@ -105,8 +106,11 @@ impl KafkaSink {
             let batch_id = batch.batch_id.to_string();
             for event in &batch.events {
                 let headers = event_headers(batch, &batch_id, event);
+                // librdkafka copies the payload, so one buffer serves every event.
+                payload.clear();
+                batch.write_event_json(event, &mut payload);
                 let mut record =
-                    FutureRecord::to(&topic).key(batch.tenant.as_str()).payload(event.json.as_slice()).headers(headers);
+                    FutureRecord::to(&topic).key(batch.tenant.as_str()).payload(payload.as_slice()).headers(headers);
                 loop {
                     match producer.send_result(record) {
                         Ok(delivery) => {
@@ -154,6 +158,7 @@ mod tests {
             stream: Stream::Events,
             events: vec![EventRecord { event_id: format!("e{i}"), json: b"{}".to_vec() }],
             traceparent: None,
+            shared: Vec::new(),
         }
     }
 

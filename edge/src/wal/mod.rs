@@ -310,6 +310,7 @@ pub(crate) fn test_record(received_at_ms: u64, events: Vec<sluice_wire::EventRec
         stream: sluice_wire::Stream::Events,
         events,
         traceparent: None,
+        shared: Vec::new(),
     };
     let mut b = Vec::new();
     sluice_wire::record::encode_record(&r, &mut b).expect("a test record encodes");
