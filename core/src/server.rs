@@ -6,8 +6,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use uuid::Uuid;
 
-use sluice_wire::frame;
+use sluice_wire::frame::{self, FrameError};
 use sluice_wire::protocol::{self, Ack, MAX_COMPRESSED_LEN, MAX_HEADER_LEN};
+use sluice_wire::record::RecordError;
 use sluice_wire::{BatchRecord, Stream};
 
 use crate::circuit::SinkCircuit;
@@ -161,6 +162,13 @@ impl Ingest {
         };
         let batches = match frame::decompress(payload, header.raw_len as usize) {
             Ok(b) => b,
+            // A record format from a newer edge is not damage: the edge keeps the frame in its
+            // WAL and resends it until this core is upgraded (a rejection would quarantine it).
+            Err(e @ FrameError::Record { source: RecordError::UnknownVersion(_), .. }) => {
+                tracing::error!(edge = %header.edge_id, segment = header.segment, start = header.start, error = %e,
+                    "core: frame holds a record format newer than this core reads; upgrade core");
+                return Ack::Retry { reason: format!("{e}; upgrade core") };
+            }
             Err(e) => {
                 tracing::error!(edge = %header.edge_id, segment = header.segment, start = header.start, error = %e, "core: undecodable frame");
                 return Ack::Rejected { reason: e.to_string() };
@@ -223,10 +231,15 @@ mod tests {
     use crate::dedupe::RedbDedupe;
     use crate::sink::{EVENTS_FILE_NAME, FileSink};
     use sluice_wire::protocol::{FrameHeader, PROTOCOL_VERSION};
-    use sluice_wire::record::encode_record;
+    use sluice_wire::record::{HEADER_LEN, encode_record};
     use sluice_wire::{EventRecord, Stream};
 
     fn frame() -> Vec<u8> {
+        frame_of(&records())
+    }
+
+    /// 20 framed records of 5 events each.
+    fn records() -> Vec<u8> {
         let mut raw = Vec::new();
         for b in 0..20 {
             let record = BatchRecord {
@@ -240,10 +253,14 @@ mod tests {
                     .map(|i| EventRecord { event_id: format!("{b}-{i}"), json: format!(r#"{{"i":{i}}}"#).into_bytes() })
                     .collect(),
                 traceparent: None,
-                shared: Vec::new(),
+                shared: br#","tenant":"acme""#.to_vec(),
             };
             encode_record(&record, &mut raw).unwrap();
         }
+        raw
+    }
+
+    fn frame_of(raw: &[u8]) -> Vec<u8> {
         let header = FrameHeader {
             protocol_version: PROTOCOL_VERSION,
             edge_id: "e".into(),
@@ -253,7 +270,7 @@ mod tests {
             record_count: 20,
             raw_len: raw.len() as u32,
         };
-        frame::encode_message(&header, &raw, 3).unwrap()
+        frame::encode_message(&header, raw, 3).unwrap()
     }
 
     /// Regression: a frame resent while its first copy was still being delivered passed the
@@ -274,13 +291,35 @@ mod tests {
         for c in copies {
             assert_eq!(c.await.unwrap(), Ack::Stored);
         }
-        let lines = std::fs::read_to_string(dir.path().join("sink").join(EVENTS_FILE_NAME)).unwrap().lines().count();
-        assert_eq!(lines, 100, "each of the 100 events is delivered exactly once");
+        let sunk = std::fs::read_to_string(dir.path().join("sink").join(EVENTS_FILE_NAME)).unwrap();
+        assert_eq!(sunk.lines().count(), 100, "each of the 100 events is delivered exactly once");
+        assert!(
+            sunk.lines().all(|l| l.ends_with(r#","tenant":"acme"}"#)),
+            "the record's shared members are in every event"
+        );
         assert!(ingest.in_flight.is_empty(), "locks are released");
         let m = &ingest.metrics;
         assert_eq!(m.frames.with_label_values(&["stored"]).get(), 4);
         assert_eq!((m.batches.get(), m.duplicate_batches.get()), (80, 60), "dedupe hits are counted");
         assert_eq!(m.delivered_events.with_label_values(&["events"]).get(), 100);
         assert_eq!(m.in_delivery.snapshot(now_ms()).0, 0, "nothing left in delivery");
+    }
+
+    /// A record format this core does not know yet (an edge upgraded before core) is retried,
+    /// not rejected: a rejection makes the edge quarantine the segment and stop forwarding it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_newer_record_format_is_retried_not_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let dedupe: Arc<dyn DedupeIndex> = Arc::new(RedbDedupe::open(&dir.path().join("d.redb")).unwrap());
+        let sink = Sink::File(FileSink::open(&dir.path().join("sink")).unwrap());
+        let ingest = Ingest::new(dedupe, sink, Arc::new(CoreMetrics::new().unwrap()));
+        // The first record claims version 99, with a valid checksum.
+        let mut raw = records();
+        let end = HEADER_LEN + u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]) as usize;
+        raw[HEADER_LEN] = 99;
+        let crc = crc32c::crc32c(&raw[HEADER_LEN..end]);
+        raw[4..8].copy_from_slice(&crc.to_le_bytes());
+        let msg = frame_of(&raw);
+        assert!(matches!(ingest.process(&msg).await, Ack::Retry { ref reason } if reason.contains("upgrade core")));
     }
 }
