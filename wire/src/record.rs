@@ -38,11 +38,11 @@ pub struct BatchRecord {
     /// The W3C `traceparent` of the edge's request span, when the client sent one, so a batch can be
     /// followed from the HTTP request to its Kafka messages.
     pub traceparent: Option<String>,
-    /// JSON members every event of the batch carries (`,"received_at":…,"tenant":…,…`), stored once
-    /// per record instead of once per event: a third of a 300-byte event's WAL bytes. Each event's
-    /// produced JSON is its own `json` with these spliced in before the closing brace
-    /// ([`BatchRecord::write_event_json`]). Empty in dead-letter records and in versions 1 and 2,
-    /// whose events hold every member themselves.
+    /// JSON members every event of the batch carries (`,"received_at":…,"tenant":…,…`), stored
+    /// once per record instead of once per event (about a quarter of a 300-byte event's WAL
+    /// bytes). Each event's produced JSON is its own `json` with these spliced in before the
+    /// closing brace ([`BatchRecord::write_event_json`]). Empty in dead-letter records and in
+    /// versions 1 and 2, whose events hold every member themselves.
     #[serde(with = "serde_bytes")]
     pub shared: Vec<u8>,
 }
