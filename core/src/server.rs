@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use sluice_wire::frame::{self, FrameError};
 use sluice_wire::protocol::{self, Ack, MAX_COMPRESSED_LEN, MAX_HEADER_LEN};
-use sluice_wire::record::RecordError;
+use sluice_wire::record::{RECORD_VERSION, RecordError};
 use sluice_wire::{BatchRecord, Stream};
 
 use crate::circuit::SinkCircuit;
@@ -164,7 +164,7 @@ impl Ingest {
             Ok(b) => b,
             // A record format from a newer edge is not damage: the edge keeps the frame in its
             // WAL and resends it until this core is upgraded (a rejection would quarantine it).
-            Err(e @ FrameError::Record { source: RecordError::UnknownVersion(_), .. }) => {
+            Err(e @ FrameError::Record { source: RecordError::UnknownVersion(v), .. }) if v > RECORD_VERSION => {
                 tracing::error!(edge = %header.edge_id, segment = header.segment, start = header.start, error = %e,
                     "core: frame holds a record format newer than this core reads; upgrade core");
                 return Ack::Retry { reason: format!("{e}; upgrade core") };

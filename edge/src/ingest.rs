@@ -119,7 +119,7 @@ impl Prepared {
         let accepted = self.accepted.len();
         let rejected = self.rejected;
         let size: usize = self.accepted.iter().chain(&self.dead_letters).map(|e| e.json.len() + 64).sum();
-        let mut bytes = Vec::with_capacity(size + 256);
+        let mut bytes = Vec::with_capacity(size + self.shared.len() + 256);
         let mut record = BatchRecord {
             batch_id: self.batch_id,
             tenant: principal.tenant.clone(),

@@ -1153,7 +1153,7 @@ pub fn render(opts: &BenchOptions, r: &BenchResults, machine: &str) -> String {
         u.mb_per_sec(),
         u.per_second_mb.first().copied().unwrap_or_else(|| u.mb_per_sec()),
         u.median_second_mb(),
-        u.per_second_mb.iter().copied().fold(f64::INFINITY, f64::min).min(u.mb_per_sec()),
+        u.per_second_mb.iter().copied().reduce(f64::min).unwrap_or_else(|| u.mb_per_sec()),
         at(0.5),
         at(0.99),
         at(0.999),
@@ -1344,7 +1344,9 @@ mod tests {
         assert!(rows[0].syncs >= 3);
         assert!(rows[0].mb_per_sec() > 0.0);
         let long = append_and_sync(dir.path(), 4096, Duration::from_millis(2100)).unwrap();
-        assert_eq!(long.per_second_mb.len(), 2, "one bandwidth per whole second");
+        // A window closes at the first sync after its second is up, so a slow sync can push the
+        // second one past the end.
+        assert!((1..=2).contains(&long.per_second_mb.len()), "one bandwidth per whole second");
         assert!(long.per_second_mb.iter().all(|&mb| mb > 0.0) && long.median_second_mb() > 0.0);
         assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none(), "scratch file removed");
     }

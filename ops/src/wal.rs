@@ -434,4 +434,26 @@ mod tests {
         assert!(parse_time_ms("yesterday").is_err());
         assert_eq!(rfc3339(Some(1_764_064_800_000)), "2025-11-25T10:00:00Z");
     }
+
+    /// `wal dump` (and `replay --to-file`) show each event as produced: the batch's shared
+    /// members, which version-3 records store once, are back in every event.
+    #[test]
+    fn dumped_events_carry_the_shared_members() {
+        let r = BatchRecord {
+            batch_id: uuid::Uuid::from_u128(1),
+            tenant: "acme".into(),
+            env: "prod".into(),
+            region: "eu".into(),
+            received_at_ms: 5,
+            stream: Stream::Events,
+            events: vec![sluice_wire::EventRecord { event_id: "e1".into(), json: br#"{"event_id":"e1"}"#.to_vec() }],
+            traceparent: None,
+            shared: br#","received_at":5,"tenant":"acme""#.to_vec(),
+        };
+        let line = record_json(1, 0, false, &r);
+        assert_eq!(
+            line["events"][0]["event"],
+            serde_json::json!({"event_id": "e1", "received_at": 5, "tenant": "acme"})
+        );
+    }
 }

@@ -64,6 +64,7 @@ impl BatchRecord {
 /// Appends `object` (a JSON object) with the `shared` members (`,"k":v,…`) added before its closing
 /// brace; `object` as is when `shared` is empty.
 pub fn splice_shared(object: &[u8], shared: &[u8], out: &mut Vec<u8>) {
+    debug_assert!(shared.is_empty() || object.ends_with(b"}"), "normalized events end with their closing brace");
     match object.split_last() {
         Some((b'}', members)) if !shared.is_empty() => {
             out.extend_from_slice(members);
