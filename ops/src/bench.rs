@@ -182,9 +182,7 @@ impl FsyncRow {
         if self.per_second_mb.len() < 2 {
             return self.mb_per_sec();
         }
-        let mut v = self.per_second_mb.clone();
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
+        median(self.per_second_mb.clone())
     }
 }
 
