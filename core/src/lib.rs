@@ -51,6 +51,14 @@ pub async fn start(config: CoreConfig) -> Result<Core, StartError> {
         .map_err(|source| StartError::DataDir { path: config.data_dir.display().to_string(), source })?;
     let dedupe: Arc<dyn DedupeIndex> = Arc::new(RedbDedupe::open(&config.data_dir.join("dedupe.redb"))?);
     let sink = sink::Sink::from_config(&config.sink)?;
+    // Bound before the endpoint and any task start, so a taken port fails startup with nothing running yet.
+    let admin_listener = match config.admin_listen {
+        Some(admin) => Some((
+            admin,
+            tokio::net::TcpListener::bind(admin).await.map_err(|source| StartError::Bind { addr: admin, source })?,
+        )),
+        None => None,
+    };
     let endpoint = quinn::Endpoint::server(server_config, config.listen)
         .map_err(|source| StartError::Bind { addr: config.listen, source })?;
     let addr = endpoint.local_addr().map_err(|source| StartError::Bind { addr: config.listen, source })?;
@@ -72,11 +80,8 @@ pub async fn start(config: CoreConfig) -> Result<Core, StartError> {
     });
     let server = tokio::spawn(server::serve(endpoint.clone(), ingest.clone()));
     let mut tasks = vec![server, expiry];
-    let admin_addr = match config.admin_listen {
-        Some(admin) => {
-            let listener = tokio::net::TcpListener::bind(admin)
-                .await
-                .map_err(|source| StartError::Bind { addr: admin, source })?;
+    let admin_addr = match admin_listener {
+        Some((admin, listener)) => {
             let bound = listener.local_addr().map_err(|source| StartError::Bind { addr: admin, source })?;
             tasks.push(tokio::spawn(serve_admin(listener, metrics.clone(), ingest.clone())));
             tracing::info!(admin_addr = %bound, "core: admin API listening");

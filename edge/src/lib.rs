@@ -91,6 +91,14 @@ pub async fn start(config: EdgeConfig) -> Result<Edge, StartError> {
         (None, None) => None,
         _ => return Err(StartError::HalfHttpTls),
     };
+    // Listeners are bound before any task starts, so a taken port fails startup with nothing
+    // running yet (a task still alive while the runtime shuts down can panic on its timers).
+    let listener = bind(config.listen).await?;
+    let http_addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.listen, source })?;
+    let admin_listener = match config.admin.listen {
+        Some(addr) => Some((addr, bind(addr).await?)),
+        None => None,
+    };
     let replication = replication::Replication::prepare(&config)?;
     let (wal, reader) = Wal::open_replicated(&config.wal, replication.replicate())?;
     let metrics = Arc::new(metrics::EdgeMetrics::new(wal.clone())?);
@@ -130,10 +138,6 @@ pub async fn start(config: EdgeConfig) -> Result<Edge, StartError> {
         drain.clone(),
         forwarder_control.clone(),
     )?))?;
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| StartError::Bind { addr: config.listen, source })?;
-    let http_addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.listen, source })?;
     let mut background = vec![
         keys.spawn_reloader(Duration::from_millis(config.http.keys_reload_ms.max(10))),
         spawn_idempotency_expiry(idempotency.clone()),
@@ -157,10 +161,8 @@ pub async fn start(config: EdgeConfig) -> Result<Edge, StartError> {
         link,
         drain: drain.clone(),
     });
-    let admin_addr = match config.admin.listen {
-        Some(addr) => {
-            let listener =
-                tokio::net::TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?;
+    let admin_addr = match admin_listener {
+        Some((addr, listener)) => {
             let bound = listener.local_addr().map_err(|source| StartError::Bind { addr, source })?;
             let admin = admin::router(Arc::new(admin::AdminState {
                 edge_id: config.edge_id.clone(),
@@ -210,6 +212,10 @@ pub async fn start(config: EdgeConfig) -> Result<Edge, StartError> {
 }
 
 /// Evicts expired idempotency keys every minute so the store stays bounded.
+async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, StartError> {
+    tokio::net::TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })
+}
+
 fn spawn_idempotency_expiry(store: Arc<idempotency::IdempotencyStore>) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(60));

@@ -18,22 +18,12 @@ impl InProcessEdge {
     /// Starts an edge with one key for tenant `acme`/`prod`; `customize` adjusts the config.
     pub async fn start(customize: impl FnOnce(&mut EdgeConfig)) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let keys_file = dir.path().join("keys.toml");
-        let (_, key) = sluice_ops::keys::add(&keys_file, "acme", "prod").expect("key");
-        let mut config = EdgeConfig {
-            listen: "127.0.0.1:0".parse().expect("addr"),
-            keys_file: keys_file.clone(),
-            ..EdgeConfig::default()
-        };
-        config.wal.dir = dir.path().join("wal");
-        config.idempotency.path = dir.path().join("idempotency.redb");
-        config.forwarder.enabled = false;
-        config.http.keys_reload_ms = 50;
+        let (mut config, key) = config_in(dir.path());
         customize(&mut config);
         let edge = sluice_edge::start(config.clone()).await.expect("edge starts");
         // Later restarts must reuse the same port.
         config.listen = edge.http_addr;
-        InProcessEdge { edge: Some(edge), key, keys_file, config, dir }
+        InProcessEdge { edge: Some(edge), key, keys_file: config.keys_file.clone(), config, dir }
     }
 
     pub fn addr(&self) -> std::net::SocketAddr {
@@ -62,6 +52,19 @@ impl InProcessEdge {
             e.shutdown().await;
         }
     }
+}
+
+/// The config of an in-process edge whose files live in `dir`, and the API key of its one
+/// tenant `acme`/`prod`: any free HTTP port, forwarder off, keys reloaded every 50 ms.
+pub fn config_in(dir: &std::path::Path) -> (EdgeConfig, String) {
+    let keys_file = dir.join("keys.toml");
+    let (_, key) = sluice_ops::keys::add(&keys_file, "acme", "prod").expect("key");
+    let mut config = EdgeConfig { listen: "127.0.0.1:0".parse().expect("addr"), keys_file, ..EdgeConfig::default() };
+    config.wal.dir = dir.join("wal");
+    config.idempotency.path = dir.join("idempotency.redb");
+    config.forwarder.enabled = false;
+    config.http.keys_reload_ms = 50;
+    (config, key)
 }
 
 /// Rewrites a keys file (atomically, as `sluicectl keys` does) with `change` applied; a running

@@ -1,4 +1,5 @@
-//! The edge admin API: token handling, status, and metrics that move with traffic.
+//! The edge admin API: token handling, status, and metrics that move with traffic; a taken admin
+//! port on an edge or a core.
 
 use sluice_tests::edge_harness::InProcessEdge;
 use sluice_tests::http::{events_body, post_events, request};
@@ -67,4 +68,58 @@ async fn admin_routes_are_refused_without_a_configured_token() {
     .await
     .expect("client");
     e.shutdown().await;
+}
+
+/// A taken admin port fails startup with the address in the error, and before anything else has
+/// started: the replication listener, which used to be up and serving by then, is free again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_port_fails_startup_before_anything_starts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = sluice_ops::devpki::write_dev_pki(&dir.path().join("pki")).expect("pki");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken_addr = taken.local_addr().expect("addr");
+    let repl = sluice_tests::free_udp_addr();
+    let (mut config, _) = sluice_tests::edge_harness::config_in(dir.path());
+    config.admin.listen = Some(taken_addr);
+    config.replication.listen = Some(repl);
+    config.replication.peers =
+        vec![sluice_edge::config::PeerConfig { id: "peer".into(), addr: sluice_tests::free_udp_addr() }];
+    config.forwarder.ca_cert = pki.ca_cert.clone();
+    config.forwarder.client_cert = Some(pki.edge_cert.clone());
+    config.forwarder.client_key = Some(pki.edge_key.clone());
+
+    let err = sluice_edge::start(config).await.err().expect("a taken admin port fails startup");
+    assert!(
+        matches!(&err, sluice_edge::StartError::Bind { addr, .. } if *addr == taken_addr),
+        "unexpected error: {err}"
+    );
+    std::net::UdpSocket::bind(repl).expect("the replication port is free: nothing was started");
+}
+
+/// The same for core: a taken admin port fails startup before its QUIC endpoint is bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_port_fails_core_startup_before_anything_starts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = sluice_ops::devpki::write_dev_pki(&dir.path().join("pki")).expect("pki");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken_addr = taken.local_addr().expect("addr");
+    let listen = sluice_tests::free_udp_addr();
+    let err = sluice_core::start(sluice_core::config::CoreConfig {
+        listen,
+        admin_listen: Some(taken_addr),
+        cert: pki.core_cert.clone(),
+        key: pki.core_key.clone(),
+        client_ca: Some(pki.ca_cert.clone()),
+        data_dir: dir.path().join("core"),
+        sink: sluice_core::config::SinkConfig::File { dir: dir.path().join("sink") },
+        ..sluice_core::config::CoreConfig::default()
+    })
+    .await
+    .err()
+    .expect("a taken admin port fails startup");
+    assert!(
+        matches!(&err, sluice_core::StartError::Bind { addr, .. } if *addr == taken_addr),
+        "unexpected error: {err}"
+    );
+    std::net::UdpSocket::bind(listen).expect("the QUIC port is free: nothing was started");
 }

@@ -5,16 +5,17 @@
 use std::time::{Duration, Instant};
 
 use sluice_ops::dev::{self, DevOptions, KafkaChoice};
-use sluice_tests::{free_tcp_addr, udp_addr_outside_ephemeral_range};
+use sluice_tests::free_port_run;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_edges_replicate_to_each_other() {
     let dir = tempfile::tempdir().unwrap();
     let opts = DevOptions {
         dir: dir.path().to_path_buf(),
-        http: free_tcp_addr(),
+        // The three edges' HTTP listeners on consecutive ports.
+        http: free_port_run(3),
         // Core on the first port, the three edges' replication listeners on the next three.
-        quic: udp_addr_outside_ephemeral_range(4),
+        quic: free_port_run(4),
         kafka: KafkaChoice::None,
         edges: 3,
     };

@@ -13,7 +13,7 @@ use sluice_tests::ledger::{Collector, Driver, Ledger, Outcome, Report, check};
 use sluice_tests::procs::{EdgeOpts, Proc, TestEnv};
 use sluice_tests::udp_proxy::{Mode, UdpProxy};
 use sluice_tests::wait_until;
-use sluice_tests::{free_tcp_addr, udp_addr_outside_ephemeral_range};
+use sluice_tests::{free_tcp_addr, free_udp_addr};
 
 const BATCH: usize = 10;
 const PAUSE: Duration = Duration::from_millis(20);
@@ -30,7 +30,7 @@ struct Node {
 
 impl Node {
     fn new(name: &'static str) -> Self {
-        Node { name, http: free_tcp_addr(), repl: udp_addr_outside_ephemeral_range(1), admin: free_tcp_addr() }
+        Node { name, http: free_tcp_addr(), repl: free_udp_addr(), admin: free_tcp_addr() }
     }
 
     /// Edge options: replicate to `peers` (id, address), serve replicas on `self.repl`.
@@ -76,7 +76,7 @@ impl Pop {
         let kafka = TestKafka::start();
         let env = TestEnv::new(name);
         kafka.create_topic(&env.topic(), 3);
-        Pop { kafka, env, core_addr: udp_addr_outside_ephemeral_range(1) }
+        Pop { kafka, env, core_addr: free_udp_addr() }
     }
 
     fn core(&self) -> Proc {
