@@ -21,7 +21,7 @@ impl InProcessEdge {
         let (mut config, key) = config_in(dir.path());
         customize(&mut config);
         let edge = sluice_edge::start(config.clone()).await.expect("edge starts");
-        // Later restarts must reuse the same port.
+        // Later restarts must reuse the same port, also when `customize` asked for any port.
         config.listen = edge.http_addr;
         InProcessEdge { edge: Some(edge), key, keys_file: config.keys_file.clone(), config, dir }
     }
@@ -55,11 +55,12 @@ impl InProcessEdge {
 }
 
 /// The config of an in-process edge whose files live in `dir`, and the API key of its one
-/// tenant `acme`/`prod`: any free HTTP port, forwarder off, keys reloaded every 50 ms.
+/// tenant `acme`/`prod`: forwarder off, keys reloaded every 50 ms, and an HTTP port outside the
+/// ephemeral range, so that no outgoing connection takes it while the edge restarts.
 pub fn config_in(dir: &std::path::Path) -> (EdgeConfig, String) {
     let keys_file = dir.join("keys.toml");
     let (_, key) = sluice_ops::keys::add(&keys_file, "acme", "prod").expect("key");
-    let mut config = EdgeConfig { listen: "127.0.0.1:0".parse().expect("addr"), keys_file, ..EdgeConfig::default() };
+    let mut config = EdgeConfig { listen: crate::free_tcp_addr(), keys_file, ..EdgeConfig::default() };
     config.wal.dir = dir.join("wal");
     config.idempotency.path = dir.join("idempotency.redb");
     config.forwarder.enabled = false;
