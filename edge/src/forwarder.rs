@@ -104,8 +104,9 @@ impl Pending {
     }
 }
 
-/// A failed exchange and the core node it was with.
-type NodeError = (usize, SendError);
+/// A failed exchange and the core node it was with; `None` when no one node is to blame (every
+/// node is down, the frame could not be split, the send task died), so none is marked down.
+type NodeError = (Option<usize>, SendError);
 
 /// One core node's connection. A node that failed is *down*: it gets no records while a
 /// background probe reconnects to it every `node_retry_secs` (a QUIC handshake to a dead node
@@ -310,8 +311,8 @@ impl Forwarder {
                             raw_len: data.len() as u32,
                         };
                         let message = frame::encode_message(&header, &data, self.config.zstd_level)
-                            .map_err(|e| (node, SendError::Encode(e.to_string())));
-                        sends.push(async move { send_on(conn, message?, timeout).await.map_err(|e| (node, e)) });
+                            .map_err(|e| (Some(node), SendError::Encode(e.to_string())));
+                        sends.push(async move { send_on(conn, message?, timeout).await.map_err(|e| (Some(node), e)) });
                     }
                     let reply = tokio::spawn(async move {
                         futures::future::join_all(sends).await.into_iter().collect::<Result<(), NodeError>>()
@@ -351,7 +352,7 @@ impl Forwarder {
                 let window_open = self.in_flight.len() + 1 < self.window();
                 let from = self.next;
                 let result = tokio::select! {
-                    r = &mut reply => r.unwrap_or_else(|e| Err((0, SendError::Stream(format!("send task: {e}"))))),
+                    r = &mut reply => r.unwrap_or_else(|e| Err((None, SendError::Stream(format!("send task: {e}"))))),
                     // New data while the window has room: send it now rather than after this ack.
                     alive = self.reader.wait_past(from), if window_open => {
                         self.in_flight.push_front(Pending::Frame {
@@ -389,7 +390,8 @@ impl Forwarder {
                         self.next = self.reader.acked();
                     }
                     Err((node, e)) => {
-                        tracing::warn!(error = %e, segment, start, core = %self.routing.nodes()[node].id, "forwarder: frame not acked");
+                        let core = node.map_or("-", |n| self.routing.nodes()[n].id.as_str());
+                        tracing::warn!(error = %e, segment, start, core, "forwarder: frame not acked");
                         return Ok(self.failed(node, e, stop).await);
                     }
                 }
@@ -401,9 +403,11 @@ impl Forwarder {
     /// A send failed: drop the window, back off, and resend from the acked position. A node
     /// that is unreachable (not one that asked to retry) is skipped for a while when there are
     /// others to route to.
-    async fn failed(&mut self, node: usize, e: SendError, stop: &mut watch::Receiver<bool>) -> Step {
+    async fn failed(&mut self, node: Option<usize>, e: SendError, stop: &mut watch::Receiver<bool>) -> Step {
         self.control.failed(&e);
-        if matches!(e, SendError::Connect(_) | SendError::Stream(_) | SendError::Timeout(_)) {
+        if let Some(node) = node
+            && matches!(e, SendError::Connect(_) | SendError::Stream(_) | SendError::Timeout(_))
+        {
             if self.routing.nodes().len() > 1 {
                 self.mark_down(node);
             } else if let Some(state) = self.nodes.get_mut(node) {
@@ -432,7 +436,7 @@ impl Forwarder {
     /// split is redone without it.
     async fn route(&mut self, data: Vec<u8>, count: u32) -> Result<Vec<Part>, NodeError> {
         if self.nodes.len() == 1 {
-            let conn = self.connection(0).await.map_err(|e| (0, e))?;
+            let conn = self.connection(0).await.map_err(|e| (Some(0), e))?;
             return Ok(vec![Part { node: 0, conn, data, count }]);
         }
         loop {
@@ -440,13 +444,13 @@ impl Forwarder {
             let mut split: Vec<(Vec<u8>, u32)> = vec![(Vec::new(), 0); self.nodes.len()];
             let mut rest = data.as_slice();
             while !rest.is_empty() {
-                let bad = |e: record::RecordError| (0, SendError::Encode(e.to_string()));
+                let bad = |e: record::RecordError| (None, SendError::Encode(e.to_string()));
                 let len =
                     record::check_record(rest).map_err(bad)?.ok_or_else(|| bad(record::RecordError::Incomplete))?;
                 let tenant = record::peek_prefix(&rest[..len]).map_err(bad)?.tenant;
                 // Every node down: fail this attempt (the caller backs off) until a probe succeeds.
                 let Some(node) = self.routing.pick(tenant, |i| !down[i]) else {
-                    return Err((usize::MAX, SendError::Connect("every core node is down".into())));
+                    return Err((None, SendError::Connect("every core node is down".into())));
                 };
                 split[node].0.extend_from_slice(&rest[..len]);
                 split[node].1 += 1;
@@ -534,7 +538,7 @@ async fn connect(
 }
 
 /// Connects to a core node, giving up after 10 s; the error is the reason. Also used by
-/// `sluicectl replay`.
+/// `sluicectl replay` and by replication to reach a peer edge (inside its ack timeout).
 pub async fn handshake(
     endpoint: &quinn::Endpoint,
     addr: SocketAddr,

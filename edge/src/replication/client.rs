@@ -238,12 +238,7 @@ impl PeerLink {
         {
             return Ok(c.clone());
         }
-        let conn = self
-            .endpoint
-            .connect(self.peer.addr, &self.server_name)
-            .map_err(|e| e.to_string())?
-            .await
-            .map_err(|e| e.to_string())?;
+        let conn = crate::forwarder::handshake(&self.endpoint, self.peer.addr, &self.server_name).await?;
         tracing::debug!(peer = %self.peer.id, addr = %self.peer.addr, "replication: connected to peer");
         self.conn = Some(conn.clone());
         Ok(conn)
