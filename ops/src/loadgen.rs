@@ -619,6 +619,7 @@ mod tests {
         let mut closed = Tally::new().unwrap();
         let plan = ConnPlan { pace: None, deadline: Instant::now() + Duration::from_millis(40), ..plan };
         drive(&mut Slow, plan, &mut closed).await;
-        assert!(closed.latency.max() < 40_000, "closed loop measures service time only");
+        // Far below the open loop's ≥ 120 ms, with room for a late wake-up on a busy machine.
+        assert!(closed.latency.max() < 100_000, "closed loop measures service time only");
     }
 }

@@ -82,10 +82,12 @@ async fn frames_are_pipelined_and_acked_in_wal_order() {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut frames = 0;
     loop {
+        // Watermark first: a frame acked after the count below would otherwise go uncounted.
+        let done = watermark(&wal_dir) == Some((committed.segment, committed.offset));
         while let Ok(_f) = seen_rx.try_recv() {
             frames += 1;
         }
-        if watermark(&wal_dir) == Some((committed.segment, committed.offset)) {
+        if done {
             break;
         }
         assert!(
