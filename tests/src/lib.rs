@@ -3,6 +3,7 @@
 //! The broker is librdkafka's in-process mock cluster unless `SLUICE_TEST_KAFKA=host:port` names
 //! a real one. Each test uses its own region, hence its own topic `events.<region>`.
 
+pub mod core_harness;
 pub mod edge_harness;
 pub mod http;
 pub mod kafka;

@@ -104,19 +104,11 @@ async fn a_taken_port_fails_core_startup_before_anything_starts() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let taken_addr = taken.local_addr().expect("addr");
     let listen = sluice_tests::free_udp_addr();
-    let err = sluice_core::start(sluice_core::config::CoreConfig {
-        listen,
+    let config = sluice_core::config::CoreConfig {
         admin_listen: Some(taken_addr),
-        cert: pki.core_cert.clone(),
-        key: pki.core_key.clone(),
-        client_ca: Some(pki.ca_cert.clone()),
-        data_dir: dir.path().join("core"),
-        sink: sluice_core::config::SinkConfig::File { dir: dir.path().join("sink") },
-        ..sluice_core::config::CoreConfig::default()
-    })
-    .await
-    .err()
-    .expect("a taken admin port fails startup");
+        ..sluice_tests::core_harness::file_sink_config(listen, &pki, dir.path())
+    };
+    let err = sluice_core::start(config).await.err().expect("a taken admin port fails startup");
     assert!(
         matches!(&err, sluice_core::StartError::Bind { addr, .. } if *addr == taken_addr),
         "unexpected error: {err}"

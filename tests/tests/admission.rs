@@ -221,17 +221,9 @@ async fn wal_high_water_shedding_engages_and_releases() {
     assert_eq!(small_refused.load(Ordering::Relaxed), 0, "the small tenant was refused while the hog was shed");
 
     // Release: core comes up, the WAL drains below the mark, the hog is accepted again.
-    let core = sluice_core::start(sluice_core::config::CoreConfig {
-        listen: core_addr,
-        cert: pki.core_cert.clone(),
-        key: pki.core_key.clone(),
-        client_ca: Some(pki.ca_cert.clone()),
-        data_dir: dir.path().join("core"),
-        sink: sluice_core::config::SinkConfig::File { dir: dir.path().join("sink") },
-        ..sluice_core::config::CoreConfig::default()
-    })
-    .await
-    .expect("core starts");
+    let core = sluice_core::start(sluice_tests::core_harness::file_sink_config(core_addr, &pki, dir.path()))
+        .await
+        .expect("core starts");
     tokio::task::spawn_blocking(move || {
         let drained = wait_until("the WAL to drain below the mark", Duration::from_secs(60), || {
             wal.unforwarded_bytes() < budget / 2

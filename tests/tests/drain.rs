@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use sluice_tests::core_harness;
 use sluice_tests::edge_harness::InProcessEdge;
 use sluice_tests::http::{events_body, post_events, request};
 use sluice_tests::kafka::TestKafka;
@@ -86,17 +87,8 @@ async fn admin_drain_turns_readiness_off_and_refuses_new_requests() {
 /// admin API (token [`TOKEN`]) forwarding to it: for tests that need real acks.
 async fn edge_forwarding_to_file_core(dir: &std::path::Path) -> (sluice_core::Core, InProcessEdge) {
     let pki = sluice_ops::devpki::write_dev_pki(&dir.join("pki")).expect("pki");
-    let core = sluice_core::start(sluice_core::config::CoreConfig {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        cert: pki.core_cert.clone(),
-        key: pki.core_key.clone(),
-        client_ca: Some(pki.ca_cert.clone()),
-        data_dir: dir.join("core"),
-        sink: sluice_core::config::SinkConfig::File { dir: dir.join("sink") },
-        ..sluice_core::config::CoreConfig::default()
-    })
-    .await
-    .expect("core starts");
+    let config = core_harness::file_sink_config("127.0.0.1:0".parse().expect("addr"), &pki, dir);
+    let core = sluice_core::start(config).await.expect("core starts");
     let core_addr = core.addr;
     let edge = InProcessEdge::start(|c| {
         c.admin.listen = Some("127.0.0.1:0".parse().expect("addr"));
@@ -118,7 +110,7 @@ async fn forwarder_pause_keeps_events_in_the_wal_until_resumed() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (core, e) = edge_forwarding_to_file_core(dir.path()).await;
     let (addr, admin_addr, key) = (e.addr(), e.edge().admin_addr.expect("admin"), e.key.clone());
-    let sink = dir.path().join("sink").join(sluice_core::sink::EVENTS_FILE_NAME);
+    let sink = core_harness::sink_file(dir.path());
     let delivered = move || std::fs::read_to_string(&sink).map(|s| s.lines().count()).unwrap_or(0);
     tokio::task::spawn_blocking(move || {
         let r = admin(admin_addr, "POST", "/forwarder/pause", "");

@@ -12,7 +12,7 @@ use sluice_ops::replay::{self, CoreTarget, ReplayOptions, ReplaySummary, Target}
 use sluice_tests::kafka::TestKafka;
 use sluice_tests::ledger::{Collector, Ledger, Outcome, check};
 use sluice_tests::procs::TestEnv;
-use sluice_tests::{free_tcp_addr, free_udp_addr, walfile};
+use sluice_tests::{core_harness, free_tcp_addr, free_udp_addr, walfile};
 
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).expect("mkdir");
@@ -151,18 +151,9 @@ async fn replay_routes_each_tenant_to_its_core_node() {
     let mut cores = Vec::new();
     for name in ["a", "b"] {
         let dir = tmp.path().join(format!("core-{name}"));
-        let core = sluice_core::start(sluice_core::config::CoreConfig {
-            listen: "127.0.0.1:0".parse().expect("addr"),
-            cert: pki.core_cert.clone(),
-            key: pki.core_key.clone(),
-            client_ca: Some(pki.ca_cert.clone()),
-            data_dir: dir.join("data"),
-            sink: sluice_core::config::SinkConfig::File { dir: dir.join("sink") },
-            ..sluice_core::config::CoreConfig::default()
-        })
-        .await
-        .expect("core");
-        cores.push((core, dir.join("sink").join(sluice_core::sink::EVENTS_FILE_NAME)));
+        let config = core_harness::file_sink_config("127.0.0.1:0".parse().expect("addr"), &pki, &dir);
+        let core = sluice_core::start(config).await.expect("core");
+        cores.push((core, core_harness::sink_file(&dir)));
     }
     let nodes: Vec<CoreNode> =
         cores.iter().zip(["core-a", "core-b"]).map(|((c, _), id)| CoreNode { id: id.into(), addr: c.addr }).collect();
