@@ -601,11 +601,7 @@ async fn debug(
     let batch_id = sluice_wire::ids::new_batch_id();
     let (events, rejected, pii) = match prepare(&state, &caller, &raw, &headers, batch_id) {
         Ok(p) => {
-            let produced = p.accepted.iter().map(|e| {
-                let mut json = Vec::new();
-                sluice_wire::record::splice_shared(&e.json, &p.shared, &mut json);
-                json
-            });
+            let produced = p.accepted.iter().map(|e| sluice_wire::record::spliced(&e.json, &p.shared));
             (produced.collect(), p.rejected, None)
         }
         Err(PrepareError::NoValidEvents(rejected)) => (Vec::new(), rejected, None),

@@ -211,11 +211,11 @@ pub async fn start(config: EdgeConfig) -> Result<Edge, StartError> {
     })
 }
 
-/// Evicts expired idempotency keys every minute so the store stays bounded.
 async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, StartError> {
     tokio::net::TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })
 }
 
+/// Evicts expired idempotency keys every minute so the store stays bounded.
 fn spawn_idempotency_expiry(store: Arc<idempotency::IdempotencyStore>) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(60));

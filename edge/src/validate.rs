@@ -307,9 +307,7 @@ mod tests {
 
     /// The event as produced: its own members and the batch's shared ones.
     fn out(ctx: &BatchContext<'_>, rec: &EventRecord) -> serde_json::Value {
-        let mut json = Vec::new();
-        sluice_wire::record::splice_shared(&rec.json, &ctx.shared_fields(), &mut json);
-        serde_json::from_slice(&json).unwrap()
+        serde_json::from_slice(&sluice_wire::record::spliced(&rec.json, &ctx.shared_fields())).unwrap()
     }
 
     #[test]

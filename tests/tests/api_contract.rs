@@ -106,13 +106,13 @@ async fn key_rotation_under_load_drops_no_request() {
             failures
         })
     };
-    let in_flight = sent.clone();
+    let sent_so_far = sent.clone();
     blocking(move || {
         // Each phase lasts until the loader has sent 7 more requests, however slow fsync is.
         let load_runs = || {
-            let from = in_flight.load(Ordering::Relaxed);
+            let from = sent_so_far.load(Ordering::Relaxed);
             sluice_tests::wait_until("7 more requests", Duration::from_secs(30), || {
-                in_flight.load(Ordering::Relaxed) >= from + 7
+                sent_so_far.load(Ordering::Relaxed) >= from + 7
             });
         };
         load_runs();

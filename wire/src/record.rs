@@ -55,10 +55,15 @@ impl BatchRecord {
 
     /// [`BatchRecord::write_event_json`] into a new buffer.
     pub fn event_json(&self, event: &EventRecord) -> Vec<u8> {
-        let mut out = Vec::with_capacity(event.json.len() + self.shared.len());
-        self.write_event_json(event, &mut out);
-        out
+        spliced(&event.json, &self.shared)
     }
+}
+
+/// [`splice_shared`] into a new buffer.
+pub fn spliced(object: &[u8], shared: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(object.len() + shared.len());
+    splice_shared(object, shared, &mut out);
+    out
 }
 
 /// Appends `object` (a JSON object) with the `shared` members (`,"k":v,…`) added before its closing
