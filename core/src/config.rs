@@ -69,8 +69,16 @@ pub struct KafkaConfig {
     /// Dead-letter topic. Default `events.dlq`.
     pub dlq_topic: String,
     /// Extra librdkafka properties (e.g. security settings). `acks` and `enable.idempotence` are
-    /// fixed and cannot be overridden.
+    /// fixed and cannot be overridden. `client.id` defaults to `sluice-core`; a producer that
+    /// replaced a stuck one gets `-<generation>` appended.
     pub properties: BTreeMap<String, String>,
+    /// A producer whose frames fail (at least two) with not one delivery for this long is
+    /// replaced by a new one, without a restart. Default 30 000 (the default
+    /// `message.timeout.ms`): a producer wedged by lost broker-side state recovers within about
+    /// two message timeouts. A fatal error, or two frames failing with producer-state errors
+    /// (`UNKNOWN_PRODUCER_ID`, `OUT_OF_ORDER_SEQUENCE_NUMBER`, …), replaces it at once.
+    /// Replacements back off from 5 s, doubling to 5 min until a delivery succeeds.
+    pub producer_stall_ms: u64,
 }
 
 impl Default for KafkaConfig {
@@ -80,6 +88,7 @@ impl Default for KafkaConfig {
             topic_prefix: "events.".into(),
             dlq_topic: "events.dlq".into(),
             properties: BTreeMap::new(),
+            producer_stall_ms: 30_000,
         }
     }
 }

@@ -50,7 +50,8 @@ pub async fn start(config: CoreConfig) -> Result<Core, StartError> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|source| StartError::DataDir { path: config.data_dir.display().to_string(), source })?;
     let dedupe: Arc<dyn DedupeIndex> = Arc::new(RedbDedupe::open(&config.data_dir.join("dedupe.redb"))?);
-    let sink = sink::Sink::from_config(&config.sink)?;
+    let metrics = Arc::new(metrics::CoreMetrics::new()?);
+    let sink = sink::Sink::from_config(&config.sink, &metrics)?;
     // Bound before the endpoint and any task start, so a taken port fails startup with nothing running yet.
     let admin_listener = match config.admin_listen {
         Some(admin) => Some((
@@ -62,7 +63,6 @@ pub async fn start(config: CoreConfig) -> Result<Core, StartError> {
     let endpoint = quinn::Endpoint::server(server_config, config.listen)
         .map_err(|source| StartError::Bind { addr: config.listen, source })?;
     let addr = endpoint.local_addr().map_err(|source| StartError::Bind { addr: config.listen, source })?;
-    let metrics = Arc::new(metrics::CoreMetrics::new()?);
     let ingest = Arc::new(server::Ingest::new(dedupe.clone(), sink, metrics.clone()));
     let ttl_ms = config.dedupe_ttl_hours * 3600 * 1000;
     let expiry = tokio::spawn(async move {

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use crate::sink::ProducerMetrics;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
@@ -27,6 +28,8 @@ pub struct CoreMetrics {
     /// The sink's circuit breaker (`circuit`): 0 closed, 1 half-open, 2 open; and how often it opened.
     pub sink_circuit_state: IntGauge,
     pub sink_circuit_opens: IntCounter,
+    /// The Kafka producer's replacements, generation and failed frames (`sink::ProducerMetrics`).
+    pub producer: ProducerMetrics,
 }
 
 impl CoreMetrics {
@@ -61,6 +64,26 @@ impl CoreMetrics {
             IntCounter::new("sluice_core_sink_circuit_opens_total", "Times the sink's circuit breaker opened")?;
         registry.register(Box::new(sink_circuit_state.clone()))?;
         registry.register(Box::new(sink_circuit_opens.clone()))?;
+        let producer = ProducerMetrics {
+            replacements: IntCounterVec::new(
+                Opts::new(
+                    "sluice_core_producer_replacements_total",
+                    "Kafka producers replaced because they made no progress, by reason (fatal, producer_state, stalled)",
+                ),
+                &["reason"],
+            )?,
+            generation: IntGauge::new(
+                "sluice_core_producer_generation",
+                "Kafka producers replaced since start (0: the first producer is in use)",
+            )?,
+            failed_frames: IntGauge::new(
+                "sluice_core_producer_failed_frames",
+                "Frames failed since the Kafka producer in use last delivered one",
+            )?,
+        };
+        registry.register(Box::new(producer.replacements.clone()))?;
+        registry.register(Box::new(producer.generation.clone()))?;
+        registry.register(Box::new(producer.failed_frames.clone()))?;
         Ok(Self {
             registry,
             frames,
@@ -71,6 +94,7 @@ impl CoreMetrics {
             in_delivery,
             sink_circuit_state,
             sink_circuit_opens,
+            producer,
         })
     }
 

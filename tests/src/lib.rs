@@ -7,6 +7,7 @@ pub mod core_harness;
 pub mod edge_harness;
 pub mod http;
 pub mod kafka;
+pub mod kafka_proxy;
 pub mod ledger;
 pub mod metrics;
 pub mod openapi;

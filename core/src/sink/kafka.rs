@@ -5,9 +5,10 @@
 //! times out may still have been written, so it is reported as a failure and the whole frame is
 //! retried by the edge: duplicates carry the same IDs for downstream dedupe, nothing is lost.
 
-use std::sync::{PoisonError, RwLock};
-use std::time::Duration;
+use std::sync::{Mutex, MutexGuard, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
+use prometheus::{IntCounterVec, IntGauge};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -15,14 +16,39 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use sluice_wire::{BatchRecord, EventRecord, Stream};
 
 use super::SinkError;
+use super::producer_health::{Failure, ProducerHealth, Reason};
 use crate::config::KafkaConfig;
 
+/// `client.id` of the first producer when the configuration sets none; replacements append
+/// `-<generation>`, so broker logs and request metrics tell the producers apart.
+const DEFAULT_CLIENT_ID: &str = "sluice-core";
+
 pub struct KafkaSink {
-    /// Replaced when librdkafka reports a fatal error (see [`KafkaSink::deliver`]).
-    producer: RwLock<FutureProducer>,
+    /// Replaced when it stops making progress (see [`ProducerHealth`]).
+    producer: RwLock<Current>,
+    health: Mutex<ProducerHealth>,
+    epoch: Instant,
     client: ClientConfig,
+    client_id: String,
     topic_prefix: String,
     dlq_topic: String,
+    metrics: ProducerMetrics,
+}
+
+struct Current {
+    producer: FutureProducer,
+    generation: u64,
+}
+
+/// The sink's share of core's metrics (registered by [`crate::metrics::CoreMetrics`]).
+#[derive(Clone)]
+pub struct ProducerMetrics {
+    /// `sluice_core_producer_replacements_total{reason}`.
+    pub replacements: IntCounterVec,
+    /// `sluice_core_producer_generation`: producers replaced since start.
+    pub generation: IntGauge,
+    /// `sluice_core_producer_failed_frames`: frames failed since the producer's last delivery.
+    pub failed_frames: IntGauge,
 }
 
 /// The librdkafka settings of the sink's producer; public so `sluicectl bench` can compare the
@@ -31,6 +57,7 @@ pub fn producer_config(config: &KafkaConfig) -> ClientConfig {
     let mut client = ClientConfig::new();
     client
         .set("bootstrap.servers", &config.brokers)
+        .set("client.id", DEFAULT_CLIENT_ID)
         .set("linger.ms", "5")
         .set("compression.type", "lz4")
         .set("message.timeout.ms", "30000")
@@ -56,46 +83,118 @@ pub fn event_headers(batch: &BatchRecord, batch_id: &str, event: &EventRecord) -
     }
 }
 
+/// Delivery reports that say librdkafka lost track of the producer's identity or sequence.
+fn is_producer_state_error(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::UnknownProducerId
+                | RDKafkaErrorCode::OutOfOrderSequenceNumber
+                | RDKafkaErrorCode::InvalidProducerEpoch
+                | RDKafkaErrorCode::InvalidProducerIdMapping
+        )
+    )
+}
+
+/// Why a frame failed: the first error, and whether any event failed for the producer's state.
+struct FrameFailure {
+    first: String,
+    producer_state: bool,
+}
+
 impl KafkaSink {
-    pub fn new(config: &KafkaConfig) -> Result<Self, SinkError> {
+    pub fn new(config: &KafkaConfig, metrics: ProducerMetrics) -> Result<Self, SinkError> {
         let client = producer_config(config);
+        let client_id = client.get("client.id").unwrap_or(DEFAULT_CLIENT_ID).to_string();
         let producer = client.create().map_err(|e| SinkError::Kafka(e.to_string()))?;
+        for reason in Reason::ALL {
+            metrics.replacements.with_label_values(&[reason.as_str()]);
+        }
         Ok(Self {
-            producer: RwLock::new(producer),
+            producer: RwLock::new(Current { producer, generation: 0 }),
+            health: Mutex::new(ProducerHealth::new(Duration::from_millis(config.producer_stall_ms))),
+            epoch: Instant::now(),
             client,
+            client_id,
             topic_prefix: config.topic_prefix.clone(),
             dlq_topic: config.dlq_topic.clone(),
+            metrics,
         })
     }
 
-    /// The producer in use (a cheap handle).
-    fn current(&self) -> FutureProducer {
-        self.producer.read().unwrap_or_else(PoisonError::into_inner).clone()
+    /// The producer in use (a cheap handle) and its generation.
+    fn current(&self) -> (FutureProducer, u64) {
+        let c = self.producer.read().unwrap_or_else(PoisonError::into_inner);
+        (c.producer.clone(), c.generation)
     }
 
-    /// Produces every event of `batches` and waits for all delivery reports.
+    fn health(&self) -> MutexGuard<'_, ProducerHealth> {
+        self.health.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Produces every event of `batches` and waits for all delivery reports, all from the one
+    /// producer that sent them: a frame succeeds only when each of its events was delivered.
     ///
-    /// An idempotent producer that hits a fatal error (librdkafka raises one, e.g., on an
-    /// out-of-order sequence after message timeouts) fails every later send for good. When a
-    /// frame fails and the producer reports a fatal error, it is replaced by a new one, so the
-    /// edge's resend succeeds. Nothing is acked in between: the failed frame is resent whole, and
-    /// any of its events that were written carry the same IDs (duplicates, never losses).
+    /// A failed frame is judged by [`ProducerHealth`]; when the producer is fatally broken,
+    /// wedged (repeated producer-state errors) or stalled (failing frames and no delivery for
+    /// `producer_stall_ms`), a new producer takes over before this returns, so the edge's resend
+    /// (the circuit's probe) uses it. Nothing is acked in between: the failed frame is resent
+    /// whole, and any of its events that were written carry the same IDs (duplicates, never
+    /// losses).
     pub async fn deliver(&self, batches: &[&BatchRecord]) -> Result<(), SinkError> {
-        let producer = self.current();
+        let (producer, generation) = self.current();
         let result = self.deliver_with(&producer, batches).await;
-        if result.is_err()
-            && let Some((code, reason)) = producer.client().fatal_error()
-        {
-            tracing::error!(?code, %reason, "kafka: producer hit a fatal error; replacing it");
-            match self.client.create::<FutureProducer>() {
-                Ok(fresh) => *self.producer.write().unwrap_or_else(PoisonError::into_inner) = fresh,
-                Err(e) => tracing::error!(error = %e, "kafka: could not create a new producer"),
+        let mut health = self.health();
+        match result {
+            Ok(()) => {
+                health.delivered(generation);
+                self.metrics.failed_frames.set(i64::from(health.failed_frames()));
+                Ok(())
+            }
+            Err(failure) => {
+                let kind = match producer.client().fatal_error() {
+                    Some(_) => Failure::Fatal,
+                    None if failure.producer_state => Failure::ProducerState,
+                    None => Failure::Other,
+                };
+                let now = self.epoch.elapsed();
+                if let Some(reason) = health.failed(generation, kind, now) {
+                    self.replace(&mut health, reason, now, &failure.first);
+                }
+                self.metrics.failed_frames.set(i64::from(health.failed_frames()));
+                Err(SinkError::Kafka(failure.first))
             }
         }
-        result
     }
 
-    async fn deliver_with(&self, producer: &FutureProducer, batches: &[&BatchRecord]) -> Result<(), SinkError> {
+    /// Puts a new producer in place of the current one. The old one is dropped once the frames
+    /// still in flight on it have their (failed or purged) reports.
+    fn replace(&self, health: &mut ProducerHealth, reason: Reason, now: Duration, error: &str) {
+        let generation = health.generation() + 1;
+        let mut client = self.client.clone();
+        client.set("client.id", format!("{}-{generation}", self.client_id));
+        let fresh: FutureProducer = match client.create() {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "kafka: could not create a new producer; keeping the old one");
+                return;
+            }
+        };
+        let failed_frames = health.failed_frames();
+        health.replaced(now);
+        let old = std::mem::replace(
+            &mut *self.producer.write().unwrap_or_else(PoisonError::into_inner),
+            Current { producer: fresh, generation },
+        );
+        self.metrics.replacements.with_label_values(&[reason.as_str()]).inc();
+        self.metrics.generation.set(generation as i64);
+        tracing::warn!(reason = reason.as_str(), generation, failed_frames, last_error = %error,
+            "kafka: producer made no progress; replaced it with a new one");
+        // The last handle's drop purges and flushes (up to 500 ms): not on a runtime thread.
+        tokio::task::spawn_blocking(move || drop(old));
+    }
+
+    async fn deliver_with(&self, producer: &FutureProducer, batches: &[&BatchRecord]) -> Result<(), FrameFailure> {
         let mut pending = Vec::with_capacity(batches.iter().map(|b| b.events.len()).sum());
         let mut payload = Vec::new();
         for batch in batches {
@@ -121,24 +220,27 @@ impl KafkaSink {
                             record = back;
                             tokio::time::sleep(Duration::from_millis(2)).await;
                         }
-                        Err((e, _)) => return Err(SinkError::Kafka(e.to_string())),
+                        Err((e, _)) => {
+                            return Err(FrameFailure {
+                                producer_state: is_producer_state_error(&e),
+                                first: e.to_string(),
+                            });
+                        }
                     }
                 }
             }
         }
-        let mut first_error = None;
+        let mut failure: Option<FrameFailure> = None;
         for delivery in pending {
-            let failure = match delivery.await {
+            let (message, producer_state) = match delivery.await {
                 Ok(Ok(_)) => continue,
-                Ok(Err((e, _))) => e.to_string(),
-                Err(_) => "producer dropped the delivery report".to_string(),
+                Ok(Err((e, _))) => (e.to_string(), is_producer_state_error(&e)),
+                Err(_) => ("producer dropped the delivery report".to_string(), false),
             };
-            first_error.get_or_insert(failure);
+            let f = failure.get_or_insert(FrameFailure { first: message, producer_state: false });
+            f.producer_state |= producer_state;
         }
-        match first_error {
-            None => Ok(()),
-            Some(e) => Err(SinkError::Kafka(e)),
-        }
+        failure.map_or(Ok(()), Err)
     }
 }
 
@@ -170,10 +272,12 @@ mod tests {
         let mock = MockCluster::new(1).unwrap();
         mock.create_topic("events.fatal", 1, 1).unwrap();
         let config = KafkaConfig { brokers: mock.bootstrap_servers(), ..KafkaConfig::default() };
-        let sink = KafkaSink::new(&config).unwrap();
+        let metrics = crate::metrics::CoreMetrics::new().unwrap();
+        let sink = KafkaSink::new(&config, metrics.producer.clone()).unwrap();
         sink.deliver(&[&batch(0)]).await.unwrap();
 
-        let producer = sink.current();
+        let (producer, generation) = sink.current();
+        assert_eq!(generation, 0);
         let reason = std::ffi::CString::new("injected by test").unwrap();
         // SAFETY: the pointer is the live client of `producer`, which outlives the call.
         unsafe {
@@ -194,5 +298,14 @@ mod tests {
             }
         }
         assert!(ok, "the sink never recovered from the fatal producer error");
+        assert_eq!(sink.current().1, 1, "one new producer");
+        assert_eq!(metrics.producer.replacements.with_label_values(&["fatal"]).get(), 1);
+        assert_eq!(metrics.producer.generation.get(), 1);
+        assert_eq!(metrics.producer.failed_frames.get(), 0, "the new producer delivered");
+        let text = metrics.render();
+        for reason in ["producer_state", "stalled"] {
+            let line = format!("sluice_core_producer_replacements_total{{reason=\"{reason}\"}} 0");
+            assert!(text.contains(&line), "every reason is exported before its first use: {line}");
+        }
     }
 }

@@ -3,13 +3,15 @@
 
 mod file;
 mod kafka;
+mod producer_health;
 
 pub use file::{DEAD_LETTER_FILE as DEAD_LETTER_FILE_NAME, EVENTS_FILE as EVENTS_FILE_NAME, FileSink};
-pub use kafka::{KafkaSink, event_headers as kafka_event_headers, producer_config};
+pub use kafka::{KafkaSink, ProducerMetrics, event_headers as kafka_event_headers, producer_config};
 
 use sluice_wire::BatchRecord;
 
 use crate::config::SinkConfig;
+use crate::metrics::CoreMetrics;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -21,14 +23,14 @@ pub enum SinkError {
 
 pub enum Sink {
     File(FileSink),
-    Kafka(KafkaSink),
+    Kafka(Box<KafkaSink>),
 }
 
 impl Sink {
-    pub fn from_config(config: &SinkConfig) -> Result<Self, SinkError> {
+    pub fn from_config(config: &SinkConfig, metrics: &CoreMetrics) -> Result<Self, SinkError> {
         Ok(match config {
             SinkConfig::File { dir } => Sink::File(FileSink::open(dir)?),
-            SinkConfig::Kafka(k) => Sink::Kafka(KafkaSink::new(k)?),
+            SinkConfig::Kafka(k) => Sink::Kafka(Box::new(KafkaSink::new(k, metrics.producer.clone())?)),
         })
     }
 
