@@ -3,18 +3,18 @@
 //! an origin that comes back with an empty disk (a new ID, positions starting over) is never
 //! mistaken for one whose positions continue.
 
-use std::io::{self, Write};
+use std::io;
 use std::path::Path;
 
-use super::segment::sync_dir;
+use super::storage::{Storage, read_optional, replace_file};
 
 const FILE: &str = "wal.id";
 const TMP: &str = "wal.id.tmp";
 
 /// Loads the ID, creating it (atomically, durably) if the directory has none yet.
-pub fn load_or_create(dir: &Path) -> io::Result<u64> {
-    match std::fs::read(dir.join(FILE)) {
-        Ok(bytes) => {
+pub fn load_or_create(storage: &dyn Storage, dir: &Path) -> io::Result<u64> {
+    match read_optional(storage, &dir.join(FILE))? {
+        Some(bytes) => {
             let invalid =
                 || io::Error::new(io::ErrorKind::InvalidData, format!("{} is corrupt", dir.join(FILE).display()));
             let arr: [u8; 12] = bytes.as_slice().try_into().map_err(|_| invalid())?;
@@ -24,35 +24,30 @@ pub fn load_or_create(dir: &Path) -> io::Result<u64> {
             }
             Ok(u64::from_le_bytes(id.try_into().map_err(|_| invalid())?))
         }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+        None => {
             let id: u64 = rand::random();
             let mut buf = [0u8; 12];
             buf[..8].copy_from_slice(&id.to_le_bytes());
             let crc = crc32c::crc32c(&buf[..8]);
             buf[8..].copy_from_slice(&crc.to_le_bytes());
-            let tmp = dir.join(TMP);
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&buf)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, dir.join(FILE))?;
-            sync_dir(dir)?;
+            replace_file(storage, dir, FILE, TMP, &buf)?;
             Ok(id)
         }
-        Err(e) => Err(e),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wal::storage::FileStorage;
 
     #[test]
     fn stable_across_opens_new_for_a_new_directory() {
         let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let id = load_or_create(a.path()).unwrap();
-        assert_eq!(load_or_create(a.path()).unwrap(), id);
-        assert_ne!(load_or_create(b.path()).unwrap(), id);
+        let id = load_or_create(&FileStorage, a.path()).unwrap();
+        assert_eq!(load_or_create(&FileStorage, a.path()).unwrap(), id);
+        assert_ne!(load_or_create(&FileStorage, b.path()).unwrap(), id);
         std::fs::write(a.path().join(FILE), [0u8; 12]).unwrap();
-        assert!(load_or_create(a.path()).is_err(), "a corrupt ID is an error, not a new identity");
+        assert!(load_or_create(&FileStorage, a.path()).is_err(), "a corrupt ID is an error, not a new identity");
     }
 }

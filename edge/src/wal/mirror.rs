@@ -17,9 +17,7 @@
 //! After a failed write or sync the copy refuses every append until the process restarts
 //! (fsyncgate, as for the WAL itself).
 
-use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -27,6 +25,7 @@ use tokio::sync::watch;
 
 use super::reader::{WalReader, trim};
 use super::segment::{create_segment, list_segments, segment_path};
+use super::storage::{FileStorage, Storage, StorageFile};
 use super::{Position, Shared, recover_tail, watermark};
 
 #[derive(Debug, PartialEq, Eq)]
@@ -48,10 +47,11 @@ pub enum MirrorError {
 }
 
 pub struct Mirror {
+    storage: Arc<dyn Storage>,
     dir: PathBuf,
     /// End of the durable bytes of the last segment (segment 0: no segment yet).
     end: Position,
-    file: Option<File>,
+    file: Option<Box<dyn StorageFile>>,
     committed: watch::Sender<Position>,
     acked: Position,
     failed: bool,
@@ -61,15 +61,22 @@ pub struct Mirror {
 impl Mirror {
     /// Opens (creating if needed) the copy in `dir`, cutting a torn tail of its last segment.
     pub fn open(dir: &Path) -> io::Result<Mirror> {
-        std::fs::create_dir_all(dir)?;
-        let segments = list_segments(dir)?;
+        Self::open_on(Arc::new(FileStorage), dir)
+    }
+
+    /// [`Mirror::open`] on `storage`.
+    pub fn open_on(storage: Arc<dyn Storage>, dir: &Path) -> io::Result<Mirror> {
+        let s = &*storage;
+        s.create_dir_all(dir)?;
+        let segments = list_segments(s, dir)?;
         let end = match segments.last() {
-            Some(&(seq, _)) => Position { segment: seq, offset: recover_tail(dir, seq)?.valid_bytes },
+            Some(&(seq, _)) => Position { segment: seq, offset: recover_tail(s, dir, seq)?.valid_bytes },
             None => Position::default(),
         };
-        let acked = watermark::load(dir)?.unwrap_or_default();
-        let disk: u64 = list_segments(dir)?.iter().map(|&(_, len)| len).sum();
+        let acked = watermark::load(s, dir)?.unwrap_or_default();
+        let disk: u64 = list_segments(s, dir)?.iter().map(|&(_, len)| len).sum();
         Ok(Mirror {
+            storage,
             dir: dir.to_path_buf(),
             end,
             file: None,
@@ -101,7 +108,7 @@ impl Mirror {
             if offset > 0 {
                 return Ok(MirrorAppend::Behind { segment, have: 0 });
             }
-            self.file = Some(create_segment(&self.dir, segment).inspect_err(|_| self.failed = true)?);
+            self.file = Some(create_segment(&*self.storage, &self.dir, segment).inspect_err(|_| self.failed = true)?);
             self.end = Position { segment, offset: 0 };
         }
         if offset > self.end.offset {
@@ -118,14 +125,14 @@ impl Mirror {
     }
 
     fn write_at(&mut self, offset: u64, bytes: &[u8]) -> io::Result<()> {
-        let file = match self.file.take() {
+        let mut file = match self.file.take() {
             Some(f) => f,
-            None => OpenOptions::new().write(true).open(segment_path(&self.dir, self.end.segment))?,
+            None => self.storage.open(&segment_path(&self.dir, self.end.segment))?,
         };
         if offset < self.end.offset {
             file.set_len(offset)?;
         }
-        file.write_all_at(bytes, offset)?;
+        file.write_at(bytes, offset)?;
         file.sync_data()?;
         self.file = Some(file);
         Ok(())
@@ -137,41 +144,46 @@ impl Mirror {
         if acked <= self.acked {
             return Ok(());
         }
-        trim(&self.dir, acked, &self.shared)?;
+        trim(&*self.storage, &self.dir, acked, &self.shared)?;
         self.acked = acked;
         Ok(())
     }
 
     /// Re-reads the watermark after a takeover forwarder moved it.
     pub fn reload_acked(&mut self) -> io::Result<()> {
-        self.acked = self.acked.max(watermark::load(&self.dir)?.unwrap_or_default());
+        self.acked = self.acked.max(watermark::load(&*self.storage, &self.dir)?.unwrap_or_default());
         Ok(())
     }
 
     /// Whether core has acknowledged every record of the copy (per the stored watermark).
     pub fn drained(&self) -> io::Result<bool> {
-        let acked = watermark::load(&self.dir)?.unwrap_or_default().max(self.acked);
-        Ok(acked >= self.end || list_segments(&self.dir)?.is_empty())
+        let acked = watermark::load(&*self.storage, &self.dir)?.unwrap_or_default().max(self.acked);
+        Ok(acked >= self.end || list_segments(&*self.storage, &self.dir)?.is_empty())
     }
 
     /// Whether a takeover quarantined a segment of the copy (kept for an operator).
     pub fn has_quarantined(&self) -> bool {
-        std::fs::read_dir(&self.dir)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .any(|e| e.path().extension().is_some_and(|x| x == super::QUARANTINE_EXT))
+        let suffix = format!(".{}", super::QUARANTINE_EXT);
+        self.storage.list(&self.dir).into_iter().flatten().any(|(name, _)| name.ends_with(&suffix))
     }
 
     /// A reader over the copy for a takeover forwarder, starting at the stored watermark.
     pub fn reader(&self) -> io::Result<WalReader> {
-        let acked = watermark::load(&self.dir)?.unwrap_or_default().max(self.acked);
-        let first =
-            list_segments(&self.dir)?.first().map_or(self.end, |&(seq, _)| Position { segment: seq, offset: 0 });
+        let acked = watermark::load(&*self.storage, &self.dir)?.unwrap_or_default().max(self.acked);
+        let first = list_segments(&*self.storage, &self.dir)?
+            .first()
+            .map_or(self.end, |&(seq, _)| Position { segment: seq, offset: 0 });
         // No writer thread: a quarantine of the last segment renames it directly, and the next
         // append from the origin then starts that segment afresh (or is told it is behind).
         let (writer, _) = std::sync::mpsc::channel();
-        Ok(WalReader::new(self.dir.clone(), self.committed.subscribe(), acked.max(first), self.shared.clone(), writer))
+        Ok(WalReader::new(
+            self.storage.clone(),
+            self.dir.clone(),
+            self.committed.subscribe(),
+            acked.max(first),
+            self.shared.clone(),
+            writer,
+        ))
     }
 }
 

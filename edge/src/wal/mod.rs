@@ -14,12 +14,17 @@
 //! WAL's identity for replicas. Segments entirely before the watermark are deleted. Peers'
 //! replicas live under `<dir>/replica/` ([`mirror`]).
 
+#[cfg(test)]
+mod crash_sweep;
 mod identity;
 pub mod mirror;
 mod reader;
 mod recovery;
 pub mod scan;
 mod segment;
+#[cfg(test)]
+mod sim;
+pub mod storage;
 mod watermark;
 mod writer;
 
@@ -31,7 +36,9 @@ use tokio::sync::{oneshot, watch};
 
 pub use reader::{ReadOutcome, WalReader};
 pub use recovery::{TailRecovery, recover_tail};
-pub use segment::{QUARANTINE_EXT, list_segments, segment_path};
+use segment::list_segments;
+pub use segment::{QUARANTINE_EXT, segment_path};
+use storage::{FileStorage, Storage};
 
 use crate::config::WalConfig;
 
@@ -140,6 +147,7 @@ enum Request {
 /// Handle to the WAL: appends go to the writer thread; the reader tails committed data.
 #[derive(Clone)]
 pub struct Wal {
+    storage: Arc<dyn Storage>,
     tx: mpsc::Sender<Request>,
     shared: Arc<Shared>,
     budget: u64,
@@ -159,15 +167,25 @@ impl Wal {
         config: &WalConfig,
         replicate: Option<Arc<dyn Replicate>>,
     ) -> Result<(Wal, WalReader), OpenError> {
+        Self::open_on(config, Arc::new(FileStorage), replicate)
+    }
+
+    /// [`Wal::open_replicated`] on `storage` (the crash sweep's simulated disk).
+    pub fn open_on(
+        config: &WalConfig,
+        storage: Arc<dyn Storage>,
+        replicate: Option<Arc<dyn Replicate>>,
+    ) -> Result<(Wal, WalReader), OpenError> {
         let config = &effective(config);
         let dir = config.dir.clone();
         let err = |source| OpenError { dir: dir.clone(), source };
-        std::fs::create_dir_all(&dir).map_err(err)?;
-        let id = identity::load_or_create(&dir).map_err(err)?;
-        let acked = watermark::load(&dir).map_err(err)?.unwrap_or_default();
-        let mut segments = list_segments(&dir).map_err(err)?;
+        let s = &*storage;
+        s.create_dir_all(&dir).map_err(err)?;
+        let id = identity::load_or_create(s, &dir).map_err(err)?;
+        let acked = watermark::load(s, &dir).map_err(err)?.unwrap_or_default();
+        let mut segments = list_segments(s, &dir).map_err(err)?;
         if let Some(&(last, _)) = segments.last() {
-            let tail = recover_tail(&dir, last).map_err(err)?;
+            let tail = recover_tail(s, &dir, last).map_err(err)?;
             if let Some(s) = segments.last_mut() {
                 s.1 = tail.valid_bytes;
             }
@@ -175,10 +193,10 @@ impl Wal {
         // Segments wholly before the watermark were acked but their deletion did not finish.
         let (acked_segments, live): (Vec<_>, Vec<_>) = segments.into_iter().partition(|&(seq, _)| seq < acked.segment);
         for (seq, _) in &acked_segments {
-            std::fs::remove_file(segment_path(&dir, *seq)).map_err(err)?;
+            s.remove(&segment_path(&dir, *seq)).map_err(err)?;
         }
         if !acked_segments.is_empty() {
-            segment::sync_dir(&dir).map_err(err)?;
+            s.sync_dir(&dir).map_err(err)?;
         }
         let next_seq = live.last().map_or(1, |&(seq, _)| seq + 1).max(acked.segment).max(1);
         let disk_bytes: u64 = live.iter().map(|&(_, len)| len).sum();
@@ -186,13 +204,21 @@ impl Wal {
         let shared = Arc::new(Shared::new(disk_bytes, reader_start));
         let start = Position { segment: next_seq, offset: 0 };
         let (committed_tx, committed_rx) = watch::channel(start);
-        let writer = writer::Writer::create(config, next_seq, shared.clone(), committed_tx, replicate).map_err(err)?;
+        let writer = writer::Writer::create(config, storage.clone(), next_seq, shared.clone(), committed_tx, replicate)
+            .map_err(err)?;
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new().name("wal-writer".into()).spawn(move || writer.run(rx)).map_err(err)?;
         tracing::info!(dir = %dir.display(), acked_segment = acked.segment, acked_offset = acked.offset,
             live_segments = live.len(), unforwarded_bytes = disk_bytes, "wal: opened");
-        let reader = WalReader::new(dir.clone(), committed_rx.clone(), reader_start, shared.clone(), tx.clone());
-        Ok((Wal { tx, shared, budget: config.budget_bytes, dir, committed: committed_rx, id }, reader))
+        let reader = WalReader::new(
+            storage.clone(),
+            dir.clone(),
+            committed_rx.clone(),
+            reader_start,
+            shared.clone(),
+            tx.clone(),
+        );
+        Ok((Wal { storage, tx, shared, budget: config.budget_bytes, dir, committed: committed_rx, id }, reader))
     }
 
     /// This WAL's identity (see `wal.id`), stable for as long as the directory lives.
@@ -251,18 +277,18 @@ impl Wal {
         // Committed first: a record committed after this read is simply not counted yet.
         let committed = self.committed();
         let acked = self.acked();
-        let segments = list_segments(&self.dir)?;
+        let segments = list_segments(&*self.storage, &self.dir)?;
         Ok(Depth { acked, committed, unacked_bytes: scan::unacked_bytes(&segments, acked, committed) })
     }
 
     /// Records core has not acknowledged (walks record headers: one read per record).
     pub fn unacked_records(&self, depth: &Depth) -> std::io::Result<u64> {
-        scan::count_records(&self.dir, &list_segments(&self.dir)?, depth.acked, depth.committed)
+        scan::count_records(&self.dir, &list_segments(&*self.storage, &self.dir)?, depth.acked, depth.committed)
     }
 
     /// The oldest record core has not acknowledged, if any.
     pub fn oldest_unacked(&self, depth: &Depth) -> std::io::Result<Option<sluice_wire::BatchRecord>> {
-        scan::record_at(&self.dir, &list_segments(&self.dir)?, depth.acked, depth.committed)
+        scan::record_at(&self.dir, &list_segments(&*self.storage, &self.dir)?, depth.acked, depth.committed)
     }
 }
 

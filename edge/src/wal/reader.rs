@@ -1,8 +1,6 @@
 //! Tailing committed WAL data for the forwarder, and trimming what core has acknowledged.
 
-use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -10,7 +8,8 @@ use std::sync::atomic::Ordering;
 use sluice_wire::record::{HEADER_LEN, RecordError, check_record};
 use tokio::sync::watch;
 
-use super::segment::{list_segments, quarantine, segment_path, sync_dir};
+use super::segment::{list_segments, quarantine, segment_path};
+use super::storage::Storage;
 use super::{Position, Request, Shared, watermark};
 
 #[derive(Debug)]
@@ -26,6 +25,7 @@ pub enum ReadOutcome {
 }
 
 pub struct WalReader {
+    storage: Arc<dyn Storage>,
     dir: PathBuf,
     committed: watch::Receiver<Position>,
     acked: Position,
@@ -35,13 +35,14 @@ pub struct WalReader {
 
 impl WalReader {
     pub(super) fn new(
+        storage: Arc<dyn Storage>,
         dir: PathBuf,
         committed: watch::Receiver<Position>,
         acked: Position,
         shared: Arc<Shared>,
         writer: std::sync::mpsc::Sender<Request>,
     ) -> Self {
-        Self { dir, committed, acked, shared, writer }
+        Self { storage, dir, committed, acked, shared, writer }
     }
 
     /// Position up to which core has acknowledged; forwarding (re)starts here (DESIGN rule 5).
@@ -64,20 +65,20 @@ impl WalReader {
         if from >= committed {
             return Ok(ReadOutcome::UpToDate);
         }
-        let file = match File::open(segment_path(&self.dir, from.segment)) {
+        let file = match self.storage.open(&segment_path(&self.dir, from.segment)) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return self.next_segment(from, committed);
             }
             Err(e) => return Err(e),
         };
-        let limit = if from.segment == committed.segment { committed.offset } else { file.metadata()?.len() };
+        let limit = if from.segment == committed.segment { committed.offset } else { file.size()? };
         if from.offset >= limit {
             return self.next_segment(from, committed);
         }
         let available = (limit - from.offset) as usize;
         let mut data = vec![0u8; available.min(max_bytes.max(HEADER_LEN))];
-        file.read_exact_at(&mut data, from.offset)?;
+        file.read_at(&mut data, from.offset)?;
         let mut used = 0usize;
         let mut count = 0u32;
         loop {
@@ -93,7 +94,7 @@ impl WalReader {
                         return Ok(corrupt(from, RecordError::Incomplete));
                     }
                     data.resize(len, 0);
-                    file.read_exact_at(&mut data, from.offset)?;
+                    file.read_at(&mut data, from.offset)?;
                 }
                 Ok(None) => break,
                 Err(error) => {
@@ -118,7 +119,7 @@ impl WalReader {
     }
 
     fn next_segment(&self, from: Position, committed: Position) -> io::Result<ReadOutcome> {
-        let next = list_segments(&self.dir)?
+        let next = list_segments(&*self.storage, &self.dir)?
             .into_iter()
             .map(|(seq, _)| seq)
             .find(|&seq| seq > from.segment)
@@ -139,7 +140,7 @@ impl WalReader {
         if to <= self.acked {
             return Ok(());
         }
-        trim(&self.dir, to, &self.shared)?;
+        trim(&*self.storage, &self.dir, to, &self.shared)?;
         self.acked = to;
         self.shared.acked.send_replace(to);
         Ok(())
@@ -161,8 +162,8 @@ impl WalReader {
                 result?;
             }
         }
-        let len = std::fs::metadata(segment_path(&self.dir, segment)).map(|m| m.len()).unwrap_or(0);
-        let path = quarantine(&self.dir, segment)?;
+        let len = list_segments(&*self.storage, &self.dir)?.into_iter().find(|&(s, _)| s == segment).map_or(0, |s| s.1);
+        let path = quarantine(&*self.storage, &self.dir, segment)?;
         self.shared.disk_bytes.fetch_sub(len.min(self.shared.disk_bytes.load(Ordering::Relaxed)), Ordering::Relaxed);
         tracing::error!(segment, path = %path.display(), "wal: corrupt segment quarantined; its remaining records need operator recovery");
         let next = Position { segment: segment + 1, offset: 0 };
@@ -173,20 +174,20 @@ impl WalReader {
 
 /// Deletes the segments of `dir` wholly before `to`, then stores `to` as the ack watermark (see
 /// [`WalReader::ack`] for why in that order, and why a failed store is only a warning).
-pub(super) fn trim(dir: &Path, to: Position, shared: &Shared) -> io::Result<()> {
+pub(super) fn trim(storage: &dyn Storage, dir: &Path, to: Position, shared: &Shared) -> io::Result<()> {
     let mut deleted = false;
-    for (seq, len) in list_segments(dir)? {
+    for (seq, len) in list_segments(storage, dir)? {
         if seq >= to.segment {
             break;
         }
-        std::fs::remove_file(segment_path(dir, seq))?;
+        storage.remove(&segment_path(dir, seq))?;
         shared.disk_bytes.fetch_sub(len.min(shared.disk_bytes.load(Ordering::Relaxed)), Ordering::Relaxed);
         deleted = true;
     }
     if deleted {
-        sync_dir(dir)?;
+        storage.sync_dir(dir)?;
     }
-    if let Err(e) = watermark::store(dir, to) {
+    if let Err(e) = watermark::store(storage, dir, to) {
         tracing::warn!(error = %e, dir = %dir.display(), segment = to.segment, offset = to.offset,
             "wal: ack watermark not persisted; will retry on the next ack (a crash now only causes resends)");
     }

@@ -13,13 +13,13 @@
 //! truncated, and the corrupt record is left for the forwarder, which quarantines the segment
 //! with an error once it has forwarded everything before it.
 
-use std::fs::OpenOptions;
 use std::io;
 use std::path::Path;
 
 use sluice_wire::record::check_record;
 
 use super::segment::segment_path;
+use super::storage::Storage;
 
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct TailRecovery {
@@ -29,9 +29,9 @@ pub struct TailRecovery {
 }
 
 /// Validates segment `seq` record by record and truncates it after the last valid record.
-pub fn recover_tail(dir: &Path, seq: u64) -> io::Result<TailRecovery> {
+pub fn recover_tail(storage: &dyn Storage, dir: &Path, seq: u64) -> io::Result<TailRecovery> {
     let path = segment_path(dir, seq);
-    let data = std::fs::read(&path)?;
+    let data = storage.read(&path)?;
     let mut offset = 0usize;
     let mut records = 0u64;
     while offset < data.len() {
@@ -67,9 +67,9 @@ pub fn recover_tail(dir: &Path, seq: u64) -> io::Result<TailRecovery> {
     }
     let truncated = (data.len() - offset) as u64;
     if truncated > 0 {
-        let f = OpenOptions::new().write(true).open(&path)?;
+        let mut f = storage.open(&path)?;
         f.set_len(offset as u64)?;
-        f.sync_all()?;
+        f.sync_data()?;
         tracing::warn!(segment = seq, valid_bytes = offset, truncated_bytes = truncated, "wal: truncated torn tail");
     }
     Ok(TailRecovery { valid_bytes: offset as u64, truncated_bytes: truncated, records })
@@ -78,6 +78,7 @@ pub fn recover_tail(dir: &Path, seq: u64) -> io::Result<TailRecovery> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wal::storage::FileStorage;
 
     fn rec() -> Vec<u8> {
         crate::wal::test_record(1, vec![])
@@ -91,7 +92,7 @@ mod tests {
             let mut data = a.clone();
             data.extend_from_slice(tail);
             std::fs::write(segment_path(dir.path(), 1), &data).unwrap();
-            let r = recover_tail(dir.path(), 1).unwrap();
+            let r = recover_tail(&FileStorage, dir.path(), 1).unwrap();
             assert_eq!(r, TailRecovery { valid_bytes: a.len() as u64, truncated_bytes: tail.len() as u64, records: 1 });
             assert_eq!(std::fs::read(segment_path(dir.path(), 1)).unwrap(), a);
         }
@@ -108,7 +109,7 @@ mod tests {
         let keep = data.len();
         data.extend_from_slice(&[0u8; 64]);
         std::fs::write(segment_path(dir.path(), 1), &data).unwrap();
-        let r = recover_tail(dir.path(), 1).unwrap();
+        let r = recover_tail(&FileStorage, dir.path(), 1).unwrap();
         assert_eq!(r.valid_bytes, keep as u64, "only the zero tail goes");
         assert_eq!(r.truncated_bytes, 64);
         assert_eq!(std::fs::read(segment_path(dir.path(), 1)).unwrap(), data[..keep]);

@@ -50,7 +50,7 @@ pub fn segment_files(dir: &Path) -> io::Result<Vec<SegmentFile>> {
 
 /// The durable ack watermark of a WAL directory; `None` if core never acked anything.
 pub fn acked_watermark(dir: &Path) -> io::Result<Option<Position>> {
-    watermark::load(dir)
+    watermark::load(&super::storage::FileStorage, dir)
 }
 
 /// What a scan finds at one place in a segment.

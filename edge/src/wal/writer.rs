@@ -1,7 +1,5 @@
 //! The group-commit writer thread.
 
-use std::fs::File;
-use std::io::Write;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, mpsc};
 use std::time::Instant;
@@ -9,14 +7,16 @@ use std::time::Instant;
 use tokio::sync::watch;
 
 use super::segment::create_segment;
+use super::storage::{Storage, StorageFile};
 use super::{Append, Position, Replicate, Request, Shared, WalError};
 use crate::config::WalConfig;
 
 pub(super) struct Writer {
+    storage: Arc<dyn Storage>,
     dir: std::path::PathBuf,
     segment_bytes: u64,
     max_group_bytes: usize,
-    file: File,
+    file: Box<dyn StorageFile>,
     pos: Position,
     shared: Arc<Shared>,
     committed: watch::Sender<Position>,
@@ -40,13 +40,15 @@ impl From<std::io::Error> for CommitError {
 impl Writer {
     pub fn create(
         config: &WalConfig,
+        storage: Arc<dyn Storage>,
         seq: u64,
         shared: Arc<Shared>,
         committed: watch::Sender<Position>,
         replicate: Option<Arc<dyn Replicate>>,
     ) -> std::io::Result<Self> {
-        let file = create_segment(&config.dir, seq)?;
+        let file = create_segment(&*storage, &config.dir, seq)?;
         Ok(Self {
+            storage,
             dir: config.dir.clone(),
             segment_bytes: config.segment_bytes,
             max_group_bytes: config.max_group_bytes,
@@ -107,7 +109,7 @@ impl Writer {
     fn rotate(&mut self, segment: u64) -> std::io::Result<u64> {
         if self.pos.segment <= segment {
             let next = self.pos.segment + 1;
-            self.file = create_segment(&self.dir, next)?;
+            self.file = create_segment(&*self.storage, &self.dir, next)?;
             self.pos = Position { segment: next, offset: 0 };
             self.committed.send_replace(self.pos);
             tracing::warn!(closed = segment, segment = next, "wal: segment closed early on request");
@@ -155,11 +157,11 @@ impl Writer {
         let len = self.buf.len() as u64;
         if self.pos.offset > 0 && self.pos.offset + len > self.segment_bytes {
             let next = self.pos.segment + 1;
-            self.file = create_segment(&self.dir, next)?;
+            self.file = create_segment(&*self.storage, &self.dir, next)?;
             self.pos = Position { segment: next, offset: 0 };
         }
         let replicas = self.replicate.as_ref().map(|r| r.begin(self.pos, &self.buf));
-        self.file.write_all(&self.buf)?;
+        self.file.write_at(&self.buf, self.pos.offset)?;
         let started = Instant::now();
         self.file.sync_data()?;
         let sync_time = started.elapsed();
