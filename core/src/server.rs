@@ -232,6 +232,7 @@ mod tests {
     use crate::sink::{EVENTS_FILE_NAME, FileSink};
     use sluice_wire::protocol::{FrameHeader, PROTOCOL_VERSION};
     use sluice_wire::record::{HEADER_LEN, encode_record};
+    use std::collections::HashMap;
     use sluice_wire::{EventRecord, Stream};
 
     fn frame() -> Vec<u8> {
@@ -321,5 +322,119 @@ mod tests {
         raw[4..8].copy_from_slice(&crc.to_le_bytes());
         let msg = frame_of(&raw);
         assert!(matches!(ingest.process(&msg).await, Ack::Retry { ref reason } if reason.contains("upgrade core")));
+    }
+
+    /// 20 batches of 5 events, one tenant each (so they spread over the topic's partitions).
+    fn tenant_records(region: &str) -> (Vec<u8>, Vec<BatchRecord>) {
+        let mut raw = Vec::new();
+        let batches: Vec<BatchRecord> = (0..20)
+            .map(|b| BatchRecord {
+                batch_id: sluice_wire::ids::new_batch_id(),
+                tenant: format!("t{b}"),
+                env: "prod".into(),
+                region: region.into(),
+                received_at_ms: 1,
+                stream: Stream::Events,
+                events: (0..5)
+                    .map(|i| EventRecord { event_id: format!("{b}-{i}"), json: format!(r#"{{"i":{i}}}"#).into_bytes() })
+                    .collect(),
+                traceparent: None,
+                shared: Vec::new(),
+            })
+            .collect();
+        for b in &batches {
+            encode_record(b, &mut raw).unwrap();
+        }
+        (raw, batches)
+    }
+
+    /// Event ID → copies in `topic` (read until no new message for a second).
+    fn copies_in(brokers: &str, topic: &str) -> HashMap<String, usize> {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        use rdkafka::message::{Headers, Message};
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("group.id", "core-test")
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for p in 0..2 {
+            tpl.add_partition_offset(topic, p, rdkafka::Offset::Beginning).unwrap();
+        }
+        consumer.assign(&tpl).unwrap();
+        let mut copies = HashMap::new();
+        let mut idle = std::time::Instant::now();
+        while idle.elapsed() < std::time::Duration::from_secs(2) {
+            if let Some(Ok(m)) = consumer.poll(std::time::Duration::from_millis(100)) {
+                let id = m.headers().and_then(|h| h.iter().find(|x| x.key == "event_id").and_then(|x| x.value));
+                *copies.entry(String::from_utf8_lossy(id.unwrap_or_default()).into_owned()).or_insert(0) += 1;
+                idle = std::time::Instant::now();
+            }
+        }
+        copies
+    }
+
+    /// Core's half of the crash model (issue 17): a producer that fails in the middle of a frame
+    /// (one partition's leader is down: some events are written, the rest time out), then a core
+    /// "crash" after the dedupe index recorded the frame but before the edge got the ack.
+    ///
+    /// Shown: no frame is acked while any of its events is undelivered, the dedupe index records
+    /// nothing of a failed frame, and the duplicate window is exactly "a frame that failed part
+    /// way is produced again whole": the events written by the failed attempt appear twice, the
+    /// others once; a frame recorded in the index is never produced again, whatever crashed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_frame_that_fails_part_way_is_never_acked_and_is_resent_whole() {
+        use crate::config::KafkaConfig;
+        use crate::sink::KafkaSink;
+        use rdkafka::mocking::MockCluster;
+
+        let mock = MockCluster::new(2).unwrap();
+        let topic = "events.midframe";
+        mock.create_topic(topic, 2, 1).unwrap();
+        mock.partition_leader(topic, 0, Some(1)).unwrap();
+        mock.partition_leader(topic, 1, Some(2)).unwrap();
+        let kafka = KafkaConfig {
+            brokers: mock.bootstrap_servers(),
+            properties: [("message.timeout.ms".to_string(), "2000".to_string())].into(),
+            ..KafkaConfig::default()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let open = || {
+            let metrics = Arc::new(CoreMetrics::new().unwrap());
+            let dedupe: Arc<dyn DedupeIndex> = Arc::new(RedbDedupe::open(&dir.path().join("d.redb")).unwrap());
+            let sink = Sink::Kafka(Box::new(KafkaSink::new(&kafka, metrics.producer.clone()).unwrap()));
+            (Ingest::new(dedupe.clone(), sink, metrics), dedupe)
+        };
+        let (raw, batches) = tenant_records("midframe");
+        let ids: Vec<Uuid> = batches.iter().map(|b| b.batch_id).collect();
+        let msg = frame_of(&raw);
+
+        let (ingest, dedupe) = open();
+        mock.broker_down(2).unwrap();
+        assert!(matches!(ingest.process(&msg).await, Ack::Retry { .. }), "a frame with undelivered events is not acked");
+        assert_eq!(dedupe.seen(&ids).unwrap(), vec![false; 20], "nothing of a failed frame is recorded");
+        mock.broker_up(2).unwrap();
+        let mut stored = false;
+        for _ in 0..10 {
+            if ingest.process(&msg).await == Ack::Stored {
+                stored = true;
+                break;
+            }
+        }
+        assert!(stored, "the resend is stored once the partition is back");
+        assert_eq!(dedupe.seen(&ids).unwrap(), vec![true; 20]);
+        let after_resend = copies_in(&mock.bootstrap_servers(), topic);
+        assert_eq!(after_resend.len(), 100, "every event reached the broker");
+        let twice = after_resend.values().filter(|&&n| n == 2).count();
+        assert!(twice > 0 && twice < 100, "the events written by the failed attempt, and only those, twice: {twice}");
+        assert!(after_resend.values().all(|&n| n <= 2));
+
+        // The ack is lost with core (a crash after the index recorded the frame); the edge
+        // resends to a fresh core on the same index: acked from the index, produced no more.
+        drop((ingest, dedupe));
+        let (ingest, _dedupe) = open();
+        assert_eq!(ingest.process(&msg).await, Ack::Stored);
+        assert_eq!(copies_in(&mock.bootstrap_servers(), topic), after_resend, "no copy more");
     }
 }

@@ -1,6 +1,7 @@
 //! Micro-benchmarks of the per-event hot path of an edge and of the forwarder's framing:
 //! body parse + validate + normalize, WAL record encoding, zstd frame compression, and the
-//! admission checks every request passes.
+//! admission checks every request passes, and one WAL group commit (write + `fdatasync`) through
+//! the storage trait beside the same syscalls on a plain `File`, in the same run.
 //!
 //! `cargo bench -p sluice-edge`. Throughput is reported per event (or per byte for zstd).
 
@@ -149,5 +150,42 @@ fn admission(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, parse_validate_normalize, zstd_framing, admission);
+/// A 256 KiB group commit (positional write + `fdatasync`) through `dyn StorageFile`, as the WAL
+/// writer does it, and on a plain `File`, alternately in one run: the trait must cost nothing
+/// next to the syscalls. Files live in `SLUICE_BENCH_DIR` (default: the system temp dir; a tmpfs
+/// there shows the dispatch cost without the disk's).
+fn wal_group_commit(c: &mut Criterion) {
+    use std::os::unix::fs::FileExt;
+    use sluice_edge::wal::storage::{FileStorage, Storage};
+    let base = std::env::var_os("SLUICE_BENCH_DIR").map_or_else(std::env::temp_dir, std::path::PathBuf::from);
+    let dir = tempfile::tempdir_in(base).unwrap();
+    let group = vec![7u8; 256 * 1024];
+    const GROUPS_PER_FILE: u64 = 64;
+    let mut g = c.benchmark_group("wal");
+    g.throughput(Throughput::Bytes(group.len() as u64));
+    g.sample_size(30);
+    let mut via_trait = FileStorage.create_new(&dir.path().join("trait.wal")).unwrap();
+    let mut n = 0u64;
+    g.bench_function("group commit 256 KiB via dyn StorageFile", |b| {
+        b.iter(|| {
+            let offset = (n % GROUPS_PER_FILE) * group.len() as u64;
+            n += 1;
+            via_trait.write_at(black_box(&group), offset).unwrap();
+            via_trait.sync_data().unwrap();
+        })
+    });
+    let plain = std::fs::File::options().read(true).write(true).create_new(true).open(dir.path().join("plain.wal")).unwrap();
+    let mut m = 0u64;
+    g.bench_function("group commit 256 KiB on std::fs::File", |b| {
+        b.iter(|| {
+            let offset = (m % GROUPS_PER_FILE) * group.len() as u64;
+            m += 1;
+            plain.write_all_at(black_box(&group), offset).unwrap();
+            plain.sync_data().unwrap();
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, parse_validate_normalize, zstd_framing, admission, wal_group_commit);
 criterion_main!(benches);
