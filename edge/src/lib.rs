@@ -154,7 +154,6 @@ pub async fn start(config: EdgeConfig) -> Result<Edge, StartError> {
         pii: config.pii.clone(),
         http: config.http.clone(),
         idempotency,
-        replays: signature::ReplayGuard::default(),
         debug_limiter: http::AppState::new_debug_limiter(config.limits.debug_requests_per_sec),
         metrics: metrics.clone(),
         admission,
@@ -215,7 +214,7 @@ async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, StartError> {
     tokio::net::TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })
 }
 
-/// Evicts expired idempotency keys every minute so the store stays bounded.
+/// Evicts expired idempotency keys and request signatures every minute so the store stays bounded.
 fn spawn_idempotency_expiry(store: Arc<idempotency::IdempotencyStore>) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(60));
@@ -224,7 +223,7 @@ fn spawn_idempotency_expiry(store: Arc<idempotency::IdempotencyStore>) -> JoinHa
             let now = http::now_ms();
             match tokio::task::block_in_place(|| store.evict_expired(now)) {
                 Ok(0) => {}
-                Ok(n) => tracing::info!(evicted = n, "edge: idempotency keys expired"),
+                Ok(n) => tracing::info!(evicted = n, "edge: idempotency keys and signatures expired"),
                 Err(e) => tracing::warn!(error = %e, "edge: idempotency expiry failed"),
             }
         }
