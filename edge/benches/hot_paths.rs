@@ -134,7 +134,7 @@ fn admission(c: &mut Criterion) {
     let refusals = prometheus::IntCounterVec::new(prometheus::Opts::new("r", "r"), &["reason"]).unwrap();
     // A quota no benchmark loop reaches, so every request is admitted.
     let config = AdmissionConfig { tenant_events_per_sec: u32::MAX / 4, ..AdmissionConfig::default() };
-    let a = Admission::new(config, 512 * 1024, 1 << 33, refusals);
+    let a = Admission::new(config, 512 * 1024, 1 << 33, refusals, sluice_edge::clock::Clock::real());
     let keys = KeyStore::default();
     let mut g = c.benchmark_group("admission");
     g.throughput(Throughput::Elements(1));

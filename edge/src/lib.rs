@@ -8,6 +8,7 @@ pub mod admission;
 pub mod auth;
 pub mod body;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod drain;
 pub mod forwarder;
@@ -83,6 +84,12 @@ pub struct Edge {
 
 /// Opens the WAL, binds the HTTP listener and starts the forwarder.
 pub async fn start(config: EdgeConfig) -> Result<Edge, StartError> {
+    start_with_clock(config, clock::Clock::real()).await
+}
+
+/// [`start`] with the clock of admission control given: tests pass a [`clock::Clock::manual`]
+/// to drive quotas and `Retry-After` deterministically.
+pub async fn start_with_clock(config: EdgeConfig, clock: clock::Clock) -> Result<Edge, StartError> {
     let keys = Arc::new(auth::KeyRing::load(&config.keys_file)?);
     let idempotency =
         Arc::new(idempotency::IdempotencyStore::open(&config.idempotency.path, config.idempotency.ttl_secs)?);
@@ -129,6 +136,7 @@ pub async fn start(config: EdgeConfig) -> Result<Edge, StartError> {
         config.limits.max_body_bytes,
         config.wal.budget_bytes,
         metrics.admission_refusals.clone(),
+        clock,
     ));
     metrics.register(Box::new(metrics::AdmissionCollector::new(admission.clone(), keys.clone(), link.clone())?))?;
     let drain = Arc::new(drain::Drain::default());
