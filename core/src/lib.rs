@@ -140,7 +140,10 @@ pub fn admin_router<D: DedupeIndex>(state: AdminState<D>) -> axum::Router {
 /// open sink circuit (`sink_circuit_open`, Kafka failing) is reported with `200`: it hits every
 /// core node alike, and taking them all out of rotation would only cut off the frame whose
 /// delivery closes the circuit; edges keep their WAL meanwhile.
-fn readiness(sink_circuit: sluice_wire::breaker::BreakerState, dedupe_failed: bool) -> (axum::http::StatusCode, serde_json::Value) {
+fn readiness(
+    sink_circuit: sluice_wire::breaker::BreakerState,
+    dedupe_failed: bool,
+) -> (axum::http::StatusCode, serde_json::Value) {
     let mut degraded = Vec::new();
     if sink_circuit != sluice_wire::breaker::BreakerState::Closed {
         degraded.push("sink_circuit_open");
@@ -149,7 +152,10 @@ fn readiness(sink_circuit: sluice_wire::breaker::BreakerState, dedupe_failed: bo
         degraded.push("dedupe_failed");
     }
     let status = if dedupe_failed { axum::http::StatusCode::SERVICE_UNAVAILABLE } else { axum::http::StatusCode::OK };
-    (status, serde_json::json!({ "status": if degraded.is_empty() { "ready" } else { "degraded" }, "degraded": degraded }))
+    (
+        status,
+        serde_json::json!({ "status": if degraded.is_empty() { "ready" } else { "degraded" }, "degraded": degraded }),
+    )
 }
 
 impl Core {

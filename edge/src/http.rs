@@ -517,7 +517,9 @@ async fn ingest(
     let (batch_id, in_flight) = match reserved {
         // A replay of this request to another edge gets the same batch ID: core drops it.
         None => match &signed {
-            Some(v) => (sluice_wire::ids::signed_batch_id(&caller.principal.tenant, &caller.principal.env, &v.mac), None),
+            Some(v) => {
+                (sluice_wire::ids::signed_batch_id(&caller.principal.tenant, &caller.principal.env, &v.mac), None)
+            }
             None => (sluice_wire::ids::new_batch_id(), None),
         },
         Some((key, guard)) => {

@@ -79,7 +79,8 @@ pub async fn serve(
             let conn = Connection { app, peer, header_timeout, activity: Arc::new(Activity::new(opened)) };
             match tls {
                 None => conn.serve(stream, &builder, stop).await,
-                Some(acceptor) => match tokio::time::timeout_at(opened + header_timeout, acceptor.accept(stream)).await {
+                Some(acceptor) => match tokio::time::timeout_at(opened + header_timeout, acceptor.accept(stream)).await
+                {
                     Ok(Ok(s)) => conn.serve(s, &builder, stop).await,
                     Ok(Err(e)) => tracing::debug!(%peer, error = %e, "http: TLS handshake failed"),
                     Err(_) => tracing::debug!(%peer, "http: TLS handshake timed out"),

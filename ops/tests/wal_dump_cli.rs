@@ -61,7 +61,9 @@ fn dump(dir: &Path, args: &[&str]) -> Result<Vec<String>, String> {
     let ids: Vec<String> = String::from_utf8(out.stdout)
         .expect("utf-8")
         .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("NDJSON")["batch_id"].as_str().unwrap_or("").into())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).expect("NDJSON")["batch_id"].as_str().unwrap_or("").into()
+        })
         .collect();
     assert!(stderr.contains(&format!("{} records", ids.len())), "summary on stderr: {stderr}");
     Ok(ids)

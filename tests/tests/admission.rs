@@ -107,7 +107,10 @@ async fn a_quota_change_in_the_keys_file_applies_without_restart() {
         };
         set(10);
         let r = post(addr, &key, "a", 30);
-        assert_eq!((r.status, r.header("ratelimit-limit"), r.header("ratelimit-remaining")), (202, Some("30"), Some("0")));
+        assert_eq!(
+            (r.status, r.header("ratelimit-limit"), r.header("ratelimit-remaining")),
+            (202, Some("30"), Some("0"))
+        );
         assert_eq!(post(addr, &key, "b", 30).code(), "rate_limited", "10/s: the burst of 30 is spent");
 
         set(100);

@@ -74,8 +74,9 @@ async fn a_flooding_tenant_gets_its_quota_and_its_neighbour_is_untouched() {
     let (noisy_ok, quiet_ok) = tokio::task::spawn_blocking(move || {
         let auth = format!("Bearer {ADMIN_TOKEN}");
         wait_until("both quotas to load", Duration::from_secs(10), || {
-            let quotas = request(admin_addr, "GET", "/admission", &[("Authorization", &auth)], b"").expect("admin").json()
-                ["quotas"]
+            let quotas = request(admin_addr, "GET", "/admission", &[("Authorization", &auth)], b"")
+                .expect("admin")
+                .json()["quotas"]
                 .clone();
             quotas["noisy"] == QUOTA && quotas["acme"] == QUOTA
         });
@@ -96,7 +97,12 @@ async fn a_flooding_tenant_gets_its_quota_and_its_neighbour_is_untouched() {
             }
             if step % QUIET_EVERY == 0 {
                 let r = post(addr, &quiet_key, &format!("quiet-{step}"), QUIET_BATCH);
-                assert_eq!(r.status, 202, "step {step}: the neighbour was refused: {}", String::from_utf8_lossy(&r.body));
+                assert_eq!(
+                    r.status,
+                    202,
+                    "step {step}: the neighbour was refused: {}",
+                    String::from_utf8_lossy(&r.body)
+                );
                 // Its bucket refills between its requests: full (burst 300) minus this request.
                 assert_eq!(r.header("ratelimit-remaining"), Some("295"), "step {step}: the flood took from its bucket");
                 quiet_ok += 1;
@@ -104,8 +110,8 @@ async fn a_flooding_tenant_gets_its_quota_and_its_neighbour_is_untouched() {
             hand.advance(STEP);
         }
         assert!(body_unread_checked, "the flooder was never refused");
-        let text = String::from_utf8(request(admin_addr, "GET", "/metrics", &[], b"").expect("metrics").body)
-            .expect("utf-8");
+        let text =
+            String::from_utf8(request(admin_addr, "GET", "/metrics", &[], b"").expect("metrics").body).expect("utf-8");
         let utilization = |t: &str| sample(&text, "sluice_edge_tenant_quota_utilization", &format!("tenant=\"{t}\""));
         let (noisy_u, quiet_u) = (utilization("noisy"), utilization("acme"));
         let noisy_events = noisy_ok * FLOOD_BATCH as u64;

@@ -150,7 +150,10 @@ async fn h2c_silent_after_a_first_request_is_cut_off() {
         let (_s, frames) = h2c_after_first_request(addr);
         let started = Instant::now();
         let closed = closed_at(&frames, TRICKLE_FOR).map(|at| at - started);
-        assert!(closed.is_some_and(|c| (NOT_BEFORE..CUT_WITHIN).contains(&c)), "silent h2 connection closed after {closed:?}");
+        assert!(
+            closed.is_some_and(|c| (NOT_BEFORE..CUT_WITHIN).contains(&c)),
+            "silent h2 connection closed after {closed:?}"
+        );
     })
     .await
     .expect("client");
@@ -184,7 +187,10 @@ async fn http1_slowloris_after_a_first_request_is_cut_off() {
             closed_at = rx.recv_timeout(Duration::from_millis(100)).ok();
         }
         let closed = closed_at.map(|at| at - started);
-        assert!(closed.is_some_and(|c| (NOT_BEFORE..CUT_WITHIN).contains(&c)), "trickled HTTP/1.1 head: connection closed after {closed:?}");
+        assert!(
+            closed.is_some_and(|c| (NOT_BEFORE..CUT_WITHIN).contains(&c)),
+            "trickled HTTP/1.1 head: connection closed after {closed:?}"
+        );
     })
     .await
     .expect("client");
