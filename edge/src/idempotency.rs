@@ -150,30 +150,19 @@ impl IdempotencyStore {
         {
             let mut signatures = txn.open_table(SIGNATURES).map_err(err)?;
             let mut by_time = txn.open_table(SIGNATURES_BY_TIME).map_err(err)?;
-            let mut expired = Vec::new();
-            for entry in by_time.range((0u64, [].as_slice())..(now_ms, [].as_slice())).map_err(err)? {
-                let (k, _) = entry.map_err(err)?;
-                let (t, mac) = k.value();
-                expired.push((t, mac.to_vec()));
-            }
-            for (t, mac) in &expired {
-                by_time.remove((*t, mac.as_slice())).map_err(err)?;
-                signatures.remove(mac.as_slice()).map_err(err)?;
+            let range = (0u64, [].as_slice())..(now_ms, [].as_slice());
+            for entry in by_time.extract_from_if(range, |_, _| true).map_err(err)? {
+                let (key, _) = entry.map_err(err)?;
+                signatures.remove(key.value().1).map_err(err)?;
                 n += 1;
             }
         }
         {
             let mut responses = txn.open_table(RESPONSES).map_err(err)?;
             let mut by_time = txn.open_table(BY_TIME).map_err(err)?;
-            let mut expired = Vec::new();
-            for entry in by_time.range((0u64, "")..(cutoff, "")).map_err(err)? {
-                let (k, _) = entry.map_err(err)?;
-                let (t, scope) = k.value();
-                expired.push((t, scope.to_string()));
-            }
-            for (t, scope) in &expired {
-                by_time.remove((*t, scope.as_str())).map_err(err)?;
-                responses.remove(scope.as_str()).map_err(err)?;
+            for entry in by_time.extract_from_if((0u64, "")..(cutoff, ""), |_, _| true).map_err(err)? {
+                let (key, _) = entry.map_err(err)?;
+                responses.remove(key.value().1).map_err(err)?;
                 n += 1;
             }
         }

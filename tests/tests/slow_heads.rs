@@ -107,6 +107,14 @@ fn closed_at(frames: &mpsc::Receiver<Seen>, within: Duration) -> Option<Instant>
     }
 }
 
+/// `closed` (since the slow part began) is the deadline's doing: not sooner, and in time.
+fn assert_cut_off(what: &str, closed: Option<Duration>) {
+    assert!(
+        closed.is_some_and(|c| (NOT_BEFORE..CUT_WITHIN).contains(&c)),
+        "{what}: connection closed after {closed:?}"
+    );
+}
+
 async fn edge() -> InProcessEdge {
     InProcessEdge::start(|c| c.http.header_timeout_ms = HEADER_TIMEOUT_MS).await
 }
@@ -131,10 +139,7 @@ async fn h2c_slowloris_after_a_first_request_is_cut_off() {
         }
         assert!(sent < headers.len(), "the whole head was sent");
         let closed = closed_at(&frames, Duration::from_secs(1)).map(|at| at - started);
-        assert!(
-            closed.is_some_and(|c| (NOT_BEFORE..CUT_WITHIN).contains(&c)),
-            "trickled h2 head: connection closed after {closed:?}"
-        );
+        assert_cut_off("trickled h2 head", closed);
     })
     .await
     .expect("client");
@@ -150,10 +155,7 @@ async fn h2c_silent_after_a_first_request_is_cut_off() {
         let (_s, frames) = h2c_after_first_request(addr);
         let started = Instant::now();
         let closed = closed_at(&frames, TRICKLE_FOR).map(|at| at - started);
-        assert!(
-            closed.is_some_and(|c| (NOT_BEFORE..CUT_WITHIN).contains(&c)),
-            "silent h2 connection closed after {closed:?}"
-        );
+        assert_cut_off("silent h2 connection", closed);
     })
     .await
     .expect("client");
@@ -187,10 +189,7 @@ async fn http1_slowloris_after_a_first_request_is_cut_off() {
             closed_at = rx.recv_timeout(Duration::from_millis(100)).ok();
         }
         let closed = closed_at.map(|at| at - started);
-        assert!(
-            closed.is_some_and(|c| (NOT_BEFORE..CUT_WITHIN).contains(&c)),
-            "trickled HTTP/1.1 head: connection closed after {closed:?}"
-        );
+        assert_cut_off("trickled HTTP/1.1 head", closed);
     })
     .await
     .expect("client");
