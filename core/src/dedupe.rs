@@ -4,6 +4,7 @@
 //! Behind a trait so a shared store can replace redb when several core nodes must agree.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use redb::{Database, ReadableDatabase, TableDefinition};
 use uuid::Uuid;
@@ -15,7 +16,7 @@ const BY_TIME: TableDefinition<(u64, u128), ()> = TableDefinition::new("batches_
 
 #[derive(Debug, thiserror::Error)]
 #[error("dedupe index: {0}")]
-pub struct DedupeError(String);
+pub struct DedupeError(pub(crate) String);
 
 fn err(e: impl std::fmt::Display) -> DedupeError {
     DedupeError(e.to_string())
@@ -83,6 +84,44 @@ impl DedupeIndex for RedbDedupe {
         }
         txn.commit().map_err(err)?;
         Ok(n)
+    }
+}
+
+/// An index that remembers whether its last operation failed, for readiness: a core whose index
+/// fails answers every frame with `Retry`, so it should leave the rotation until it works again
+/// (the next frame or the minutely expiry finds out).
+pub struct Watched<D> {
+    inner: D,
+    failed: AtomicBool,
+}
+
+impl<D: DedupeIndex> Watched<D> {
+    pub fn new(inner: D) -> Self {
+        Self { inner, failed: AtomicBool::new(false) }
+    }
+
+    /// Whether the last operation on the index failed.
+    pub fn failed(&self) -> bool {
+        self.failed.load(Ordering::Relaxed)
+    }
+
+    fn watch<T>(&self, result: Result<T, DedupeError>) -> Result<T, DedupeError> {
+        self.failed.store(result.is_err(), Ordering::Relaxed);
+        result
+    }
+}
+
+impl<D: DedupeIndex> DedupeIndex for Watched<D> {
+    fn seen(&self, ids: &[Uuid]) -> Result<Vec<bool>, DedupeError> {
+        self.watch(self.inner.seen(ids))
+    }
+
+    fn record(&self, ids: &[Uuid], now_ms: u64) -> Result<(), DedupeError> {
+        self.watch(self.inner.record(ids, now_ms))
+    }
+
+    fn evict(&self, cutoff_ms: u64) -> Result<usize, DedupeError> {
+        self.watch(self.inner.evict(cutoff_ms))
     }
 }
 

@@ -49,7 +49,7 @@ pub async fn start(config: CoreConfig) -> Result<Core, StartError> {
     let server_config = tls::quic_server_config(&config.cert, &config.key, config.client_ca.as_deref())?;
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|source| StartError::DataDir { path: config.data_dir.display().to_string(), source })?;
-    let dedupe: Arc<dyn DedupeIndex> = Arc::new(RedbDedupe::open(&config.data_dir.join("dedupe.redb"))?);
+    let dedupe = Arc::new(dedupe::Watched::new(RedbDedupe::open(&config.data_dir.join("dedupe.redb"))?));
     let metrics = Arc::new(metrics::CoreMetrics::new()?);
     let sink = sink::Sink::from_config(&config.sink, &metrics)?;
     // Bound before the endpoint and any task start, so a taken port fails startup with nothing running yet.
@@ -64,6 +64,7 @@ pub async fn start(config: CoreConfig) -> Result<Core, StartError> {
         .map_err(|source| StartError::Bind { addr: config.listen, source })?;
     let addr = endpoint.local_addr().map_err(|source| StartError::Bind { addr: config.listen, source })?;
     let ingest = Arc::new(server::Ingest::new(dedupe.clone(), sink, metrics.clone()));
+    let admin_state = AdminState { metrics: metrics.clone(), ingest: ingest.clone(), dedupe: dedupe.clone() };
     let ttl_ms = config.dedupe_ttl_hours * 3600 * 1000;
     let expiry = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(60));
@@ -83,7 +84,7 @@ pub async fn start(config: CoreConfig) -> Result<Core, StartError> {
     let admin_addr = match admin_listener {
         Some((admin, listener)) => {
             let bound = listener.local_addr().map_err(|source| StartError::Bind { addr: admin, source })?;
-            tasks.push(tokio::spawn(serve_admin(listener, metrics.clone(), ingest.clone())));
+            tasks.push(tokio::spawn(serve_admin(listener, admin_state)));
             tracing::info!(admin_addr = %bound, "core: admin API listening");
             Some(bound)
         }
@@ -93,23 +94,31 @@ pub async fn start(config: CoreConfig) -> Result<Core, StartError> {
     Ok(Core { addr, admin_addr, metrics, endpoint, tasks })
 }
 
+/// What the admin port reads.
+pub struct AdminState<D> {
+    pub metrics: Arc<metrics::CoreMetrics>,
+    pub ingest: Arc<server::Ingest>,
+    pub dedupe: Arc<dedupe::Watched<D>>,
+}
+
+async fn serve_admin<D: DedupeIndex>(listener: tokio::net::TcpListener, state: AdminState<D>) {
+    if let Err(e) = axum::serve(listener, admin_router(state)).await {
+        tracing::error!(error = %e, "core: admin server failed");
+    }
+}
+
 /// The admin port: `GET /metrics` (Prometheus text), `GET /health` (the process serves) and
-/// `GET /ready` (`{"status":"ready"|"degraded","degraded":[…]}`, always `200`: a sink circuit
-/// opened by a Kafka outage affects every core node alike, so taking this one out of rotation
-/// would not help; edges keep their WAL until it closes).
-async fn serve_admin(
-    listener: tokio::net::TcpListener,
-    metrics: Arc<metrics::CoreMetrics>,
-    ingest: Arc<server::Ingest>,
-) {
+/// `GET /ready` (`{"status":"ready"|"degraded","degraded":[…]}`, see [`readiness`]).
+pub fn admin_router<D: DedupeIndex>(state: AdminState<D>) -> axum::Router {
     use axum::http::{StatusCode, header};
-    let app = axum::Router::new()
+    let AdminState { metrics, ingest, dedupe } = state;
+    axum::Router::new()
         .route("/health", axum::routing::get(|| async { StatusCode::OK }))
         .route(
             "/ready",
             axum::routing::get(move || {
-                let state = ingest.circuit.state();
-                async move { axum::Json(readiness(state)) }
+                let (status, body) = readiness(ingest.circuit.state(), dedupe.failed());
+                async move { (status, axum::Json(body)) }
             }),
         )
         .route(
@@ -122,16 +131,31 @@ async fn serve_admin(
         .fallback(|| async {
             let error = serde_json::json!({ "error": { "code": "not_found", "message": "no such admin endpoint" } });
             (StatusCode::NOT_FOUND, axum::Json(error))
-        });
-    if let Err(e) = axum::serve(listener, app).await {
-        tracing::error!(error = %e, "core: admin server failed");
-    }
+        })
 }
 
-fn readiness(sink_circuit: sluice_wire::breaker::BreakerState) -> serde_json::Value {
-    let degraded: Vec<&str> =
-        if sink_circuit == sluice_wire::breaker::BreakerState::Closed { vec![] } else { vec!["sink_circuit_open"] };
-    serde_json::json!({ "status": if degraded.is_empty() { "ready" } else { "degraded" }, "degraded": degraded })
+/// Readiness, like the edge's: the degraded states, and `503` only for a failure of this node
+/// that another node does not share. A failing dedupe index (`dedupe_failed`) is one: every frame
+/// is answered `Retry`, so the node should leave the rotation until the index works again. An
+/// open sink circuit (`sink_circuit_open`, Kafka failing) is reported with `200`: it hits every
+/// core node alike, and taking them all out of rotation would only cut off the frame whose
+/// delivery closes the circuit; edges keep their WAL meanwhile.
+fn readiness(
+    sink_circuit: sluice_wire::breaker::BreakerState,
+    dedupe_failed: bool,
+) -> (axum::http::StatusCode, serde_json::Value) {
+    let mut degraded = Vec::new();
+    if sink_circuit != sluice_wire::breaker::BreakerState::Closed {
+        degraded.push("sink_circuit_open");
+    }
+    if dedupe_failed {
+        degraded.push("dedupe_failed");
+    }
+    let status = if dedupe_failed { axum::http::StatusCode::SERVICE_UNAVAILABLE } else { axum::http::StatusCode::OK };
+    (
+        status,
+        serde_json::json!({ "status": if degraded.is_empty() { "ready" } else { "degraded" }, "degraded": degraded }),
+    )
 }
 
 impl Core {
@@ -142,18 +166,5 @@ impl Core {
             t.abort();
         }
         self.endpoint.wait_idle().await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use sluice_wire::breaker::BreakerState;
-
-    #[test]
-    fn readiness_reports_an_open_sink_circuit() {
-        assert_eq!(super::readiness(BreakerState::Closed), serde_json::json!({"status":"ready","degraded":[]}));
-        for s in [BreakerState::Open, BreakerState::HalfOpen] {
-            assert_eq!(super::readiness(s)["degraded"], serde_json::json!(["sink_circuit_open"]));
-        }
     }
 }

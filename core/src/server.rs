@@ -232,8 +232,8 @@ mod tests {
     use crate::sink::{EVENTS_FILE_NAME, FileSink};
     use sluice_wire::protocol::{FrameHeader, PROTOCOL_VERSION};
     use sluice_wire::record::{HEADER_LEN, encode_record};
-    use std::collections::HashMap;
     use sluice_wire::{EventRecord, Stream};
+    use std::collections::HashMap;
 
     fn frame() -> Vec<u8> {
         frame_of(&records())
@@ -412,7 +412,10 @@ mod tests {
 
         let (ingest, dedupe) = open();
         mock.broker_down(2).unwrap();
-        assert!(matches!(ingest.process(&msg).await, Ack::Retry { .. }), "a frame with undelivered events is not acked");
+        assert!(
+            matches!(ingest.process(&msg).await, Ack::Retry { .. }),
+            "a frame with undelivered events is not acked"
+        );
         assert_eq!(dedupe.seen(&ids).unwrap(), vec![false; 20], "nothing of a failed frame is recorded");
         mock.broker_up(2).unwrap();
         let mut stored = false;
@@ -436,5 +439,71 @@ mod tests {
         let (ingest, _dedupe) = open();
         assert_eq!(ingest.process(&msg).await, Ack::Stored);
         assert_eq!(copies_in(&mock.bootstrap_servers(), topic), after_resend, "no copy more");
+    }
+
+    /// An index that fails while `fail` is set.
+    struct Flaky {
+        inner: RedbDedupe,
+        fail: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl Flaky {
+        fn check(&self) -> Result<(), crate::dedupe::DedupeError> {
+            match self.fail.load(std::sync::atomic::Ordering::Relaxed) {
+                true => Err(crate::dedupe::DedupeError("disk gone".into())),
+                false => Ok(()),
+            }
+        }
+    }
+
+    impl DedupeIndex for Flaky {
+        fn seen(&self, ids: &[Uuid]) -> Result<Vec<bool>, crate::dedupe::DedupeError> {
+            self.check()?;
+            self.inner.seen(ids)
+        }
+        fn record(&self, ids: &[Uuid], now_ms: u64) -> Result<(), crate::dedupe::DedupeError> {
+            self.check()?;
+            self.inner.record(ids, now_ms)
+        }
+        fn evict(&self, cutoff_ms: u64) -> Result<usize, crate::dedupe::DedupeError> {
+            self.check()?;
+            self.inner.evict(cutoff_ms)
+        }
+    }
+
+    /// `GET /ready` of the admin port follows the sink circuit (degraded, `200`) and the dedupe
+    /// index (`503` while it fails, ready again once it works).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn readiness_follows_the_sink_circuit_and_the_dedupe_index() {
+        use serde_json::json;
+        use tower::ServiceExt;
+        let dir = tempfile::tempdir().unwrap();
+        let inner = RedbDedupe::open(&dir.path().join("d.redb")).unwrap();
+        let fail = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let dedupe = Arc::new(crate::dedupe::Watched::new(Flaky { inner, fail: fail.clone() }));
+        let sink = Sink::File(FileSink::open(&dir.path().join("sink")).unwrap());
+        let metrics = Arc::new(CoreMetrics::new().unwrap());
+        let ingest = Arc::new(Ingest::new(dedupe.clone(), sink, metrics.clone()));
+        let router = crate::admin_router(crate::AdminState { metrics, ingest: ingest.clone(), dedupe: dedupe.clone() });
+        let ready = || async {
+            let req = axum::http::Request::get("/ready").body(axum::body::Body::empty()).unwrap();
+            let resp = router.clone().oneshot(req).await.unwrap();
+            let status = resp.status().as_u16();
+            let body = axum::body::to_bytes(resp.into_body(), 1 << 16).await.unwrap();
+            (status, serde_json::from_slice::<serde_json::Value>(&body).unwrap())
+        };
+        assert_eq!(ready().await, (200, json!({"status": "ready", "degraded": []})));
+
+        ingest.circuit.failed();
+        assert_eq!(ready().await, (200, json!({"status": "degraded", "degraded": ["sink_circuit_open"]})));
+        ingest.circuit.delivered();
+
+        fail.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(matches!(ingest.process(&frame()).await, Ack::Retry { .. }));
+        assert_eq!(ready().await, (503, json!({"status": "degraded", "degraded": ["dedupe_failed"]})));
+
+        fail.store(false, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(ingest.process(&frame()).await, Ack::Stored);
+        assert_eq!(ready().await, (200, json!({"status": "ready", "degraded": []})));
     }
 }

@@ -135,7 +135,7 @@ fn admission(c: &mut Criterion) {
     let refusals = prometheus::IntCounterVec::new(prometheus::Opts::new("r", "r"), &["reason"]).unwrap();
     // A quota no benchmark loop reaches, so every request is admitted.
     let config = AdmissionConfig { tenant_events_per_sec: u32::MAX / 4, ..AdmissionConfig::default() };
-    let a = Admission::new(config, 512 * 1024, 1 << 33, refusals);
+    let a = Admission::new(config, 512 * 1024, 1 << 33, refusals, sluice_edge::clock::Clock::real());
     let keys = KeyStore::default();
     let mut g = c.benchmark_group("admission");
     g.throughput(Throughput::Elements(1));
@@ -155,8 +155,8 @@ fn admission(c: &mut Criterion) {
 /// next to the syscalls. Files live in `SLUICE_BENCH_DIR` (default: the system temp dir; a tmpfs
 /// there shows the dispatch cost without the disk's).
 fn wal_group_commit(c: &mut Criterion) {
-    use std::os::unix::fs::FileExt;
     use sluice_edge::wal::storage::{FileStorage, Storage};
+    use std::os::unix::fs::FileExt;
     let base = std::env::var_os("SLUICE_BENCH_DIR").map_or_else(std::env::temp_dir, std::path::PathBuf::from);
     let dir = tempfile::tempdir_in(base).unwrap();
     let group = vec![7u8; 256 * 1024];
@@ -174,7 +174,8 @@ fn wal_group_commit(c: &mut Criterion) {
             via_trait.sync_data().unwrap();
         })
     });
-    let plain = std::fs::File::options().read(true).write(true).create_new(true).open(dir.path().join("plain.wal")).unwrap();
+    let plain =
+        std::fs::File::options().read(true).write(true).create_new(true).open(dir.path().join("plain.wal")).unwrap();
     let mut m = 0u64;
     g.bench_function("group commit 256 KiB on std::fs::File", |b| {
         b.iter(|| {

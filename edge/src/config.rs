@@ -110,7 +110,9 @@ pub struct HttpConfig {
     /// Both or neither; default plain HTTP.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
-    /// A client must send its request headers within this many milliseconds. Default 10000.
+    /// A client must send each request head within this many milliseconds of its connection going
+    /// idle (opened, or its last response ready), on HTTP/1.1 and HTTP/2; an idle connection is
+    /// closed then. Default 10000.
     pub header_timeout_ms: u64,
     /// A client must send its whole body within this many milliseconds. Default 30000.
     pub body_timeout_ms: u64,

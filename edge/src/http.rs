@@ -16,6 +16,7 @@ use axum::{Extension, Json, Router};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use serde_json::json;
 use sha2::{Digest, Sha256};
+use sluice_wire::seen_signature::SeenSignature;
 use sluice_wire::stored_response::StoredResponse;
 use tower_http::cors::{Any, CorsLayer};
 use tracing::Instrument;
@@ -30,7 +31,7 @@ use crate::idempotency::{self, IdempotencyStore, Lookup};
 use crate::ingest::{self, PrepareError, Prepared};
 use crate::metrics::EdgeMetrics;
 use crate::server::PeerAddr;
-use crate::signature::{self, ReplayGuard, SignatureError};
+use crate::signature::{self, SignatureError, Verified};
 use crate::wal::{Wal, WalError};
 
 pub struct AppState {
@@ -41,8 +42,8 @@ pub struct AppState {
     pub rules: ValidationConfig,
     pub pii: PiiConfig,
     pub http: HttpConfig,
+    /// Also remembers the accepted request signatures (replay guard).
     pub idempotency: Arc<IdempotencyStore>,
-    pub replays: ReplayGuard,
     pub debug_limiter: DefaultKeyedRateLimiter<String>,
     pub metrics: Arc<EdgeMetrics>,
     pub admission: Arc<Admission>,
@@ -406,8 +407,13 @@ fn authenticate(state: &AppState, headers: &HeaderMap, uri: &Uri) -> Result<Call
 }
 
 /// Reads the raw body (bounded in size and time) and checks the request signature if the key
-/// requires one.
-async fn read_body(state: &AppState, caller: &Caller, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+/// requires one: valid, and never accepted before by this edge (durably, across restarts).
+async fn read_body(
+    state: &AppState,
+    caller: &Caller,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(Bytes, Option<Verified>), ApiError> {
     let limits = &state.limits;
     let timeout = Duration::from_millis(state.http.body_timeout_ms);
     let raw = match tokio::time::timeout(timeout, axum::body::to_bytes(body, limits.max_body_bytes)).await {
@@ -426,9 +432,15 @@ async fn read_body(state: &AppState, caller: &Caller, headers: &HeaderMap, body:
         let skew = state.http.signature_skew_secs;
         let sig = headers.get("x-signature").and_then(|v| v.to_str().ok());
         let verified = signature::verify(secret, sig, &raw, now, skew)?;
-        state.replays.admit(&verified, now, skew)?;
+        let seen = SeenSignature { signed_at: verified.timestamp, expires_ms: verified.expires_ms(skew) };
+        let fresh = tokio::task::block_in_place(|| state.idempotency.admit_signature(&verified.mac, &seen))
+            .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", e.to_string()))?;
+        if !fresh {
+            return Err(SignatureError::Replayed.into());
+        }
+        return Ok((raw, Some(verified)));
     }
-    Ok(raw)
+    Ok((raw, None))
 }
 
 /// Decompresses the body and runs the ingest pipeline; the callers map the outcome to HTTP.
@@ -501,9 +513,15 @@ async fn ingest(
             Some((key, guard))
         }
     };
-    let raw = read_body(&state, &caller, &headers, body).await?;
+    let (raw, signed) = read_body(&state, &caller, &headers, body).await?;
     let (batch_id, in_flight) = match reserved {
-        None => (sluice_wire::ids::new_batch_id(), None),
+        // A replay of this request to another edge gets the same batch ID: core drops it.
+        None => match &signed {
+            Some(v) => {
+                (sluice_wire::ids::signed_batch_id(&caller.principal.tenant, &caller.principal.env, &v.mac), None)
+            }
+            None => (sluice_wire::ids::new_batch_id(), None),
+        },
         Some((key, guard)) => {
             let hash: [u8; 32] = Sha256::digest(&raw).into();
             let lookup = tokio::task::block_in_place(|| state.idempotency.lookup(guard, &hash, now_ms()))
@@ -597,7 +615,7 @@ async fn debug(
         err.retry_after_secs = Some(1);
         return Err(err);
     }
-    let raw = read_body(&state, &caller, &headers, body).await?;
+    let (raw, _) = read_body(&state, &caller, &headers, body).await?;
     let batch_id = sluice_wire::ids::new_batch_id();
     let (events, rejected, pii) = match prepare(&state, &caller, &raw, &headers, batch_id) {
         Ok(p) => {

@@ -5,18 +5,26 @@
 //!
 //! The keyed request's batch ID is derived from (tenant, env, key), so even if the edge crashes
 //! between the WAL append and storing the response, the retry's batch is deduped by core.
+//!
+//! The same file holds the request signatures the edge accepted (`X-Signature`), each until its
+//! timestamp leaves the skew window, so a captured signed request is refused after a restart too.
 
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use sluice_wire::seen_signature::SeenSignature;
 use sluice_wire::stored_response::StoredResponse;
 
 /// scope key (`tenant \0 env \0 key`) → encoded StoredResponse.
 const RESPONSES: TableDefinition<&str, &[u8]> = TableDefinition::new("responses");
 /// (created_ms, scope key) → (): expiry scans only what is old.
 const BY_TIME: TableDefinition<(u64, &str), ()> = TableDefinition::new("responses_by_time");
+/// MAC of an accepted signature → encoded SeenSignature.
+const SIGNATURES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("signatures");
+/// (expires_ms, MAC) → (): expiry scans only what is old.
+const SIGNATURES_BY_TIME: TableDefinition<(u64, &[u8]), ()> = TableDefinition::new("signatures_by_time");
 
 /// Idempotency keys longer than this are refused (400); they are stored verbatim.
 pub const MAX_KEY_LEN: usize = 255;
@@ -69,6 +77,8 @@ impl IdempotencyStore {
         let txn = db.begin_write().map_err(err)?;
         txn.open_table(RESPONSES).map_err(err)?;
         txn.open_table(BY_TIME).map_err(err)?;
+        txn.open_table(SIGNATURES).map_err(err)?;
+        txn.open_table(SIGNATURES_BY_TIME).map_err(err)?;
         txn.commit().map_err(err)?;
         Ok(Self { db, in_flight: Arc::default(), ttl_ms: ttl_secs.saturating_mul(1000) })
     }
@@ -114,28 +124,56 @@ impl IdempotencyStore {
         Ok(())
     }
 
-    /// Deletes entries older than the TTL; returns how many. Keeps the file bounded.
+    /// Durably records an accepted signature (its MAC) until `seen.expires_ms`; `false` if it was
+    /// recorded before, i.e. the request is a replay. One write transaction, so two copies of a
+    /// request racing on this edge cannot both pass.
+    pub fn admit_signature(&self, mac: &[u8], seen: &SeenSignature) -> Result<bool, StoreError> {
+        let txn = self.db.begin_write().map_err(err)?;
+        {
+            let mut signatures = txn.open_table(SIGNATURES).map_err(err)?;
+            if signatures.get(mac).map_err(err)?.is_some() {
+                return Ok(false);
+            }
+            signatures.insert(mac, seen.encode().as_slice()).map_err(err)?;
+            txn.open_table(SIGNATURES_BY_TIME).map_err(err)?.insert((seen.expires_ms, mac), ()).map_err(err)?;
+        }
+        txn.commit().map_err(err)?;
+        Ok(true)
+    }
+
+    /// Deletes responses older than the TTL and signatures past their expiry; returns how many.
+    /// Keeps the file bounded.
     pub fn evict_expired(&self, now_ms: u64) -> Result<usize, StoreError> {
         let cutoff = now_ms.saturating_sub(self.ttl_ms);
         let txn = self.db.begin_write().map_err(err)?;
         let mut n = 0;
         {
+            let mut signatures = txn.open_table(SIGNATURES).map_err(err)?;
+            let mut by_time = txn.open_table(SIGNATURES_BY_TIME).map_err(err)?;
+            let range = (0u64, [].as_slice())..(now_ms, [].as_slice());
+            for entry in by_time.extract_from_if(range, |_, _| true).map_err(err)? {
+                let (key, _) = entry.map_err(err)?;
+                signatures.remove(key.value().1).map_err(err)?;
+                n += 1;
+            }
+        }
+        {
             let mut responses = txn.open_table(RESPONSES).map_err(err)?;
             let mut by_time = txn.open_table(BY_TIME).map_err(err)?;
-            let mut expired = Vec::new();
-            for entry in by_time.range((0u64, "")..(cutoff, "")).map_err(err)? {
-                let (k, _) = entry.map_err(err)?;
-                let (t, scope) = k.value();
-                expired.push((t, scope.to_string()));
-            }
-            for (t, scope) in &expired {
-                by_time.remove((*t, scope.as_str())).map_err(err)?;
-                responses.remove(scope.as_str()).map_err(err)?;
+            for entry in by_time.extract_from_if((0u64, "")..(cutoff, ""), |_, _| true).map_err(err)? {
+                let (key, _) = entry.map_err(err)?;
+                responses.remove(key.value().1).map_err(err)?;
                 n += 1;
             }
         }
         txn.commit().map_err(err)?;
         Ok(n)
+    }
+
+    /// Signatures currently remembered.
+    pub fn signatures(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().map_err(err)?;
+        txn.open_table(SIGNATURES).map_err(err)?.len().map_err(err)
     }
 
     pub fn len(&self) -> Result<u64, StoreError> {
@@ -180,5 +218,24 @@ mod tests {
         assert!(matches!(look(2, 12_000), Lookup::Fresh(_)));
         assert_eq!(store.evict_expired(12_000).unwrap(), 1);
         assert!(store.is_empty().unwrap());
+    }
+
+    #[test]
+    fn a_signature_is_admitted_once_across_reopens_until_it_expires() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("idem.redb");
+        let seen = SeenSignature { signed_at: 1_000, expires_ms: 1_300_000 };
+        {
+            let store = IdempotencyStore::open(&path, 10).unwrap();
+            assert!(store.admit_signature(b"mac-1", &seen).unwrap());
+            assert!(!store.admit_signature(b"mac-1", &seen).unwrap(), "a replay");
+            assert!(store.admit_signature(b"mac-2", &SeenSignature { expires_ms: 2_000_000, ..seen }).unwrap());
+        }
+        let store = IdempotencyStore::open(&path, 10).unwrap();
+        assert!(!store.admit_signature(b"mac-1", &seen).unwrap(), "still a replay after a restart");
+        assert_eq!(store.evict_expired(1_300_000).unwrap(), 0, "not expired yet at its expiry");
+        assert_eq!(store.evict_expired(1_300_001).unwrap(), 1, "only mac-1 expired");
+        assert_eq!(store.signatures().unwrap(), 1);
+        assert!(store.admit_signature(b"mac-1", &seen).unwrap(), "forgotten once expired");
     }
 }

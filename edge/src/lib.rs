@@ -8,6 +8,7 @@ pub mod admission;
 pub mod auth;
 pub mod body;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod drain;
 pub mod forwarder;
@@ -83,6 +84,12 @@ pub struct Edge {
 
 /// Opens the WAL, binds the HTTP listener and starts the forwarder.
 pub async fn start(config: EdgeConfig) -> Result<Edge, StartError> {
+    start_with_clock(config, clock::Clock::real()).await
+}
+
+/// [`start`] with the clock of admission control given: tests pass a [`clock::Clock::manual`]
+/// to drive quotas and `Retry-After` deterministically.
+pub async fn start_with_clock(config: EdgeConfig, clock: clock::Clock) -> Result<Edge, StartError> {
     let keys = Arc::new(auth::KeyRing::load(&config.keys_file)?);
     let idempotency =
         Arc::new(idempotency::IdempotencyStore::open(&config.idempotency.path, config.idempotency.ttl_secs)?);
@@ -129,6 +136,7 @@ pub async fn start(config: EdgeConfig) -> Result<Edge, StartError> {
         config.limits.max_body_bytes,
         config.wal.budget_bytes,
         metrics.admission_refusals.clone(),
+        clock,
     ));
     metrics.register(Box::new(metrics::AdmissionCollector::new(admission.clone(), keys.clone(), link.clone())?))?;
     let drain = Arc::new(drain::Drain::default());
@@ -154,7 +162,6 @@ pub async fn start(config: EdgeConfig) -> Result<Edge, StartError> {
         pii: config.pii.clone(),
         http: config.http.clone(),
         idempotency,
-        replays: signature::ReplayGuard::default(),
         debug_limiter: http::AppState::new_debug_limiter(config.limits.debug_requests_per_sec),
         metrics: metrics.clone(),
         admission,
@@ -215,7 +222,7 @@ async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, StartError> {
     tokio::net::TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })
 }
 
-/// Evicts expired idempotency keys every minute so the store stays bounded.
+/// Evicts expired idempotency keys and request signatures every minute so the store stays bounded.
 fn spawn_idempotency_expiry(store: Arc<idempotency::IdempotencyStore>) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(60));
@@ -224,7 +231,7 @@ fn spawn_idempotency_expiry(store: Arc<idempotency::IdempotencyStore>) -> JoinHa
             let now = http::now_ms();
             match tokio::task::block_in_place(|| store.evict_expired(now)) {
                 Ok(0) => {}
-                Ok(n) => tracing::info!(evicted = n, "edge: idempotency keys expired"),
+                Ok(n) => tracing::info!(evicted = n, "edge: idempotency keys and signatures expired"),
                 Err(e) => tracing::warn!(error = %e, "edge: idempotency expiry failed"),
             }
         }

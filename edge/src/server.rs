@@ -1,28 +1,31 @@
 //! The HTTP(S) accept loop, with the read deadlines `axum::serve` lacks, so slow clients
 //! (slowloris) cannot pin connections:
 //!
-//! - A connection must deliver its first complete request head within `header_timeout` of
-//!   opening (covers a client that connects and sends nothing, and the HTTP/1-vs-2 sniffing);
-//!   hyper's own header timeout covers later requests on a kept-alive connection. With TLS the
-//!   handshake must also finish within that time.
-//! - The body deadline is enforced where the body is read (`http::read_body`, `408`).
+//! - Every request head is due within `header_timeout` of the connection going idle: of its
+//!   opening for the first request (covers a client that connects and sends nothing, the
+//!   HTTP/1-vs-2 sniffing and, with TLS, the handshake), of the last response for the next one on
+//!   a kept-alive connection. An idle connection past that is closed, on HTTP/1.1 and HTTP/2
+//!   alike: HTTP/2 has no header timeout of its own, so without this a client could hold a
+//!   connection by trickling `CONTINUATION` frames or by staying silent after a first request.
+//! - The body deadline is enforced where the body is read (`http::read_body`, `408`); while a
+//!   request is being handled the connection is not idle.
 //!
 //! HTTP/1.1 and HTTP/2 are served (ALPN with TLS, sniffed without). Stopping lets in-flight
 //! requests finish (graceful shutdown of every connection).
 
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
@@ -72,11 +75,13 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let (app, builder, tls, stop) = (app.clone(), builder.clone(), tls.clone(), stop.clone());
         connections.spawn(async move {
-            let deadline = tokio::time::Instant::now() + header_timeout;
+            let opened = Instant::now();
+            let conn = Connection { app, peer, header_timeout, activity: Arc::new(Activity::new(opened)) };
             match tls {
-                None => serve_connection(stream, app, &builder, deadline, stop, peer).await,
-                Some(acceptor) => match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
-                    Ok(Ok(s)) => serve_connection(s, app, &builder, deadline, stop, peer).await,
+                None => conn.serve(stream, &builder, stop).await,
+                Some(acceptor) => match tokio::time::timeout_at(opened + header_timeout, acceptor.accept(stream)).await
+                {
+                    Ok(Ok(s)) => conn.serve(s, &builder, stop).await,
                     Ok(Err(e)) => tracing::debug!(%peer, error = %e, "http: TLS handshake failed"),
                     Err(_) => tracing::debug!(%peer, "http: TLS handshake timed out"),
                 },
@@ -87,51 +92,95 @@ pub async fn serve(
     while connections.join_next().await.is_some() {}
 }
 
-async fn serve_connection<S>(
-    stream: S,
+/// The requests of one connection being handled, and when it last went idle.
+struct Activity {
+    active: AtomicUsize,
+    idle_since: Mutex<Instant>,
+}
+
+/// Held while a request is handled (until its response is ready).
+struct Busy(Arc<Activity>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        // Idle from now, if this was the last request: the next head is due a timeout later.
+        *self.0.idle_since.lock().unwrap_or_else(PoisonError::into_inner) = Instant::now();
+        self.0.active.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Activity {
+    fn new(opened: Instant) -> Self {
+        Self { active: AtomicUsize::new(0), idle_since: Mutex::new(opened) }
+    }
+
+    fn busy(self: &Arc<Self>) -> Busy {
+        self.active.fetch_add(1, Ordering::SeqCst);
+        Busy(self.clone())
+    }
+
+    /// When to look again, or `None` if the connection has been idle for `timeout`: no request
+    /// head arrived in time.
+    fn next_check(&self, timeout: Duration, now: Instant) -> Option<Instant> {
+        if self.active.load(Ordering::SeqCst) > 0 {
+            return Some(now + timeout);
+        }
+        let due = *self.idle_since.lock().unwrap_or_else(PoisonError::into_inner) + timeout;
+        (due > now).then_some(due)
+    }
+}
+
+struct Connection {
     app: Router,
-    builder: &auto::Builder<TokioExecutor>,
-    first_head_deadline: tokio::time::Instant,
-    mut stop: watch::Receiver<bool>,
     peer: std::net::SocketAddr,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let started = Arc::new(AtomicBool::new(false));
-    let flag = started.clone();
-    let service = TowerToHyperService::new(app.map_request(move |req: axum::http::Request<hyper::body::Incoming>| {
-        flag.store(true, Ordering::Relaxed);
-        let mut req = req.map(Body::new);
-        req.extensions_mut().insert(PeerAddr(peer));
-        req
-    }));
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-    tokio::pin!(conn);
-    let first_head = tokio::time::sleep_until(first_head_deadline);
-    tokio::pin!(first_head);
-    let mut head_deadline_armed = true;
-    let mut draining = false;
-    loop {
-        tokio::select! {
-            result = conn.as_mut() => {
-                if let Err(e) = result {
-                    tracing::debug!(%peer, error = %e, "http: connection ended with an error");
-                }
-                return;
+    header_timeout: Duration,
+    activity: Arc<Activity>,
+}
+
+impl Connection {
+    async fn serve<S>(self, stream: S, builder: &auto::Builder<TokioExecutor>, mut stop: watch::Receiver<bool>)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Connection { app, peer, header_timeout, activity } = self;
+        let requests = activity.clone();
+        // Called by hyper once a request's head is complete; on HTTP/2 the handler then runs in a
+        // task of its own, which holds `Busy` until its response is ready.
+        let service = hyper::service::service_fn(move |req: axum::http::Request<hyper::body::Incoming>| {
+            let busy = requests.busy();
+            let mut req = req.map(Body::new);
+            req.extensions_mut().insert(PeerAddr(peer));
+            let app = app.clone();
+            async move {
+                let response = app.oneshot(req).await;
+                drop(busy);
+                response
             }
-            _ = &mut first_head, if head_deadline_armed => {
-                // The guard is evaluated when the select starts, not when the timer fires: the
-                // head may have arrived meanwhile, and then the connection must live on.
-                if started.load(Ordering::Relaxed) {
-                    head_deadline_armed = false;
-                    continue;
+        });
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+        tokio::pin!(conn);
+        let check = tokio::time::sleep_until(Instant::now() + header_timeout);
+        tokio::pin!(check);
+        let mut draining = false;
+        loop {
+            tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(e) = result {
+                        tracing::debug!(%peer, error = %e, "http: connection ended with an error");
+                    }
+                    return;
                 }
-                tracing::debug!(%peer, "http: no complete request head in time; closing");
-                return;
-            }
-            _ = stopped(&mut stop), if !draining => {
-                draining = true;
-                conn.as_mut().graceful_shutdown();
+                _ = &mut check => match activity.next_check(header_timeout, Instant::now()) {
+                    Some(at) => check.as_mut().reset(at),
+                    None => {
+                        tracing::debug!(%peer, "http: no complete request head in time; closing");
+                        return;
+                    }
+                },
+                _ = stopped(&mut stop), if !draining => {
+                    draining = true;
+                    conn.as_mut().graceful_shutdown();
+                }
             }
         }
     }
@@ -140,4 +189,25 @@ async fn serve_connection<S>(
 async fn stopped(stop: &mut watch::Receiver<bool>) {
     // A closed channel means the edge is going away: stop too.
     let _ = stop.wait_for(|s| *s).await.map(|_| ());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_is_idle_from_its_opening_and_from_its_last_response() {
+        let t = Duration::from_secs(10);
+        let opened = Instant::now();
+        let a = Arc::new(Activity::new(opened));
+        assert_eq!(a.next_check(t, opened + Duration::from_secs(4)), Some(opened + t), "first head due at open + t");
+        assert_eq!(a.next_check(t, opened + t), None, "no head by then: close");
+        let busy = a.busy();
+        let later = opened + Duration::from_secs(60);
+        assert_eq!(a.next_check(t, later), Some(later + t), "a request in flight keeps it open");
+        drop(busy);
+        let idle = *a.idle_since.lock().unwrap();
+        assert!(idle > opened, "idle again from the response");
+        assert_eq!(a.next_check(t, idle + t), None, "the next head is due a timeout after the response");
+    }
 }

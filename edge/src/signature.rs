@@ -1,9 +1,9 @@
 //! Optional per-key request signatures: `X-Signature: t=<unix seconds>,v1=<hex>` where the hex is
 //! HMAC-SHA256(secret, `<t>.` + raw body as sent). The timestamp must be within a bounded skew,
 //! and a signature is accepted once: a captured request cannot be replayed inside the window.
-
-use std::collections::HashMap;
-use std::sync::Mutex;
+//! The edge remembers accepted signatures durably (`idempotency::IdempotencyStore::admit_signature`)
+//! until [`Verified::expires_ms`], and derives a signed request's batch ID from its MAC
+//! (`sluice_wire::ids::signed_batch_id`), so a replay to another edge is dropped by core's dedupe.
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -29,6 +29,15 @@ pub enum SignatureError {
 pub struct Verified {
     pub timestamp: i64,
     pub mac: Vec<u8>,
+}
+
+impl Verified {
+    /// Epoch milliseconds after which this signature fails the skew check, so it need not be
+    /// remembered any longer.
+    pub fn expires_ms(&self, skew_secs: u64) -> u64 {
+        let secs = self.timestamp.saturating_add_unsigned(skew_secs).max(0) as u64;
+        secs.saturating_mul(1000)
+    }
 }
 
 /// Verifies `header` over `body` with `secret`, at server time `now` (unix seconds).
@@ -70,41 +79,20 @@ pub fn sign(secret: &[u8], t: i64, body: &[u8]) -> String {
     format!("t={t},v1={}", hex::encode(h.finalize().into_bytes()))
 }
 
-/// Signatures seen within the skew window. Entries expire once their timestamp leaves the
-/// window, because an older signature is refused by the skew check anyway.
-#[derive(Default)]
-pub struct ReplayGuard {
-    seen: Mutex<HashMap<Vec<u8>, i64>>,
-}
-
-impl ReplayGuard {
-    /// Records a verified signature; `Err(Replayed)` if it was seen before.
-    pub fn admit(&self, v: &Verified, now: i64, skew_secs: u64) -> Result<(), SignatureError> {
-        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        if seen.len() > 4096 {
-            seen.retain(|_, t| now.abs_diff(*t) <= skew_secs);
-        }
-        if seen.insert(v.mac.clone(), v.timestamp).is_some() {
-            return Err(SignatureError::Replayed);
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn accept_reject_and_replay() {
+    fn accept_reject_and_expiry() {
         let secret = b"s3cret";
         let body = br#"[{"event":"e"}]"#;
         let now = 1_800_000_000;
         let h = sign(secret, now - 10, body);
         let v = verify(secret, Some(&h), body, now, 300).unwrap();
-        let guard = ReplayGuard::default();
-        assert_eq!(guard.admit(&v, now, 300), Ok(()));
-        assert_eq!(guard.admit(&v, now, 300), Err(SignatureError::Replayed));
+        assert_eq!(v.expires_ms(300), (now + 290) as u64 * 1000, "t + skew");
+        assert_eq!(verify(secret, Some(&h), body, now + 290, 300).map(|v| v.timestamp), Ok(now - 10));
+        assert_eq!(verify(secret, Some(&h), body, now + 291, 300), Err(SignatureError::Skew(300)), "past expires_ms");
 
         assert_eq!(verify(secret, Some(&h), b"[]", now, 300), Err(SignatureError::Mismatch));
         assert_eq!(verify(b"other", Some(&h), body, now, 300), Err(SignatureError::Mismatch));

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 
+use sluice_edge::clock::Clock;
 use sluice_edge::config::EdgeConfig;
 
 pub struct InProcessEdge {
@@ -12,18 +13,26 @@ pub struct InProcessEdge {
     pub keys_file: PathBuf,
     pub config: EdgeConfig,
     pub dir: tempfile::TempDir,
+    /// Admission control's clock, kept across restarts.
+    clock: Clock,
 }
 
 impl InProcessEdge {
     /// Starts an edge with one key for tenant `acme`/`prod`; `customize` adjusts the config.
     pub async fn start(customize: impl FnOnce(&mut EdgeConfig)) -> Self {
+        Self::start_with_clock(customize, Clock::real()).await
+    }
+
+    /// [`InProcessEdge::start`] with admission control (quotas, `Retry-After`, intake rates) on
+    /// `clock`, e.g. a [`Clock::manual`] the test advances.
+    pub async fn start_with_clock(customize: impl FnOnce(&mut EdgeConfig), clock: Clock) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let (mut config, key) = config_in(dir.path());
         customize(&mut config);
-        let edge = sluice_edge::start(config.clone()).await.expect("edge starts");
+        let edge = sluice_edge::start_with_clock(config.clone(), clock.clone()).await.expect("edge starts");
         // Later restarts must reuse the same port, also when `customize` asked for any port.
         config.listen = edge.http_addr;
-        InProcessEdge { edge: Some(edge), key, keys_file: config.keys_file.clone(), config, dir }
+        InProcessEdge { edge: Some(edge), key, keys_file: config.keys_file.clone(), config, dir, clock }
     }
 
     pub fn addr(&self) -> std::net::SocketAddr {
@@ -44,7 +53,8 @@ impl InProcessEdge {
         if let Some(e) = self.edge.take() {
             e.shutdown().await;
         }
-        self.edge = Some(sluice_edge::start(self.config.clone()).await.expect("edge restarts"));
+        let edge = sluice_edge::start_with_clock(self.config.clone(), self.clock.clone()).await;
+        self.edge = Some(edge.expect("edge restarts"));
     }
 
     pub async fn shutdown(mut self) {

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use sluice_edge::auth::TenantEnv;
+use sluice_edge::clock::Clock;
 use sluice_tests::edge_harness::{InProcessEdge, edit_keys, set_quota};
 use sluice_tests::http::{Response, post_batch as post, request};
 use sluice_tests::metrics::sample;
@@ -31,62 +32,103 @@ fn wait_quota(admin_addr: SocketAddr, tenant: &str) {
     });
 }
 
+/// Turns on the admin API (ephemeral port, [`ADMIN_TOKEN`]).
+fn admin_api(c: &mut sluice_edge::config::EdgeConfig) {
+    c.admin.listen = Some("127.0.0.1:0".parse().expect("addr"));
+    c.admin.token = Some(ADMIN_TOKEN.into());
+}
+
 async fn edge_with_admin(customize: impl FnOnce(&mut sluice_edge::config::EdgeConfig)) -> InProcessEdge {
     InProcessEdge::start(|c| {
-        c.admin.listen = Some("127.0.0.1:0".parse().expect("addr"));
-        c.admin.token = Some(ADMIN_TOKEN.into());
+        admin_api(c);
         customize(c);
     })
     .await
 }
 
 /// A tenant over its quota gets `429` with `Retry-After` and `RateLimit-*` headers; retrying at
-/// once is refused again, waiting `Retry-After` seconds succeeds.
+/// once, or a millisecond before `Retry-After`, is refused; at `Retry-After` it succeeds.
+/// Admission control runs on a manual clock, so no refill happens while the test is not looking
+/// and every figure is exact however slow the machine.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_after_is_accurate_and_a_client_honouring_it_succeeds() {
-    let e = edge_with_admin(|_| {}).await;
+    let (clock, hand) = Clock::manual();
+    let e = InProcessEdge::start_with_clock(admin_api, clock).await;
     let (addr, admin_addr, keys_file) = (e.addr(), e.edge().admin_addr.expect("admin"), e.keys_file.clone());
-    // 20 events/s, burst 60: three requests of 20 events. One request's worth refills in a second,
-    // so the five requests up to "impatient" (three of them fsync'd) must take less than that, or
-    // the bucket refilled meanwhile and they prove nothing: then try again with a fresh tenant.
-    let batch = 20;
     tokio::task::spawn_blocking(move || {
         let spec = Spec::load();
-        for attempt in 0..3 {
-            let tenant = format!("metered-{attempt}");
-            let (_, key) = sluice_ops::keys::add(&keys_file, &tenant, "prod").expect("key");
-            set_quota(&keys_file, &tenant, 20);
-            wait_quota(admin_addr, &tenant);
-            let started = Instant::now();
-            let burst: Vec<Response> = (0..3).map(|i| post(addr, &key, &format!("m{i}"), batch)).collect();
-            let over = post(addr, &key, "over", batch);
-            let impatient = post(addr, &key, "impatient", batch);
-            if started.elapsed() > Duration::from_millis(900) {
-                eprintln!("attempt {attempt}: the requests took {:?}, longer than a refill; again", started.elapsed());
-                continue;
-            }
-            let mut remaining = Vec::new();
-            for (i, r) in burst.iter().enumerate() {
-                assert_eq!(r.status, 202, "request {i}: {}", String::from_utf8_lossy(&r.body));
-                spec.check("POST", "/v1/events", r);
-                assert_eq!(r.header("ratelimit-limit"), Some("60"));
-                assert_eq!(r.header("ratelimit-policy"), Some("60;w=3"));
-                remaining.push(r.header("ratelimit-remaining").and_then(|v| v.parse::<u32>().ok()).expect("remaining"));
-            }
-            assert!(remaining.windows(2).all(|w| w[1] < w[0]), "remaining counts down: {remaining:?}");
-            assert_eq!((over.status, over.code().as_str()), (429, "rate_limited"));
-            spec.check("POST", "/v1/events", &over);
-            assert_eq!(over.header("ratelimit-remaining"), Some("0"));
-            // 20 events at 20/s: the bucket needs at most a second, rounded up to whole seconds.
-            let retry_after: u64 = over.header("retry-after").and_then(|v| v.parse().ok()).expect("Retry-After");
-            assert_eq!(retry_after, 1);
-            assert_eq!(impatient.status, 429, "retrying at once is refused");
-            std::thread::sleep(Duration::from_secs(retry_after));
-            let r = post(addr, &key, "patient", batch);
-            assert_eq!(r.status, 202, "after Retry-After: {}", String::from_utf8_lossy(&r.body));
-            return;
+        // 20 events/s, burst 60: three requests of 20 events.
+        let (_, key) = sluice_ops::keys::add(&keys_file, "metered", "prod").expect("key");
+        set_quota(&keys_file, "metered", 20);
+        wait_quota(admin_addr, "metered");
+        let batch = 20;
+        for (i, remaining) in [40, 20, 0].into_iter().enumerate() {
+            let r = post(addr, &key, &format!("m{i}"), batch);
+            assert_eq!(r.status, 202, "request {i}: {}", String::from_utf8_lossy(&r.body));
+            spec.check("POST", "/v1/events", &r);
+            assert_eq!(r.header("ratelimit-limit"), Some("60"));
+            assert_eq!(r.header("ratelimit-policy"), Some("60;w=3"));
+            assert_eq!(r.header("ratelimit-remaining"), Some(remaining.to_string().as_str()), "request {i}");
         }
-        panic!("three attempts were each slower than one refill (1 s)");
+        let over = post(addr, &key, "over", batch);
+        assert_eq!((over.status, over.code().as_str()), (429, "rate_limited"));
+        spec.check("POST", "/v1/events", &over);
+        assert_eq!(over.header("ratelimit-remaining"), Some("0"));
+        // 20 events at 20/s: the bucket needs exactly a second.
+        assert_eq!(over.header("retry-after"), Some("1"));
+        assert_eq!(post(addr, &key, "impatient", batch).code(), "rate_limited", "retrying at once is refused");
+        hand.advance(Duration::from_millis(999));
+        assert_eq!(post(addr, &key, "early", batch).code(), "rate_limited", "1 ms before Retry-After: refused");
+        hand.advance(Duration::from_millis(1));
+        let r = post(addr, &key, "patient", batch);
+        assert_eq!(r.status, 202, "at Retry-After: {}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.header("ratelimit-remaining"), Some("0"), "the refusals took nothing");
+    })
+    .await
+    .expect("client");
+    e.shutdown().await;
+}
+
+/// Per-tenant quotas are hot-reloaded from the keys file: raising, removing (0 = unlimited) and
+/// setting a quota again take effect at the next reload, without a restart, on a clock that does
+/// not move (so no refill can pass for the new quota).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quota_change_in_the_keys_file_applies_without_restart() {
+    let (clock, _hand) = Clock::manual();
+    let e = InProcessEdge::start_with_clock(admin_api, clock).await;
+    let (addr, admin_addr, keys_file) = (e.addr(), e.edge().admin_addr.expect("admin"), e.keys_file.clone());
+    tokio::task::spawn_blocking(move || {
+        let (_, key) = sluice_ops::keys::add(&keys_file, "reloaded", "prod").expect("key");
+        let set = |per_sec: u32| {
+            set_quota(&keys_file, "reloaded", per_sec);
+            wait_until("the new quota to be loaded", Duration::from_secs(10), || {
+                admin(admin_addr, "GET", "/admission", "").json()["quotas"]["reloaded"] == per_sec
+            });
+        };
+        set(10);
+        let r = post(addr, &key, "a", 30);
+        assert_eq!(
+            (r.status, r.header("ratelimit-limit"), r.header("ratelimit-remaining")),
+            (202, Some("30"), Some("0"))
+        );
+        assert_eq!(post(addr, &key, "b", 30).code(), "rate_limited", "10/s: the burst of 30 is spent");
+
+        set(100);
+        let r = post(addr, &key, "c", 30);
+        assert_eq!(r.status, 202, "raised to 100/s: {}", String::from_utf8_lossy(&r.body));
+        assert_eq!((r.header("ratelimit-limit"), r.header("ratelimit-remaining")), (Some("300"), Some("270")));
+
+        set(0);
+        for i in 0..5 {
+            let r = post(addr, &key, &format!("u{i}"), 100);
+            assert_eq!(r.status, 202, "unlimited, request {i}: {}", String::from_utf8_lossy(&r.body));
+            assert_eq!(r.header("ratelimit-limit"), None, "no limit, no RateLimit headers");
+        }
+
+        set(10);
+        let r = post(addr, &key, "d", 30);
+        assert_eq!((r.status, r.header("ratelimit-limit")), (202, Some("30")), "limited again, from a full bucket");
+        assert_eq!(post(addr, &key, "e", 1).code(), "rate_limited");
     })
     .await
     .expect("client");
@@ -94,12 +136,13 @@ async fn retry_after_is_accurate_and_a_client_honouring_it_succeeds() {
 }
 
 /// Per-IP limits count every request from one address, whichever tenant or key it carries, and
-/// are checked before authentication.
+/// are checked before authentication. On a manual clock: no token comes back until the test
+/// advances it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_ip_limit_refuses_an_address_over_its_rate() {
-    // 1 request/s, burst 3: the five requests have a whole second before a token comes back. Only
-    // the first is fsync'd; the others carry a wrong key and are answered at once.
-    let e = InProcessEdge::start(|c| c.admission.ip_requests_per_sec = 1).await;
+    // 1 request/s, burst 3. Only the first is fsync'd; the others carry a wrong key.
+    let (clock, hand) = Clock::manual();
+    let e = InProcessEdge::start_with_clock(|c| c.admission.ip_requests_per_sec = 1, clock).await;
     let (addr, key) = (e.addr(), e.key.clone());
     tokio::task::spawn_blocking(move || {
         let keys = [key.as_str(), "slk_wrong", "slk_wrong", "slk_wrong", "slk_wrong"];
@@ -108,8 +151,10 @@ async fn per_ip_limit_refuses_an_address_over_its_rate() {
         assert_eq!(codes, ["ok", "unauthorized", "unauthorized", "ip_rate_limited", "ip_rate_limited"]);
         let r = post(addr, &key, "ip-last", 1);
         assert_eq!(r.code(), "ip_rate_limited", "the valid key is refused too");
-        assert!(r.header("retry-after").is_some());
+        assert_eq!(r.header("retry-after"), Some("1"));
         Spec::load().check("POST", "/v1/events", &r);
+        hand.advance(Duration::from_secs(1));
+        assert_eq!(post(addr, &key, "ip-later", 1).code(), "ok", "a second later one request's worth is back");
     })
     .await
     .expect("client");

@@ -8,6 +8,9 @@ use uuid::Uuid;
 /// Namespace for keyed batch IDs (UUIDv5), fixed forever: changing it changes every derived ID.
 const KEYED_BATCH_NAMESPACE: Uuid = Uuid::from_u128(0x5c1e_0b0a_7c4e_4a1f_9d3e_2b6f_1a8c_0001);
 
+/// Namespace for the batch IDs of signed requests (UUIDv5), fixed forever like the one above.
+const SIGNED_BATCH_NAMESPACE: Uuid = Uuid::from_u128(0x5c1e_0b0a_7c4e_4a1f_9d3e_2b6f_1a8c_0002);
+
 /// A fresh, time-ordered batch ID for a request without an idempotency key.
 pub fn new_batch_id() -> Uuid {
     Uuid::now_v7()
@@ -22,6 +25,18 @@ pub fn keyed_batch_id(tenant: &str, env: &str, idempotency_key: &str) -> Uuid {
         name.push(0);
     }
     Uuid::new_v5(&KEYED_BATCH_NAMESPACE, &name)
+}
+
+/// The batch ID of a signed request without an idempotency key: the same signature always maps to
+/// the same batch, so a captured request replayed to another edge of the POP (whose store of seen
+/// signatures does not know it) is dropped by core's batch-ID dedupe.
+pub fn signed_batch_id(tenant: &str, env: &str, mac: &[u8]) -> Uuid {
+    let mut name = Vec::with_capacity(tenant.len() + env.len() + mac.len() + 2);
+    for part in [tenant.as_bytes(), env.as_bytes(), mac] {
+        name.extend_from_slice(part);
+        name.push(0);
+    }
+    Uuid::new_v5(&SIGNED_BATCH_NAMESPACE, &name)
 }
 
 /// Deterministic event ID for the `index`-th event of a batch: the UUIDv5 of the index (u64 BE)
@@ -62,5 +77,12 @@ mod tests {
     fn keyed_ids_do_not_collide_across_field_boundaries() {
         assert_eq!(keyed_batch_id("t", "prod", "k"), keyed_batch_id("t", "prod", "k"));
         assert_ne!(keyed_batch_id("ab", "c", "k"), keyed_batch_id("a", "bc", "k"));
+    }
+
+    #[test]
+    fn signed_ids_are_stable_and_apart_from_keyed_ones() {
+        assert_eq!(signed_batch_id("t", "prod", b"mac"), signed_batch_id("t", "prod", b"mac"));
+        assert_ne!(signed_batch_id("t", "prod", b"mac"), signed_batch_id("t", "prod", b"mad"));
+        assert_ne!(signed_batch_id("t", "prod", b"k"), keyed_batch_id("t", "prod", "k"), "separate namespaces");
     }
 }

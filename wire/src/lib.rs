@@ -2,8 +2,9 @@
 //!
 //! Architecture invariant: only this crate defines bytes that outlive a process or cross a
 //! machine: the WAL record framing ([`record`]), the forwarder frames ([`frame`]), the
-//! edge↔core protocol messages ([`protocol`]) and the edge↔edge replication messages
-//! ([`replication`]). Everything here is pure (no IO, no clock), so it is unit- and
+//! edge↔core protocol messages ([`protocol`]), the edge↔edge replication messages
+//! ([`replication`]) and the edge's idempotency store values ([`stored_response`],
+//! [`seen_signature`]). Everything here is pure (no IO, no clock), so it is unit- and
 //! property-testable. [`breaker`] is the one piece of shared *logic*: the circuit breaker both
 //! ends of the edge↔core link use (pure as well).
 
@@ -13,6 +14,7 @@ pub mod ids;
 pub mod protocol;
 pub mod record;
 pub mod replication;
+pub mod seen_signature;
 pub mod stored_response;
 
 pub use record::{BatchRecord, EventRecord, RecordError, Stream};

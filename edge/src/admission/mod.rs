@@ -21,12 +21,13 @@ pub mod usage;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use prometheus::IntCounterVec;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::auth::KeyStore;
+use crate::clock::Clock;
 use crate::config::AdmissionConfig;
 use quota::{IpLimiter, Limited, Prepaid, RateInfo, TenantBucket};
 use shed::{Verdict, WalLevel};
@@ -97,20 +98,27 @@ pub struct Admission {
     usage: Mutex<Usage>,
     requests: Arc<Semaphore>,
     bytes_kib: Arc<Semaphore>,
-    started: Instant,
+    /// Drives the buckets and the intake rates (a manual clock in tests).
+    clock: Clock,
     refusals: IntCounterVec,
 }
 
 impl Admission {
     /// `refusals` is the metric counted by reason; `wal_budget` is `wal.budget_bytes`.
-    pub fn new(config: AdmissionConfig, max_body_bytes: usize, wal_budget: u64, refusals: IntCounterVec) -> Self {
+    pub fn new(
+        config: AdmissionConfig,
+        max_body_bytes: usize,
+        wal_budget: u64,
+        refusals: IntCounterVec,
+        clock: Clock,
+    ) -> Self {
         // The WAL frees space a whole segment (up to a quarter of the budget) at a time, and the
         // segment being written stays: a mark below half the budget could stay crossed after core
         // acknowledged everything.
         let high_water = (wal_budget as f64 * config.wal_high_water.clamp(MIN_HIGH_WATER, 1.0)) as u64;
         let bytes_kib = (config.max_in_flight_bytes as u64 / KIB).clamp(1, u64::from(u32::MAX)) as usize;
         Self {
-            ip: IpLimiter::new(config.ip_requests_per_sec),
+            ip: IpLimiter::new(config.ip_requests_per_sec, clock.clone()),
             requests: Arc::new(Semaphore::new(config.max_in_flight_requests.max(1))),
             bytes_kib: Arc::new(Semaphore::new(bytes_kib)),
             config,
@@ -119,13 +127,13 @@ impl Admission {
             high_water,
             tenants: RwLock::default(),
             usage: Mutex::default(),
-            started: Instant::now(),
+            clock,
             refusals,
         }
     }
 
     fn now(&self) -> f64 {
-        self.started.elapsed().as_secs_f64()
+        self.clock.elapsed().as_secs_f64()
     }
 
     fn refuse(&self, reason: Reason, message: String, retry_after: Duration, rate: Option<RateInfo>) -> Refusal {
@@ -187,7 +195,7 @@ impl Admission {
             // New tenant, or its quota was changed by a reload: a fresh bucket at the new rate.
             _ => {
                 let mut map = self.tenants.write().unwrap_or_else(PoisonError::into_inner);
-                let Some(fresh) = TenantBucket::new(per_sec).map(Arc::new) else {
+                let Some(fresh) = TenantBucket::new(per_sec, self.clock.clone()).map(Arc::new) else {
                     map.remove(tenant);
                     return None;
                 };
@@ -293,7 +301,7 @@ mod tests {
 
     fn admission(config: AdmissionConfig, budget: u64) -> Admission {
         let refusals = IntCounterVec::new(Opts::new("r", "r"), &["reason"]).unwrap();
-        Admission::new(config, 512 * 1024, budget, refusals)
+        Admission::new(config, 512 * 1024, budget, refusals, Clock::real())
     }
 
     #[test]

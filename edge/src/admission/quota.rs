@@ -7,18 +7,20 @@ use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use governor::clock::{Clock, DefaultClock};
+use governor::clock::Clock as _;
 use governor::middleware::{StateInformationMiddleware, StateSnapshot};
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{NotUntil, Quota, RateLimiter};
 
+use crate::clock::Clock;
+
 /// Burst is this many seconds' worth of the rate.
 pub const BURST_FACTOR: u32 = 3;
 
-type Instant = <DefaultClock as Clock>::Instant;
-type Direct = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
-type Keyed = RateLimiter<IpAddr, DefaultKeyedStateStore<IpAddr>, DefaultClock, StateInformationMiddleware>;
+type Instant = Duration;
+type Direct = RateLimiter<NotKeyed, InMemoryState, Clock, StateInformationMiddleware>;
+type Keyed = RateLimiter<IpAddr, DefaultKeyedStateStore<IpAddr>, Clock, StateInformationMiddleware>;
 
 /// `per_sec` with a burst of 3×; `None` for 0 (unlimited).
 pub fn quota(per_sec: u32) -> Option<Quota> {
@@ -78,10 +80,11 @@ pub struct Prepaid {
 }
 
 impl TenantBucket {
-    pub fn new(per_sec: u32) -> Option<Self> {
+    pub fn new(per_sec: u32, clock: Clock) -> Option<Self> {
         Some(Self {
             per_sec,
-            limiter: RateLimiter::direct(quota(per_sec)?).with_middleware::<StateInformationMiddleware>(),
+            limiter: RateLimiter::direct_with_clock(quota(per_sec)?, clock)
+                .with_middleware::<StateInformationMiddleware>(),
             last_events: AtomicU32::new(1),
         })
     }
@@ -153,8 +156,8 @@ pub struct IpLimiter {
 }
 
 impl IpLimiter {
-    pub fn new(per_sec: u32) -> Option<Self> {
-        Some(Self { per_sec, limiter: RateLimiter::keyed(quota(per_sec)?).with_middleware() })
+    pub fn new(per_sec: u32, clock: Clock) -> Option<Self> {
+        Some(Self { per_sec, limiter: RateLimiter::new(quota(per_sec)?, DefaultKeyedStateStore::default(), clock) })
     }
 
     pub fn check(&self, ip: IpAddr) -> Result<RateInfo, Limited> {
@@ -182,75 +185,82 @@ impl IpLimiter {
 mod tests {
     use super::*;
 
+    const MS: Duration = Duration::from_millis(1);
+
+    /// 10 events/s (burst 30) on a clock that moves only when told.
+    fn bucket() -> (TenantBucket, crate::clock::ManualClock) {
+        let (clock, hand) = Clock::manual();
+        (TenantBucket::new(10, clock).expect("limited"), hand)
+    }
+
     #[test]
     fn a_tenant_gets_its_burst_then_an_accurate_retry_after() {
-        // 10 events/s, burst 30; requests of 5 events: 6 fit. A token refills every 100 ms, so the
-        // tolerances below absorb the test thread being descheduled for up to 200 ms.
-        let b = TenantBucket::new(10).unwrap();
+        // Requests of 5 events: 6 fit, each leaving exactly 5 fewer.
+        let (b, hand) = bucket();
         for i in 0..6 {
             let a = b.admit().unwrap_or_else(|_| panic!("request {i} admitted"));
             let info = b.charge(5, a).unwrap_or_else(|_| panic!("request {i} charged"));
-            assert_eq!((info.burst, info.per_sec), (30, 10));
-            let expect = 30 - 5 * (i + 1);
-            assert!(info.remaining >= expect && info.remaining <= expect + 2, "remaining after request {i}: {info:?}");
+            assert_eq!((info.burst, info.per_sec, info.remaining), (30, 10, 30 - 5 * (i + 1)), "request {i}");
         }
-        // The bucket is (nearly) empty: refused on arrival, told to wait until 5 fit.
+        // Empty: refused on arrival, told to wait until 5 fit (a token per 100 ms).
         let denied = b.admit().expect_err("over quota");
-        assert_eq!(denied.info.remaining, 0);
-        let expect = Duration::from_millis(500);
-        assert!(
-            denied.retry_after <= expect && denied.retry_after > expect - Duration::from_millis(200),
-            "{:?}",
-            denied.retry_after
-        );
-        std::thread::sleep(denied.retry_after);
-        let a = b.admit().expect("admitted after Retry-After");
-        b.charge(5, a).expect("the whole request fits after Retry-After");
+        assert_eq!((denied.info.remaining, denied.retry_after), (0, 500 * MS));
+        hand.advance(499 * MS);
+        assert!(b.admit().is_err(), "1 ms before Retry-After it does not fit yet");
+        hand.advance(MS);
+        let a = b.admit().expect("admitted at Retry-After");
+        assert_eq!(b.charge(5, a).map(|i| i.remaining), Ok(0), "the whole request fits at Retry-After");
     }
 
     #[test]
     fn a_larger_request_pays_the_difference_and_refusals_cost_nothing() {
-        let near = |d: Duration, ms: u64| d <= Duration::from_millis(ms) && d > Duration::from_millis(ms - 60);
-        // 10 events/s, burst 30. The first request prepays 1 and settles 20: 10 left.
-        let b = TenantBucket::new(10).unwrap();
+        // The first request prepays 1 and settles 20: 10 left.
+        let (b, hand) = bucket();
         assert_eq!(b.charge(20, b.admit().unwrap()).unwrap().remaining, 10);
-        // The next prepays 20 (the last size): refused, told to wait for 10 more (1 s); being
-        // refused again right away asks no longer, so the refusal took nothing.
-        let first = b.admit().expect_err("20 do not fit in 10");
-        let second = b.admit().expect_err("still not");
-        assert!(near(first.retry_after, 1000) && second.retry_after <= first.retry_after, "{first:?} {second:?}");
+        // The next prepays 20 (the last size): refused, told to wait for 10 more (1 s). Refused
+        // again and again, it is told the same: a refusal takes nothing.
+        for _ in 0..3 {
+            assert_eq!(b.admit().map(|_| ()).map_err(|l| l.retry_after), Err(1000 * MS));
+        }
+        hand.advance(1000 * MS);
+        assert_eq!(b.charge(20, b.admit().expect("fits after Retry-After")).map(|i| i.remaining), Ok(0));
 
         // Settlement: prepay 5 of a request that turns out to hold 30, with 25 in the bucket.
-        let b = TenantBucket::new(10).unwrap();
+        let (b, hand) = bucket();
         b.charge(5, b.admit().unwrap()).unwrap();
         let prepaid = b.admit().unwrap();
         let refused = b.charge(30, prepaid).expect_err("25 more do not fit in 20");
-        // 5 more tokens (0.5 s), plus the 5 the retry prepays again.
-        assert!(near(refused.retry_after, 1000), "{refused:?}");
-        std::thread::sleep(refused.retry_after);
+        // 5 more tokens (0.5 s), plus the 5 the retry prepays again (0.5 s).
+        assert_eq!(refused.retry_after, 1000 * MS);
+        hand.advance(999 * MS);
+        assert!(b.admit().is_err(), "the retry prepays 30, which fit only at Retry-After");
+        hand.advance(MS);
         let retry = b.admit().expect("the retry prepays 30 and fits");
         assert_eq!(b.charge(30, retry).unwrap().remaining, 0);
     }
 
     #[test]
     fn a_request_larger_than_the_burst_costs_the_burst() {
-        let b = TenantBucket::new(10).unwrap();
+        let (b, _hand) = bucket();
         let a = b.admit().unwrap();
         let info = b.charge(500, a).expect("a full bucket takes a request larger than the burst");
         assert_eq!(info.remaining, 0);
         assert!(b.admit().is_err());
-        assert!(TenantBucket::new(0).is_none(), "0 is unlimited");
+        assert!(TenantBucket::new(0, Clock::real()).is_none(), "0 is unlimited");
     }
 
     #[test]
     fn ip_limits_count_requests_per_address() {
-        let l = IpLimiter::new(2).unwrap();
+        let (clock, hand) = Clock::manual();
+        let l = IpLimiter::new(2, clock).unwrap();
         let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
-        for _ in 0..6 {
-            l.check(a).unwrap();
+        for i in 0..6 {
+            assert_eq!(l.check(a).map(|r| r.remaining), Ok(5 - i), "burst of 6");
         }
         let denied = l.check(a).expect_err("burst of 6 used");
-        assert!(denied.retry_after > Duration::ZERO && denied.retry_after <= Duration::from_millis(500));
+        assert_eq!(denied.retry_after, 500 * MS, "one request per 500 ms");
         assert!(l.check(b).is_ok(), "another address has its own bucket");
+        hand.advance(500 * MS);
+        assert!(l.check(a).is_ok(), "a request's worth refilled");
     }
 }
