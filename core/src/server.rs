@@ -243,19 +243,7 @@ mod tests {
     fn records() -> Vec<u8> {
         let mut raw = Vec::new();
         for b in 0..20 {
-            let record = BatchRecord {
-                batch_id: sluice_wire::ids::new_batch_id(),
-                tenant: "acme".into(),
-                env: "prod".into(),
-                region: "r".into(),
-                received_at_ms: 1,
-                stream: Stream::Events,
-                events: (0..5)
-                    .map(|i| EventRecord { event_id: format!("{b}-{i}"), json: format!(r#"{{"i":{i}}}"#).into_bytes() })
-                    .collect(),
-                traceparent: None,
-                shared: br#","tenant":"acme""#.to_vec(),
-            };
+            let record = test_batch(b, "acme".into(), "r", br#","tenant":"acme""#.to_vec());
             encode_record(&record, &mut raw).unwrap();
         }
         raw
@@ -324,24 +312,27 @@ mod tests {
         assert!(matches!(ingest.process(&msg).await, Ack::Retry { ref reason } if reason.contains("upgrade core")));
     }
 
+    /// Batch `b` of 5 events (`{b}-{i}`) for `tenant`.
+    fn test_batch(b: usize, tenant: String, region: &str, shared: Vec<u8>) -> BatchRecord {
+        BatchRecord {
+            batch_id: sluice_wire::ids::new_batch_id(),
+            tenant,
+            env: "prod".into(),
+            region: region.into(),
+            received_at_ms: 1,
+            stream: Stream::Events,
+            events: (0..5)
+                .map(|i| EventRecord { event_id: format!("{b}-{i}"), json: format!(r#"{{"i":{i}}}"#).into_bytes() })
+                .collect(),
+            traceparent: None,
+            shared,
+        }
+    }
+
     /// 20 batches of 5 events, one tenant each (so they spread over the topic's partitions).
     fn tenant_records(region: &str) -> (Vec<u8>, Vec<BatchRecord>) {
         let mut raw = Vec::new();
-        let batches: Vec<BatchRecord> = (0..20)
-            .map(|b| BatchRecord {
-                batch_id: sluice_wire::ids::new_batch_id(),
-                tenant: format!("t{b}"),
-                env: "prod".into(),
-                region: region.into(),
-                received_at_ms: 1,
-                stream: Stream::Events,
-                events: (0..5)
-                    .map(|i| EventRecord { event_id: format!("{b}-{i}"), json: format!(r#"{{"i":{i}}}"#).into_bytes() })
-                    .collect(),
-                traceparent: None,
-                shared: Vec::new(),
-            })
-            .collect();
+        let batches: Vec<BatchRecord> = (0..20).map(|b| test_batch(b, format!("t{b}"), region, Vec::new())).collect();
         for b in &batches {
             encode_record(b, &mut raw).unwrap();
         }
