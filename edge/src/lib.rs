@@ -8,6 +8,7 @@ pub mod admission;
 pub mod auth;
 pub mod body;
 pub mod cli;
+pub mod compat;
 pub mod config;
 pub mod drain;
 pub mod forwarder;
