@@ -27,6 +27,36 @@ pub enum Call {
     Single(&'static str),
 }
 
+/// The endpoints of the tracking API.
+pub const PATHS: [&str; 7] = ["/v1/batch", "/v1/track", "/v1/identify", "/v1/page", "/v1/screen", "/v1/group", "/v1/alias"];
+
+/// The call an endpoint takes (`/v1/batch` a batch, `/v1/<type>` one call of that type).
+pub fn call_for_path(path: &str) -> Option<Call> {
+    match path.strip_prefix("/v1/")? {
+        "batch" => Some(Call::Batch),
+        "track" => Some(Call::Single("track")),
+        "identify" => Some(Call::Single("identify")),
+        "page" => Some(Call::Single("page")),
+        "screen" => Some(Call::Single("screen")),
+        "group" => Some(Call::Single("group")),
+        "alias" => Some(Call::Single("alias")),
+        _ => None,
+    }
+}
+
+/// The write key of `Authorization: Basic base64(<write key>:)`.
+pub fn basic_auth_user(authorization: &str) -> Option<String> {
+    use base64::Engine;
+    let (scheme, credentials) = authorization.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD.decode(credentials.trim()).ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let user = text.split_once(':').map_or(text.as_str(), |(user, _)| user);
+    (!user.is_empty()).then(|| user.to_string())
+}
+
 /// The members kept under `context.segment`, as Segment names them.
 const SEGMENT_MEMBERS: [&str; 7] = ["userId", "anonymousId", "groupId", "previousId", "name", "category", "integrations"];
 
@@ -161,6 +191,19 @@ mod tests {
         let anon = translate(br#"{"anonymousId":42,"event":"E"}"#, Call::Single("track")).unwrap();
         assert_eq!(events(&anon)[0]["distinct_id"], "42");
         assert_eq!(anon.retry_key, None);
+    }
+
+    #[test]
+    fn paths_and_basic_auth() {
+        assert_eq!(PATHS.map(call_for_path).iter().filter(|c| c.is_some()).count(), PATHS.len());
+        assert_eq!(call_for_path("/v1/page"), Some(Call::Single("page")));
+        assert_eq!(call_for_path("/v1/batch"), Some(Call::Batch));
+        assert_eq!(call_for_path("/v1/events"), None);
+        assert_eq!(basic_auth_user("Basic d2s6").as_deref(), Some("wk"), "what both SDKs send for `wk`");
+        assert_eq!(basic_auth_user("basic d2s6cHc=").as_deref(), Some("wk"), "a password is ignored");
+        assert_eq!(basic_auth_user("Basic Og=="), None, "empty user");
+        assert_eq!(basic_auth_user("Bearer d2s6"), None);
+        assert_eq!(basic_auth_user("Basic %%%"), None);
     }
 
     #[test]
