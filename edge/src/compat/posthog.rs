@@ -97,7 +97,8 @@ fn body_key(obj: &Map<String, Value>) -> Option<String> {
 }
 
 fn event_key(event: &Map<String, Value>) -> Option<String> {
-    body_key(event).or_else(|| event.get("properties")?.as_object().and_then(|p| str_member(p, "token")).map(String::from))
+    body_key(event)
+        .or_else(|| event.get("properties")?.as_object().and_then(|p| str_member(p, "token")).map(String::from))
 }
 
 fn event(value: Value, received_at_ms: u64) -> Value {
@@ -174,10 +175,13 @@ mod tests {
         let v: Value = serde_json::from_slice(&t.body).unwrap();
         assert_eq!(v["sent_at"], "2027-01-15T08:00:02+00:00");
         let events = batch(&t);
-        assert_eq!(events[0], json!({
-            "event_id": "fc5c3b39-015a-4e65-844d-fbae65f426a1", "event": "evt", "distinct_id": "u1",
-            "timestamp": "2027-01-15T08:00:00+00:00", "properties": {"a": 1, "$lib": "posthog-python"}
-        }));
+        assert_eq!(
+            events[0],
+            json!({
+                "event_id": "fc5c3b39-015a-4e65-844d-fbae65f426a1", "event": "evt", "distinct_id": "u1",
+                "timestamp": "2027-01-15T08:00:00+00:00", "properties": {"a": 1, "$lib": "posthog-python"}
+            })
+        );
         assert_eq!(events[1]["properties"]["$set"], json!({"name": "x"}), "top-level $set moves into properties");
         assert!(t.retry_key.is_some());
     }

@@ -28,7 +28,8 @@ pub enum Call {
 }
 
 /// The endpoints of the tracking API.
-pub const PATHS: [&str; 7] = ["/v1/batch", "/v1/track", "/v1/identify", "/v1/page", "/v1/screen", "/v1/group", "/v1/alias"];
+pub const PATHS: [&str; 7] =
+    ["/v1/batch", "/v1/track", "/v1/identify", "/v1/page", "/v1/screen", "/v1/group", "/v1/alias"];
 
 /// The call an endpoint takes (`/v1/batch` a batch, `/v1/<type>` one call of that type).
 pub fn call_for_path(path: &str) -> Option<Call> {
@@ -58,7 +59,8 @@ pub fn basic_auth_user(authorization: &str) -> Option<String> {
 }
 
 /// The members kept under `context.segment`, as Segment names them.
-const SEGMENT_MEMBERS: [&str; 7] = ["userId", "anonymousId", "groupId", "previousId", "name", "category", "integrations"];
+const SEGMENT_MEMBERS: [&str; 7] =
+    ["userId", "anonymousId", "groupId", "previousId", "name", "category", "integrations"];
 
 /// Translates a decoded Segment body.
 pub fn translate(body: &[u8], call: Call) -> Result<Translated, CompatError> {
@@ -162,12 +164,15 @@ mod tests {
         assert_eq!(t.key.as_deref(), Some("wk"));
         assert!(t.retry_key.is_some());
         let e = events(&t);
-        assert_eq!(e[0], json!({
-            "event_id": "m-1", "event": "Signed Up", "distinct_id": "u1", "timestamp": "2027-01-15T08:00:00.000Z",
-            "properties": {"plan": "pro"},
-            "context": {"library": {"name": "@segment/analytics-node"},
-                        "segment": {"type": "track", "userId": "u1", "integrations": {}}}
-        }));
+        assert_eq!(
+            e[0],
+            json!({
+                "event_id": "m-1", "event": "Signed Up", "distinct_id": "u1", "timestamp": "2027-01-15T08:00:00.000Z",
+                "properties": {"plan": "pro"},
+                "context": {"library": {"name": "@segment/analytics-node"},
+                            "segment": {"type": "track", "userId": "u1", "integrations": {}}}
+            })
+        );
         let names: Vec<_> = e.iter().map(|e| e["event"].as_str().unwrap()).collect();
         assert_eq!(names, ["Signed Up", "$identify", "$page", "$screen", "$group", "$alias"]);
         assert_eq!(e[1]["properties"], json!({"email": "e"}), "identify traits are the properties");
@@ -218,8 +223,11 @@ mod tests {
     fn malformed_bodies_and_invalid_messages() {
         assert!(matches!(translate(b"[1]", Call::Batch), Err(CompatError::Malformed(_))));
         assert!(matches!(translate(b"{\"batch\":1}", Call::Batch), Err(CompatError::Malformed(_))));
-        let t = translate(br#"{"batch":[{"userId":"u"},3,{"type":"track","userId":"u","event":"e","context":[1]}]}"#, Call::Batch)
-            .unwrap();
+        let t = translate(
+            br#"{"batch":[{"userId":"u"},3,{"type":"track","userId":"u","event":"e","context":[1]}]}"#,
+            Call::Batch,
+        )
+        .unwrap();
         let e = events(&t);
         assert_eq!(e[0].get("event"), None, "no type: no name, validation rejects it");
         assert_eq!(e[1], json!(3));

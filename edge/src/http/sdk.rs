@@ -129,7 +129,9 @@ async fn try_store(
     let admitted = admission.admit(&state.keys.snapshot(), &principal.tenant, state.wal.unforwarded_bytes())?;
     verify_signature(state, &principal, &headers, &raw)?;
     let batch_id = match &translated.retry_key {
-        Some(ids) => sluice_wire::ids::keyed_batch_id(&principal.tenant, &principal.env, &format!("{}:{ids}", api.name())),
+        Some(ids) => {
+            sluice_wire::ids::keyed_batch_id(&principal.tenant, &principal.env, &format!("{}:{ids}", api.name()))
+        }
         None => sluice_wire::ids::new_batch_id(),
     };
     tracing::Span::current().record("batch_id", tracing::field::display(batch_id));

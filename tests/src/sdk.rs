@@ -1,0 +1,197 @@
+//! Runs the real SDKs pinned in `tests/sdk/` (installed there by `.ci/run`) against a dev
+//! pipeline, and reads back what reached the sink.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// `tests/sdk/`: the scripts, the lockfiles, and the installed SDKs.
+pub fn sdk_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("sdk")
+}
+
+/// The Python of the SDKs' virtualenv.
+pub fn python() -> PathBuf {
+    let python = sdk_dir().join(".venv/bin/python");
+    assert!(python.exists(), "{} is missing: run .ci/run (it installs tests/sdk/requirements.txt)", python.display());
+    python
+}
+
+/// `node`, checked to find the SDKs of `tests/sdk/node_modules`.
+pub fn node() -> &'static str {
+    let modules = sdk_dir().join("node_modules");
+    assert!(modules.exists(), "{} is missing: run .ci/run (it runs npm ci in tests/sdk)", modules.display());
+    "node"
+}
+
+/// One call an SDK script made.
+#[derive(Debug, Clone)]
+pub struct Sent {
+    pub call: String,
+    /// The identity the call was made for (unique per call).
+    pub id: String,
+    /// The message ID the SDK generated, when the SDK tells it.
+    pub event_id: Option<String>,
+}
+
+/// What an SDK script reports: its calls, and the errors the SDK reported to it.
+#[derive(Debug)]
+pub struct Report {
+    pub sent: Vec<Sent>,
+    pub errors: Vec<Value>,
+}
+
+/// Runs an SDK script (`program args…` in `tests/sdk/`) and parses the JSON report it prints.
+pub fn run_script(program: &Path, args: &[&str], timeout: Duration) -> Report {
+    let mut child = Command::new(program)
+        .args(args)
+        .current_dir(sdk_dir())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {}: {e}", program.display()));
+    let started = Instant::now();
+    while child.try_wait().expect("wait").is_none() {
+        if started.elapsed() > timeout {
+            let _ = child.kill();
+            panic!("{} {args:?} did not finish within {timeout:?}", program.display());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().expect("output");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{} {args:?} failed: {}\nstdout: {stdout}\nstderr: {stderr}",
+        program.display(),
+        out.status
+    );
+    let report: Value = stdout
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("no JSON report from {args:?}\nstdout: {stdout}\nstderr: {stderr}"));
+    let sent = report["sent"]
+        .as_array()
+        .expect("sent")
+        .iter()
+        .map(|s| Sent {
+            call: s["call"].as_str().expect("call").to_string(),
+            id: s["id"].as_str().expect("id").to_string(),
+            event_id: s["event_id"].as_str().map(String::from),
+        })
+        .collect();
+    Report { sent, errors: report["errors"].as_array().cloned().unwrap_or_default() }
+}
+
+/// The events in a file sink whose `distinct_id` starts with `prefix`, by `distinct_id`.
+pub fn sink_events(sink: &Path, prefix: &str) -> HashMap<String, Vec<Value>> {
+    let text = std::fs::read_to_string(sink).unwrap_or_default();
+    let mut by_id: HashMap<String, Vec<Value>> = HashMap::new();
+    for line in text.lines() {
+        let Ok(event) = serde_json::from_str::<Value>(line) else { continue };
+        if let Some(id) = event["distinct_id"].as_str().filter(|id| id.starts_with(prefix)) {
+            by_id.entry(id.to_string()).or_default().push(event);
+        }
+    }
+    by_id
+}
+
+/// Waits until every sent identity is in the sink, then a little longer so a late duplicate
+/// would show, and returns the sink's events of `prefix`.
+pub fn wait_delivered(sink: &Path, prefix: &str, sent: &[Sent], timeout: Duration) -> HashMap<String, Vec<Value>> {
+    let started = Instant::now();
+    loop {
+        let seen = sink_events(sink, prefix);
+        if sent.iter().all(|s| seen.contains_key(&s.id)) {
+            break;
+        }
+        let missing = sent.iter().filter(|s| !seen.contains_key(&s.id)).count();
+        assert!(started.elapsed() < timeout, "{missing} of {} events never reached the sink", sent.len());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    sink_events(sink, prefix)
+}
+
+/// Asserts every sent call is in the sink exactly once, with the SDK's message ID where known,
+/// and returns each call with its one event.
+pub fn assert_exactly_once<'a>(seen: &HashMap<String, Vec<Value>>, sent: &'a [Sent]) -> Vec<(&'a Sent, Value)> {
+    assert_eq!(seen.len(), sent.len(), "the sink holds other identities than the ones sent");
+    sent.iter()
+        .map(|s| {
+            let events = &seen[&s.id];
+            assert_eq!(events.len(), 1, "{} ({}) is in the sink {} times: {events:?}", s.id, s.call, events.len());
+            let event = events[0].clone();
+            if let Some(id) = &s.event_id {
+                assert_eq!(event["event_id"].as_str(), Some(id.as_str()), "{}: the SDK's message ID", s.id);
+            }
+            assert!(event["event_id"].as_str().is_some_and(|id| !id.is_empty()), "{event}");
+            (s, event)
+        })
+        .collect()
+}
+
+/// A loopback TCP proxy to `upstream` that cuts the first `drops` connections the moment the
+/// upstream's answer arrives: the request was served (and stored), the client saw the
+/// connection drop and must retry.
+pub struct DroppingProxy {
+    pub addr: SocketAddr,
+    pub dropped: Arc<AtomicUsize>,
+}
+
+impl DroppingProxy {
+    pub fn start(upstream: SocketAddr, drops: usize) -> Self {
+        let listener = TcpListener::bind(crate::free_tcp_addr()).expect("proxy bind");
+        let addr = listener.local_addr().expect("addr");
+        let dropped = Arc::new(AtomicUsize::new(0));
+        let counter = dropped.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(server) = TcpStream::connect(upstream) else { continue };
+                let counter = counter.clone();
+                std::thread::spawn(move || relay(client, server, &counter, drops));
+            }
+        });
+        DroppingProxy { addr, dropped }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+fn relay(client: TcpStream, server: TcpStream, dropped: &AtomicUsize, drops: usize) {
+    let (Ok(mut from_client), Ok(mut to_server)) = (client.try_clone(), server.try_clone()) else { return };
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut from_client, &mut to_server);
+        let _ = to_server.shutdown(std::net::Shutdown::Write);
+    });
+    let (mut from_server, mut to_client) = (server, client);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut first = true;
+    loop {
+        let n = match from_server.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if first && dropped.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |d| (d < drops).then_some(d + 1)).is_ok() {
+            let _ = to_client.shutdown(std::net::Shutdown::Both);
+            let _ = from_server.shutdown(std::net::Shutdown::Both);
+            return;
+        }
+        first = false;
+        if to_client.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = to_client.shutdown(std::net::Shutdown::Both);
+}
