@@ -195,3 +195,65 @@ fn relay(client: TcpStream, server: TcpStream, dropped: &AtomicUsize, drops: usi
     }
     let _ = to_client.shutdown(std::net::Shutdown::Both);
 }
+
+/// One SDK's run: `program script sdk <host> <key> <calls> <prefix>`.
+pub struct SdkRun {
+    pub program: PathBuf,
+    pub script: &'static str,
+    pub sdk: &'static str,
+    /// Identities are `<prefix>-<i>`.
+    pub prefix: &'static str,
+    pub calls: usize,
+}
+
+const SCRIPT_TIMEOUT: Duration = Duration::from_secs(180);
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The whole check of one SDK against a dev pipeline (in-process core with the file sink, and
+/// an edge forwarding to it): the SDK sends through a [`DroppingProxy`] that loses its first
+/// answer; every call must be in the sink exactly once, with `api` and the tenant set, and pass
+/// `check`. Then the SDK sends with a wrong key: it must report errors, each passing `refused`,
+/// and nothing of it may reach the sink.
+pub async fn check_sdk(
+    run: SdkRun,
+    check: impl Fn(&Sent, &Value) + Send + 'static,
+    refused: impl Fn(&Value) + Send + 'static,
+) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (core, edge) = crate::core_harness::edge_forwarding_to_file_core(dir.path(), |_| {}).await;
+    let (addr, key, sink) = (edge.addr(), edge.key.clone(), crate::core_harness::sink_file(dir.path()));
+    tokio::task::spawn_blocking(move || {
+        let proxy = DroppingProxy::start(addr, 1);
+        let calls = run.calls.to_string();
+        let args =
+            |host: &str, key: &str, prefix: &str| [run.script, run.sdk, host, key, &calls, prefix].map(String::from);
+        let good = args(&proxy.url(), &key, run.prefix);
+        let report = run_script(&run.program, &good.each_ref().map(String::as_str), SCRIPT_TIMEOUT);
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        assert_eq!(report.sent.len(), run.calls);
+        assert_eq!(proxy.dropped.load(Ordering::SeqCst), 1, "one answer was lost and the SDK resent");
+        let prefix = format!("{}-", run.prefix);
+        let seen = wait_delivered(&sink, &prefix, &report.sent, DELIVERY_TIMEOUT);
+        for (sent, event) in assert_exactly_once(&seen, &report.sent) {
+            assert_eq!((event["api"].as_str(), event["tenant"].as_str()), (Some(run.sdk), Some("acme")), "{event}");
+            assert!(event["timestamp"].is_i64(), "{event}");
+            check(sent, &event);
+        }
+
+        let bad_prefix = format!("{}bad", run.prefix);
+        let bad = args(&format!("http://{addr}"), "wrong-key", &bad_prefix);
+        let bad = run_script(&run.program, &bad.each_ref().map(String::as_str), SCRIPT_TIMEOUT);
+        assert!(!bad.errors.is_empty(), "the SDK reports a refused key");
+        bad.errors.iter().for_each(refused);
+        assert!(sink_events(&sink, &format!("{bad_prefix}-")).is_empty());
+    })
+    .await
+    .expect("sdk run");
+    edge.shutdown().await;
+    core.shutdown().await;
+}
+
+/// The number a script gave the call for `<prefix>-<n>`.
+pub fn seq(id: &str) -> u64 {
+    id.rsplit('-').next().and_then(|s| s.parse().ok()).expect("identity ends in its sequence number")
+}
