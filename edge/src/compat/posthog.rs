@@ -2,7 +2,7 @@
 //! posthog-node and posthog-python send it.
 //!
 //! Bodies: one event, an array of events, or `{"api_key":…,"batch":[…],"sent_at":…}`; gzip by
-//! `Content-Encoding` or `?compression=gzip-js`; or the legacy form body `data=<payload>` whose
+//! `Content-Encoding`, `?compression=gzip-js`, or (as posthog-js sends it) only its magic number; or the legacy form body `data=<payload>` whose
 //! payload is base64 (`compression=base64`, or none) or lz-string (`compression=lz64`). The key is
 //! the body's `api_key`/`token`, else an event's `api_key`/`token`/`properties.token`.
 //!
@@ -18,6 +18,8 @@ use serde_json::{Map, Value};
 
 use super::{CompatError, Translated, finish, identity, parse, str_member};
 use crate::body;
+
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 
 /// The request's compression: `?compression=` (posthog-js) or the form's own `compression`.
 fn compression<'a>(query: Option<&'a str>) -> Option<Cow<'a, str>> {
@@ -40,6 +42,9 @@ pub fn decode<'a>(
         Some("gzip-js" | "gzip") => Some("gzip"),
         Some("base64" | "lz64") => return decode_form(raw, compression(query), max_bytes).map(Cow::Owned),
         Some(other) if !other.is_empty() => return Err(CompatError::UnsupportedCompression(other.into())),
+        // posthog-js (1.449) gzips its batches and says so nowhere; PostHog's capture sniffs
+        // the gzip magic number, and so must we.
+        _ if content_encoding.is_none() && raw.starts_with(&GZIP_MAGIC) => Some("gzip"),
         _ => content_encoding,
     };
     Ok(body::decode(raw, encoding, max_bytes)?)
@@ -230,6 +235,7 @@ mod tests {
         assert_eq!(&*decode(&gz, Some("gzip"), None, None, 100).unwrap(), json);
         let query = Some("ip=1&_=1700000000000&compression=gzip-js&ver=1.2");
         assert_eq!(&*decode(&gz, None, Some("text/plain"), query, 100).unwrap(), json);
+        assert_eq!(&*decode(&gz, None, Some("text/plain"), Some("ip=0"), 100).unwrap(), json, "gzip by its magic");
 
         let b64 = base64::engine::general_purpose::STANDARD.encode(json);
         let form: String = form_urlencoded::Serializer::new(String::new()).append_pair("data", &b64).finish();
