@@ -1,15 +1,16 @@
 // Drives the unmodified posthog-js in Debian's headless chromium (through playwright-core, which
 // uses /usr/bin/chromium and never downloads a browser) on a page this script serves.
 //
-// usage: node browser_posthog.js <edge url> <key> <count> <prefix>
+// usage: node browser_posthog.js <edge url> <direct edge url> <key> <count> <prefix>
 //
 // Phase 1: the page makes <count> calls cycling through capture, setPersonProperties, group and
 // alias, each tagged `<prefix>-<i>`, and a second posthog instance with a wrong key captures a
-// few events. Prints {"phase":"sent","sent":[{"call","id","event_id":null}]} and waits for a line
+// few events (to <direct edge url>, so the test's proxy loses no answer of its). Prints {"phase":"sent","sent":[{"call","id","event_id":null}]} and waits for a line
 // `unload` on stdin (the test answers once phase 1 is in the sink).
 // Phase 2: the page captures <count>/10 more events (`<prefix>-u<i>`) and navigates away, so
-// posthog-js sends them on unload with navigator.sendBeacon. Prints
-// {"phase":"unloaded","sent":[…],"beacons":<sendBeacon requests seen>,"errors":[{"status":…}]}.
+// posthog-js sends them on unload with navigator.sendBeacon (which the test sees at its proxy:
+// playwright reports no requests of an unloading page). Prints
+// {"phase":"unloaded","sent":[…],"errors":[{"status":…}]}, the errors from the wrong-key instance.
 'use strict';
 
 const http = require('http');
@@ -19,7 +20,7 @@ const path = require('path');
 const readline = require('readline');
 const { chromium } = require('playwright-core');
 
-const [edge, key, countArg, prefix] = process.argv.slice(2);
+const [edge, direct, key, countArg, prefix] = process.argv.slice(2);
 const count = Number(countArg);
 const bundle = fs.readFileSync(require.resolve('posthog-js/dist/array.full.no-external.js'));
 
@@ -32,11 +33,13 @@ const page_html = `<!doctype html><html><head><script src="/posthog.js"></script
     request_queue_config: { flush_interval_ms: 300 },
     // Headless Chromium says HeadlessChrome, which posthog-js drops as a bot unless told not to.
     opt_out_useragent_filter: true,
+    // posthog-js drops what exceeds 10 events/s (burst 100) on the client; this page sends hundreds at once.
+    rate_limiting: { events_per_second: 1000, events_burst_limit: 1000 },
     bootstrap: { distinctID: ${JSON.stringify(prefix + 'user')} },
   };
   window.requestErrors = [];
   posthog.init(${JSON.stringify(key)}, options);
-  posthog.init('wrong-key', { ...options, on_request_error: (r) => window.requestErrors.push({ status: r.statusCode }) }, 'bad');
+  posthog.init('wrong-key', { ...options, api_host: ${JSON.stringify(direct)}, on_request_error: (r) => window.requestErrors.push({ status: r.statusCode }) }, 'bad');
 </script></body></html>`;
 
 function serve() {
@@ -65,10 +68,6 @@ async function main() {
       '--disable-background-networking', '--disable-component-update', '--disable-sync'],
   });
   const page = context.pages()[0] ?? (await context.newPage());
-  let beacons = 0;
-  page.on('request', (r) => {
-    if (r.url().startsWith(edge) && r.resourceType() === 'ping') beacons++;
-  });
   if (process.env.SDK_DEBUG) page.on('console', (m) => console.error('console:', m.text()));
   await page.goto(`http://127.0.0.1:${server.address().port}/`);
 
@@ -106,7 +105,7 @@ async function main() {
   await page.goto('about:blank');
   // The beacon leaves with the old page; give the browser a moment to hand it to the network.
   await new Promise((r) => setTimeout(r, 1000));
-  console.log(JSON.stringify({ phase: 'unloaded', sent: last, beacons, errors }));
+  console.log(JSON.stringify({ phase: 'unloaded', sent: last, errors }));
   await context.close();
   server.close();
   fs.rmSync(profile, { recursive: true, force: true });

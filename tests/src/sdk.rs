@@ -48,6 +48,20 @@ pub struct Report {
     pub errors: Vec<Value>,
 }
 
+/// Parses the `sent` list of a script's report.
+pub fn parse_sent(report: &Value) -> Vec<Sent> {
+    report["sent"]
+        .as_array()
+        .expect("sent")
+        .iter()
+        .map(|s| Sent {
+            call: s["call"].as_str().expect("call").to_string(),
+            id: s["id"].as_str().expect("id").to_string(),
+            event_id: s["event_id"].as_str().map(String::from),
+        })
+        .collect()
+}
+
 /// Runs an SDK script (`program args…` in `tests/sdk/`) and parses the JSON report it prints.
 pub fn run_script(program: &Path, args: &[&str], timeout: Duration) -> Report {
     let mut child = Command::new(program)
@@ -79,47 +93,54 @@ pub fn run_script(program: &Path, args: &[&str], timeout: Duration) -> Report {
         .rev()
         .find_map(|l| serde_json::from_str(l).ok())
         .unwrap_or_else(|| panic!("no JSON report from {args:?}\nstdout: {stdout}\nstderr: {stderr}"));
-    let sent = report["sent"]
-        .as_array()
-        .expect("sent")
-        .iter()
-        .map(|s| Sent {
-            call: s["call"].as_str().expect("call").to_string(),
-            id: s["id"].as_str().expect("id").to_string(),
-            event_id: s["event_id"].as_str().map(String::from),
-        })
-        .collect();
+    let sent = parse_sent(&report);
     Report { sent, errors: report["errors"].as_array().cloned().unwrap_or_default() }
 }
 
 /// The events in a file sink whose `distinct_id` starts with `prefix`, by `distinct_id`.
 pub fn sink_events(sink: &Path, prefix: &str) -> HashMap<String, Vec<Value>> {
+    sink_events_by(sink, &by_distinct_id(prefix))
+}
+
+/// Names an event by the `distinct_id` a script gave it, when it starts with `prefix`.
+pub fn by_distinct_id(prefix: &str) -> impl Fn(&Value) -> Option<String> + use<> {
+    let prefix = prefix.to_string();
+    move |event| event["distinct_id"].as_str().filter(|id| id.starts_with(&prefix)).map(String::from)
+}
+
+/// The events in a file sink that `identify` names, by that name.
+pub fn sink_events_by(sink: &Path, identify: &dyn Fn(&Value) -> Option<String>) -> HashMap<String, Vec<Value>> {
     let text = std::fs::read_to_string(sink).unwrap_or_default();
     let mut by_id: HashMap<String, Vec<Value>> = HashMap::new();
     for line in text.lines() {
         let Ok(event) = serde_json::from_str::<Value>(line) else { continue };
-        if let Some(id) = event["distinct_id"].as_str().filter(|id| id.starts_with(prefix)) {
-            by_id.entry(id.to_string()).or_default().push(event);
+        if let Some(id) = identify(&event) {
+            by_id.entry(id).or_default().push(event);
         }
     }
     by_id
 }
 
-/// Waits until every sent identity is in the sink, then a little longer so a late duplicate
-/// would show, and returns the sink's events of `prefix`.
-pub fn wait_delivered(sink: &Path, prefix: &str, sent: &[Sent], timeout: Duration) -> HashMap<String, Vec<Value>> {
+/// Waits until every sent call is in the sink (named by `identify`), then a little longer so a
+/// late duplicate would show, and returns the sink's events that `identify` names.
+pub fn wait_delivered(
+    sink: &Path,
+    identify: &dyn Fn(&Value) -> Option<String>,
+    sent: &[Sent],
+    timeout: Duration,
+) -> HashMap<String, Vec<Value>> {
     let started = Instant::now();
     loop {
-        let seen = sink_events(sink, prefix);
-        if sent.iter().all(|s| seen.contains_key(&s.id)) {
+        let seen = sink_events_by(sink, identify);
+        let missing = sent.iter().filter(|s| !seen.contains_key(&s.id)).count();
+        if missing == 0 {
             break;
         }
-        let missing = sent.iter().filter(|s| !seen.contains_key(&s.id)).count();
         assert!(started.elapsed() < timeout, "{missing} of {} events never reached the sink", sent.len());
         std::thread::sleep(Duration::from_millis(100));
     }
     std::thread::sleep(Duration::from_millis(1500));
-    sink_events(sink, prefix)
+    sink_events_by(sink, identify)
 }
 
 /// Asserts every sent call is in the sink exactly once, with the SDK's message ID where known,
@@ -146,6 +167,9 @@ pub fn assert_exactly_once<'a>(seen: &HashMap<String, Vec<Value>>, sent: &'a [Se
 pub struct DroppingProxy {
     pub addr: SocketAddr,
     pub dropped: Arc<AtomicUsize>,
+    /// Requests a browser sent as `Sec-Fetch-Mode: no-cors`: `navigator.sendBeacon` (fetches of
+    /// posthog-js are `cors`).
+    pub no_cors: Arc<AtomicUsize>,
 }
 
 impl DroppingProxy {
@@ -153,15 +177,16 @@ impl DroppingProxy {
         let listener = TcpListener::bind(crate::free_tcp_addr()).expect("proxy bind");
         let addr = listener.local_addr().expect("addr");
         let dropped = Arc::new(AtomicUsize::new(0));
-        let counter = dropped.clone();
+        let no_cors = Arc::new(AtomicUsize::new(0));
+        let (counter, beacons) = (dropped.clone(), no_cors.clone());
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
                 let Ok(server) = TcpStream::connect(upstream) else { continue };
-                let counter = counter.clone();
-                std::thread::spawn(move || relay(client, server, &counter, drops));
+                let (counter, beacons) = (counter.clone(), beacons.clone());
+                std::thread::spawn(move || relay(client, server, &counter, drops, beacons));
             }
         });
-        DroppingProxy { addr, dropped }
+        DroppingProxy { addr, dropped, no_cors }
     }
 
     pub fn url(&self) -> String {
@@ -169,10 +194,19 @@ impl DroppingProxy {
     }
 }
 
-fn relay(client: TcpStream, server: TcpStream, dropped: &AtomicUsize, drops: usize) {
+fn relay(client: TcpStream, server: TcpStream, dropped: &AtomicUsize, drops: usize, no_cors: Arc<AtomicUsize>) {
     let (Ok(mut from_client), Ok(mut to_server)) = (client.try_clone(), server.try_clone()) else { return };
     std::thread::spawn(move || {
-        let _ = std::io::copy(&mut from_client, &mut to_server);
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Ok(n @ 1..) = from_client.read(&mut buf) {
+            // A request head arrives at the start of a read; good enough for a test's counter.
+            let chunk = buf[..n].to_ascii_lowercase();
+            no_cors
+                .fetch_add(chunk.windows(24).filter(|w| w == b"sec-fetch-mode: no-cors\r").count(), Ordering::SeqCst);
+            if to_server.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
         let _ = to_server.shutdown(std::net::Shutdown::Write);
     });
     let (mut from_server, mut to_client) = (server, client);
@@ -207,7 +241,7 @@ pub struct SdkRun {
 }
 
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(180);
-const DELIVERY_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The whole check of one SDK against a dev pipeline (in-process core with the file sink, and
 /// an edge forwarding to it): the SDK sends through a [`DroppingProxy`] that loses its first
@@ -232,8 +266,7 @@ pub async fn check_sdk(
         assert!(report.errors.is_empty(), "{:?}", report.errors);
         assert_eq!(report.sent.len(), run.calls);
         assert_eq!(proxy.dropped.load(Ordering::SeqCst), 1, "one answer was lost and the SDK resent");
-        let prefix = format!("{}-", run.prefix);
-        let seen = wait_delivered(&sink, &prefix, &report.sent, DELIVERY_TIMEOUT);
+        let seen = wait_delivered(&sink, &by_distinct_id(&format!("{}-", run.prefix)), &report.sent, DELIVERY_TIMEOUT);
         for (sent, event) in assert_exactly_once(&seen, &report.sent) {
             assert_eq!((event["api"].as_str(), event["tenant"].as_str()), (Some(run.sdk), Some("acme")), "{event}");
             assert!(event["timestamp"].is_i64(), "{event}");
