@@ -290,3 +290,21 @@ pub async fn check_sdk(
 pub fn seq(id: &str) -> u64 {
     id.rsplit('-').next().and_then(|s| s.parse().ok()).expect("identity ends in its sequence number")
 }
+
+/// The mapped fields of a Segment call made by an SDK script (the same calls in both languages).
+pub fn check_segment_event(sent: &Sent, e: &Value, library: &str, track_name: &str) {
+    assert!(e["sent_at"].is_i64(), "{e}");
+    assert_eq!(e["context"]["library"]["name"], library, "{e}");
+    let (p, segment, i) = (&e["properties"], &e["context"]["segment"], Value::from(seq(&sent.id)));
+    assert_eq!(segment["type"], sent.call.as_str(), "{e}");
+    let (name, got, want): (&str, &Value, Value) = match sent.call.as_str() {
+        "track" => (track_name, &p["seq"], i),
+        "identify" => ("$identify", &p["seq"], i),
+        "page" => ("$page", &segment["name"], "Home".into()),
+        "screen" => ("$screen", &segment["name"], "Main".into()),
+        "group" => ("$group", &segment["groupId"], format!("g-{i}").into()),
+        "alias" => ("$alias", &segment["previousId"], format!("{}-old", sent.id).into()),
+        other => panic!("unexpected call {other}"),
+    };
+    assert_eq!((e["event"].as_str(), got), (Some(name), &want), "{}: {e}", sent.call);
+}

@@ -4,7 +4,7 @@
 //! request is lost and it resends; a wrong key gets the error the SDK reports.
 
 use serde_json::Value;
-use sluice_tests::sdk::{SdkRun, check_sdk, python, seq};
+use sluice_tests::sdk::{SdkRun, check_sdk, check_segment_event, python, seq};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn posthog_python_delivers_every_call_exactly_once() {
@@ -41,20 +41,7 @@ async fn segment_python_delivers_every_call_exactly_once() {
     check_sdk(
         run,
         |sent, e| {
-            assert!(e["sent_at"].is_i64(), "{e}");
-            assert_eq!(e["context"]["library"]["name"], "analytics-python", "{e}");
-            let (p, segment, i) = (&e["properties"], &e["context"]["segment"], Value::from(seq(&sent.id)));
-            assert_eq!(segment["type"], sent.call.as_str(), "{e}");
-            let (name, got, want): (&str, &Value, Value) = match sent.call.as_str() {
-                "track" => ("Py Signed Up", &p["seq"], i),
-                "identify" => ("$identify", &p["seq"], i),
-                "page" => ("$page", &segment["name"], "Home".into()),
-                "screen" => ("$screen", &segment["category"], "App".into()),
-                "group" => ("$group", &segment["groupId"], format!("g-{i}").into()),
-                "alias" => ("$alias", &segment["previousId"], format!("{}-old", sent.id).into()),
-                other => panic!("unexpected call {other}"),
-            };
-            assert_eq!((e["event"].as_str(), got), (Some(name), &want), "{}: {e}", sent.call);
+            check_segment_event(sent, e, "analytics-python", "Py Signed Up");
         },
         |err| assert_eq!((err["status"].as_u64(), err["code"].as_str()), (Some(401), Some("unauthorized")), "{err}"),
     )

@@ -32,10 +32,10 @@ const POSTHOG_PATHS: [&str; 5] = ["/batch", "/e", "/capture", "/i/v0/e", "/track
 pub(super) fn routes() -> Router<Arc<AppState>> {
     let mut router = Router::new();
     for path in POSTHOG_PATHS {
-        router = router.route(path, post(posthog_capture)).route(&format!("{path}/"), post(posthog_capture));
+        router = router.route(path, post(capture)).route(&format!("{path}/"), post(capture));
     }
     for path in segment::PATHS {
-        router = router.route(path, post(segment_call));
+        router = router.route(path, post(capture));
     }
     router
 }
@@ -51,7 +51,8 @@ struct Origin {
     header_key: Option<String>,
 }
 
-async fn posthog_capture(
+/// Both APIs' routes: the path says which API (and for Segment, which call) it is.
+async fn capture(
     State(state): State<Arc<AppState>>,
     Extension(request_id): Extension<RequestId>,
     peer: Option<Extension<PeerAddr>>,
@@ -60,39 +61,30 @@ async fn posthog_capture(
     uri: Uri,
     body: Body,
 ) -> Response {
+    let max = state.limits.max_body_bytes;
     let header_key = api_key(&headers, &uri, state.http.allow_query_key).map(String::from);
-    let origin = Origin { api: Api::PostHog, request_id, peer, trace, headers, header_key };
-    let max = state.limits.max_body_bytes;
-    let translate = |raw: &[u8], headers: &HeaderMap| {
-        let header = |name| headers.get(name).map(|v| v.to_str().unwrap_or("invalid"));
-        let decoded =
-            posthog::decode(raw, header(header::CONTENT_ENCODING), header(header::CONTENT_TYPE), uri.query(), max)?;
-        posthog::translate(&decoded, super::now_ms())
-    };
-    store(&state, origin, body, translate).await
-}
-
-async fn segment_call(
-    State(state): State<Arc<AppState>>,
-    Extension(request_id): Extension<RequestId>,
-    peer: Option<Extension<PeerAddr>>,
-    trace: Option<Extension<TraceParent>>,
-    headers: HeaderMap,
-    uri: Uri,
-    body: Body,
-) -> Response {
-    let Some(call) = segment::call_for_path(uri.path()) else {
-        return ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint").into_response();
-    };
-    let basic = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(segment::basic_auth_user);
-    let header_key = basic.or_else(|| api_key(&headers, &uri, state.http.allow_query_key).map(String::from));
-    let origin = Origin { api: Api::Segment, request_id, peer, trace, headers, header_key };
-    let max = state.limits.max_body_bytes;
-    let translate = |raw: &[u8], headers: &HeaderMap| {
-        let encoding = headers.get(header::CONTENT_ENCODING).map(|v| v.to_str().unwrap_or("invalid"));
-        segment::translate(&body::decode(raw, encoding, max)?, call)
-    };
-    store(&state, origin, body, translate).await
+    match segment::call_for_path(uri.path()) {
+        Some(call) => {
+            let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+            let header_key = authorization.and_then(segment::basic_auth_user).or(header_key);
+            let origin = Origin { api: Api::Segment, request_id, peer, trace, headers, header_key };
+            let translate = |raw: &[u8], headers: &HeaderMap| {
+                let encoding = headers.get(header::CONTENT_ENCODING).map(|v| v.to_str().unwrap_or("invalid"));
+                segment::translate(&body::decode(raw, encoding, max)?, call)
+            };
+            store(&state, origin, body, translate).await
+        }
+        None => {
+            let origin = Origin { api: Api::PostHog, request_id, peer, trace, headers, header_key };
+            let translate = |raw: &[u8], headers: &HeaderMap| {
+                let header = |name| headers.get(name).map(|v| v.to_str().unwrap_or("invalid"));
+                let (encoding, content_type) = (header(header::CONTENT_ENCODING), header(header::CONTENT_TYPE));
+                let decoded = posthog::decode(raw, encoding, content_type, uri.query(), max)?;
+                posthog::translate(&decoded, super::now_ms())
+            };
+            store(&state, origin, body, translate).await
+        }
+    }
 }
 
 /// Reads, translates, authenticates, admits and stores a compatible request, and answers in
