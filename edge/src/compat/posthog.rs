@@ -35,12 +35,13 @@ pub fn decode<'a>(
     max_bytes: usize,
 ) -> Result<Cow<'a, [u8]>, CompatError> {
     let mime = content_type.and_then(|ct| ct.split(';').next()).map(|m| m.trim().to_ascii_lowercase());
+    let compression = compression(query);
     if mime.as_deref() == Some("application/x-www-form-urlencoded") {
-        return decode_form(raw, compression(query), max_bytes).map(Cow::Owned);
+        return decode_form(raw, compression, max_bytes).map(Cow::Owned);
     }
-    let encoding = match compression(query).as_deref() {
+    let encoding = match compression.as_deref() {
         Some("gzip-js" | "gzip") => Some("gzip"),
-        Some("base64" | "lz64") => return decode_form(raw, compression(query), max_bytes).map(Cow::Owned),
+        Some("base64" | "lz64") => return decode_form(raw, compression, max_bytes).map(Cow::Owned),
         Some(other) if !other.is_empty() => return Err(CompatError::UnsupportedCompression(other.into())),
         // posthog-js (1.449) gzips its batches and says so nowhere; PostHog's capture sniffs
         // the gzip magic number, and so must we.
