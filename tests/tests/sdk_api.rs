@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use sluice_tests::core_harness::{edge_forwarding_to_file_core, sink_file};
 use sluice_tests::edge_harness::set_quota;
 use sluice_tests::http::{Response, request};
+use sluice_tests::metrics::{sample, scrape};
 use sluice_tests::openapi::Spec;
 use sluice_tests::sdk::sink_events;
 use sluice_tests::wait_until;
@@ -141,16 +142,18 @@ async fn segment_single_calls_limits_and_keys() {
     core.shutdown().await;
 }
 
-/// PII policy, tenant rate limits and dead letters work on the compatible routes as on
+/// PII policy, tenant rate limits, dead letters and metrics work on the compatible routes as on
 /// `/v1/events`, answered in the API's shapes so the SDKs retry what they should.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn policies_apply_to_the_compatible_routes() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (core, edge) = edge_forwarding_to_file_core(dir.path(), |c| {
         c.pii.default.disallowed_fields = vec!["properties.ssn".into()];
+        c.admin.listen = Some("127.0.0.1:0".parse().expect("addr"));
     })
     .await;
     let (addr, key, keys_file) = (edge.addr(), edge.key.clone(), edge.keys_file.clone());
+    let admin = edge.edge().admin_addr.expect("admin");
     let dead_letters = dir.path().join("sink").join(sluice_core::sink::DEAD_LETTER_FILE_NAME);
     tokio::task::spawn_blocking(move || {
         let batch = |events: Value| serde_json::to_vec(&json!({"api_key": key, "batch": events})).expect("json");
@@ -160,6 +163,9 @@ async fn policies_apply_to_the_compatible_routes() {
 
         let partial = batch(json!([{"event": "ok", "distinct_id": "u"}, {"distinct_id": "no-name"}]));
         assert_eq!(post(addr, "/batch/", &[], &partial).status, 200, "the valid event is stored");
+        let metrics = scrape(admin);
+        assert_eq!(sample(&metrics, "sluice_edge_accepted_events_total", ""), Some(1.0), "{metrics}");
+        assert_eq!(sample(&metrics, "sluice_edge_responses_total", r#"code="pii_detected""#), Some(1.0), "{metrics}");
         wait_until("the invalid event is dead-lettered", Duration::from_secs(30), || {
             std::fs::read_to_string(&dead_letters).is_ok_and(|t| t.contains("no-name") && t.contains("missing_field"))
         });
