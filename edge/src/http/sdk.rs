@@ -146,9 +146,8 @@ fn compat_error(e: CompatError, state: &AppState) -> ApiError {
     match e {
         CompatError::Body(b) => body_error(b, &state.limits),
         CompatError::Malformed(_) => ApiError::new(StatusCode::BAD_REQUEST, "malformed_body", e.to_string()),
-        CompatError::TooLarge { limit, .. } => {
+        CompatError::TooLarge { .. } => {
             ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", format!("{e}; split the batch"))
-                .with_details(json!({ "max_bytes": limit }))
         }
         CompatError::UnsupportedCompression(_) => {
             ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_encoding", e.to_string())
