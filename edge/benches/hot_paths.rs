@@ -70,6 +70,7 @@ impl Fixture {
             limits: &self.limits,
             rules: &self.rules,
             pii: &self.pii,
+            api: None,
         };
         ingest::prepare(&request).unwrap()
     }

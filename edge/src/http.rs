@@ -1,4 +1,5 @@
-//! The HTTP API: `POST /v1/events`, `POST /v1/events:debug`, `HEAD /health`, `GET /ready`.
+//! The HTTP API: `POST /v1/events`, `POST /v1/events:debug`, `HEAD /health`, `GET /ready`, and
+//! the PostHog and Segment routes of [`sdk`].
 //! Every error is a JSON body `{"error":{"code":"…","message":"…"}}`; every response carries
 //! `X-Request-Id`; a valid W3C `traceparent` is continued (same trace ID, new span ID).
 
@@ -22,7 +23,7 @@ use tower_http::cors::{Any, CorsLayer};
 use tracing::Instrument;
 
 use crate::admission::quota::{self, BURST_FACTOR, RateInfo};
-use crate::admission::{Admission, Refusal};
+use crate::admission::{Admission, Admitted, Refusal};
 use crate::auth::{AuthError, KeyRing, Principal};
 use crate::body::{self, BodyError, BodyFormat};
 use crate::config::{HttpConfig, LimitsConfig, PiiConfig, ValidationConfig};
@@ -33,6 +34,8 @@ use crate::metrics::EdgeMetrics;
 use crate::server::PeerAddr;
 use crate::signature::{self, SignatureError, Verified};
 use crate::wal::{Wal, WalError};
+
+mod sdk;
 
 pub struct AppState {
     pub keys: Arc<KeyRing>,
@@ -101,6 +104,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/events:debug", post(debug))
         .route("/health", head(health).get(health))
         .route("/ready", get(ready))
+        .merge(sdk::routes())
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.drain.clone(), crate::drain::gate))
         .layer(cors)
@@ -414,6 +418,13 @@ async fn read_body(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<(Bytes, Option<Verified>), ApiError> {
+    let raw = read_raw(state, body).await?;
+    let verified = verify_signature(state, &caller.principal, headers, &raw)?;
+    Ok((raw, verified))
+}
+
+/// Reads the raw body, bounded in size and time.
+async fn read_raw(state: &AppState, body: Body) -> Result<Bytes, ApiError> {
     let limits = &state.limits;
     let timeout = Duration::from_millis(state.http.body_timeout_ms);
     let raw = match tokio::time::timeout(timeout, axum::body::to_bytes(body, limits.max_body_bytes)).await {
@@ -427,20 +438,30 @@ async fn read_body(
             ));
         }
     };
-    if let Some(secret) = &caller.principal.signing_secret {
+    Ok(raw)
+}
+
+/// Checks the request signature if the key requires one; the verified signature, if any.
+fn verify_signature(
+    state: &AppState,
+    principal: &Principal,
+    headers: &HeaderMap,
+    raw: &[u8],
+) -> Result<Option<Verified>, ApiError> {
+    if let Some(secret) = &principal.signing_secret {
         let now = (now_ms() / 1000) as i64;
         let skew = state.http.signature_skew_secs;
         let sig = headers.get("x-signature").and_then(|v| v.to_str().ok());
-        let verified = signature::verify(secret, sig, &raw, now, skew)?;
+        let verified = signature::verify(secret, sig, raw, now, skew)?;
         let seen = SeenSignature { signed_at: verified.timestamp, expires_ms: verified.expires_ms(skew) };
         let fresh = tokio::task::block_in_place(|| state.idempotency.admit_signature(&verified.mac, &seen))
             .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", e.to_string()))?;
         if !fresh {
             return Err(SignatureError::Replayed.into());
         }
-        return Ok((raw, Some(verified)));
+        return Ok(Some(verified));
     }
-    Ok((raw, None))
+    Ok(None)
 }
 
 /// Decompresses the body and runs the ingest pipeline; the callers map the outcome to HTTP.
@@ -454,16 +475,29 @@ fn prepare(
     let limits = &state.limits;
     let encoding = headers.get(header::CONTENT_ENCODING).map(|v| v.to_str().unwrap_or("invalid"));
     let decoded = body::decode(raw, encoding, limits.max_body_bytes)?;
+    prepare_decoded(state, &caller.principal, &decoded, caller.format, batch_id, None)
+}
+
+/// Runs the ingest pipeline on a decompressed body.
+fn prepare_decoded(
+    state: &AppState,
+    principal: &Principal,
+    decoded: &[u8],
+    format: BodyFormat,
+    batch_id: uuid::Uuid,
+    api: Option<crate::compat::Api>,
+) -> Result<Prepared, PrepareError> {
     let request = ingest::Request {
-        principal: &caller.principal,
+        principal,
         region: &state.region,
         batch_id,
         received_at_ms: now_ms(),
-        body: &decoded,
-        format: caller.format,
-        limits,
+        body: decoded,
+        format,
+        limits: &state.limits,
         rules: &state.rules,
-        pii: state.pii.policy_for(&caller.principal.tenant),
+        pii: state.pii.policy_for(&principal.tenant),
+        api,
     };
     ingest::prepare(&request)
 }
@@ -545,25 +579,10 @@ async fn ingest(
 
     tracing::Span::current().record("batch_id", tracing::field::display(batch_id));
     let prepared = prepare(&state, &caller, &raw, &headers, batch_id).map_err(|e| prepare_error(e, &state.limits))?;
-    let rate = match &admitted {
-        Some(a) => Some(admission.charge(a, prepared.accepted.len() + prepared.rejected.len())?),
-        None => None,
-    };
     let received_at_ms = prepared.received_at_ms;
-    let ingest::WalBatch { accepted, rejected, bytes } = prepared
-        .into_wal_bytes(&caller.principal, &state.region, trace.map(|Extension(TraceParent(tp))| tp))
-        .map_err(|e| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", e.to_string()))?;
-    let enqueue = state.metrics.enqueue_latency.start_timer();
-    let wal_bytes = bytes.len() as u64;
-    if let Err(e) = state.wal.append(bytes).await {
-        enqueue.stop_and_discard();
-        tracing::warn!(tenant_id = %tenant, request_id, error = %e, "ingest: append refused");
-        return Err(wal_error(e));
-    }
-    enqueue.observe_duration();
-    admission.record(&tenant, wal_bytes, accepted as u64);
-    state.metrics.accepted_events.inc_by(accepted as u64);
-    tracing::debug!(tenant_id = %tenant, request_id, %batch_id, accepted, rejected = rejected.len(), "ingest: accepted");
+    let trace = trace.map(|Extension(TraceParent(tp))| tp);
+    let Committed { accepted, rejected, rate } =
+        commit(&state, &caller.principal, admitted.as_ref(), prepared, trace, request_id).await?;
     let mut body = json!({ "accepted": accepted, "batch_id": batch_id });
     if !rejected.is_empty()
         && let Some(obj) = body.as_object_mut()
@@ -584,6 +603,48 @@ async fn ingest(
         insert_rate_headers(resp.headers_mut(), &rate);
     }
     Ok(resp)
+}
+
+/// What a stored request reports.
+struct Committed {
+    accepted: usize,
+    rejected: Vec<crate::validate::Reject>,
+    /// The tenant's bucket after the charge, when its rate is limited.
+    rate: Option<RateInfo>,
+}
+
+/// The steps after the events are prepared, the same for every endpoint that stores them: charge
+/// the tenant's rate, append to the WAL (fsync'd, and replicated where configured), account.
+async fn commit(
+    state: &AppState,
+    principal: &Principal,
+    admitted: Option<&Admitted>,
+    prepared: Prepared,
+    trace: Option<String>,
+    request_id: &str,
+) -> Result<Committed, ApiError> {
+    let admission = &state.admission;
+    let tenant = &principal.tenant;
+    let batch_id = prepared.batch_id;
+    let rate = match admitted {
+        Some(a) => Some(admission.charge(a, prepared.accepted.len() + prepared.rejected.len())?),
+        None => None,
+    };
+    let ingest::WalBatch { accepted, rejected, bytes } = prepared
+        .into_wal_bytes(principal, &state.region, trace)
+        .map_err(|e| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", e.to_string()))?;
+    let enqueue = state.metrics.enqueue_latency.start_timer();
+    let wal_bytes = bytes.len() as u64;
+    if let Err(e) = state.wal.append(bytes).await {
+        enqueue.stop_and_discard();
+        tracing::warn!(tenant_id = %tenant, request_id, error = %e, "ingest: append refused");
+        return Err(wal_error(e));
+    }
+    enqueue.observe_duration();
+    admission.record(tenant, wal_bytes, accepted as u64);
+    state.metrics.accepted_events.inc_by(accepted as u64);
+    tracing::debug!(tenant_id = %tenant, request_id, %batch_id, accepted, rejected = rejected.len(), "ingest: accepted");
+    Ok(Committed { accepted, rejected, rate })
 }
 
 fn json_response(status: StatusCode, body: Vec<u8>) -> Response {

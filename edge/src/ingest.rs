@@ -8,6 +8,7 @@ use uuid::Uuid;
 
 use crate::auth::Principal;
 use crate::body::{self, BodyError, BodyFormat};
+use crate::compat::Api;
 use crate::config::{LimitsConfig, PiiPolicy, ValidationConfig};
 use crate::pii::PiiViolation;
 use crate::validate::{self, BatchContext, Invalid, Reject};
@@ -23,6 +24,9 @@ pub struct Request<'a> {
     pub limits: &'a LimitsConfig,
     pub rules: &'a ValidationConfig,
     pub pii: &'a PiiPolicy,
+    /// The compatible API the request came through (`None` for `/v1/events`), recorded in every
+    /// event as `api`.
+    pub api: Option<Api>,
 }
 
 #[derive(Debug)]
@@ -69,7 +73,12 @@ pub fn prepare(req: &Request<'_>) -> Result<Prepared, PrepareError> {
         limits: req.limits,
         pii: req.pii,
     };
-    let shared = ctx.shared_fields();
+    let mut shared = ctx.shared_fields();
+    if let Some(api) = req.api {
+        shared.extend_from_slice(b",\"api\":\"");
+        shared.extend_from_slice(api.name().as_bytes());
+        shared.push(b'"');
+    }
     let mut accepted = Vec::with_capacity(split.events.len());
     let mut rejected = Vec::new();
     let mut dead_letters = Vec::new();
@@ -169,6 +178,7 @@ mod tests {
             limits: &limits,
             rules: &rules,
             pii: &pii,
+            api: None,
         };
         let p = prepare(&req).unwrap();
         assert_eq!(p.accepted.len(), 2);
@@ -189,5 +199,29 @@ mod tests {
         );
         assert_eq!((recs[1].stream, recs[1].events.len()), (Stream::DeadLetter, 1));
         assert_ne!(recs[0].batch_id, recs[1].batch_id);
+        assert!(produced.get("api").is_none(), "native events name no compatible API");
+    }
+
+    #[test]
+    fn events_record_the_compatible_api_they_came_through() {
+        let principal =
+            Principal { key_id: "k".into(), tenant: "acme".into(), env: "prod".into(), signing_secret: None };
+        let (limits, rules, pii) = (LimitsConfig::default(), ValidationConfig::default(), PiiPolicy::default());
+        let req = Request {
+            principal: &principal,
+            region: "eu",
+            batch_id: Uuid::from_u128(8),
+            received_at_ms: 1_800_000_000_000,
+            body: br#"[{"event":"a","distinct_id":"u"}]"#,
+            format: BodyFormat::JsonArray,
+            limits: &limits,
+            rules: &rules,
+            pii: &pii,
+            api: Some(Api::Segment),
+        };
+        let p = prepare(&req).unwrap();
+        let produced: serde_json::Value =
+            serde_json::from_slice(&sluice_wire::record::spliced(&p.accepted[0].json, &p.shared)).unwrap();
+        assert_eq!((produced["api"].as_str(), produced["tenant"].as_str()), (Some("segment"), Some("acme")));
     }
 }

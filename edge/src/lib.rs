@@ -9,6 +9,7 @@ pub mod auth;
 pub mod body;
 pub mod cli;
 pub mod clock;
+pub mod compat;
 pub mod config;
 pub mod drain;
 pub mod forwarder;

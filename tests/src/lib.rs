@@ -12,6 +12,7 @@ pub mod ledger;
 pub mod metrics;
 pub mod openapi;
 pub mod procs;
+pub mod sdk;
 pub mod udp_proxy;
 pub mod walfile;
 

@@ -31,6 +31,7 @@ impl Spec {
             .doc
             .get("paths")
             .and_then(|p| p.get(path))
+            .map(|item| self.resolve(item))
             .and_then(|p| p.get(method.to_ascii_lowercase()))
             .unwrap_or_else(|| panic!("{method} {path} is not in openapi.yaml"));
         let status = resp.status.to_string();

@@ -83,24 +83,13 @@ async fn admin_drain_turns_readiness_off_and_refuses_new_requests() {
     e.shutdown().await;
 }
 
-/// An in-process core with the file sink (events in `<dir>/sink`), and an in-process edge with its
-/// admin API (token [`TOKEN`]) forwarding to it: for tests that need real acks.
+/// [`core_harness::edge_forwarding_to_file_core`] with the edge's admin API (token [`TOKEN`]).
 async fn edge_forwarding_to_file_core(dir: &std::path::Path) -> (sluice_core::Core, InProcessEdge) {
-    let pki = sluice_ops::devpki::write_dev_pki(&dir.join("pki")).expect("pki");
-    let config = core_harness::file_sink_config("127.0.0.1:0".parse().expect("addr"), &pki, dir);
-    let core = sluice_core::start(config).await.expect("core starts");
-    let core_addr = core.addr;
-    let edge = InProcessEdge::start(|c| {
+    core_harness::edge_forwarding_to_file_core(dir, |c| {
         c.admin.listen = Some("127.0.0.1:0".parse().expect("addr"));
         c.admin.token = Some(TOKEN.into());
-        c.forwarder.enabled = true;
-        c.forwarder.core_addr = core_addr;
-        c.forwarder.ca_cert = pki.ca_cert.clone();
-        c.forwarder.client_cert = Some(pki.edge_cert.clone());
-        c.forwarder.client_key = Some(pki.edge_key.clone());
     })
-    .await;
-    (core, edge)
+    .await
 }
 
 /// `POST /forwarder/pause` stops forwarding (the WAL keeps the events, status shows them unacked

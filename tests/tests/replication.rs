@@ -239,6 +239,21 @@ fn replica_loss_with_require_refuses() {
     }
     assert_eq!(ledger.requests("503") - refused_before, 15);
     assert_eq!(ledger.missing_retry_after(), 0, "every 503 carries Retry-After");
+    // The PostHog and Segment routes give the same guarantee: no replica, no success answer.
+    let key = &pop.env.key;
+    let compat = [
+        (
+            "/batch/",
+            serde_json::json!({"api_key": key, "batch": [{"event": "e", "distinct_id": "u", "uuid": "ph-down"}]}),
+        ),
+        ("/v1/batch", serde_json::json!({"writeKey": key, "batch": [{"type": "track", "event": "e", "userId": "u"}]})),
+    ];
+    for (path, body) in compat {
+        let body = serde_json::to_vec(&body).expect("json");
+        let r = sluice_tests::http::request(a.http, "POST", path, &[], &body).expect("compat request");
+        assert_eq!((r.status, r.json()["code"].as_str()), (503, Some("replica_unavailable")), "{path}");
+        assert!(r.header("retry-after").is_some(), "{path}");
+    }
     assert_eq!(a.metric("sluice_edge_replication_degraded"), 1.0);
 
     let b_proc = pop.edge(&b, &b_opts);
