@@ -1,8 +1,9 @@
 //! Prometheus metrics of one core process (`sluice_core_*`), served on the admin port
 //! (`admin_listen`, `GET /metrics`).
 //!
-//! "Broker lag" is measured where core can see it: events handed to the sink whose delivery
-//! reports have not all come back, and the age (since edge receipt) of the oldest of them.
+//! "Broker lag" (the ADR's `broker_lag`) is measured where core can see it: events handed to the
+//! sink whose delivery reports have not all come back (`sluice_core_events_in_delivery`), and the
+//! age since edge receipt of the oldest of them (`sluice_core_broker_lag_seconds`).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -163,8 +164,9 @@ impl InDeliveryCollector {
             source,
             events: IntGauge::new("sluice_core_events_in_delivery", "Events handed to the sink, not yet confirmed")?,
             oldest_age: prometheus::Gauge::new(
-                "sluice_core_oldest_undelivered_age_seconds",
-                "Age since edge receipt of the oldest event in delivery (0 when none)",
+                "sluice_core_broker_lag_seconds",
+                "The ADR's broker_lag: age since edge receipt of the oldest event handed to the sink and not yet \
+                 confirmed (0 when none)",
             )?,
         })
     }
@@ -198,5 +200,22 @@ mod tests {
         assert_eq!(d.snapshot(10_000), (5, 6.0));
         drop(a);
         assert_eq!(d.snapshot(10_000), (0, 0.0));
+    }
+
+    /// The value on the line `name value` of a scrape.
+    fn sample(text: &str, name: &str) -> Option<f64> {
+        text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    #[test]
+    fn broker_lag_is_exported_under_the_adr_name() {
+        let m = CoreMetrics::new().unwrap();
+        assert_eq!(sample(&m.render(), "sluice_core_broker_lag_seconds"), Some(0.0));
+        // Received at the edge a minute ago and still in delivery.
+        let _open = m.in_delivery.start(4, crate::server::now_ms() - 60_000);
+        let text = m.render();
+        let lag = sample(&text, "sluice_core_broker_lag_seconds").unwrap();
+        assert!((60.0..120.0).contains(&lag), "{text}");
+        assert_eq!(sample(&text, "sluice_core_events_in_delivery"), Some(4.0));
     }
 }

@@ -93,8 +93,13 @@ pub struct Principal {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AuthError {
-    #[error("missing API key (send `Authorization: Bearer <key>` or `X-Api-Key: <key>`)")]
+    #[error("missing API key (send `Authorization: Bearer <key>`, `X-Api-Key: <key>` or `?api_key=<key>`)")]
     Missing,
+    /// An `Authorization` header of another scheme than `Bearer`, and no key elsewhere.
+    #[error(
+        "`Authorization: {0}` is not supported: send the key as `Authorization: Bearer <key>`, `X-Api-Key: <key>` or `?api_key=<key>`"
+    )]
+    UnsupportedScheme(String),
     #[error("unknown API key")]
     Unknown,
     #[error("API key has been revoked")]

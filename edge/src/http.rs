@@ -3,6 +3,7 @@
 //! Every error is a JSON body `{"error":{"code":"…","message":"…"}}`; every response carries
 //! `X-Request-Id`; a valid W3C `traceparent` is continued (same trace ID, new span ID).
 
+use std::borrow::Cow;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -99,7 +100,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             HeaderName::from_static(RATELIMIT_POLICY),
         ])
         .max_age(Duration::from_secs(86_400));
-    Router::new()
+    let routes = Router::new()
         .route("/v1/events", post(ingest))
         .route("/v1/events:debug", post(debug))
         .route("/health", head(health).get(health))
@@ -107,6 +108,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(sdk::routes())
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.drain.clone(), crate::drain::gate))
+        .with_state(state.clone());
+    // CORS answers preflights in front of the routes: a layer on the routes themselves runs
+    // inside each route's method router, which adds its own `Allow` (the route's methods) to the
+    // preflight beside `Access-Control-Allow-Methods`.
+    Router::new()
+        .fallback_service(routes)
         .layer(cors)
         .layer(middleware::from_fn_with_state(state.clone(), request_context))
         .with_state(state)
@@ -291,7 +298,9 @@ impl From<Refusal> for ApiError {
 impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> Self {
         let (status, code) = match e {
-            AuthError::Missing | AuthError::Unknown => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            AuthError::Missing | AuthError::Unknown | AuthError::UnsupportedScheme(_) => {
+                (StatusCode::UNAUTHORIZED, "unauthorized")
+            }
             AuthError::Revoked => (StatusCode::FORBIDDEN, "key_revoked"),
             AuthError::TenantDisabled => (StatusCode::FORBIDDEN, "tenant_disabled"),
             AuthError::EnvDisabled => (StatusCode::FORBIDDEN, "environment_disabled"),
@@ -364,18 +373,31 @@ fn wal_error(e: WalError) -> ApiError {
 }
 
 /// The API key from `Authorization: Bearer`, `X-Api-Key`, or (for `sendBeacon`) `?api_key=`.
-fn api_key<'a>(headers: &'a HeaderMap, uri: &'a Uri, allow_query: bool) -> Option<&'a str> {
-    if let Some(v) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
-        let (scheme, token) = v.trim().split_once(' ')?;
-        return scheme.eq_ignore_ascii_case("bearer").then_some(token.trim());
+/// An `Authorization` header of another scheme (a proxy's `Basic`, say) does not hide a key sent
+/// the other ways; with none, the answer names the scheme instead of calling the key missing.
+fn api_key<'a>(headers: &'a HeaderMap, uri: &'a Uri, allow_query: bool) -> Result<Option<&'a str>, AuthError> {
+    let mut other_scheme = None;
+    if let Some(v) = headers.get(header::AUTHORIZATION) {
+        let v = v.to_str().unwrap_or("").trim();
+        let (scheme, token) = v.split_once(' ').unwrap_or((v, ""));
+        if scheme.eq_ignore_ascii_case("bearer") {
+            return Ok(Some(token.trim()).filter(|t| !t.is_empty()));
+        }
+        other_scheme = Some(scheme);
     }
-    if let Some(v) = headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
-        return Some(v.trim());
+    let elsewhere = match headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
+        Some(v) => Some(v.trim()),
+        None if allow_query => uri.query().and_then(|q| q.split('&').find_map(|pair| pair.strip_prefix("api_key="))),
+        None => None,
+    };
+    match (elsewhere, other_scheme) {
+        (None, Some(scheme)) => {
+            // Echoed in the message: printable and short whatever the client sent.
+            let scheme: String = scheme.chars().filter(char::is_ascii_graphic).take(32).collect();
+            Err(AuthError::UnsupportedScheme(scheme))
+        }
+        (key, _) => Ok(key),
     }
-    if !allow_query {
-        return None;
-    }
-    uri.query()?.split('&').find_map(|pair| pair.strip_prefix("api_key="))
 }
 
 fn body_format(headers: &HeaderMap) -> Result<BodyFormat, ApiError> {
@@ -406,7 +428,7 @@ struct Caller {
 }
 
 fn authenticate(state: &AppState, headers: &HeaderMap, uri: &Uri) -> Result<Caller, ApiError> {
-    let principal = state.keys.authenticate(api_key(headers, uri, state.http.allow_query_key))?;
+    let principal = state.keys.authenticate(api_key(headers, uri, state.http.allow_query_key)?)?;
     Ok(Caller { principal, format: body_format(headers)? })
 }
 
@@ -464,21 +486,19 @@ fn verify_signature(
     Ok(None)
 }
 
-/// Decompresses the body and runs the ingest pipeline; the callers map the outcome to HTTP.
-fn prepare(
-    state: &AppState,
-    caller: &Caller,
-    raw: &[u8],
-    headers: &HeaderMap,
-    batch_id: uuid::Uuid,
-) -> Result<Prepared, PrepareError> {
+/// The body after `Content-Encoding`, bounded by the body limit.
+fn decode<'a>(state: &AppState, headers: &HeaderMap, raw: &'a [u8]) -> Result<Cow<'a, [u8]>, ApiError> {
     let limits = &state.limits;
     let encoding = headers.get(header::CONTENT_ENCODING).map(|v| v.to_str().unwrap_or("invalid"));
-    let decoded = body::decode(raw, encoding, limits.max_body_bytes)?;
-    prepare_decoded(state, &caller.principal, &decoded, caller.format, batch_id, None)
+    body::decode(raw, encoding, limits.max_body_bytes).map_err(|e| body_error(e, limits))
 }
 
-/// Runs the ingest pipeline on a decompressed body.
+/// Runs the ingest pipeline on a decoded `/v1/events` body.
+fn prepare(state: &AppState, caller: &Caller, decoded: &[u8], batch_id: uuid::Uuid) -> Result<Prepared, PrepareError> {
+    prepare_decoded(state, &caller.principal, decoded, caller.format, batch_id, None)
+}
+
+/// Runs the ingest pipeline on a decompressed body; the callers map the outcome to HTTP.
 fn prepare_decoded(
     state: &AppState,
     principal: &Principal,
@@ -548,6 +568,7 @@ async fn ingest(
         }
     };
     let (raw, signed) = read_body(&state, &caller, &headers, body).await?;
+    let decoded = decode(&state, &headers, &raw)?;
     let (batch_id, in_flight) = match reserved {
         // A replay of this request to another edge gets the same batch ID: core drops it.
         None => match &signed {
@@ -557,9 +578,14 @@ async fn ingest(
             None => (sluice_wire::ids::new_batch_id(), None),
         },
         Some((key, guard)) => {
-            let hash: [u8; 32] = Sha256::digest(&raw).into();
-            let lookup = tokio::task::block_in_place(|| state.idempotency.lookup(guard, &hash, now_ms()))
-                .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", e.to_string()))?;
+            // The decompressed body: an SDK that compresses its retry again (gzip stamps the time
+            // into its header) sends other bytes for the same batch.
+            let hash: [u8; 32] = Sha256::digest(&decoded).into();
+            let lookup =
+                tokio::task::block_in_place(|| state.idempotency.lookup(guard, &hash, now_ms())).map_err(|e| {
+                    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", e.to_string())
+                        .with_retry_after(1)
+                })?;
             match lookup {
                 Lookup::Replay(stored) => return Ok(replayed(stored)),
                 Lookup::BodyMismatch => {
@@ -578,7 +604,9 @@ async fn ingest(
     };
 
     tracing::Span::current().record("batch_id", tracing::field::display(batch_id));
-    let prepared = prepare(&state, &caller, &raw, &headers, batch_id).map_err(|e| prepare_error(e, &state.limits))?;
+    let prepared = prepare(&state, &caller, &decoded, batch_id).map_err(|e| prepare_error(e, &state.limits))?;
+    // An inflated copy (up to the body limit) need not be held across the WAL append.
+    drop(decoded);
     let received_at_ms = prepared.received_at_ms;
     let trace = trace.map(|Extension(TraceParent(tp))| tp);
     let Committed { accepted, rejected, rate } =
@@ -677,8 +705,9 @@ async fn debug(
         return Err(err);
     }
     let (raw, _) = read_body(&state, &caller, &headers, body).await?;
+    let decoded = decode(&state, &headers, &raw)?;
     let batch_id = sluice_wire::ids::new_batch_id();
-    let (events, rejected, pii) = match prepare(&state, &caller, &raw, &headers, batch_id) {
+    let (events, rejected, pii) = match prepare(&state, &caller, &decoded, batch_id) {
         Ok(p) => {
             let produced = p.accepted.iter().map(|e| sluice_wire::record::spliced(&e.json, &p.shared));
             (produced.collect(), p.rejected, None)

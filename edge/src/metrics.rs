@@ -70,6 +70,11 @@ impl EdgeMetrics {
             Opts::new("sluice_edge_admission_refusals_total", "Requests refused by admission control, by reason"),
             &["reason"],
         )?;
+        // At 0 from the start: a dashboard's rate() of a series that appears with its first
+        // refusal misses that refusal, and a panel of an absent series shows "no data".
+        for reason in crate::admission::Reason::ALL {
+            admission_refusals.with_label_values(&[reason.code()]);
+        }
         registry.register(Box::new(admission_refusals.clone()))?;
         let forwarder_frames_in_flight =
             IntGauge::new("sluice_edge_forwarder_frames_in_flight", "Frames sent to core, awaiting its ack")?;
@@ -116,7 +121,7 @@ struct WalCollector {
     wal: Wal,
     oldest_unacked_ms: Arc<AtomicU64>,
     oldest_unacked_age: prometheus::Gauge,
-    unforwarded_bytes: IntGauge,
+    live_bytes: IntGauge,
     fsyncs: IntCounter,
     records: IntCounter,
     bytes: IntCounter,
@@ -132,8 +137,9 @@ impl WalCollector {
                 "sluice_edge_wal_oldest_unacked_age_seconds",
                 "Age since receipt of the oldest WAL record core has not acknowledged (0 when caught up)",
             )?,
-            unforwarded_bytes: IntGauge::new(
-                "sluice_edge_wal_unforwarded_bytes",
+            // Not "unforwarded": a segment stays (and counts) until core acked all of it.
+            live_bytes: IntGauge::new(
+                "sluice_edge_wal_live_bytes",
                 "Bytes in live WAL segment files, what the WAL budget limits (a segment is deleted once core \
                  has acknowledged all of it; sluice_edge_wal_unacked_bytes is the exact unacknowledged count)",
             )?,
@@ -152,7 +158,7 @@ impl Collector for WalCollector {
     fn desc(&self) -> Vec<&Desc> {
         [
             self.oldest_unacked_age.desc(),
-            self.unforwarded_bytes.desc(),
+            self.live_bytes.desc(),
             self.fsyncs.desc(),
             self.records.desc(),
             self.bytes.desc(),
@@ -166,7 +172,7 @@ impl Collector for WalCollector {
         let stats = self.wal.stats();
         // Counters only go up: add the difference since the last scrape.
         let catch_up = |c: &IntCounter, now: u64| c.inc_by(now.saturating_sub(c.get()));
-        self.unforwarded_bytes.set(i64::try_from(self.wal.unforwarded_bytes()).unwrap_or(i64::MAX));
+        self.live_bytes.set(i64::try_from(self.wal.unforwarded_bytes()).unwrap_or(i64::MAX));
         catch_up(&self.fsyncs, stats.groups.load(Relaxed));
         catch_up(&self.records, stats.records.load(Relaxed));
         catch_up(&self.bytes, stats.bytes.load(Relaxed));
@@ -177,7 +183,7 @@ impl Collector for WalCollector {
         self.oldest_unacked_age.set(age_ms as f64 / 1000.0);
         [
             self.oldest_unacked_age.collect(),
-            self.unforwarded_bytes.collect(),
+            self.live_bytes.collect(),
             self.fsyncs.collect(),
             self.records.collect(),
             self.bytes.collect(),

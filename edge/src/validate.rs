@@ -18,6 +18,9 @@ const MAX_ID_LEN: usize = 200;
 /// Epoch values below this are seconds, above it milliseconds (1e11 s is the year 5138;
 /// 1e11 ms is March 1973).
 const SECONDS_MS_BOUNDARY: f64 = 1e11;
+/// The largest epoch-ms number accepted: the end of year 9999, where RFC 3339 strings end too.
+/// Below 2^53, so every integer up to it parses exactly and the spec's `maximum` is exact.
+const MAX_EPOCH_MS: f64 = 253_402_300_799_999.0;
 
 /// Everything about the request that every event inherits.
 #[derive(Debug, Clone)]
@@ -118,6 +121,7 @@ pub fn normalize(ctx: &BatchContext<'_>, index: usize, json: &[u8]) -> Result<Ev
         let max = ctx.limits.max_event_bytes;
         return Err(reject(index, "event_too_large", format!("event is {} bytes, limit {max}", json.len())).into());
     }
+    not_an_object(index, json)?;
     let input: InEvent<'_> = serde_json::from_slice(json).map_err(|e| {
         let code = if e.is_data() { "invalid_type" } else { "malformed_json" };
         Invalid::Reject(reject(index, code, e.to_string()))
@@ -181,6 +185,29 @@ pub fn normalize(ctx: &BatchContext<'_>, index: usize, json: &[u8]) -> Result<Ev
     }
     out.push(b'}');
     Ok(EventRecord { event_id, json: out })
+}
+
+/// An event is a JSON object. serde reads a struct from an array too (field by field, in
+/// declaration order), so `["signup","user-1",…]` would pass as an event; anything that does not
+/// open with `{` is refused here, as `invalid_type` when it is valid JSON of another type.
+fn not_an_object(index: usize, json: &[u8]) -> Result<(), Reject> {
+    let Some(&first) = json.iter().find(|b| !b.is_ascii_whitespace()) else {
+        return Err(reject(index, "malformed_json", "the event is empty"));
+    };
+    if first == b'{' {
+        return Ok(());
+    }
+    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(json) {
+        return Err(reject(index, "malformed_json", e.to_string()));
+    }
+    let kind = match first {
+        b'[' => "an array",
+        b'"' => "a string",
+        b't' | b'f' => "a boolean",
+        b'n' => "null",
+        _ => "a number",
+    };
+    Err(reject(index, "invalid_type", format!("an event must be a JSON object, got {kind}")))
 }
 
 /// Applies the past/future sanity window to a parsed client timestamp.
@@ -252,8 +279,9 @@ fn required_str<'s>(index: usize, field: &str, raw: Option<&'s RawValue>, max: u
     if value.trim().is_empty() {
         return Err(reject(index, "missing_field", format!("`{field}` is empty")));
     }
-    if value.len() > max {
-        return Err(reject(index, "field_too_long", format!("`{field}` is longer than {max} bytes")));
+    // Characters (Unicode scalar values), as JSON Schema's `maxLength` counts them.
+    if value.chars().nth(max).is_some() {
+        return Err(reject(index, "field_too_long", format!("`{field}` is longer than {max} characters")));
     }
     Ok(JsonStr { raw, value })
 }
@@ -270,7 +298,7 @@ pub fn parse_timestamp(raw: &str) -> Option<i64> {
             return None;
         }
         let ms = if n < SECONDS_MS_BOUNDARY { n * 1000.0 } else { n };
-        (ms < i64::MAX as f64).then_some(ms as i64)
+        (ms <= MAX_EPOCH_MS).then_some(ms as i64)
     }
 }
 
@@ -317,7 +345,8 @@ mod tests {
         assert_eq!(parse_timestamp("1700000000"), Some(1_700_000_000_000));
         assert_eq!(parse_timestamp("1700000000.25"), Some(1_700_000_000_250));
         assert_eq!(parse_timestamp("1700000000123"), Some(1_700_000_000_123));
-        for bad in [r#""yesterday""#, "-5", "true", "null", r#""2023-13-01T00:00:00Z""#] {
+        assert_eq!(parse_timestamp("253402300799999"), Some(253_402_300_799_999), "9999-12-31T23:59:59.999Z");
+        for bad in [r#""yesterday""#, "-5", "true", "null", r#""2023-13-01T00:00:00Z""#, "253402300800000", "1e300"] {
             assert_eq!(parse_timestamp(bad), None, "{bad}");
         }
     }
@@ -365,7 +394,33 @@ mod tests {
             assert_eq!((r.index, r.code), (3, code), "{}", String::from_utf8_lossy(body));
         }
         let big = format!(r#"{{"event":"e","distinct_id":"u","properties":{{"p":"{}"}}}}"#, "x".repeat(1024));
+        // Only an object is an event: serde would read a struct from an array field by field.
+        for (body, code, says) in [
+            (&br#"["signup","user-1",1796220000,"evid",{"plan":"pro"}]"#[..], "invalid_type", "got an array"),
+            (br#"  [{"event":"e","distinct_id":"u"}]"#, "invalid_type", "got an array"),
+            (br#""signup""#, "invalid_type", "got a string"),
+            (b"42", "invalid_type", "got a number"),
+            (b"null", "invalid_type", "got null"),
+            (b"[1,", "malformed_json", ""),
+        ] {
+            let r = rejected(&ctx(), body);
+            assert_eq!(r.code, code, "{}", String::from_utf8_lossy(body));
+            assert!(r.message.contains(says), "{}", r.message);
+        }
         assert_eq!(rejected(&ctx(), big.as_bytes()).code, "event_too_large");
+    }
+
+    #[test]
+    fn lengths_count_characters_not_bytes() {
+        let named = |name: &str| format!(r#"{{"event":"{name}","distinct_id":"u"}}"#);
+        // 200 two-byte characters (400 bytes) are within `maxLength: 200`.
+        assert!(normalize(&ctx(), 0, named(&"é".repeat(200)).as_bytes()).is_ok());
+        assert!(
+            normalize(&ctx(), 0, named(&format!("{}\\u00e9", "é".repeat(199))).as_bytes()).is_ok(),
+            "escapes count decoded"
+        );
+        let r = rejected(&ctx(), named(&"é".repeat(201)).as_bytes());
+        assert_eq!(r.code, "field_too_long", "{}", r.message);
     }
 
     #[test]

@@ -923,6 +923,7 @@ fn end_to_end(
         quic: "127.0.0.1:0".parse().context("loopback address")?,
         kafka: KafkaChoice::Mock,
         edges: 1,
+        admin: None,
     };
     let pipeline = rt.block_on(dev::start(&dev_opts))?;
     let brokers = pipeline.brokers.clone().context("mock cluster has brokers")?;

@@ -46,6 +46,9 @@ pub struct DevOptions {
     /// (`factor` 2, `require`): edge `i` serves HTTP on `http` port + i and replicas on `quic`
     /// port + 1 + i, with its own WAL under `<dir>/edge-<i>/`.
     pub edges: usize,
+    /// Core's metrics port; edge `i` serves its admin API (metrics, status, drain) on this port
+    /// + 1 + i. `None`: no admin ports.
+    pub admin: Option<SocketAddr>,
 }
 
 pub struct DevPipeline {
@@ -55,6 +58,8 @@ pub struct DevPipeline {
     pub peers: Vec<sluice_edge::Edge>,
     pub core: sluice_core::Core,
     pub api_key: String,
+    /// The edges' admin token (`Authorization: Bearer`), when they have admin ports.
+    pub admin_token: Option<String>,
     /// Where the file sink writes, when it is used.
     pub sink_dir: Option<PathBuf>,
     /// Bootstrap servers of the Kafka sink, when it is used.
@@ -94,6 +99,7 @@ pub async fn start(opts: &DevOptions) -> anyhow::Result<DevPipeline> {
         client_ca: Some(pki.ca_cert.clone()),
         data_dir: dir.join("core"),
         sink,
+        admin_listen: opts.admin,
         ..CoreConfig::default()
     })
     .await
@@ -106,13 +112,25 @@ pub async fn start(opts: &DevOptions) -> anyhow::Result<DevPipeline> {
     edge_config.forwarder.ca_cert = pki.ca_cert.clone();
     edge_config.forwarder.client_cert = Some(pki.edge_cert.clone());
     edge_config.forwarder.client_key = Some(pki.edge_key.clone());
+    // A fresh token each run, like the API key: the admin routes can drain or block tenants.
+    let admin_token = opts.admin.map(|_| uuid::Uuid::new_v4().simple().to_string());
+    edge_config.admin.token = admin_token.clone();
     let mut edges = Vec::new();
-    for config in pop_configs(&edge_config, opts.edges, opts.quic, dir)? {
+    for (i, mut config) in pop_configs(&edge_config, opts.edges, opts.quic, dir)?.into_iter().enumerate() {
+        if let Some(admin) = opts.admin {
+            config.admin.listen = Some(offset(admin, 1 + i)?);
+        }
         let id = config.edge_id.clone();
         edges.push(sluice_edge::start(config).await.with_context(|| format!("starting {id}"))?);
     }
     let edge = edges.remove(0);
-    Ok(DevPipeline { edge, peers: edges, core, api_key, sink_dir, brokers, topic, mock })
+    Ok(DevPipeline { edge, peers: edges, core, api_key, admin_token, sink_dir, brokers, topic, mock })
+}
+
+/// `addr` with its port moved up by `by`.
+fn offset(addr: SocketAddr, by: usize) -> anyhow::Result<SocketAddr> {
+    let port = u16::try_from(usize::from(addr.port()) + by).context("port out of range")?;
+    Ok(SocketAddr::new(addr.ip(), port))
 }
 
 /// One edge config per POP member: `edge-<i>` with its own HTTP port, WAL and idempotency store,
@@ -121,10 +139,6 @@ pub fn pop_configs(base: &EdgeConfig, edges: usize, quic: SocketAddr, dir: &Path
     if edges <= 1 {
         return Ok(vec![base.clone()]);
     }
-    let offset = |addr: SocketAddr, by: usize| -> anyhow::Result<SocketAddr> {
-        let port = u16::try_from(usize::from(addr.port()) + by).context("port out of range")?;
-        Ok(SocketAddr::new(addr.ip(), port))
-    };
     let repl = (0..edges).map(|i| offset(quic, 1 + i)).collect::<anyhow::Result<Vec<_>>>()?;
     (0..edges)
         .map(|i| {
@@ -147,6 +161,35 @@ fn kafka_sink(brokers: &str) -> SinkConfig {
 }
 
 impl DevPipeline {
+    /// What `sluicectl dev` prints once the pipeline is up: every address a user needs.
+    pub fn summary(&self) -> String {
+        let mut out = String::from("Sluice dev pipeline is up.\n");
+        for (i, edge) in std::iter::once(&self.edge).chain(&self.peers).enumerate() {
+            out.push_str(&format!("  edge HTTP    : http://{}", edge.http_addr));
+            if let Some(replicas) = edge.replication_addr {
+                out.push_str(&format!(" (replicas on {replicas})"));
+            }
+            out.push('\n');
+            if let Some(admin) = edge.admin_addr {
+                out.push_str(&format!("  edge admin   : http://{admin}/metrics, /status (edge {i})\n"));
+            }
+        }
+        out.push_str(&format!("  core QUIC    : {}\n", self.core.addr));
+        if let Some(admin) = self.core.admin_addr {
+            out.push_str(&format!("  core metrics : http://{admin}/metrics\n"));
+        }
+        out.push_str(&format!("  API key      : {}\n", self.api_key));
+        if let Some(token) = &self.admin_token {
+            out.push_str(&format!("  admin token  : {token} (Authorization: Bearer, for /status, /drain, ...)\n"));
+        }
+        match (&self.sink_dir, &self.brokers) {
+            (Some(d), _) => out.push_str(&format!("  sink         : {}\n", events_file(d).display())),
+            (None, Some(b)) => out.push_str(&format!("  sink         : Kafka {b}, topic {}\n", self.topic)),
+            (None, None) => {}
+        }
+        out
+    }
+
     pub fn curl_line(&self) -> String {
         format!(
             "curl -i -X POST http://{}/v1/events -H 'Authorization: Bearer {}' -H 'Content-Type: application/json' \

@@ -38,6 +38,10 @@ enum Command {
         /// serves HTTP on the `--http` port + i and replicas on the `--quic` port + 1 + i.
         #[arg(long, default_value_t = 1)]
         edges: usize,
+        /// Core's metrics address; edge i serves its admin API (metrics, status, drain) on
+        /// this port + 1 + i.
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin: SocketAddr,
     },
     /// Send synthetic events to an edge on loopback and report throughput and latency.
     Loadgen {
@@ -255,7 +259,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Dev { dir, http, quic, kafka, edges } => run_dev(DevOptions { dir, http, quic, kafka, edges }),
+        Command::Dev { dir, http, quic, kafka, edges, admin } => {
+            run_dev(DevOptions { dir, http, quic, kafka, edges, admin: Some(admin) })
+        }
         Command::Loadgen {
             target,
             api_keys,
@@ -331,7 +337,9 @@ fn main() -> anyhow::Result<()> {
                 println!("created key {id} for tenant {tenant} env {env}");
                 println!("secret (shown once): {secret}");
                 if let Some(s) = signing {
-                    println!("signing secret (hex, keep it server-side): {s}");
+                    println!(
+                        "signing secret (keep it server-side; the HMAC key is the 32 bytes this hex encodes): {s}"
+                    );
                 }
                 Ok(())
             }
@@ -506,22 +514,7 @@ fn run_dev(opts: DevOptions) -> anyhow::Result<()> {
     runtime.block_on(async {
         let pipeline = dev::start(&opts).await?;
         println!();
-        println!("Sluice dev pipeline is up.");
-        println!("  edge HTTP : http://{}", pipeline.edge.http_addr);
-        for peer in &pipeline.peers {
-            println!(
-                "  edge HTTP : http://{} (replicas on {})",
-                peer.http_addr,
-                peer.replication_addr.map_or_else(|| "-".into(), |a| a.to_string())
-            );
-        }
-        println!("  core QUIC : {}", pipeline.core.addr);
-        println!("  API key   : {}", pipeline.api_key);
-        match (&pipeline.sink_dir, &pipeline.brokers) {
-            (Some(d), _) => println!("  sink      : {}", dev::events_file(d).display()),
-            (None, Some(b)) => println!("  sink      : Kafka {b}, topic {}", pipeline.topic),
-            (None, None) => {}
-        }
+        print!("{}", pipeline.summary());
         println!();
         println!("Send an event:");
         println!("  {}", pipeline.curl_line());

@@ -48,11 +48,30 @@ async fn admin_requires_its_token_and_metrics_follow_traffic() {
         assert!(fsyncs.is_some_and(|n| n >= 1.0), "{text}");
         // Every group commit's fdatasync is timed.
         assert_eq!(sample(&text, "sluice_edge_wal_fsync_duration_seconds_count", ""), fsyncs, "{text}");
-        assert!(sample(&text, "sluice_edge_wal_unforwarded_bytes", "").is_some_and(|n| n > 0.0), "{text}");
+        assert!(sample(&text, "sluice_edge_wal_live_bytes", "").is_some_and(|n| n > 0.0), "{text}");
     })
     .await
     .expect("client");
     e.shutdown().await;
+}
+
+/// A dashboard's series exist before anything happened: every refusal reason at 0 and, for each
+/// tenant with a quota in the keys file, its utilization at 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_a_dashboard_needs_exist_before_first_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut config, _) = sluice_tests::edge_harness::config_in(dir.path());
+    sluice_tests::edge_harness::set_quota(&config.keys_file, "acme", 5_000);
+    config.admin.listen = Some("127.0.0.1:0".parse().expect("addr"));
+    let edge = sluice_edge::start(config).await.expect("edge starts");
+    let admin = edge.admin_addr.expect("admin enabled");
+    let text = tokio::task::spawn_blocking(move || sluice_tests::metrics::scrape(admin)).await.unwrap();
+    for reason in ["ip_rate_limited", "rate_limited", "shed", "overloaded", "wal_full"] {
+        let labels = format!(r#"reason="{reason}""#);
+        assert_eq!(sample(&text, "sluice_edge_admission_refusals_total", &labels), Some(0.0), "{reason}:\n{text}");
+    }
+    assert_eq!(sample(&text, "sluice_edge_tenant_quota_utilization", r#"tenant="acme""#), Some(0.0), "{text}");
+    edge.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -44,6 +44,18 @@ async fn auth_missing_unknown_revoked_and_disabled_tenant() {
         assert_eq!(code(&post(addr, EVENTS, &[json], &body)), "unauthorized");
         assert_eq!(code(&post(addr, EVENTS, &[json, ("Authorization", "Bearer slk_nope")], &body)), "unauthorized");
         assert_eq!(post(addr, EVENTS, &[json, ("Authorization", &bearer(&key))], &body).status, 202);
+        // Another scheme is named for what it is, with the ways a key can be sent.
+        let r = post(addr, EVENTS, &[json, ("Authorization", "Basic dXNlcjpwYXNz")], &body);
+        assert_eq!((r.status, code(&r)), (401, "unauthorized".to_string()));
+        let message = r.json()["error"]["message"].as_str().unwrap_or("").to_string();
+        for says in ["`Authorization: Basic` is not supported", "X-Api-Key", "?api_key="] {
+            assert!(message.contains(says), "{message}");
+        }
+        // ...and does not hide a key sent another way (a proxy may add its own `Basic`).
+        let r = post(addr, EVENTS, &[json, ("Authorization", "Basic dXNlcjpwYXNz"), ("X-Api-Key", &key)], &body);
+        assert_eq!(r.status, 202);
+        let message = post(addr, EVENTS, &[json], &body).json()["error"]["message"].as_str().unwrap_or("").to_string();
+        assert!(message.contains("?api_key="), "{message}");
 
         let mut file = sluice_edge::auth::read_keys_file(&keys_file).unwrap();
         file.disabled_tenants.push("acme".into());
@@ -195,6 +207,54 @@ async fn idempotency_replay_mismatch_in_flight_and_restart() {
     e.shutdown().await;
 }
 
+/// gzip with a given header time: SDKs compress every attempt again, and gzip stamps the time.
+fn gzip_at(data: &[u8], mtime: u32) -> Vec<u8> {
+    let mut enc = flate2::GzBuilder::new().mtime(mtime).write(Vec::new(), flate2::Compression::default());
+    enc.write_all(data).unwrap();
+    enc.finish().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_retry_is_compared_after_decompression() {
+    let e = InProcessEdge::start(|_| {}).await;
+    let (addr, key) = (e.addr(), e.key.clone());
+    blocking(move || {
+        let auth = bearer(&key);
+        let (body, _) = events_body("regzip", 2);
+        let (first_gz, retry_gz) = (gzip_at(&body, 1_796_220_000), gzip_at(&body, 1_796_220_007));
+        assert_ne!(first_gz, retry_gz, "the two attempts differ on the wire");
+        let gz = [
+            ("Content-Type", "application/json"),
+            ("Content-Encoding", "gzip"),
+            ("Authorization", auth.as_str()),
+            ("X-Idempotency-Key", "regzip-1"),
+        ];
+        let first = post(addr, EVENTS, &gz, &first_gz);
+        assert_eq!(first.status, 202);
+        let retry = post(addr, EVENTS, &gz, &retry_gz);
+        assert_eq!((retry.status, retry.header("idempotent-replayed")), (202, Some("true")));
+        assert_eq!(retry.body, first.body);
+        // The same batch uncompressed is the same request too.
+        let plain = [gz[0], gz[2], gz[3]];
+        let r = post(addr, EVENTS, &plain, &body);
+        assert_eq!((r.status, r.header("idempotent-replayed")), (202, Some("true")));
+        // Another batch is still another body, however it is encoded.
+        let (other, _) = events_body("regzip-other", 2);
+        let r = post(addr, EVENTS, &gz, &gzip_at(&other, 1_796_220_000));
+        assert_eq!((r.status, code(&r)), (422, "idempotency_key_reused".to_string()));
+
+        // Only a 2xx is remembered: a refused request leaves its key free for the corrected one.
+        let fresh = [plain[0], plain[1], ("X-Idempotency-Key", "fix-then-send")];
+        let r = post(addr, EVENTS, &fresh, br#"[{"event":""}]"#);
+        assert_eq!((r.status, code(&r)), (400, "no_valid_events".to_string()));
+        let r = post(addr, EVENTS, &fresh, &other);
+        assert_eq!((r.status, r.header("idempotent-replayed")), (202, None));
+    })
+    .await;
+    assert_eq!(e.appended(), 2, "the first attempt and the corrected request were stored");
+    e.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signatures_accept_reject_expire_and_replay() {
     let e = InProcessEdge::start(|_| {}).await;
@@ -306,13 +366,25 @@ async fn partial_success_lists_rejects_and_no_valid_event_is_400() {
             .map(|x| (x["index"].as_u64().unwrap(), x["code"].as_str().unwrap()))
             .collect();
         assert_eq!(rejected, vec![(1, "malformed_json"), (2, "invalid_timestamp")]);
+        // An event is an object: a positional array is not read field by field, and an NDJSON
+        // line holding an array is named for what it is.
+        let json = [("Content-Type", "application/json"), ("Authorization", auth.as_str())];
+        let positional = br#"[["signup","user-1",1796220000,"evid",{"plan":"pro"}],{"event":"ok","distinct_id":"u"}]"#;
+        let r = post(addr, EVENTS, &json, positional);
+        assert_eq!((r.status, r.json()["accepted"].as_u64()), (202, Some(1)));
+        assert_eq!(r.json()["rejected"][0]["code"], "invalid_type");
+        let r = post(addr, EVENTS, &nd, b"[{\"event\":\"a\",\"distinct_id\":\"u\"}]\n");
+        assert_eq!((r.status, code(&r)), (400, "no_valid_events".to_string()));
+        let reject = &r.json()["error"]["details"]["rejected"][0];
+        assert_eq!(reject["code"], "invalid_type");
+        assert_eq!(reject["message"], "an event must be a JSON object, got an array");
         let r = post(addr, EVENTS, &nd, b"{\"event\":\"\"}\n{\"distinct_id\":\"u\"}\n");
         assert_eq!((r.status, code(&r)), (400, "no_valid_events".to_string()));
         assert_eq!(r.json()["error"]["details"]["rejected"].as_array().unwrap().len(), 2);
     })
     .await;
-    // One WAL append carried both the events and the dead-letter record.
-    assert_eq!(e.appended(), 1);
+    // Each accepted request was one WAL append carrying its events and its dead-letter record.
+    assert_eq!(e.appended(), 2);
     e.shutdown().await;
 }
 
@@ -370,6 +442,9 @@ async fn browsers_preflight_and_send_beacon() {
         assert!(r.status == 200 || r.status == 204, "{}", r.status);
         assert_eq!(r.header("access-control-allow-origin"), Some("*"));
         assert!(r.header("access-control-allow-headers").unwrap_or("").contains("x-idempotency-key"));
+        // One list of methods: no `Allow` from the route beside `Access-Control-Allow-Methods`.
+        assert!(r.header("access-control-allow-methods").is_some_and(|m| m.contains("POST")));
+        assert_eq!(r.header("allow"), None);
         // sendBeacon: text/plain, key in the query string, no custom headers.
         let (body, _) = events_body("beacon", 2);
         let path = format!("{EVENTS}?api_key={key}");
@@ -429,9 +504,18 @@ async fn request_ids_traceparent_and_unsupported_media() {
             &body,
         );
         assert_eq!((r.status, code(&r)), (415, "unsupported_encoding".to_string()));
+        // No Content-Type at all is read as JSON (documented in the README and the spec).
+        let r = post(addr, EVENTS, &[("Authorization", &auth)], &body);
+        assert_eq!(r.status, 202);
+        let r = post(addr, DEBUG, &[("Content-Type", "text/plain"), ("Authorization", &auth)], &body);
+        assert_eq!((r.status, r.json()["valid"].as_bool()), (200, Some(true)));
         let r = request(addr, "GET", "/nope", &[], b"").unwrap();
         assert_eq!((r.status, code(&r)), (404, "not_found".to_string()));
-        assert_eq!(request(addr, "HEAD", "/health", &[], b"").unwrap().status, 200);
+        for method in ["HEAD", "GET"] {
+            let r = request(addr, method, "/health", &[], b"").unwrap();
+            Spec::load().check(method, "/health", &r);
+            assert_eq!(r.status, 200);
+        }
     })
     .await;
     e.shutdown().await;

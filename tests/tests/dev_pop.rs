@@ -18,9 +18,29 @@ async fn three_edges_replicate_to_each_other() {
         quic: free_port_run(4),
         kafka: KafkaChoice::None,
         edges: 3,
+        // Core's metrics on the first port, the three edges' admin APIs on the next three.
+        admin: Some(free_port_run(4)),
     };
     let pop = dev::start(&opts).await.unwrap();
     assert_eq!(pop.peers.len(), 2);
+    // Every edge and the core expose their metrics, and the printed summary names each address.
+    let summary = pop.summary();
+    let core_admin = pop.core.admin_addr.expect("core metrics port");
+    assert!(summary.contains(&format!("core metrics : http://{core_admin}/metrics")), "{summary}");
+    let edge_admins: Vec<_> =
+        std::iter::once(&pop.edge).chain(&pop.peers).map(|e| e.admin_addr.expect("edge admin port")).collect();
+    let token = pop.admin_token.clone().expect("admin token");
+    assert!(summary.contains(&token), "{summary}");
+    tokio::task::block_in_place(|| {
+        assert!(sluice_tests::metrics::scrape(core_admin).contains("sluice_core_broker_lag_seconds"));
+        for admin in &edge_admins {
+            assert!(summary.contains(&format!("edge admin   : http://{admin}/metrics")), "{summary}");
+            assert!(sluice_tests::metrics::scrape(*admin).contains("sluice_edge_wal_live_bytes"));
+            let auth = format!("Bearer {token}");
+            let r = sluice_tests::http::request(*admin, "GET", "/status", &[("Authorization", &auth)], b"").unwrap();
+            assert_eq!(r.status, 200, "{admin}");
+        }
+    });
     let addrs: Vec<_> = std::iter::once(&pop.edge).chain(&pop.peers).map(|e| e.http_addr).collect();
     let key = pop.api_key.clone();
     let body = |i: usize| format!(r#"[{{"event":"e","distinct_id":"u","event_id":"pop-{i}"}}]"#);

@@ -114,7 +114,8 @@ fn array_ndjson_and_gzip_bodies_arrive_once_normalized() {
 }
 
 /// The edge's broker-lag metrics: while core is away the unacked WAL bytes and the age of the
-/// oldest unacked record grow; once core is back and has acked everything the age drops to 0.
+/// oldest unacked record grow; once core is back and has acked everything both drop to 0, while
+/// the live segment bytes (what the WAL budget counts) stay until the segment is deleted.
 #[test]
 fn wal_lag_metrics_rise_while_core_is_away_and_clear_after() {
     let kafka = TestKafka::start();
@@ -135,11 +136,16 @@ fn wal_lag_metrics_rise_while_core_is_away_and_clear_after() {
         assert!(std::time::Instant::now() < deadline, "lag age never grew:\n{text}");
         std::thread::sleep(Duration::from_millis(100));
     };
-    assert!(sample(&text, "sluice_edge_wal_unforwarded_bytes", "").is_some_and(|b| b > 0.0), "{text}");
+    assert!(sample(&text, "sluice_edge_wal_unacked_bytes", "").is_some_and(|b| b > 0.0), "{text}");
+    assert!(sample(&text, "sluice_edge_wal_live_bytes", "").is_some_and(|b| b > 0.0), "{text}");
     assert_eq!(sample(&text, "sluice_edge_forwarded_records_total", ""), Some(0.0), "{text}");
 
     let _core = env.spawn_core(core_addr, &kafka.brokers);
     let msgs = consume(&kafka.brokers, &env.topic(), ids.len(), Duration::from_secs(60), Duration::from_secs(1));
     assert_eq!(msgs.len(), ids.len());
     wait_for_sample(admin, "sluice_edge_wal_oldest_unacked_age_seconds", "", 0.0);
+    let text = wait_for_sample(admin, "sluice_edge_wal_unacked_bytes", "", 0.0);
+    // The acked records' segment is still open: it counts as live, not as unforwarded.
+    assert!(sample(&text, "sluice_edge_wal_live_bytes", "").is_some_and(|b| b > 0.0), "{text}");
+    assert_eq!(sample(&text, "sluice_edge_wal_unforwarded_bytes", ""), None, "{text}");
 }

@@ -44,6 +44,10 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Every reason: the label set of the refusals metric, present from the first scrape.
+    pub const ALL: [Reason; 5] =
+        [Reason::IpRate, Reason::TenantRate, Reason::Shed, Reason::Overloaded, Reason::WalFull];
+
     /// The error code in the response body (and the metric label).
     pub fn code(self) -> &'static str {
         match self {

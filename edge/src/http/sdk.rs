@@ -62,7 +62,9 @@ async fn capture(
     body: Body,
 ) -> Response {
     let max = state.limits.max_body_bytes;
-    let header_key = api_key(&headers, &uri, state.http.allow_query_key).map(String::from);
+    // The SDKs put the key in the body (PostHog) or in Basic auth (Segment): a header of a scheme
+    // the native API refuses is not an error here, it just holds no key.
+    let header_key = api_key(&headers, &uri, state.http.allow_query_key).ok().flatten().map(String::from);
     match segment::call_for_path(uri.path()) {
         Some(call) => {
             let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
