@@ -1,4 +1,4 @@
-//! Runs the real SDKs pinned in `tests/sdk/` (installed there by `.ci/run`) against a dev
+//! Runs the real SDKs pinned in `tests/sdk/` (installed there by `tests/setup`) against a dev
 //! pipeline, and reads back what reached the sink.
 
 use std::collections::HashMap;
@@ -20,14 +20,18 @@ pub fn sdk_dir() -> PathBuf {
 /// The Python of the SDKs' virtualenv.
 pub fn python() -> PathBuf {
     let python = sdk_dir().join(".venv/bin/python");
-    assert!(python.exists(), "{} is missing: run .ci/run (it installs tests/sdk/requirements.txt)", python.display());
+    assert!(
+        python.exists(),
+        "{} is missing: run tests/setup (it installs tests/sdk/requirements.txt)",
+        python.display()
+    );
     python
 }
 
 /// `node`, checked to find the SDKs of `tests/sdk/node_modules`.
 pub fn node() -> &'static str {
     let modules = sdk_dir().join("node_modules");
-    assert!(modules.exists(), "{} is missing: run .ci/run (it runs npm ci in tests/sdk)", modules.display());
+    assert!(modules.exists(), "{} is missing: run tests/setup (it runs npm ci in tests/sdk)", modules.display());
     "node"
 }
 

@@ -1,5 +1,5 @@
 //! The contract, checked by an independent client: schemathesis (pinned in
-//! `tests/schemathesis/requirements.txt`, installed by `.ci/run`) generates requests from
+//! `tests/schemathesis/requirements.txt`, installed by `tests/setup`) generates requests from
 //! `edge/openapi.yaml`, valid and invalid, and sends them to an in-process edge with a valid key.
 //! Every check is on (`tests/schemathesis/schemathesis.toml`): a server error, a status, header
 //! or body the spec does not allow, valid data refused, invalid data accepted, or any warning
@@ -26,16 +26,14 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// `SLUICE_SCHEMATHESIS`, else the virtualenv `.ci/run` creates under `target/`.
+/// `SLUICE_SCHEMATHESIS`, else the virtualenv `tests/setup` creates under `target/`.
 fn schemathesis() -> PathBuf {
     let path = std::env::var_os("SLUICE_SCHEMATHESIS")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo().join("target/schemathesis/bin/schemathesis"));
     assert!(
         path.is_file(),
-        "{} is missing: run `.ci/run`, or `python3 -m venv target/schemathesis && \
-         target/schemathesis/bin/pip install -r tests/schemathesis/requirements.txt` \
-         (or point SLUICE_SCHEMATHESIS at a schemathesis binary)",
+        "{} is missing: run `tests/setup` (or point SLUICE_SCHEMATHESIS at a schemathesis binary)",
         path.display()
     );
     path

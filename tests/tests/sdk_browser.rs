@@ -37,7 +37,7 @@ fn next_report(lines: &mut impl Iterator<Item = std::io::Result<String>>) -> Val
 async fn posthog_js_in_chromium_delivers_every_call_and_the_unload_beacon() {
     assert!(
         std::path::Path::new("/usr/bin/chromium").exists(),
-        "/usr/bin/chromium is missing: run .ci/run (it installs Debian's chromium)"
+        "/usr/bin/chromium is missing: run tests/setup (it installs Debian's chromium)"
     );
     let dir = tempfile::tempdir().expect("tempdir");
     let (core, edge) = edge_forwarding_to_file_core(dir.path(), |_| {}).await;
