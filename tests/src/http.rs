@@ -91,6 +91,19 @@ pub fn events_body(prefix: &str, n: usize) -> (Vec<u8>, Vec<String>) {
     (serde_json::to_vec(&events).expect("json"), ids)
 }
 
+/// `data` gzipped, as a client sends it with `Content-Encoding: gzip`.
+pub fn gzip(data: &[u8]) -> Vec<u8> {
+    gzip_at(data, 0)
+}
+
+/// `data` gzipped with `mtime` in the header: SDKs compress every attempt again, and gzip stamps
+/// the time, so two attempts of one body differ on the wire.
+pub fn gzip_at(data: &[u8], mtime: u32) -> Vec<u8> {
+    let mut enc = flate2::GzBuilder::new().mtime(mtime).write(Vec::new(), flate2::Compression::default());
+    enc.write_all(data).expect("gzip into memory");
+    enc.finish().expect("gzip into memory")
+}
+
 /// `POST /v1/events` of `n` valid events (see [`events_body`]) as JSON.
 pub fn post_batch(addr: SocketAddr, key: &str, prefix: &str, n: usize) -> Response {
     let (body, _) = events_body(prefix, n);

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use sluice_edge::config::{PiiDetector, PiiPolicy};
 use sluice_tests::edge_harness::InProcessEdge;
-use sluice_tests::http::{Response, events_body, post_events, request};
+use sluice_tests::http::{Response, events_body, gzip_at, post_events, request};
 use sluice_tests::openapi::Spec;
 
 const EVENTS: &str = "/v1/events";
@@ -205,13 +205,6 @@ async fn idempotency_replay_mismatch_in_flight_and_restart() {
     .await;
     assert_eq!(e.appended(), 0, "the restarted edge appended nothing for the replay");
     e.shutdown().await;
-}
-
-/// gzip with a given header time: SDKs compress every attempt again, and gzip stamps the time.
-fn gzip_at(data: &[u8], mtime: u32) -> Vec<u8> {
-    let mut enc = flate2::GzBuilder::new().mtime(mtime).write(Vec::new(), flate2::Compression::default());
-    enc.write_all(data).unwrap();
-    enc.finish().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use sluice_edge::config::EdgeConfig;
-use sluice_tests::http::{events_body, post_events, request};
+use sluice_tests::http::{events_body, gzip, post_events, request};
 
 const HEADER_TIMEOUT_MS: u64 = 1500;
 const BODY_TIMEOUT_MS: u64 = 1500;
@@ -28,12 +28,6 @@ async fn start_edge() -> (sluice_edge::Edge, String, tempfile::TempDir) {
     config.http.body_timeout_ms = BODY_TIMEOUT_MS;
     let edge = sluice_edge::start(config).await.unwrap();
     (edge, key, dir)
-}
-
-fn gzip(data: &[u8]) -> Vec<u8> {
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    gz.write_all(data).unwrap();
-    gz.finish().unwrap()
 }
 
 /// One malformed request, chosen by `i`; returns the status the edge must give (or 0 for

@@ -1,10 +1,8 @@
 //! Requests over the limits or with bad credentials or bodies get the right 4xx with a JSON error
 //! body, and nothing is appended to the WAL.
 
-use std::io::Write;
-
 use sluice_tests::edge_harness::InProcessEdge;
-use sluice_tests::http::{Response, events_body, post_events, request};
+use sluice_tests::http::{Response, events_body, gzip, post_events, request};
 
 fn assert_error(r: &Response, status: u16, code: &str) {
     assert_eq!(r.status, status, "{}", String::from_utf8_lossy(&r.body));
@@ -13,12 +11,6 @@ fn assert_error(r: &Response, status: u16, code: &str) {
     assert_eq!(v["error"]["code"], code, "{v}");
     assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
     assert!(r.header("x-request-id").is_some());
-}
-
-fn gzip(data: &[u8]) -> Vec<u8> {
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-    gz.write_all(data).unwrap();
-    gz.finish().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,14 +3,13 @@
 //! calls and limits), and the `/v1/events` policies applied to them (PII policy, rate limits,
 //! dead letters), each answer checked against `openapi.yaml` in the API's own shapes.
 
-use std::io::Write;
 use std::time::Duration;
 
 use base64::Engine;
 use serde_json::{Value, json};
 use sluice_tests::core_harness::{edge_forwarding_to_file_core, sink_file};
 use sluice_tests::edge_harness::set_quota;
-use sluice_tests::http::{Response, request};
+use sluice_tests::http::{Response, gzip, request};
 use sluice_tests::metrics::{sample, scrape};
 use sluice_tests::openapi::Spec;
 use sluice_tests::sdk::sink_events;
@@ -28,12 +27,6 @@ fn form(pairs: &[(&str, &str)]) -> Vec<u8> {
         f.append_pair(k, v);
     }
     f.finish().into_bytes()
-}
-
-fn gzip(data: &[u8]) -> Vec<u8> {
-    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    enc.write_all(data).expect("gzip");
-    enc.finish().expect("gzip")
 }
 
 const FORM: (&str, &str) = ("Content-Type", "application/x-www-form-urlencoded");
