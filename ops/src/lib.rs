@@ -2,6 +2,7 @@
 
 pub mod affinity;
 pub mod bench;
+pub mod cli;
 pub mod dev;
 pub mod devpki;
 pub mod drain;

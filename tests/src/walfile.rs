@@ -82,3 +82,15 @@ pub fn flip_byte(path: &Path, offset: usize) {
     f.write_all_at(&[b[0] ^ 0xff], offset as u64).expect("write byte");
     f.sync_all().expect("sync");
 }
+
+/// Copies the files of WAL directory `from` into `to` (created), as an operator copies a dead
+/// node's WAL off its disk.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read_dir") {
+        let p = entry.expect("entry").path();
+        if p.is_file() {
+            std::fs::copy(&p, to.join(p.file_name().expect("name"))).expect("copy");
+        }
+    }
+}

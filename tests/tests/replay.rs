@@ -4,7 +4,6 @@
 //! duplicates, because every record keeps its batch ID and core dedupes by it.
 
 use std::collections::HashSet;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use sluice_edge::routing::{CoreNode, Rendezvous};
@@ -13,16 +12,6 @@ use sluice_tests::kafka::TestKafka;
 use sluice_tests::ledger::{Collector, Ledger, Outcome, check};
 use sluice_tests::procs::TestEnv;
 use sluice_tests::{core_harness, free_tcp_addr, free_udp_addr, walfile};
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for entry in std::fs::read_dir(from).expect("read_dir") {
-        let p = entry.expect("entry").path();
-        if p.is_file() {
-            std::fs::copy(&p, to.join(p.file_name().expect("name"))).expect("copy");
-        }
-    }
-}
 
 /// Replay to `nodes` over mutual TLS with the dev PKI's edge certificate.
 fn core_target(pki: &sluice_ops::devpki::DevPki, nodes: Vec<CoreNode>) -> Target {
@@ -61,7 +50,7 @@ fn replaying_a_killed_nodes_wal_delivers_everything_exactly_once() {
     }
     edge.kill9();
     let copied = env.path().join("dead-node-wal");
-    copy_dir(&env.wal_dir(), &copied);
+    walfile::copy_dir(&env.wal_dir(), &copied);
     let verified = sluice_ops::wal::verify(&copied).expect("verify");
     assert!(verified.ok && verified.records == 40, "{verified:?}");
 
