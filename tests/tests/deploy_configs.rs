@@ -356,11 +356,17 @@ fn as_number(v: &Value) -> Option<u64> {
 #[test]
 fn kafka_topics_are_durable() {
     let objects = k8s_objects();
-    let topics: Vec<&Value> = objects.iter().filter(|(f, _)| f.starts_with("kafka/")).map(|(_, d)| d).collect();
+    let topics: Vec<&Value> =
+        objects.iter().map(|(_, d)| d).filter(|d| d["kind"].as_str() == Some("KafkaTopic")).collect();
     assert!(topics.len() >= 2, "expected events.<region> and events.dlq");
+    for (file, d) in &objects {
+        if file.starts_with("kafka/") {
+            let kind = d["kind"].as_str();
+            assert!(matches!(kind, Some("KafkaTopic" | "KafkaMirrorMaker2")), "{file}: unexpected kind {kind:?}");
+        }
+    }
     for t in topics {
         let name = t["metadata"]["name"].as_str().unwrap();
-        assert_eq!(t["kind"].as_str(), Some("KafkaTopic"), "{name}");
         let spec = &t["spec"];
         assert_eq!(as_number(&spec["replicas"]), Some(3), "{name}: replication factor");
         assert!(as_number(&spec["partitions"]).is_some_and(|p| p > 0), "{name}: partitions");
@@ -369,6 +375,97 @@ fn kafka_topics_are_durable() {
         let unclean = config_value(config, "unclean.leader.election.enable");
         assert!(unclean.as_bool() == Some(false) || unclean.as_str() == Some("false"), "{name}: unclean election on");
         assert!(as_number(config_value(config, "retention.ms")).is_some(), "{name}: retention.ms");
+    }
+}
+
+/// A MirrorMaker 2 topic pattern as Kafka applies it: the whole topic name must match.
+fn full_match(pattern: &str) -> regex::Regex {
+    regex::Regex::new(&format!("^(?:{pattern})$")).unwrap_or_else(|e| panic!("topicsPattern {pattern:?}: {e}"))
+}
+
+fn is_true(v: &Value) -> bool {
+    v.as_bool() == Some(true) || v.as_str() == Some("true")
+}
+
+/// `deploy/kafka/mirrormaker2.yaml`: every region's events reach every other region exactly once
+/// (one mirror per ordered pair, running at the target), only the source's own topics are copied,
+/// and a copy can never be copied again (prefixed names, patterns that do not match them).
+#[test]
+fn cross_region_mirrors_cover_every_pair_once_and_cannot_loop() {
+    let objects = k8s_objects();
+    let mirrors: Vec<&Value> =
+        objects.iter().map(|(_, d)| d).filter(|d| d["kind"].as_str() == Some("KafkaMirrorMaker2")).collect();
+    assert!(mirrors.len() >= 2, "expected a KafkaMirrorMaker2 per region");
+    let regions: BTreeSet<String> = mirrors
+        .iter()
+        .flat_map(|m| seq(&m["spec"]["clusters"]).iter().filter_map(|c| c["alias"].as_str().map(str::to_string)))
+        .collect();
+    let mut pairs = BTreeSet::new();
+    for m in &mirrors {
+        let name = m["metadata"]["name"].as_str().unwrap_or("?");
+        let spec = &m["spec"];
+        let target = spec["connectCluster"].as_str().unwrap_or_else(|| panic!("{name}: connectCluster"));
+        let clusters = seq(&spec["clusters"]);
+        let aliases: BTreeSet<String> =
+            clusters.iter().filter_map(|c| c["alias"].as_str().map(str::to_string)).collect();
+        assert_eq!(aliases, regions, "{name}: every resource knows every region");
+        for c in clusters {
+            assert!(c["bootstrapServers"].as_str().is_some_and(|b| !b.is_empty()), "{name}: bootstrapServers");
+            assert!(!c["tls"].is_null(), "{name}: {:?} without TLS", c["alias"]);
+        }
+        let local = clusters.iter().find(|c| c["alias"].as_str() == Some(target)).expect("target cluster");
+        let config = &local["config"];
+        assert_eq!(config["producer.acks"].as_str(), Some("all"), "{name}: copies need acks=all");
+        assert!(is_true(&config["producer.enable.idempotence"]), "{name}: idempotent producer");
+        for key in [
+            "config.storage.replication.factor",
+            "offset.storage.replication.factor",
+            "status.storage.replication.factor",
+        ] {
+            assert_eq!(as_number(&config[key]), Some(3), "{name}: {key}");
+        }
+        for mirror in seq(&spec["mirrors"]) {
+            let source = mirror["sourceCluster"].as_str().expect("sourceCluster");
+            assert_eq!(mirror["targetCluster"].as_str(), Some(target), "{name}: runs at its target (produces locally)");
+            assert_ne!(source, target, "{name}: a region mirrored onto itself");
+            assert!(regions.contains(source), "{name}: unknown source {source}");
+            assert!(pairs.insert((source.to_string(), target.to_string())), "{name}: {source} -> {target} twice");
+            for connector in ["sourceConnector", "checkpointConnector"] {
+                assert_eq!(
+                    mirror[connector]["config"]["replication.policy.class"].as_str(),
+                    Some("org.apache.kafka.connect.mirror.DefaultReplicationPolicy"),
+                    "{name}: {connector}: only the prefixing policy rules out loops"
+                );
+            }
+            let source_config = &mirror["sourceConnector"]["config"];
+            assert_eq!(source_config["replication.policy.separator"].as_str(), Some("."), "{name}: separator");
+            assert_eq!(as_number(&source_config["replication.factor"]), Some(3), "{name}: replication.factor");
+            assert!(
+                is_true(&mirror["checkpointConnector"]["config"]["sync.group.offsets.enabled"]),
+                "{name}: consumer offsets follow a failover"
+            );
+            let pattern = full_match(mirror["topicsPattern"].as_str().expect("topicsPattern"));
+            for own in [format!("events.{source}"), format!("events.{source}.overflow")] {
+                assert!(pattern.is_match(&own), "{name}: {own} not mirrored");
+            }
+            let mut never = vec!["events.dlq".to_string()];
+            for r in &regions {
+                if r != source {
+                    never.extend([format!("events.{r}"), format!("events.{r}.overflow")]);
+                }
+                for x in &regions {
+                    never.extend([format!("{r}.events.{x}"), format!("{r}.events.{x}.overflow")]);
+                }
+            }
+            for topic in never {
+                assert!(!pattern.is_match(&topic), "{name}: {source} -> {target} would copy {topic}");
+            }
+        }
+    }
+    for s in &regions {
+        for t in regions.iter().filter(|t| *t != s) {
+            assert!(pairs.contains(&(s.clone(), t.clone())), "{s}'s events never reach {t}");
+        }
     }
 }
 
