@@ -110,10 +110,11 @@ pub async fn start_with_clock(config: EdgeConfig, clock: clock::Clock) -> Result
     let replication = replication::Replication::prepare(&config)?;
     let (wal, reader) = Wal::open_replicated(&config.wal, replication.replicate())?;
     let metrics = Arc::new(metrics::EdgeMetrics::new(wal.clone())?);
-    let replication_view = (!config.replication.peers.is_empty()).then(|| admin::ReplicationView {
+    let peers = config.replication.peers_of(&config.edge_id);
+    let replication_view = (!peers.is_empty()).then(|| admin::ReplicationView {
         factor: config.replication.factor,
         mode: config.replication.mode,
-        peers: config.replication.peers.clone(),
+        peers,
         metrics: replication.metrics(),
     });
     let (replication_addr, replication_tasks) = replication.start(&wal, &config, &metrics)?;
