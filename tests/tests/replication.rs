@@ -2,7 +2,9 @@
 //! replicate to each other; the zero-loss ledger checks every accepted event reaches Kafka when
 //! an edge is `kill -9`ed *and its disk is deleted* (a replica takes over forwarding), when the
 //! replica dies (`require` refuses with `503`, `allow_local` accepts and reports degraded mode),
-//! and across a network cut between the edges.
+//! and across a network cut between the edges. Two quick in-process cases check that a peer
+//! named by DNS name is reached, and that a name which does not resolve is a refused group, not a
+//! startup failure.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -392,4 +394,79 @@ fn walfile_segments(copy: &std::path::Path) -> Vec<std::path::PathBuf> {
         .flatten()
         .flat_map(|w| sluice_tests::walfile::segments(&w.path()))
         .collect()
+}
+
+/// Two in-process edges sharing a dev PKI (certificates for `localhost`): `b` serves replicas,
+/// `a` (built by the caller) replicates to it in `require` mode. Forwarding is off; the tests
+/// only look at the replica ack.
+async fn named_peer_pair(
+    dir: &std::path::Path,
+    peer_addr: impl FnOnce(SocketAddr) -> String,
+) -> (sluice_edge::Edge, sluice_edge::Edge, String) {
+    let pki = sluice_ops::devpki::write_dev_pki(&dir.join("pki")).expect("pki");
+    for edge in ["a", "b"] {
+        std::fs::create_dir_all(dir.join(edge)).expect("edge dir");
+    }
+    let tls = |c: &mut sluice_edge::config::EdgeConfig| {
+        c.forwarder.ca_cert = pki.ca_cert.clone();
+        c.forwarder.client_cert = Some(pki.edge_cert.clone());
+        c.forwarder.client_key = Some(pki.edge_key.clone());
+    };
+    let (mut b, _) = sluice_tests::edge_harness::config_in(&dir.join("b"));
+    b.edge_id = "b".into();
+    b.replication.listen = Some("127.0.0.1:0".parse().expect("addr"));
+    tls(&mut b);
+    let b = sluice_edge::start(b).await.expect("b starts");
+    let repl = b.replication_addr.expect("b serves replicas");
+
+    let (mut a, key) = sluice_tests::edge_harness::config_in(&dir.join("a"));
+    a.edge_id = "a".into();
+    tls(&mut a);
+    // The peer list names both edges, as a POP's shared ConfigMap does; `a` skips itself.
+    let peer = |id: &str, addr: &str| sluice_edge::config::PeerConfig {
+        id: id.into(),
+        addr: addr.parse().unwrap_or_else(|e| panic!("{addr}: {e}")),
+    };
+    a.replication.peers = vec![peer("a", "127.0.0.1:9"), peer("b", &peer_addr(repl))];
+    a.replication.factor = 2;
+    a.replication.mode = sluice_edge::config::DegradedMode::Require;
+    // The first group waits for the first handshake; keep a loaded machine from turning it into a 503.
+    a.replication.ack_timeout_ms = 5_000;
+    let a = sluice_edge::start(a).await.expect("a starts");
+    (a, b, key)
+}
+
+/// A peer given as `localhost:<port>` is resolved and reached: `a` answers `202` in `require`
+/// mode, which needs `b`'s ack, and `b` holds a copy of `a`'s WAL. The certificate is verified
+/// against the name `localhost` (no `server_name` configured).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_given_by_dns_name_is_reached() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a, b, key) = named_peer_pair(dir.path(), |repl| format!("localhost:{}", repl.port())).await;
+    let http = a.http_addr;
+    let r = tokio::task::spawn_blocking(move || sluice_tests::http::post_batch(http, &key, "named", 3))
+        .await
+        .expect("client");
+    assert_eq!((r.status, r.code()), (202, "ok".to_string()), "{}", String::from_utf8_lossy(&r.body));
+    let copy = dir.path().join("b").join("wal").join("replica").join("a");
+    assert!(copy.is_dir(), "b keeps a's replica under {}", copy.display());
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// A peer name that does not resolve (`.invalid` never does, RFC 6761) does not stop the edge from
+/// starting; in `require` mode its groups get no replica ack, so requests are `503
+/// replica_unavailable` until the name resolves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_name_that_does_not_resolve_refuses_without_failing_startup() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a, b, key) = named_peer_pair(dir.path(), |repl| format!("no-such-edge.invalid:{}", repl.port())).await;
+    let http = a.http_addr;
+    let r = tokio::task::spawn_blocking(move || sluice_tests::http::post_batch(http, &key, "unresolved", 1))
+        .await
+        .expect("client");
+    assert_eq!((r.status, r.code()), (503, "replica_unavailable".to_string()), "{}", String::from_utf8_lossy(&r.body));
+    assert!(r.header("retry-after").is_some());
+    a.shutdown().await;
+    b.shutdown().await;
 }
