@@ -527,10 +527,13 @@ mod tests {
         }
     }
 
+    /// An address and the error variant it must produce (each variant carries the text).
+    type BadAddr = (&'static str, fn(String) -> PeerAddrError);
+
     #[test]
     fn peer_addr_rejects_missing_ports_and_bad_hosts() {
         use PeerAddrError::*;
-        let bad: [(&str, fn(String) -> PeerAddrError); 9] = [
+        let bad: [BadAddr; 9] = [
             ("edge-1.edge.sluice.svc", MissingPort),
             ("edge-1:", MissingPort),
             ("10.0.1.12", MissingPort),
