@@ -125,9 +125,10 @@ pub async fn start_with_clock(config: EdgeConfig, clock: clock::Clock) -> Result
         Some(control) => {
             let f = &config.forwarder;
             let client = tls::quic_client_config(&f.ca_cert, f.client_cert.as_deref(), f.client_key.as_deref())?;
-            let fwd = forwarder::Forwarder::new(f.clone(), config.edge_id.clone(), reader, client, metrics.clone())
-                .map_err(StartError::Endpoint)?
-                .with_control(control.clone());
+            let fwd =
+                forwarder::Forwarder::new(f.clone(), config.edge_id.clone(), reader, client, metrics.forwarder.clone())
+                    .map_err(StartError::Endpoint)?
+                    .with_control(control.clone());
             link = Some(fwd.link_health());
             Some(tokio::spawn(fwd.run(stop_rx.clone())))
         }

@@ -57,13 +57,16 @@ impl Node {
     }
 
     fn metric(&self, name: &str) -> f64 {
+        self.metric_opt(name).unwrap_or_else(|| panic!("{name} not in {}'s /metrics", self.name))
+    }
+
+    /// A sample of `/metrics` (`name` may carry labels: `x{peer="b"}`), if the edge exports it.
+    fn metric_opt(&self, name: &str) -> Option<f64> {
         let r = sluice_tests::http::request(self.admin, "GET", "/metrics", &[], b"").expect("metrics");
         let text = String::from_utf8_lossy(&r.body).into_owned();
-        text.lines()
-            .find_map(|l| {
-                l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok())
-            })
-            .unwrap_or_else(|| panic!("{name} not in /metrics:\n{text}"))
+        text.lines().find_map(|l| {
+            l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok())
+        })
     }
 }
 
@@ -171,7 +174,8 @@ fn node_and_disk_loss_is_covered_by_the_replica() {
 /// watermark reaches `b` by heartbeat, and `b` trims), then core goes away, `a` accepts a second
 /// phase, and `a` dies with its disk. The restarted core (same dedupe index) must get the second
 /// phase from `b`, and see few first-phase batches again: a takeover from the start of the copy
-/// would resend all of them.
+/// would resend all of them. `b` exports the takeover like a forwarder of its own: running with
+/// the copy unacked and sends failing while core is still down, then what it forwarded.
 #[test]
 fn takeover_resends_only_what_core_had_not_acked() {
     let pop = Pop::new("repl-watermark");
@@ -195,6 +199,14 @@ fn takeover_resends_only_what_core_had_not_acked() {
     }
     a_proc.kill9();
     std::fs::remove_dir_all(pop.env.node_wal_dir(Some("a"))).expect("deleting a's WAL");
+    let takeover = |name: &str| b.metric_opt(&format!("sluice_edge_takeover_{name}{{origin=\"a\"}}"));
+    wait_until("b to take over a's copy with core down", Duration::from_secs(60), || {
+        takeover("active") == Some(1.0)
+            && takeover("unacked_bytes").is_some_and(|v| v > 0.0)
+            && takeover("oldest_unacked_age_seconds").is_some_and(|v| v > 0.0)
+            && takeover("send_failures_total").is_some_and(|v| v >= 1.0)
+    });
+    assert_eq!(takeover("forwarded_records_total"), Some(0.0), "nothing forwarded with core down");
     let _core = pop.env.spawn_core_node("core", pop.core_addr, &pop.kafka.brokers, core_admin);
     let healed = Instant::now();
 
@@ -214,6 +226,14 @@ fn takeover_resends_only_what_core_had_not_acked() {
         resent < first_batches as f64 / 4.0,
         "the takeover resent {resent} of {first_batches} batches core had acknowledged"
     );
+    // Once core has all of the copy the takeover stops; its counters stay.
+    wait_until("b's takeover to finish", Duration::from_secs(30), || {
+        takeover("active") == Some(0.0) && takeover("unacked_bytes") == Some(0.0)
+    });
+    let records = takeover("forwarded_records_total").unwrap_or(0.0);
+    assert!(records >= 20.0, "b forwarded {records} records; a accepted 20 after core went away");
+    assert!(takeover("forwarded_bytes_total").is_some_and(|v| v > 0.0));
+    assert_eq!(takeover("frames_in_flight"), Some(0.0));
     b_proc.assert_no_panic();
 }
 

@@ -14,6 +14,7 @@
 
 pub mod client;
 pub mod server;
+pub mod takeover;
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -183,7 +184,8 @@ impl Replication {
         let f = &config.forwarder;
         let takeover = if f.enabled {
             let tls = tls::quic_client_config(&f.ca_cert, f.client_cert.as_deref(), f.client_key.as_deref())?;
-            let metrics = Arc::new(EdgeMetrics::new(wal.clone())?);
+            let metrics = takeover::TakeoverMetrics::new()?;
+            registry.register(Box::new(metrics.clone()))?;
             Some(server::TakeoverConfig { forwarder: f.clone(), tls, metrics })
         } else {
             None
