@@ -2,7 +2,8 @@
 //! replicate to each other; the zero-loss ledger checks every accepted event reaches Kafka when
 //! an edge is `kill -9`ed *and its disk is deleted* (a replica takes over forwarding), when the
 //! replica dies (`require` refuses with `503`, `allow_local` accepts and reports degraded mode),
-//! and across a network cut between the edges. Two quick in-process cases check that a peer
+//! when the replica is cut off by the network for 10 s under load (the same, then healed), and
+//! across a network cut between the edges. Two quick in-process cases check that a peer
 //! named by DNS name is reached, and that a name which does not resolve is a refused group, not a
 //! startup failure.
 
@@ -404,6 +405,130 @@ fn partition_between_edges_then_heal() {
     eprintln!("partition: {} duplicated events in {} batches", report.duplicated, report.duplicated_batches);
     a_proc.assert_no_panic();
     b_proc.assert_no_panic();
+}
+
+/// How long the peer is cut off in the partition tests: 5 × the lease, 5 × the ack timeout.
+const CUT: Duration = Duration::from_secs(10);
+
+/// Answers the origin gave, by status.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Answers {
+    accepted: u64,
+    refused: u64,
+}
+
+impl Answers {
+    fn of(ledger: &Ledger) -> Self {
+        Answers { accepted: ledger.requests("202"), refused: ledger.requests("503") }
+    }
+
+    fn since(self, earlier: Answers) -> Answers {
+        Answers { accepted: self.accepted - earlier.accepted, refused: self.refused - earlier.refused }
+    }
+}
+
+/// What a partition run saw.
+struct Partitioned {
+    /// Answers from one ack timeout after the cut (what was in flight at the cut has settled)
+    /// until the heal.
+    cut_off: Answers,
+    /// Answers after the heal, until the origin's peer was back to replicated.
+    after: Answers,
+    /// Status and error code of one request sent while cut off.
+    probe: (u16, Option<String>),
+    report: Report,
+    a_log: String,
+}
+
+/// `a` takes load (2 workers) and replicates to `b` (`factor = 2`: `b` is its only possible
+/// replica) through a UDP proxy; the proxy drops both directions for [`CUT`] under that load,
+/// then passes again. Waits until `a` is replicated again (degraded 0, lag 0 with a `202` after
+/// the heal), lets the load run a little longer, and settles the ledger.
+fn peer_partitioned_under_load(scenario: &str, mode: &str) -> Partitioned {
+    let pop = Pop::new(&format!("repl-cut-{mode}"));
+    let _core = pop.core();
+    let (a, b) = (Node::new("a"), Node::new("b"));
+    let to_b = UdpProxy::start(b.repl);
+    let b_proc = pop.edge(&b, &b.opts(&[("a", a.repl)], mode));
+    let a_proc = pop.edge(&a, &a.opts(&[("b", to_b.addr)], mode));
+    let collector = pop.collector();
+    let ledger = Ledger::new();
+    let driver = Driver::start(&ledger, a.http, &pop.env.key, &format!("cut-{mode}"), 2, BATCH, PAUSE);
+    wait_until("a accepting, replicated", Duration::from_secs(60), || {
+        ledger.requests("202") >= 30 && a.metric("sluice_edge_replication_degraded") == 0.0
+    });
+
+    to_b.set(Mode::Blackhole);
+    let cut = Instant::now();
+    let degraded_after =
+        wait_until("a to report degraded", CUT, || a.metric("sluice_edge_replication_degraded") == 1.0);
+    eprintln!("{mode}: degraded {degraded_after:?} after the cut");
+    // The ack timeout of the groups in flight at the cut, and slack for a loaded machine.
+    std::thread::sleep(Duration::from_millis(3_000).saturating_sub(cut.elapsed()));
+    let settled = Answers::of(&ledger);
+    let probe = probe(&ledger, &a, &pop.env.key);
+    std::thread::sleep(CUT.saturating_sub(cut.elapsed()));
+    assert_eq!(a.metric("sluice_edge_replication_degraded"), 1.0, "a still degraded at the end of the cut");
+    let cut_off = Answers::of(&ledger).since(settled);
+    to_b.set(Mode::Pass);
+    let healed = Instant::now();
+    let back = Answers::of(&ledger);
+    wait_until("a replicated again", Duration::from_secs(60), || {
+        Answers::of(&ledger).since(back).accepted > 0
+            && a.metric("sluice_edge_replication_degraded") == 0.0
+            && a.metric("sluice_edge_replication_lag_bytes{peer=\"b\"}") == 0.0
+    });
+    let after = Answers::of(&ledger).since(back);
+    driver.wait_requests(20, Duration::from_secs(30));
+    driver.stop();
+    assert!(a.metric("sluice_edge_replication_degraded_seconds_total") >= 5.0, "the cut lasted {CUT:?}");
+    assert_eq!(ledger.missing_retry_after(), 0, "every 503 carries Retry-After");
+
+    let report = settle(scenario, &ledger, collector, Some(healed));
+    report.assert_no_loss();
+    eprintln!("{mode}: cut off {cut_off:?}, after the heal {after:?}, {} duplicated events", report.duplicated);
+    a_proc.assert_no_panic();
+    b_proc.assert_no_panic();
+    Partitioned { cut_off, after, probe, report, a_log: a_proc.log() }
+}
+
+/// One request to `node` whose answer the ledger records like the driver's; returns its status
+/// and error code.
+fn probe(ledger: &Ledger, node: &Node, key: &str) -> (u16, Option<String>) {
+    let ids = vec![format!("probe-{}", rand_suffix())];
+    let auth = format!("Bearer {key}");
+    let headers = [("Authorization", auth.as_str()), ("Content-Type", "application/json")];
+    let r =
+        sluice_tests::http::request(node.http, "POST", "/v1/events", &headers, &sluice_tests::ledger::body_for(&ids))
+            .expect("probe request");
+    let outcome = if r.status == 202 { Outcome::Accepted } else { Outcome::Status(r.status) };
+    ledger.record(&ids, outcome, r.header("retry-after"));
+    let code = (r.status != 202).then(|| r.json()["error"]["code"].as_str().map(str::to_string)).flatten();
+    (r.status, code)
+}
+
+/// `require`: while `b` is cut off, `a` is below R and answers `503 replica_unavailable` to
+/// every request (none gets a `202`); after the heal it accepts again. Nothing it accepted is lost.
+#[test]
+fn peer_partitioned_under_load_with_require_refuses_then_heals() {
+    let run = peer_partitioned_under_load("R6 peer cut 10 s under load, require", "require");
+    assert_eq!(run.cut_off.accepted, 0, "a 202 while the only replica was cut off: {:?}", run.cut_off);
+    assert!(run.cut_off.refused > 0, "no request was refused while cut off: {:?}", run.cut_off);
+    assert_eq!(run.probe, (503, Some("replica_unavailable".into())));
+    assert!(run.report.requests.get("503").is_some_and(|&n| n >= run.cut_off.refused));
+}
+
+/// `allow_local`: while `b` is cut off, `a` answers `202` from its own fsync (none is refused)
+/// and reports degraded mode; after the heal it sends `b` what it missed (catch-up) and is
+/// replicated again. Nothing it accepted is lost.
+#[test]
+fn peer_partitioned_under_load_with_allow_local_degrades_then_catches_up() {
+    let run = peer_partitioned_under_load("R7 peer cut 10 s under load, allow_local", "allow_local");
+    assert_eq!(run.cut_off.refused, 0, "a 503 in allow_local: {:?}", run.cut_off);
+    assert!(run.cut_off.accepted > 0, "no 202 while cut off: {:?}", run.cut_off);
+    assert_eq!(run.probe, (202, None));
+    assert_eq!(run.after.refused, 0, "{:?}", run.after);
+    assert!(run.a_log.contains("sending it the missing bytes"), "b was not caught up after the heal");
 }
 
 /// Segment files under every WAL ID of a replica copy.
