@@ -154,7 +154,7 @@ impl TakeoverMetrics {
 }
 
 /// Per origin, what its running takeovers add up to.
-#[derive(Default, Debug, PartialEq)]
+#[derive(Default)]
 struct Totals {
     active: i64,
     frames_in_flight: i64,
