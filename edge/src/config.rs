@@ -302,8 +302,11 @@ pub struct ReplicationConfig {
     /// Seconds a replica waits without hearing from an origin before it forwards the origin's
     /// unacknowledged records to core itself. Default 10.
     pub lease_secs: u64,
-    /// Name in the peers' certificates. Default `localhost`.
-    pub server_name: String,
+    /// Name every peer's certificate must carry (one name shared by the POP). Unset (the
+    /// default): a peer given by DNS name must present a certificate for that name, which proves
+    /// the connection reached that very peer and not whichever pod holds its old IP now; a peer
+    /// given by IP address must present one for `localhost` (the name earlier versions used).
+    pub server_name: Option<String>,
     /// CA (PEM) of the peers' certificates. Default: `forwarder.ca_cert`.
     pub ca_cert: Option<PathBuf>,
     /// This edge's certificate and key (PEM), presented as server and as client to peers (needs
@@ -321,10 +324,27 @@ impl Default for ReplicationConfig {
             mode: DegradedMode::Require,
             ack_timeout_ms: 1_000,
             lease_secs: 10,
-            server_name: "localhost".into(),
+            server_name: None,
             ca_cert: None,
             cert: None,
             key: None,
+        }
+    }
+}
+
+impl ReplicationConfig {
+    /// The peers `edge_id` replicates to: the list without the edge itself, so that every edge
+    /// of a POP can share one config that names all of them (one Kubernetes ConfigMap).
+    pub fn peers_of(&self, edge_id: &str) -> Vec<PeerConfig> {
+        self.peers.iter().filter(|p| p.id != edge_id).cloned().collect()
+    }
+
+    /// The name `peer`'s certificate is verified against (see [`ReplicationConfig::server_name`]).
+    pub fn server_name_for(&self, peer: &PeerAddr) -> String {
+        match (&self.server_name, peer) {
+            (Some(name), _) => name.clone(),
+            (None, PeerAddr::Name { host, .. }) => host.clone(),
+            (None, PeerAddr::Ip(_)) => "localhost".into(),
         }
     }
 }
@@ -333,10 +353,97 @@ impl Default for ReplicationConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PeerConfig {
-    /// The peer's `edge_id`.
+    /// The peer's `edge_id`. An entry with this edge's own `edge_id` is skipped.
     pub id: String,
-    /// The peer's `replication.listen` address.
-    pub addr: SocketAddr,
+    /// The peer's `replication.listen` address: `ip:port`, `[ipv6]:port` or `host:port`. A host
+    /// name is resolved again on every connection attempt, so a peer whose address changed (a
+    /// rescheduled pod) is found again; one that does not resolve is retried like any
+    /// unreachable peer.
+    pub addr: PeerAddr,
+}
+
+/// Where a peer listens: an IP literal, or a DNS name resolved when connecting.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum PeerAddr {
+    Ip(SocketAddr),
+    Name { host: String, port: u16 },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PeerAddrError {
+    #[error("peer address {0:?} needs a port: host:port, ip:port or [ipv6]:port")]
+    MissingPort(String),
+    #[error("peer address {0:?}: port must be 1-65535")]
+    BadPort(String),
+    #[error("peer address {0:?}: an IPv6 address needs brackets, as in [::1]:7001")]
+    UnbracketedIpv6(String),
+    #[error("peer address {0:?}: {1:?} is neither an IP address nor a valid DNS name")]
+    BadHost(String, String),
+}
+
+impl PeerAddr {
+    /// Parses `ip:port`, `[ipv6]:port` or `host:port` (the form of `replication.peers[].addr`).
+    pub fn parse(s: &str) -> Result<Self, PeerAddrError> {
+        if let Ok(addr) = s.parse::<SocketAddr>() {
+            return Ok(Self::Ip(addr));
+        }
+        let bracketed_without_port = s.starts_with('[') && s.ends_with(']');
+        let Some((host, port)) = s.rsplit_once(':').filter(|_| !bracketed_without_port) else {
+            return Err(PeerAddrError::MissingPort(s.into()));
+        };
+        if host.contains(':') {
+            // `[v6]:port` that failed to parse, or a bare `::1` / `::1:7001`, where the port
+            // cannot be told apart from the address.
+            return Err(if host.starts_with('[') {
+                PeerAddrError::BadHost(s.into(), host.into())
+            } else {
+                PeerAddrError::UnbracketedIpv6(s.into())
+            });
+        }
+        if port.is_empty() {
+            return Err(PeerAddrError::MissingPort(s.into()));
+        }
+        let port = port.parse::<u16>().ok().filter(|&p| p != 0).ok_or_else(|| PeerAddrError::BadPort(s.into()))?;
+        // An IP that is not a socket address (`1.2.3.4:x` was caught above), or a name that
+        // could not go into TLS as the server name to verify.
+        if host.parse::<std::net::IpAddr>().is_err() && rustls_pki_types::DnsName::try_from(host).is_ok() {
+            Ok(Self::Name { host: host.to_string(), port })
+        } else {
+            Err(PeerAddrError::BadHost(s.into(), host.into()))
+        }
+    }
+}
+
+impl TryFrom<String> for PeerAddr {
+    type Error = PeerAddrError;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::parse(&s)
+    }
+}
+
+impl std::str::FromStr for PeerAddr {
+    type Err = PeerAddrError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+impl std::fmt::Display for PeerAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Ip(addr) => addr.fmt(f),
+            Self::Name { host, port } => write!(f, "{host}:{port}"),
+        }
+    }
+}
+
+impl From<SocketAddr> for PeerAddr {
+    fn from(addr: SocketAddr) -> Self {
+        Self::Ip(addr)
+    }
 }
 
 /// Behaviour when a group cannot get the replica acks it needs.
@@ -388,5 +495,90 @@ impl Default for AdmissionConfig {
             max_in_flight_requests: 1024,
             max_in_flight_bytes: 256 * 1024 * 1024,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(host: &str, port: u16) -> PeerAddr {
+        PeerAddr::Name { host: host.into(), port }
+    }
+
+    #[test]
+    fn peer_addr_accepts_ips_and_dns_names() {
+        let ok = [
+            ("10.0.1.12:7100", PeerAddr::Ip("10.0.1.12:7100".parse().unwrap())),
+            ("[::1]:7001", PeerAddr::Ip("[::1]:7001".parse().unwrap())),
+            ("[2001:db8::5]:7001", PeerAddr::Ip("[2001:db8::5]:7001".parse().unwrap())),
+            ("localhost:7001", name("localhost", 7001)),
+            ("edge-1.edge.sluice.svc:7001", name("edge-1.edge.sluice.svc", 7001)),
+            (
+                "sluice-edge-0.sluice-edge-peers.sluice.svc:7001",
+                name("sluice-edge-0.sluice-edge-peers.sluice.svc", 7001),
+            ),
+            ("EDGE-2.Example.COM:65535", name("EDGE-2.Example.COM", 65535)),
+        ];
+        for (text, want) in ok {
+            let got = PeerAddr::parse(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(got, want, "{text}");
+            assert_eq!(got.to_string(), text, "displays as written");
+        }
+    }
+
+    /// An address and the error variant it must produce (each variant carries the text).
+    type BadAddr = (&'static str, fn(String) -> PeerAddrError);
+
+    #[test]
+    fn peer_addr_rejects_missing_ports_and_bad_hosts() {
+        use PeerAddrError::*;
+        let bad: [BadAddr; 9] = [
+            ("edge-1.edge.sluice.svc", MissingPort),
+            ("edge-1:", MissingPort),
+            ("10.0.1.12", MissingPort),
+            ("[::1]", MissingPort),
+            ("edge-1:0", BadPort),
+            ("edge-1:70000", BadPort),
+            ("edge-1:http", BadPort),
+            ("::1:7001", UnbracketedIpv6),
+            ("::1", UnbracketedIpv6),
+        ];
+        for (text, want) in bad {
+            assert_eq!(PeerAddr::parse(text), Err(want(text.into())), "{text}");
+        }
+        for text in [":7001", "edge 1:7001", "edge_/1:7001", "999.1.2.3:7001", "[edge-1]:7001", "-edge:7001"] {
+            assert!(matches!(PeerAddr::parse(text), Err(BadHost(..))), "{text}: {:?}", PeerAddr::parse(text));
+        }
+    }
+
+    #[test]
+    fn peers_parse_from_toml_and_skip_the_edge_itself() {
+        let config: EdgeConfig = toml::from_str(
+            r#"
+            [replication]
+            [[replication.peers]]
+            id = "edge-0"
+            addr = "edge-0.pop.svc:7001"
+            [[replication.peers]]
+            id = "edge-1"
+            addr = "10.0.0.2:7001"
+            "#,
+        )
+        .unwrap();
+        let r = &config.replication;
+        let ids: Vec<_> = r.peers_of("edge-0").into_iter().map(|p| p.id).collect();
+        assert_eq!(ids, ["edge-1"]);
+        assert_eq!(r.peers_of("edge-9").len(), 2, "an edge not in the list replicates to all of it");
+        // Without a configured name, a named peer is verified against its own name.
+        assert_eq!(r.server_name_for(&r.peers[0].addr), "edge-0.pop.svc");
+        assert_eq!(r.server_name_for(&r.peers[1].addr), "localhost");
+        let shared = ReplicationConfig { server_name: Some("pop.example".into()), ..r.clone() };
+        assert_eq!(shared.server_name_for(&r.peers[0].addr), "pop.example");
+
+        let err = toml::from_str::<EdgeConfig>("[[replication.peers]]\nid = \"x\"\naddr = \"edge-0.pop.svc\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("needs a port"), "{err}");
     }
 }

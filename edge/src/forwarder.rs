@@ -33,7 +33,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::ForwarderConfig;
 pub use crate::forwarder_control::{ForwarderControl, ForwarderState};
-use crate::metrics::EdgeMetrics;
+use crate::metrics::ForwarderMetrics;
 use crate::routing::Rendezvous;
 use crate::wal::{Position, ReadOutcome, WalReader};
 
@@ -71,6 +71,11 @@ impl LinkHealth {
     /// How many times the breaker opened.
     pub fn opens(&self) -> u64 {
         self.opens.load(Ordering::Relaxed)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn record_failure_for_test(&self) {
+        self.opens.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -145,7 +150,7 @@ pub struct Forwarder {
     routing: Rendezvous,
     nodes: Vec<NodeState>,
     reader: WalReader,
-    metrics: Arc<EdgeMetrics>,
+    metrics: ForwarderMetrics,
     /// Where the next frame is read from: at or past the acked position.
     next: Position,
     in_flight: VecDeque<Pending>,
@@ -162,7 +167,7 @@ impl Forwarder {
         edge_id: String,
         reader: WalReader,
         client: quinn::ClientConfig,
-        metrics: Arc<EdgeMetrics>,
+        metrics: ForwarderMetrics,
     ) -> std::io::Result<Self> {
         let routing = config.routing();
         let ipv6 = routing.nodes().iter().any(|n| n.addr.is_ipv6());
@@ -251,7 +256,7 @@ impl Forwarder {
     /// Tops up the window of frames in flight, then settles the oldest one.
     async fn step(&mut self, stop: &mut watch::Receiver<bool>) -> std::io::Result<Step> {
         let frames = self.in_flight.iter().filter(|p| matches!(p, Pending::Frame { .. })).count();
-        self.metrics.forwarder_frames_in_flight.set(frames as i64);
+        self.metrics.frames_in_flight.set(frames as i64);
         // The oldest frame in flight starts at the acked position. With none in flight (after a
         // failure) the last value stands: that data is still unacked.
         if let Some(ms) = self.in_flight.iter().find_map(|p| match p {

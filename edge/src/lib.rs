@@ -110,10 +110,11 @@ pub async fn start_with_clock(config: EdgeConfig, clock: clock::Clock) -> Result
     let replication = replication::Replication::prepare(&config)?;
     let (wal, reader) = Wal::open_replicated(&config.wal, replication.replicate())?;
     let metrics = Arc::new(metrics::EdgeMetrics::new(wal.clone())?);
-    let replication_view = (!config.replication.peers.is_empty()).then(|| admin::ReplicationView {
+    let peers = config.replication.peers_of(&config.edge_id);
+    let replication_view = (!peers.is_empty()).then(|| admin::ReplicationView {
         factor: config.replication.factor,
         mode: config.replication.mode,
-        peers: config.replication.peers.clone(),
+        peers,
         metrics: replication.metrics(),
     });
     let (replication_addr, replication_tasks) = replication.start(&wal, &config, &metrics)?;
@@ -124,9 +125,10 @@ pub async fn start_with_clock(config: EdgeConfig, clock: clock::Clock) -> Result
         Some(control) => {
             let f = &config.forwarder;
             let client = tls::quic_client_config(&f.ca_cert, f.client_cert.as_deref(), f.client_key.as_deref())?;
-            let fwd = forwarder::Forwarder::new(f.clone(), config.edge_id.clone(), reader, client, metrics.clone())
-                .map_err(StartError::Endpoint)?
-                .with_control(control.clone());
+            let fwd =
+                forwarder::Forwarder::new(f.clone(), config.edge_id.clone(), reader, client, metrics.forwarder.clone())
+                    .map_err(StartError::Endpoint)?
+                    .with_control(control.clone());
             link = Some(fwd.link_health());
             Some(tokio::spawn(fwd.run(stop_rx.clone())))
         }

@@ -32,14 +32,32 @@ pub struct EdgeMetrics {
     /// Requests refused by admission control, by reason (`ip_rate_limited`, `rate_limited`,
     /// `shed`, `overloaded`, `wal_full`).
     pub admission_refusals: IntCounterVec,
+    /// This edge's own forwarder.
+    pub forwarder: ForwarderMetrics,
+}
+
+/// What a [`crate::forwarder::Forwarder`] updates as it runs: this edge's own forwarder's
+/// (`sluice_edge_forward*`), or a takeover's, labelled by origin
+/// (`replication::takeover`).
+#[derive(Clone)]
+pub struct ForwarderMetrics {
     /// Frames sent to core and not yet acknowledged.
-    pub forwarder_frames_in_flight: IntGauge,
+    pub frames_in_flight: IntGauge,
     /// Records and WAL bytes core acknowledged (rate = forwarding throughput).
     pub forwarded_records: IntCounter,
     pub forwarded_bytes: IntCounter,
     /// Edge receipt time (epoch ms) of the oldest record core has not acknowledged; 0 when the
     /// forwarder is caught up. Exposed as an age at scrape time.
     pub oldest_unacked_ms: Arc<AtomicU64>,
+}
+
+impl ForwarderMetrics {
+    /// Seconds since the receipt of the oldest record core has not acknowledged; 0 when caught up.
+    pub fn oldest_unacked_age_secs(&self) -> f64 {
+        let oldest = self.oldest_unacked_ms.load(std::sync::atomic::Ordering::Relaxed);
+        let age_ms = if oldest == 0 { 0 } else { crate::http::now_ms().saturating_sub(oldest) };
+        age_ms as f64 / 1000.0
+    }
 }
 
 impl EdgeMetrics {
@@ -85,18 +103,20 @@ impl EdgeMetrics {
         registry.register(Box::new(forwarded_records.clone()))?;
         registry.register(Box::new(forwarded_bytes.clone()))?;
         registry.register(Box::new(wal.stats().sync_latency.clone()))?;
-        let oldest_unacked_ms = Arc::new(AtomicU64::new(0));
-        registry.register(Box::new(WalCollector::new(wal, oldest_unacked_ms.clone())?))?;
+        let forwarder = ForwarderMetrics {
+            frames_in_flight: forwarder_frames_in_flight,
+            forwarded_records,
+            forwarded_bytes,
+            oldest_unacked_ms: Arc::new(AtomicU64::new(0)),
+        };
+        registry.register(Box::new(WalCollector::new(wal, forwarder.clone())?))?;
         Ok(Self {
             registry,
             accepted_events,
             responses,
             enqueue_latency,
             request_duration,
-            forwarder_frames_in_flight,
-            forwarded_records,
-            forwarded_bytes,
-            oldest_unacked_ms,
+            forwarder,
             admission_refusals,
         })
     }
@@ -119,7 +139,7 @@ impl EdgeMetrics {
 /// Reads the WAL writer's counters at scrape time.
 struct WalCollector {
     wal: Wal,
-    oldest_unacked_ms: Arc<AtomicU64>,
+    forwarder: ForwarderMetrics,
     oldest_unacked_age: prometheus::Gauge,
     live_bytes: IntGauge,
     fsyncs: IntCounter,
@@ -129,10 +149,10 @@ struct WalCollector {
 }
 
 impl WalCollector {
-    fn new(wal: Wal, oldest_unacked_ms: Arc<AtomicU64>) -> Result<Self, prometheus::Error> {
+    fn new(wal: Wal, forwarder: ForwarderMetrics) -> Result<Self, prometheus::Error> {
         Ok(Self {
             wal,
-            oldest_unacked_ms,
+            forwarder,
             oldest_unacked_age: prometheus::Gauge::new(
                 "sluice_edge_wal_oldest_unacked_age_seconds",
                 "Age since receipt of the oldest WAL record core has not acknowledged (0 when caught up)",
@@ -178,9 +198,7 @@ impl Collector for WalCollector {
         catch_up(&self.bytes, stats.bytes.load(Relaxed));
         let secs = stats.sync_latency.get_sample_sum();
         self.fsync_seconds.inc_by((secs - self.fsync_seconds.get()).max(0.0));
-        let oldest = self.oldest_unacked_ms.load(Relaxed);
-        let age_ms = if oldest == 0 { 0 } else { crate::http::now_ms().saturating_sub(oldest) };
-        self.oldest_unacked_age.set(age_ms as f64 / 1000.0);
+        self.oldest_unacked_age.set(self.forwarder.oldest_unacked_age_secs());
         [
             self.oldest_unacked_age.collect(),
             self.live_bytes.collect(),

@@ -505,7 +505,7 @@ fn start_edge(opts: &BenchOptions, dir: &Path, replication: Replication) -> anyh
             peer.replication.listen = Some("127.0.0.1:0".parse().context("loopback address")?);
             let peer = rt.block_on(sluice_edge::start(peer)).context("starting the peer edge")?;
             let addr = peer.replication_addr.context("the peer serves replicas")?;
-            config.replication.peers = vec![PeerConfig { id: "peer".into(), addr }];
+            config.replication.peers = vec![PeerConfig { id: "peer".into(), addr: addr.into() }];
             // The bench measures throughput: a slow first handshake and fsync on the peer must
             // not turn into 503s (the default timeout is 1 s).
             config.replication.ack_timeout_ms = 5000;

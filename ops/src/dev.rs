@@ -149,8 +149,10 @@ pub fn pop_configs(base: &EdgeConfig, edges: usize, quic: SocketAddr, dir: &Path
             c.wal.dir = own.join("wal");
             c.idempotency.path = own.join("idempotency.redb");
             c.replication.listen = Some(repl[i]);
-            c.replication.peers =
-                (0..edges).filter(|&j| j != i).map(|j| PeerConfig { id: format!("edge-{j}"), addr: repl[j] }).collect();
+            c.replication.peers = (0..edges)
+                .filter(|&j| j != i)
+                .map(|j| PeerConfig { id: format!("edge-{j}"), addr: repl[j].into() })
+                .collect();
             Ok(c)
         })
         .collect()

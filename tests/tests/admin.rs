@@ -102,7 +102,7 @@ async fn a_taken_port_fails_startup_before_anything_starts() {
     config.admin.listen = Some(taken_addr);
     config.replication.listen = Some(repl);
     config.replication.peers =
-        vec![sluice_edge::config::PeerConfig { id: "peer".into(), addr: sluice_tests::free_udp_addr() }];
+        vec![sluice_edge::config::PeerConfig { id: "peer".into(), addr: sluice_tests::free_udp_addr().into() }];
     config.forwarder.ca_cert = pki.ca_cert.clone();
     config.forwarder.client_cert = Some(pki.edge_cert.clone());
     config.forwarder.client_key = Some(pki.edge_key.clone());

@@ -8,14 +8,17 @@
 //! - every alert rule has expr, for, severity, annotations and a runbook link;
 //! - every `sluice_*` metric named by an alert or the dashboard exists in the edge or core
 //!   sources;
-//! - the systemd units give the drain enough time and raise the file limit.
+//! - the systemd units give the drain enough time and raise the file limit;
+//! - the edge StatefulSet is a replicating POP: factor 2 in `require` mode, every peer named by
+//!   the DNS name the headless Service gives one of its pods, on the replication port the pod
+//!   and the Service expose over UDP.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use serde_yaml::Value;
 use sluice_core::config::{CoreConfig, SinkConfig};
-use sluice_edge::config::EdgeConfig;
+use sluice_edge::config::{DegradedMode, EdgeConfig, PeerAddr};
 
 /// Metrics referenced by alerts or the dashboard that are not in `edge/src` or `core/src` yet,
 /// because another change is adding them. Keep this short; remove an entry once its metric lands.
@@ -159,7 +162,7 @@ fn example_configs_parse() {
     let edge: EdgeConfig = toml::from_str(&read("edge.example.toml")).unwrap();
     assert_eq!(edge.region, "eu-central");
     assert_eq!(edge.limits.max_events, 500);
-    assert_eq!(edge.replication.peers.len(), 1);
+    assert_eq!(edge.replication.peers.len(), 2);
     let core: CoreConfig = toml::from_str(&read("core.example.toml")).unwrap();
     assert!(matches!(core.sink, SinkConfig::Kafka(ref k) if k.properties.contains_key("security.protocol")));
 }
@@ -467,6 +470,98 @@ fn cross_region_mirrors_cover_every_pair_once_and_cannot_loop() {
             assert!(pairs.contains(&(s.clone(), t.clone())), "{s}'s events never reach {t}");
         }
     }
+}
+
+/// A container port's protocol (Kubernetes defaults to TCP).
+fn protocol(port: &Value) -> &str {
+    port["protocol"].as_str().unwrap_or("TCP")
+}
+
+#[test]
+fn edge_pop_replicates_to_its_pods_by_name() {
+    let objects = k8s_objects();
+    let sts = find(&objects, "StatefulSet", "sluice-edge");
+    let sts_name = sts["metadata"]["name"].as_str().unwrap();
+    let namespace = sts["metadata"]["namespace"].as_str().expect("StatefulSet namespace");
+    let pods = sts["spec"]["replicas"].as_u64().expect("StatefulSet replicas");
+    let pod = &sts["spec"]["template"]["spec"];
+    let labels = str_map(&sts["spec"]["template"]["metadata"]["labels"]);
+    let edge =
+        seq(&pod["containers"]).iter().find(|c| c["name"].as_str() == Some("edge")).expect("a container named edge");
+
+    // edge_id is the pod name, which is what the peer list's ids must be.
+    let edge_id =
+        seq(&edge["env"]).iter().find(|e| e["name"].as_str() == Some("SLUICE_EDGE_ID")).expect("SLUICE_EDGE_ID");
+    assert_eq!(edge_id["valueFrom"]["fieldRef"]["fieldPath"].as_str(), Some("metadata.name"));
+
+    let cm = find(&objects, "ConfigMap", "sluice-edge-config");
+    let config: EdgeConfig = toml::from_str(cm["data"]["edge.toml"].as_str().expect("edge.toml")).unwrap();
+    let r = &config.replication;
+    assert_eq!((r.factor, r.mode), (2, DegradedMode::Require), "the POP runs R=2 in require mode");
+    assert_eq!(r.server_name, None, "each peer must be verified against its own name");
+    let listen = r.listen.expect("replication.listen: the pods must serve their peers' copies");
+    assert!(listen.ip().is_unspecified(), "replication.listen {listen} must accept the peers' connections");
+    let repl_port = u64::from(listen.port());
+
+    // The pod and the headless Service carry the replication port over UDP (QUIC).
+    let container_port = seq(&edge["ports"])
+        .iter()
+        .find(|p| p["containerPort"].as_u64() == Some(repl_port))
+        .unwrap_or_else(|| panic!("the edge container does not expose the replication port {repl_port}"));
+    assert_eq!(protocol(container_port), "UDP", "replication is QUIC: UDP");
+    let service_name = sts["spec"]["serviceName"].as_str().expect("serviceName");
+    let service = find(&objects, "Service", service_name);
+    assert_eq!(service["metadata"]["namespace"].as_str(), Some(namespace));
+    assert_eq!(service["spec"]["clusterIP"].as_str(), Some("None"), "{service_name} must be headless");
+    assert_eq!(
+        service["spec"]["publishNotReadyAddresses"].as_bool(),
+        Some(true),
+        "peers must find each other before they are ready"
+    );
+    assert!(service_selects(service, &labels), "{service_name} must select the edge pods");
+    assert!(
+        seq(&service["spec"]["ports"]).iter().any(|p| p["port"].as_u64() == Some(repl_port)
+            && protocol(p) == "UDP"
+            && resolve_port(edge, &p["targetPort"]) == Some(repl_port)),
+        "{service_name} must expose UDP {repl_port} onto the pods' replication port"
+    );
+
+    // Every pod of the StatefulSet is a peer, named <pod>.<headless service>.<namespace>.svc, the
+    // DNS name Kubernetes gives that pod; nothing else is.
+    let want: BTreeSet<(String, String, u16)> = (0..pods)
+        .map(|i| {
+            let id = format!("{sts_name}-{i}");
+            let host = format!("{id}.{service_name}.{namespace}.svc");
+            (id, host, listen.port())
+        })
+        .collect();
+    let got: BTreeSet<(String, String, u16)> = r
+        .peers
+        .iter()
+        .map(|p| match &p.addr {
+            PeerAddr::Name { host, port } => (p.id.clone(), host.clone(), *port),
+            PeerAddr::Ip(ip) => panic!("peer {} is an IP ({ip}); pod IPs change when a pod moves", p.id),
+        })
+        .collect();
+    assert_eq!(got, want, "replication.peers must name exactly the StatefulSet's pods");
+    for (id, _, _) in &want {
+        let peers = r.peers_of(id);
+        assert_eq!(peers.len() as u64, pods - 1, "{id} replicates to every other pod");
+        assert!(peers.len() + 1 >= r.factor, "{id}: factor {} needs {} peers", r.factor, r.factor - 1);
+    }
+
+    // The certificates the pods present to each other must carry the names they are reached by.
+    let san = format!("*.{service_name}.{namespace}.svc");
+    for doc in ["k8s/edge.yaml", "README.md"] {
+        assert!(read(doc).contains(&san), "deploy/{doc} must say the edge certificate needs the SAN {san}");
+    }
+
+    // The volume holds the pod's WAL and the copies of every other pod's WAL, each up to the budget.
+    let claim = &seq(&sts["spec"]["volumeClaimTemplates"])[0];
+    let size = claim["spec"]["resources"]["requests"]["storage"].as_str().expect("storage request");
+    let gib: u64 = size.strip_suffix("Gi").and_then(|n| n.parse().ok()).expect("storage in Gi");
+    let needed = pods * config.wal.budget_bytes;
+    assert!(gib << 30 > needed, "volume {size} cannot hold {pods} WALs of {} bytes", config.wal.budget_bytes);
 }
 
 /// Names that start with `sluice_` in a PromQL expression.

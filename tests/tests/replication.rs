@@ -2,7 +2,10 @@
 //! replicate to each other; the zero-loss ledger checks every accepted event reaches Kafka when
 //! an edge is `kill -9`ed *and its disk is deleted* (a replica takes over forwarding), when the
 //! replica dies (`require` refuses with `503`, `allow_local` accepts and reports degraded mode),
-//! and across a network cut between the edges.
+//! when the replica is cut off by the network for 10 s under load (the same, then healed), and
+//! across a network cut between the edges. Two quick in-process cases check that a peer
+//! named by DNS name is reached, and that a name which does not resolve is a refused group, not a
+//! startup failure.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -55,13 +58,16 @@ impl Node {
     }
 
     fn metric(&self, name: &str) -> f64 {
+        self.metric_opt(name).unwrap_or_else(|| panic!("{name} not in {}'s /metrics", self.name))
+    }
+
+    /// A sample of `/metrics` (`name` may carry labels: `x{peer="b"}`), if the edge exports it.
+    fn metric_opt(&self, name: &str) -> Option<f64> {
         let r = sluice_tests::http::request(self.admin, "GET", "/metrics", &[], b"").expect("metrics");
         let text = String::from_utf8_lossy(&r.body).into_owned();
-        text.lines()
-            .find_map(|l| {
-                l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok())
-            })
-            .unwrap_or_else(|| panic!("{name} not in /metrics:\n{text}"))
+        text.lines().find_map(|l| {
+            l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok())
+        })
     }
 }
 
@@ -169,7 +175,8 @@ fn node_and_disk_loss_is_covered_by_the_replica() {
 /// watermark reaches `b` by heartbeat, and `b` trims), then core goes away, `a` accepts a second
 /// phase, and `a` dies with its disk. The restarted core (same dedupe index) must get the second
 /// phase from `b`, and see few first-phase batches again: a takeover from the start of the copy
-/// would resend all of them.
+/// would resend all of them. `b` exports the takeover like a forwarder of its own: running with
+/// the copy unacked and sends failing while core is still down, then what it forwarded.
 #[test]
 fn takeover_resends_only_what_core_had_not_acked() {
     let pop = Pop::new("repl-watermark");
@@ -193,6 +200,14 @@ fn takeover_resends_only_what_core_had_not_acked() {
     }
     a_proc.kill9();
     std::fs::remove_dir_all(pop.env.node_wal_dir(Some("a"))).expect("deleting a's WAL");
+    let takeover = |name: &str| b.metric_opt(&format!("sluice_edge_takeover_{name}{{origin=\"a\"}}"));
+    wait_until("b to take over a's copy with core down", Duration::from_secs(60), || {
+        takeover("active") == Some(1.0)
+            && takeover("unacked_bytes").is_some_and(|v| v > 0.0)
+            && takeover("oldest_unacked_age_seconds").is_some_and(|v| v > 0.0)
+            && takeover("send_failures_total").is_some_and(|v| v >= 1.0)
+    });
+    assert_eq!(takeover("forwarded_records_total"), Some(0.0), "nothing forwarded with core down");
     let _core = pop.env.spawn_core_node("core", pop.core_addr, &pop.kafka.brokers, core_admin);
     let healed = Instant::now();
 
@@ -212,6 +227,14 @@ fn takeover_resends_only_what_core_had_not_acked() {
         resent < first_batches as f64 / 4.0,
         "the takeover resent {resent} of {first_batches} batches core had acknowledged"
     );
+    // Once core has all of the copy the takeover stops; its counters stay.
+    wait_until("b's takeover to finish", Duration::from_secs(30), || {
+        takeover("active") == Some(0.0) && takeover("unacked_bytes") == Some(0.0)
+    });
+    let records = takeover("forwarded_records_total").unwrap_or(0.0);
+    assert!(records >= 20.0, "b forwarded {records} records; a accepted 20 after core went away");
+    assert!(takeover("forwarded_bytes_total").is_some_and(|v| v > 0.0));
+    assert_eq!(takeover("frames_in_flight"), Some(0.0));
     b_proc.assert_no_panic();
 }
 
@@ -384,6 +407,130 @@ fn partition_between_edges_then_heal() {
     b_proc.assert_no_panic();
 }
 
+/// How long the peer is cut off in the partition tests: 5 × the lease, 5 × the ack timeout.
+const CUT: Duration = Duration::from_secs(10);
+
+/// Answers the origin gave, by status.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Answers {
+    accepted: u64,
+    refused: u64,
+}
+
+impl Answers {
+    fn of(ledger: &Ledger) -> Self {
+        Answers { accepted: ledger.requests("202"), refused: ledger.requests("503") }
+    }
+
+    fn since(self, earlier: Answers) -> Answers {
+        Answers { accepted: self.accepted - earlier.accepted, refused: self.refused - earlier.refused }
+    }
+}
+
+/// What a partition run saw.
+struct Partitioned {
+    /// Answers from one ack timeout after the cut (what was in flight at the cut has settled)
+    /// until the heal.
+    cut_off: Answers,
+    /// Answers after the heal, until the origin's peer was back to replicated.
+    after: Answers,
+    /// Status and error code of one request sent while cut off.
+    probe: (u16, Option<String>),
+    report: Report,
+    a_log: String,
+}
+
+/// `a` takes load (2 workers) and replicates to `b` (`factor = 2`: `b` is its only possible
+/// replica) through a UDP proxy; the proxy drops both directions for [`CUT`] under that load,
+/// then passes again. Waits until `a` is replicated again (degraded 0, lag 0 with a `202` after
+/// the heal), lets the load run a little longer, and settles the ledger.
+fn peer_partitioned_under_load(scenario: &str, mode: &str) -> Partitioned {
+    let pop = Pop::new(&format!("repl-cut-{mode}"));
+    let _core = pop.core();
+    let (a, b) = (Node::new("a"), Node::new("b"));
+    let to_b = UdpProxy::start(b.repl);
+    let b_proc = pop.edge(&b, &b.opts(&[("a", a.repl)], mode));
+    let a_proc = pop.edge(&a, &a.opts(&[("b", to_b.addr)], mode));
+    let collector = pop.collector();
+    let ledger = Ledger::new();
+    let driver = Driver::start(&ledger, a.http, &pop.env.key, &format!("cut-{mode}"), 2, BATCH, PAUSE);
+    wait_until("a accepting, replicated", Duration::from_secs(60), || {
+        ledger.requests("202") >= 30 && a.metric("sluice_edge_replication_degraded") == 0.0
+    });
+
+    to_b.set(Mode::Blackhole);
+    let cut = Instant::now();
+    let degraded_after =
+        wait_until("a to report degraded", CUT, || a.metric("sluice_edge_replication_degraded") == 1.0);
+    eprintln!("{mode}: degraded {degraded_after:?} after the cut");
+    // The ack timeout of the groups in flight at the cut, and slack for a loaded machine.
+    std::thread::sleep(Duration::from_millis(3_000).saturating_sub(cut.elapsed()));
+    let settled = Answers::of(&ledger);
+    let probe = probe(&ledger, &a, &pop.env.key);
+    std::thread::sleep(CUT.saturating_sub(cut.elapsed()));
+    assert_eq!(a.metric("sluice_edge_replication_degraded"), 1.0, "a still degraded at the end of the cut");
+    let cut_off = Answers::of(&ledger).since(settled);
+    to_b.set(Mode::Pass);
+    let healed = Instant::now();
+    let back = Answers::of(&ledger);
+    wait_until("a replicated again", Duration::from_secs(60), || {
+        Answers::of(&ledger).since(back).accepted > 0
+            && a.metric("sluice_edge_replication_degraded") == 0.0
+            && a.metric("sluice_edge_replication_lag_bytes{peer=\"b\"}") == 0.0
+    });
+    let after = Answers::of(&ledger).since(back);
+    driver.wait_requests(20, Duration::from_secs(30));
+    driver.stop();
+    assert!(a.metric("sluice_edge_replication_degraded_seconds_total") >= 5.0, "the cut lasted {CUT:?}");
+    assert_eq!(ledger.missing_retry_after(), 0, "every 503 carries Retry-After");
+
+    let report = settle(scenario, &ledger, collector, Some(healed));
+    report.assert_no_loss();
+    eprintln!("{mode}: cut off {cut_off:?}, after the heal {after:?}, {} duplicated events", report.duplicated);
+    a_proc.assert_no_panic();
+    b_proc.assert_no_panic();
+    Partitioned { cut_off, after, probe, report, a_log: a_proc.log() }
+}
+
+/// One request to `node` whose answer the ledger records like the driver's; returns its status
+/// and error code.
+fn probe(ledger: &Ledger, node: &Node, key: &str) -> (u16, Option<String>) {
+    let ids = vec![format!("probe-{}", rand_suffix())];
+    let auth = format!("Bearer {key}");
+    let headers = [("Authorization", auth.as_str()), ("Content-Type", "application/json")];
+    let r =
+        sluice_tests::http::request(node.http, "POST", "/v1/events", &headers, &sluice_tests::ledger::body_for(&ids))
+            .expect("probe request");
+    let outcome = if r.status == 202 { Outcome::Accepted } else { Outcome::Status(r.status) };
+    ledger.record(&ids, outcome, r.header("retry-after"));
+    let code = (r.status != 202).then(|| r.json()["error"]["code"].as_str().map(str::to_string)).flatten();
+    (r.status, code)
+}
+
+/// `require`: while `b` is cut off, `a` is below R and answers `503 replica_unavailable` to
+/// every request (none gets a `202`); after the heal it accepts again. Nothing it accepted is lost.
+#[test]
+fn peer_partitioned_under_load_with_require_refuses_then_heals() {
+    let run = peer_partitioned_under_load("R6 peer cut 10 s under load, require", "require");
+    assert_eq!(run.cut_off.accepted, 0, "a 202 while the only replica was cut off: {:?}", run.cut_off);
+    assert!(run.cut_off.refused > 0, "no request was refused while cut off: {:?}", run.cut_off);
+    assert_eq!(run.probe, (503, Some("replica_unavailable".into())));
+    assert!(run.report.requests.get("503").is_some_and(|&n| n >= run.cut_off.refused));
+}
+
+/// `allow_local`: while `b` is cut off, `a` answers `202` from its own fsync (none is refused)
+/// and reports degraded mode; after the heal it sends `b` what it missed (catch-up) and is
+/// replicated again. Nothing it accepted is lost.
+#[test]
+fn peer_partitioned_under_load_with_allow_local_degrades_then_catches_up() {
+    let run = peer_partitioned_under_load("R7 peer cut 10 s under load, allow_local", "allow_local");
+    assert_eq!(run.cut_off.refused, 0, "a 503 in allow_local: {:?}", run.cut_off);
+    assert!(run.cut_off.accepted > 0, "no 202 while cut off: {:?}", run.cut_off);
+    assert_eq!(run.probe, (202, None));
+    assert_eq!(run.after.refused, 0, "{:?}", run.after);
+    assert!(run.a_log.contains("sending it the missing bytes"), "b was not caught up after the heal");
+}
+
 /// Segment files under every WAL ID of a replica copy.
 fn walfile_segments(copy: &std::path::Path) -> Vec<std::path::PathBuf> {
     std::fs::read_dir(copy)
@@ -392,4 +539,79 @@ fn walfile_segments(copy: &std::path::Path) -> Vec<std::path::PathBuf> {
         .flatten()
         .flat_map(|w| sluice_tests::walfile::segments(&w.path()))
         .collect()
+}
+
+/// Two in-process edges sharing a dev PKI (certificates for `localhost`): `b` serves replicas,
+/// `a` (built by the caller) replicates to it in `require` mode. Forwarding is off; the tests
+/// only look at the replica ack.
+async fn named_peer_pair(
+    dir: &std::path::Path,
+    peer_addr: impl FnOnce(SocketAddr) -> String,
+) -> (sluice_edge::Edge, sluice_edge::Edge, String) {
+    let pki = sluice_ops::devpki::write_dev_pki(&dir.join("pki")).expect("pki");
+    for edge in ["a", "b"] {
+        std::fs::create_dir_all(dir.join(edge)).expect("edge dir");
+    }
+    let tls = |c: &mut sluice_edge::config::EdgeConfig| {
+        c.forwarder.ca_cert = pki.ca_cert.clone();
+        c.forwarder.client_cert = Some(pki.edge_cert.clone());
+        c.forwarder.client_key = Some(pki.edge_key.clone());
+    };
+    let (mut b, _) = sluice_tests::edge_harness::config_in(&dir.join("b"));
+    b.edge_id = "b".into();
+    b.replication.listen = Some("127.0.0.1:0".parse().expect("addr"));
+    tls(&mut b);
+    let b = sluice_edge::start(b).await.expect("b starts");
+    let repl = b.replication_addr.expect("b serves replicas");
+
+    let (mut a, key) = sluice_tests::edge_harness::config_in(&dir.join("a"));
+    a.edge_id = "a".into();
+    tls(&mut a);
+    // The peer list names both edges, as a POP's shared ConfigMap does; `a` skips itself.
+    let peer = |id: &str, addr: &str| sluice_edge::config::PeerConfig {
+        id: id.into(),
+        addr: addr.parse().unwrap_or_else(|e| panic!("{addr}: {e}")),
+    };
+    a.replication.peers = vec![peer("a", "127.0.0.1:9"), peer("b", &peer_addr(repl))];
+    a.replication.factor = 2;
+    a.replication.mode = sluice_edge::config::DegradedMode::Require;
+    // The first group waits for the first handshake; keep a loaded machine from turning it into a 503.
+    a.replication.ack_timeout_ms = 5_000;
+    let a = sluice_edge::start(a).await.expect("a starts");
+    (a, b, key)
+}
+
+/// A peer given as `localhost:<port>` is resolved and reached: `a` answers `202` in `require`
+/// mode, which needs `b`'s ack, and `b` holds a copy of `a`'s WAL. The certificate is verified
+/// against the name `localhost` (no `server_name` configured).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_given_by_dns_name_is_reached() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a, b, key) = named_peer_pair(dir.path(), |repl| format!("localhost:{}", repl.port())).await;
+    let http = a.http_addr;
+    let r = tokio::task::spawn_blocking(move || sluice_tests::http::post_batch(http, &key, "named", 3))
+        .await
+        .expect("client");
+    assert_eq!((r.status, r.code()), (202, "ok".to_string()), "{}", String::from_utf8_lossy(&r.body));
+    let copy = dir.path().join("b").join("wal").join("replica").join("a");
+    assert!(copy.is_dir(), "b keeps a's replica under {}", copy.display());
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// A peer name that does not resolve (`.invalid` never does, RFC 6761) does not stop the edge from
+/// starting; in `require` mode its groups get no replica ack, so requests are `503
+/// replica_unavailable` until the name resolves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_name_that_does_not_resolve_refuses_without_failing_startup() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a, b, key) = named_peer_pair(dir.path(), |repl| format!("no-such-edge.invalid:{}", repl.port())).await;
+    let http = a.http_addr;
+    let r = tokio::task::spawn_blocking(move || sluice_tests::http::post_batch(http, &key, "unresolved", 1))
+        .await
+        .expect("client");
+    assert_eq!((r.status, r.code()), (503, "replica_unavailable".to_string()), "{}", String::from_utf8_lossy(&r.body));
+    assert!(r.header("retry-after").is_some());
+    a.shutdown().await;
+    b.shutdown().await;
 }

@@ -9,6 +9,7 @@
 //! watermark (the replica trims by it) and the proof of life that holds the replica's takeover
 //! lease off. Heartbeats to a peer that does not answer never hold up appends.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -22,7 +23,7 @@ use sluice_wire::replication::{self as proto, Origin, PeerMessage, PeerReply, Wi
 use tokio::sync::{mpsc, oneshot};
 
 use super::ReplicationMetrics;
-use crate::config::{DegradedMode, PeerConfig};
+use crate::config::{DegradedMode, PeerAddr, PeerConfig};
 use crate::wal::{Position, Replicate, Wal, segment_path};
 
 /// Backfill messages stay below this size (split at record boundaries).
@@ -55,20 +56,40 @@ pub type WalSlot = Arc<OnceLock<Wal>>;
 
 pub struct ClientParams {
     pub node_id: String,
-    pub peers: Vec<PeerConfig>,
+    /// Each peer with the name its certificate is verified against.
+    pub peers: Vec<(PeerConfig, String)>,
     pub need: usize,
     pub mode: DegradedMode,
     pub timeout: Duration,
     pub heartbeat: Duration,
-    pub server_name: String,
     pub wal_dir: PathBuf,
     pub tls: quinn::ClientConfig,
+}
+
+/// The client socket: IPv4 unless a peer needs IPv6. A peer given by name may resolve to either
+/// family, so then a dual-stack socket is tried first, falling back to IPv4 on hosts without
+/// IPv6 (where binding `[::]` fails) rather than refusing to start.
+fn client_endpoint(peers: &[(PeerConfig, String)]) -> std::io::Result<quinn::Endpoint> {
+    let v4 = SocketAddr::from(([0, 0, 0, 0], 0));
+    let v6 = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0));
+    let needs_v6 = peers.iter().any(|(p, _)| matches!(p.addr, PeerAddr::Ip(a) if a.is_ipv6()));
+    let named = peers.iter().any(|(p, _)| matches!(p.addr, PeerAddr::Name { .. }));
+    if needs_v6 {
+        quinn::Endpoint::client(v6)
+    } else if named {
+        quinn::Endpoint::client(v6).or_else(|e| {
+            tracing::debug!(error = %e, "replication: no IPv6 socket; peers by name are reached over IPv4 only");
+            quinn::Endpoint::client(v4)
+        })
+    } else {
+        quinn::Endpoint::client(v4)
+    }
 }
 
 impl Replicator {
     /// Spawns one task per peer on the current runtime.
     pub fn start(p: ClientParams, wal: WalSlot, metrics: Arc<ReplicationMetrics>) -> std::io::Result<Self> {
-        let mut endpoint = quinn::Endpoint::client("0.0.0.0:0".parse().map_err(std::io::Error::other)?)?;
+        let mut endpoint = client_endpoint(&p.peers)?;
         endpoint.set_default_client_config(p.tls);
         // Continues across restarts (wall clock), so a replica can drop an append that was
         // delayed past a newer one even if the origin restarted in between.
@@ -76,11 +97,11 @@ impl Replicator {
         let peers = p
             .peers
             .iter()
-            .map(|peer| {
+            .map(|(peer, server_name)| {
                 let (tx, rx) = mpsc::unbounded_channel();
                 let link = || PeerLink {
                     peer: peer.clone(),
-                    server_name: p.server_name.clone(),
+                    server_name: server_name.clone(),
                     endpoint: endpoint.clone(),
                     conn: None,
                     timeout: p.timeout,
@@ -238,11 +259,53 @@ impl PeerLink {
         {
             return Ok(c.clone());
         }
-        let conn = crate::forwarder::handshake(&self.endpoint, self.peer.addr, &self.server_name).await?;
-        tracing::debug!(peer = %self.peer.id, addr = %self.peer.addr, "replication: connected to peer");
+        let (conn, addr) = self.connect().await?;
+        tracing::debug!(peer = %self.peer.id, addr = %self.peer.addr, resolved = %addr, "replication: connected to peer");
         self.conn = Some(conn.clone());
         Ok(conn)
     }
+
+    /// A new connection. A name is looked up on every attempt (not once at startup): a peer pod
+    /// that was rescheduled comes back under its name with another IP. The handshakes to all of
+    /// the name's addresses race, so an address nobody listens on (`localhost` as `::1` while
+    /// the peer listens on `127.0.0.1`) does not cost the whole timeout.
+    async fn connect(&self) -> Result<(quinn::Connection, SocketAddr), String> {
+        let addrs = resolve(&self.peer.addr).await?;
+        let mut attempts: FuturesUnordered<_> = addrs
+            .into_iter()
+            .map(|addr| async move {
+                crate::forwarder::handshake(&self.endpoint, addr, &self.server_name)
+                    .await
+                    .map(|conn| (conn, addr))
+                    .map_err(|e| format!("{addr}: {e}"))
+            })
+            .collect();
+        let mut errors = Vec::new();
+        while let Some(attempt) = attempts.next().await {
+            match attempt {
+                Ok(connected) => return Ok(connected),
+                Err(e) => errors.push(e),
+            }
+        }
+        Err(format!("connecting to {} (server name {:?}): {}", self.peer.addr, self.server_name, errors.join("; ")))
+    }
+}
+
+/// The socket addresses of a peer, resolving a name through the system resolver.
+async fn resolve(addr: &PeerAddr) -> Result<Vec<SocketAddr>, String> {
+    let (host, port) = match addr {
+        PeerAddr::Ip(addr) => return Ok(vec![*addr]),
+        PeerAddr::Name { host, port } => (host, *port),
+    };
+    let mut addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
+        .await
+        .map_err(|e| format!("peer name {host:?} does not resolve: {e}"))?
+        .collect();
+    addrs.dedup();
+    if addrs.is_empty() {
+        return Err(format!("peer name {host:?} resolves to no address"));
+    }
+    Ok(addrs)
 }
 
 fn origin(node_id: &str, wal: &WalSlot) -> Option<Origin> {

@@ -14,6 +14,7 @@
 
 pub mod client;
 pub mod server;
+pub mod takeover;
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -115,14 +116,16 @@ impl Replication {
         let metrics = Arc::new(ReplicationMetrics::new()?);
         let wal: client::WalSlot = Arc::new(OnceLock::new());
         let need = r.factor.saturating_sub(1);
-        if r.peers.is_empty() {
+        let peers = r.peers_of(&config.edge_id);
+        if peers.is_empty() {
             return Ok(Self { replicator: None, wal, metrics });
         }
-        if need > r.peers.len() {
+        if need > peers.len() {
             return Err(ReplicationError::Config(format!(
-                "factor {} needs {need} peers, {} configured",
+                "factor {} needs {need} peers, {} configured besides this edge ({})",
                 r.factor,
-                r.peers.len()
+                peers.len(),
+                config.edge_id
             )));
         }
         if !server::valid_node_id(&config.edge_id) {
@@ -137,19 +140,18 @@ impl Replication {
         let replicator = client::Replicator::start(
             client::ClientParams {
                 node_id: config.edge_id.clone(),
-                peers: r.peers.clone(),
+                peers: peers.iter().map(|p| (p.clone(), r.server_name_for(&p.addr))).collect(),
                 need,
                 mode: r.mode,
                 timeout: Duration::from_millis(r.ack_timeout_ms.max(1)),
                 heartbeat,
-                server_name: r.server_name.clone(),
                 wal_dir: config.wal.dir.clone(),
                 tls,
             },
             wal.clone(),
             metrics.clone(),
         )?;
-        tracing::info!(peers = r.peers.len(), factor = r.factor, mode = ?r.mode, "replication: group commits wait for replica acks");
+        tracing::info!(peers = peers.len(), factor = r.factor, mode = ?r.mode, "replication: group commits wait for replica acks");
         Ok(Self { replicator: Some(Arc::new(replicator)), wal, metrics })
     }
 
@@ -182,7 +184,8 @@ impl Replication {
         let f = &config.forwarder;
         let takeover = if f.enabled {
             let tls = tls::quic_client_config(&f.ca_cert, f.client_cert.as_deref(), f.client_key.as_deref())?;
-            let metrics = Arc::new(EdgeMetrics::new(wal.clone())?);
+            let metrics = takeover::TakeoverMetrics::new()?;
+            registry.register(Box::new(metrics.clone()))?;
             Some(server::TakeoverConfig { forwarder: f.clone(), tls, metrics })
         } else {
             None

@@ -22,6 +22,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::ReplicationMetrics;
+use super::takeover::{RunningGuard, TakeoverMetrics};
 use crate::config::ForwarderConfig;
 use crate::forwarder::Forwarder;
 use crate::wal::Position;
@@ -37,9 +38,9 @@ const STOP_GRACE: Duration = Duration::from_millis(300);
 pub struct TakeoverConfig {
     pub forwarder: ForwarderConfig,
     pub tls: quinn::ClientConfig,
-    /// A registry of its own (not served): a takeover forwarder's gauges (frames in flight,
-    /// oldest unacked age) must not overwrite those of this edge's own forwarder.
-    pub metrics: Arc<crate::metrics::EdgeMetrics>,
+    /// Per origin (`sluice_edge_takeover_*`): a takeover's series must not mix with those of this
+    /// edge's own forwarder.
+    pub metrics: TakeoverMetrics,
 }
 
 pub struct ReplicaStore {
@@ -62,7 +63,7 @@ struct Entry {
     last_seq: u64,
     /// The origin now writes under another WAL ID: this copy has no other owner.
     orphan: bool,
-    running: Option<(watch::Sender<bool>, JoinHandle<std::io::Result<()>>)>,
+    running: Option<(watch::Sender<bool>, JoinHandle<std::io::Result<()>>, RunningGuard)>,
 }
 
 impl ReplicaStore {
@@ -223,8 +224,14 @@ impl ReplicaStore {
                 return;
             }
         };
-        let fwd = match Forwarder::new(t.forwarder.clone(), e.node_id.clone(), reader, t.tls.clone(), t.metrics.clone())
-        {
+        let metrics = match t.metrics.forwarder(&e.node_id) {
+            Ok(m) => m,
+            Err(err) => {
+                tracing::error!(origin = %e.node_id, error = %err, "replica: cannot make the takeover's metrics");
+                return;
+            }
+        };
+        let fwd = match Forwarder::new(t.forwarder.clone(), e.node_id.clone(), reader, t.tls.clone(), metrics.clone()) {
             Ok(f) => f,
             Err(err) => {
                 tracing::error!(origin = %e.node_id, error = %err, "replica: cannot start the takeover forwarder");
@@ -235,8 +242,9 @@ impl ReplicaStore {
             silent_ms = e.last_heard.elapsed().as_millis() as u64,
             "replica: taking over, forwarding the origin's unacknowledged records to core");
         self.metrics.takeovers.inc();
+        let running = t.metrics.started(&e.node_id, e.wal_id, e.mirror.dir(), metrics, fwd.link_health());
         let (stop, stop_rx) = watch::channel(false);
-        e.running = Some((stop, tokio::spawn(fwd.run(stop_rx))));
+        e.running = Some((stop, tokio::spawn(fwd.run(stop_rx)), running));
     }
 }
 
@@ -246,7 +254,8 @@ impl Entry {
     }
 
     async fn stop_takeover(&mut self, why: &str) {
-        let Some((stop, mut task)) = self.running.take() else { return };
+        // `_running` lives to the end: the takeover's metrics count it until it has finished.
+        let Some((stop, mut task, _running)) = self.running.take() else { return };
         let _ = stop.send(true);
         // A forwarder stuck connecting to an unreachable core does not see `stop` until its
         // handshake times out; the origin's message must not wait that long. Aborting is safe:
