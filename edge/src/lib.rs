@@ -8,6 +8,7 @@ pub mod admission;
 pub mod auth;
 pub mod body;
 pub mod cli;
+pub mod client_ip;
 pub mod clock;
 pub mod compat;
 pub mod config;
