@@ -671,8 +671,9 @@ async fn commit(
         Some(a) => Some(admission.charge(a, prepared.accepted.len() + prepared.rejected.len())?),
         None => None,
     };
+    let lane = state.keys.lane(principal);
     let ingest::WalBatch { accepted, rejected, bytes } = prepared
-        .into_wal_bytes(principal, &state.region, trace)
+        .into_wal_bytes(principal, &state.region, lane, trace)
         .map_err(|e| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", e.to_string()))?;
     let enqueue = state.metrics.enqueue_latency.start_timer();
     let wal_bytes = bytes.len() as u64;
@@ -684,7 +685,12 @@ async fn commit(
     enqueue.observe_duration();
     admission.record(tenant, wal_bytes, accepted as u64);
     state.metrics.accepted_events.inc_by(accepted as u64);
-    tracing::debug!(tenant_id = %tenant, request_id, %batch_id, accepted, rejected = rejected.len(), "ingest: accepted");
+    if lane == sluice_wire::Stream::Overflow {
+        state.metrics.overflow_batches.with_label_values(&[tenant]).inc();
+        state.metrics.overflow_events.with_label_values(&[tenant]).inc_by(accepted as u64);
+    }
+    tracing::debug!(tenant_id = %tenant, request_id, %batch_id, accepted, rejected = rejected.len(),
+        lane = lane.as_str(), "ingest: accepted");
     Ok(Committed { accepted, rejected, rate })
 }
 

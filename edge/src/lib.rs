@@ -95,6 +95,7 @@ pub async fn start_with_clock(config: EdgeConfig, clock: clock::Clock) -> Result
     let keys = Arc::new(auth::KeyRing::load(&config.keys_file)?);
     let idempotency =
         Arc::new(idempotency::IdempotencyStore::open(&config.idempotency.path, config.idempotency.ttl_secs)?);
+    keys.restore_controls(idempotency.load_controls()?);
     let http_tls = match (&config.http.tls_cert, &config.http.tls_key) {
         (Some(cert), Some(key)) => Some(server::tls_acceptor(cert, key)?),
         (None, None) => None,
@@ -179,6 +180,7 @@ pub async fn start_with_clock(config: EdgeConfig, clock: clock::Clock) -> Result
                 wal: wal.clone(),
                 metrics: metrics.clone(),
                 keys: state.keys.clone(),
+                store: state.idempotency.clone(),
                 drain: drain.clone(),
                 drain_deadline,
                 forwarder: forwarder_control.clone(),
