@@ -418,7 +418,7 @@ mod tests {
         let (other, other_secret) = new_key("globex", "prod");
         let mut file = KeysFile { keys: vec![prod, dev, other], ..KeysFile::default() };
         file.disabled_envs.push(TenantEnv { tenant: "acme".into(), env: "dev".into() });
-        file.tenants.insert("acme".into(), TenantSettings { events_per_sec: Some(50) });
+        file.tenants.insert("acme".into(), TenantSettings { events_per_sec: Some(50), ..TenantSettings::default() });
         std::fs::write(&path, toml::to_string(&file).unwrap()).unwrap();
         let ring = KeyRing::load(&path).unwrap();
         assert!(ring.authenticate(Some(&prod_secret)).is_ok());
