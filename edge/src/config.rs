@@ -158,7 +158,9 @@ impl Default for HttpConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct IdempotencyConfig {
-    /// redb file of remembered responses. Default `data/idempotency.redb`.
+    /// The edge's redb state store: remembered responses, accepted signatures, and the tenant
+    /// controls (blocks, overflow routes) set through the admin API. Keep it on a persistent
+    /// volume. Default `data/idempotency.redb`.
     pub path: PathBuf,
     /// How long a key is remembered, seconds. Default 86400 (24 h).
     pub ttl_secs: u64,
