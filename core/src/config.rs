@@ -64,7 +64,8 @@ impl Default for SinkConfig {
 pub struct KafkaConfig {
     /// `bootstrap.servers`. Default `127.0.0.1:9092`.
     pub brokers: String,
-    /// Events go to `<topic_prefix><region>`. Default `events.`.
+    /// Events go to `<topic_prefix><region>`, those of tenants an edge routes to the overflow lane
+    /// to `<topic_prefix><region>.overflow`. Default `events.`.
     pub topic_prefix: String,
     /// Dead-letter topic. Default `events.dlq`.
     pub dlq_topic: String,

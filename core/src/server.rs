@@ -192,10 +192,12 @@ impl Ingest {
         self.metrics.batches.inc_by(batches.len() as u64);
         self.metrics.duplicate_batches.inc_by(duplicates as u64);
         if !fresh.is_empty() {
-            let events = |stream| fresh.iter().filter(|b| b.stream == stream).map(|b| b.events.len() as u64).sum();
-            let (normal, dead): (u64, u64) = (events(Stream::Events), events(Stream::DeadLetter));
+            let streams = [Stream::Events, Stream::DeadLetter, Stream::Overflow];
+            let per_stream = streams.map(|stream| {
+                (stream, fresh.iter().filter(|b| b.stream == stream).map(|b| b.events.len() as u64).sum::<u64>())
+            });
             let oldest = fresh.iter().map(|b| b.received_at_ms).min().unwrap_or(0);
-            let delivering = self.metrics.in_delivery.start(normal + dead, oldest);
+            let delivering = self.metrics.in_delivery.start(per_stream.iter().map(|(_, n)| n).sum(), oldest);
             let timer = self.metrics.delivery_seconds.start_timer();
             if let Err(e) = self.sink.deliver(&fresh).await {
                 timer.stop_and_discard();
@@ -205,8 +207,9 @@ impl Ingest {
             }
             self.circuit.delivered();
             drop((timer, delivering));
-            self.metrics.delivered_events.with_label_values(&["events"]).inc_by(normal);
-            self.metrics.delivered_events.with_label_values(&["dead_letter"]).inc_by(dead);
+            for (stream, n) in per_stream {
+                self.metrics.delivered_events.with_label_values(&[stream.as_str()]).inc_by(n);
+            }
             let ids: Vec<_> = fresh.iter().map(|b| b.batch_id).collect();
             let dedupe = self.dedupe.clone();
             // Recording after delivery: a crash in between re-delivers the frame (a duplicate with
@@ -430,6 +433,49 @@ mod tests {
         let (ingest, _dedupe) = open();
         assert_eq!(ingest.process(&msg).await, Ack::Stored);
         assert_eq!(copies_in(&mock.bootstrap_servers(), topic), after_resend, "no copy more");
+    }
+
+    /// The overflow lane: a frame mixing overflow records with ordinary ones delivers each to its
+    /// own topic (`events.<region>.overflow` / `events.<region>`), once, counted per stream.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn overflow_records_go_to_the_overflow_topic_and_only_they() {
+        use crate::config::KafkaConfig;
+        use crate::sink::KafkaSink;
+        use rdkafka::mocking::MockCluster;
+
+        let mock = MockCluster::new(1).unwrap();
+        for topic in ["events.lanes", "events.lanes.overflow"] {
+            mock.create_topic(topic, 2, 1).unwrap();
+        }
+        let kafka = KafkaConfig { brokers: mock.bootstrap_servers(), ..KafkaConfig::default() };
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Arc::new(CoreMetrics::new().unwrap());
+        let dedupe: Arc<dyn DedupeIndex> = Arc::new(RedbDedupe::open(&dir.path().join("d.redb")).unwrap());
+        let sink = Sink::Kafka(Box::new(KafkaSink::new(&kafka, metrics.producer.clone()).unwrap()));
+        let ingest = Ingest::new(dedupe, sink, metrics);
+        let (_, mut batches) = tenant_records("lanes");
+        let mut raw = Vec::new();
+        for (i, b) in batches.iter_mut().enumerate() {
+            if i % 2 == 1 {
+                b.stream = Stream::Overflow;
+            }
+            encode_record(b, &mut raw).unwrap();
+        }
+        let msg = frame_of(&raw);
+        assert_eq!(ingest.process(&msg).await, Ack::Stored);
+        let ids_of = |stream| -> HashMap<String, usize> {
+            batches
+                .iter()
+                .filter(|b| b.stream == stream)
+                .flat_map(|b| &b.events)
+                .map(|e| (e.event_id.clone(), 1))
+                .collect()
+        };
+        let brokers = mock.bootstrap_servers();
+        assert_eq!(copies_in(&brokers, "events.lanes.overflow"), ids_of(Stream::Overflow), "overflow, once each");
+        assert_eq!(copies_in(&brokers, "events.lanes"), ids_of(Stream::Events), "the others, in the usual topic");
+        let delivered = |s: &str| ingest.metrics.delivered_events.with_label_values(&[s]).get();
+        assert_eq!((delivered("events"), delivered("overflow")), (50, 50));
     }
 
     /// An index that fails while `fail` is set.

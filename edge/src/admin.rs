@@ -13,10 +13,12 @@
 //!
 //! Errors use the public API's JSON shape `{"error":{"code","message"}}`.
 //!
-//! Kill switch (operator routes, bearer token): `POST /admission/block` and
-//! `POST /admission/unblock` with `{"tenant":"…"}` or `{"tenant":"…","env":"…"}` take effect on
-//! the next request and last until unblocked or the process restarts (for a lasting block, use
-//! `disabled_tenants`/`disabled_envs` in the keys file); `GET /admission` lists the blocks.
+//! Tenant controls (operator routes, bearer token), each with `{"tenant":"…"}` or
+//! `{"tenant":"…","env":"…"}`: the kill switch `POST /admission/block` / `POST /admission/unblock`,
+//! and the overflow lane `POST /admission/overflow` / `POST /admission/overflow/remove` (the
+//! accepted events go to `events.<region>.overflow`). They take effect on the next request and
+//! are stored durably (the edge's state store, fsync'd) before the call answers, so they last
+//! across restarts until undone. `GET /admission` and `GET /status` list them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,10 +33,11 @@ use axum::{Json, Router};
 use serde_json::json;
 use subtle::ConstantTimeEq;
 
-use crate::auth::{Block, KeyRing};
+use crate::auth::{Controls, KeyRing, TenantScope};
 use crate::config::{DegradedMode, PeerConfig};
 use crate::drain::Drain;
 use crate::forwarder_control::ForwarderControl;
+use crate::idempotency::IdempotencyStore;
 use crate::metrics::EdgeMetrics;
 use crate::replication::ReplicationMetrics;
 use crate::wal::{Position, Wal};
@@ -45,6 +48,8 @@ pub struct AdminState {
     pub wal: Wal,
     pub metrics: Arc<EdgeMetrics>,
     pub keys: Arc<KeyRing>,
+    /// Where the tenant controls are stored.
+    pub store: Arc<IdempotencyStore>,
     pub drain: Arc<Drain>,
     /// Deadline of a `POST /drain` without one (`drain_deadline_secs`).
     pub drain_deadline: Duration,
@@ -90,6 +95,8 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/admission", get(admission_status))
         .route("/admission/block", post(block))
         .route("/admission/unblock", post(unblock))
+        .route("/admission/overflow", post(overflow))
+        .route("/admission/overflow/remove", post(overflow_remove))
         .route("/drain", post(drain))
         .route("/forwarder/pause", post(pause))
         .route("/forwarder/resume", post(resume))
@@ -189,6 +196,7 @@ async fn status(State(state): State<Arc<AdminState>>, Query(q): Query<StatusQuer
         },
         "forwarder": forwarder,
         "replication": state.replication.as_ref().map(ReplicationView::status),
+        "admission": controls_status(&state),
     }))
     .into_response()
 }
@@ -256,40 +264,103 @@ fn set_paused(state: &AdminState, paused: bool) -> Response {
     Json(json!({ "forwarder": { "paused": paused, "changed": changed } })).into_response()
 }
 
-/// The kill-switch entry in a block/unblock body, or why it is not one (answered `400`).
-fn parse_block(body: &[u8]) -> Result<Block, String> {
-    let block: Block =
+/// The tenant (or environment) in a block/unblock/overflow body, or why it is not one (`400`).
+fn parse_scope(body: &[u8]) -> Result<TenantScope, String> {
+    let scope: TenantScope =
         serde_json::from_slice(body).map_err(|e| format!("expected {{\"tenant\":…,\"env\"?:…}}: {e}"))?;
-    if block.tenant.is_empty() || block.env.as_ref().is_some_and(String::is_empty) {
+    if scope.tenant.is_empty() || scope.env.as_ref().is_some_and(String::is_empty) {
         return Err("tenant and env must not be empty".into());
     }
-    Ok(block)
+    Ok(scope)
+}
+
+/// One tenant control: which set of [`Controls`] it edits, and whether it adds or removes.
+#[derive(Clone, Copy)]
+enum Control {
+    Block,
+    Unblock,
+    Overflow,
+    OverflowRemove,
+}
+
+impl Control {
+    /// Applies the control to `controls`; whether that changed anything.
+    fn apply(self, controls: &mut Controls, scope: &TenantScope) -> bool {
+        match self {
+            Control::Block => controls.blocks.insert(scope.clone()),
+            Control::Unblock => controls.blocks.remove(scope),
+            Control::Overflow => controls.overflow.insert(scope.clone()),
+            Control::OverflowRemove => controls.overflow.remove(scope),
+        }
+    }
+
+    /// The answer's member naming the scope.
+    fn verb(self) -> &'static str {
+        match self {
+            Control::Block => "blocked",
+            Control::Unblock => "unblocked",
+            Control::Overflow => "overflow",
+            Control::OverflowRemove => "overflow_removed",
+        }
+    }
+}
+
+async fn control(state: Arc<AdminState>, body: Bytes, control: Control) -> Response {
+    let scope = match parse_scope(&body) {
+        Ok(s) => s,
+        Err(m) => return error(StatusCode::BAD_REQUEST, "malformed_body", &m),
+    };
+    let stored = {
+        let (state, scope) = (state.clone(), scope.clone());
+        tokio::task::spawn_blocking(move || {
+            state.keys.change_controls(|c| control.apply(c, &scope), |c| state.store.store_controls(c))
+        })
+        .await
+    };
+    let changed = match stored {
+        Ok(Ok(changed)) => changed,
+        Ok(Err(e)) => {
+            tracing::error!(tenant_id = %scope.tenant, error = %e, "admin: storing a tenant control failed; not applied");
+            return error(StatusCode::INTERNAL_SERVER_ERROR, "state_unwritable", &e.to_string());
+        }
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, "internal", &e.to_string()),
+    };
+    tracing::warn!(tenant_id = %scope.tenant, env = scope.env.as_deref().unwrap_or("*"), changed,
+        control = control.verb(), "admin: tenant control");
+    let mut answer = json!({ "changed": changed });
+    answer[control.verb()] = json!(scope);
+    Json(answer).into_response()
 }
 
 async fn block(State(state): State<Arc<AdminState>>, body: Bytes) -> Response {
-    let block = match parse_block(&body) {
-        Ok(b) => b,
-        Err(m) => return error(StatusCode::BAD_REQUEST, "malformed_body", &m),
-    };
-    let added = state.keys.block(block.clone());
-    tracing::warn!(tenant_id = %block.tenant, env = block.env.as_deref().unwrap_or("*"), added, "admin: kill switch on");
-    Json(json!({ "blocked": block, "changed": added })).into_response()
+    control(state, body, Control::Block).await
 }
 
 async fn unblock(State(state): State<Arc<AdminState>>, body: Bytes) -> Response {
-    let block = match parse_block(&body) {
-        Ok(b) => b,
-        Err(m) => return error(StatusCode::BAD_REQUEST, "malformed_body", &m),
-    };
-    let removed = state.keys.unblock(&block);
-    tracing::warn!(tenant_id = %block.tenant, env = block.env.as_deref().unwrap_or("*"), removed, "admin: kill switch off");
-    Json(json!({ "unblocked": block, "changed": removed })).into_response()
+    control(state, body, Control::Unblock).await
+}
+
+async fn overflow(State(state): State<Arc<AdminState>>, body: Bytes) -> Response {
+    control(state, body, Control::Overflow).await
+}
+
+async fn overflow_remove(State(state): State<Arc<AdminState>>, body: Bytes) -> Response {
+    control(state, body, Control::OverflowRemove).await
+}
+
+/// The tenant controls in force: set through this API (stored), and from the keys file.
+fn controls_status(state: &AdminState) -> serde_json::Value {
+    let controls = state.keys.controls();
+    let snapshot = state.keys.snapshot();
+    json!({
+        "blocks": controls.blocks,
+        "overflow": controls.overflow,
+        "keys_file_overflow_tenants": snapshot.overflow_tenants(),
+    })
 }
 
 async fn admission_status(State(state): State<Arc<AdminState>>) -> Json<serde_json::Value> {
-    let snapshot = state.keys.snapshot();
-    Json(json!({
-        "blocks": state.keys.runtime_blocks(),
-        "quotas": snapshot.quotas(),
-    }))
+    let mut status = controls_status(&state);
+    status["quotas"] = json!(state.keys.snapshot().quotas());
+    Json(status)
 }

@@ -12,6 +12,7 @@ use arc_swap::ArcSwap;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use sluice_wire::Stream;
 use subtle::ConstantTimeEq;
 
 /// Prefix of every key `sluicectl keys new` generates; lets secret scanners find leaked keys.
@@ -48,21 +49,37 @@ pub struct TenantSettings {
     /// the edge's `admission.tenant_events_per_sec`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub events_per_sec: Option<u32>,
+    /// Route every environment of the tenant to the overflow lane (`events.<region>.overflow`)
+    /// instead of its region's topic. Default false.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub overflow: bool,
 }
 
-/// A kill-switch entry set at runtime (admin API): a whole tenant, or one of its environments.
+/// A whole tenant, or one of its environments: what an operator blocks or routes to overflow at
+/// runtime (admin API).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Block {
+pub struct TenantScope {
     pub tenant: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub env: Option<String>,
 }
 
-impl Block {
+impl TenantScope {
     fn covers(&self, p: &Principal) -> bool {
         self.tenant == p.tenant && self.env.as_ref().is_none_or(|e| *e == p.env)
     }
+}
+
+/// What operators set through the admin API, stored durably (the edge's state store) before the
+/// call answers and restored at startup: it lasts until undone, across restarts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Controls {
+    /// Kill switch: these get `403`.
+    pub blocks: BTreeSet<TenantScope>,
+    /// Their accepted events go to the overflow lane.
+    pub overflow: BTreeSet<TenantScope>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -145,6 +162,7 @@ pub struct KeyStore {
     disabled_tenants: HashSet<String>,
     disabled_envs: HashSet<(String, String)>,
     quotas: BTreeMap<String, u32>,
+    overflow_tenants: BTreeSet<String>,
 }
 
 impl KeyStore {
@@ -152,7 +170,8 @@ impl KeyStore {
         let mut store = KeyStore {
             disabled_tenants: file.disabled_tenants.into_iter().collect(),
             disabled_envs: file.disabled_envs.into_iter().map(|b| (b.tenant, b.env)).collect(),
-            quotas: file.tenants.into_iter().filter_map(|(t, s)| Some((t, s.events_per_sec?))).collect(),
+            quotas: file.tenants.iter().filter_map(|(t, s)| Some((t.clone(), s.events_per_sec?))).collect(),
+            overflow_tenants: file.tenants.into_iter().filter(|(_, s)| s.overflow).map(|(t, _)| t).collect(),
             ..Self::default()
         };
         for entry in file.keys {
@@ -203,6 +222,11 @@ impl KeyStore {
     pub fn quotas(&self) -> &BTreeMap<String, u32> {
         &self.quotas
     }
+
+    /// Tenants the keys file routes to the overflow lane.
+    pub fn overflow_tenants(&self) -> &BTreeSet<String> {
+        &self.overflow_tenants
+    }
 }
 
 /// The live key store, swapped atomically when the keys file changes: rotation without restart
@@ -211,8 +235,10 @@ pub struct KeyRing {
     path: PathBuf,
     current: ArcSwap<KeyStore>,
     stamp: Mutex<Option<FileStamp>>,
-    /// Kill-switch entries set through the admin API, in force until unblocked or restart.
-    blocks: ArcSwap<BTreeSet<Block>>,
+    /// Blocks and overflow routes set through the admin API.
+    controls: ArcSwap<Controls>,
+    /// Held while a change is stored, so the stored state is always the newest one.
+    changing: Mutex<()>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -234,13 +260,14 @@ impl KeyRing {
             path: path.to_path_buf(),
             current: ArcSwap::from_pointee(store),
             stamp: Mutex::new(before),
-            blocks: ArcSwap::default(),
+            controls: ArcSwap::default(),
+            changing: Mutex::new(()),
         })
     }
 
     pub fn authenticate(&self, secret: Option<&str>) -> Result<Principal, AuthError> {
         let principal = self.current.load().authenticate(secret)?;
-        match self.blocks.load().iter().find(|b| b.covers(&principal)) {
+        match self.controls.load().blocks.iter().find(|b| b.covers(&principal)) {
             None => Ok(principal),
             Some(b) if b.env.is_some() => Err(AuthError::EnvDisabled),
             Some(_) => Err(AuthError::TenantDisabled),
@@ -252,32 +279,40 @@ impl KeyRing {
         self.current.load_full()
     }
 
-    /// Blocks a tenant (or one environment) at once; `false` if it already was.
-    pub fn block(&self, block: Block) -> bool {
-        let mut added = false;
-        self.blocks.rcu(|set| {
-            let mut set = BTreeSet::clone(set);
-            added = set.insert(block.clone());
-            set
-        });
-        added
+    /// Where `principal`'s accepted events go: the overflow lane if the keys file or an operator
+    /// routed its tenant (or this environment) there.
+    pub fn lane(&self, principal: &Principal) -> Stream {
+        let routed = self.current.load().overflow_tenants.contains(&principal.tenant)
+            || self.controls.load().overflow.iter().any(|s| s.covers(principal));
+        if routed { Stream::Overflow } else { Stream::Events }
     }
 
-    /// Lifts a block set by [`KeyRing::block`]; `false` if there was none. Entries in the keys
-    /// file stay in force until the file changes.
-    pub fn unblock(&self, block: &Block) -> bool {
-        let mut removed = false;
-        self.blocks.rcu(|set| {
-            let mut set = BTreeSet::clone(set);
-            removed = set.remove(block);
-            set
-        });
-        removed
+    /// The blocks and overflow routes set through the admin API.
+    pub fn controls(&self) -> Arc<Controls> {
+        self.controls.load_full()
     }
 
-    /// The blocks set through the admin API.
-    pub fn runtime_blocks(&self) -> Vec<Block> {
-        self.blocks.load().iter().cloned().collect()
+    /// Puts the controls restored from the state store in force (startup).
+    pub fn restore_controls(&self, controls: Controls) {
+        self.controls.store(Arc::new(controls));
+    }
+
+    /// Applies `change` (which says whether it changed anything); a change is handed to `store`
+    /// and in force only once that succeeded, so what an operator was told took effect is
+    /// exactly what a restart restores. Blocking (the store fsyncs).
+    pub fn change_controls<E>(
+        &self,
+        change: impl FnOnce(&mut Controls) -> bool,
+        store: impl FnOnce(&Controls) -> Result<(), E>,
+    ) -> Result<bool, E> {
+        let _one_at_a_time = self.changing.lock().unwrap_or_else(|e| e.into_inner());
+        let mut next = Controls::clone(&self.controls.load());
+        if !change(&mut next) {
+            return Ok(false);
+        }
+        store(&next)?;
+        self.controls.store(Arc::new(next));
+        Ok(true)
     }
 
     /// Reloads the file if it changed since the last look. A file that fails to parse keeps the
@@ -383,7 +418,7 @@ mod tests {
         let (other, other_secret) = new_key("globex", "prod");
         let mut file = KeysFile { keys: vec![prod, dev, other], ..KeysFile::default() };
         file.disabled_envs.push(TenantEnv { tenant: "acme".into(), env: "dev".into() });
-        file.tenants.insert("acme".into(), TenantSettings { events_per_sec: Some(50) });
+        file.tenants.insert("acme".into(), TenantSettings { events_per_sec: Some(50), ..TenantSettings::default() });
         std::fs::write(&path, toml::to_string(&file).unwrap()).unwrap();
         let ring = KeyRing::load(&path).unwrap();
         assert!(ring.authenticate(Some(&prod_secret)).is_ok());
@@ -391,18 +426,76 @@ mod tests {
         assert_eq!(ring.snapshot().quota("acme"), Some(50));
         assert_eq!(ring.snapshot().quota("globex"), None);
 
-        let block_prod = Block { tenant: "acme".into(), env: Some("prod".into()) };
-        assert!(ring.block(block_prod.clone()));
-        assert!(!ring.block(block_prod.clone()), "already blocked");
+        let stored = Mutex::new(Vec::new());
+        let store = |c: &Controls| {
+            stored.lock().unwrap().push(c.clone());
+            Ok::<_, ()>(())
+        };
+        let block = |scope: TenantScope| ring.change_controls(|c| c.blocks.insert(scope), store).unwrap();
+        let block_prod = TenantScope { tenant: "acme".into(), env: Some("prod".into()) };
+        assert!(block(block_prod.clone()));
+        assert!(!block(block_prod.clone()), "already blocked");
         assert_eq!(ring.authenticate(Some(&prod_secret)), Err(AuthError::EnvDisabled));
         assert!(ring.authenticate(Some(&other_secret)).is_ok(), "other tenants are untouched");
-        let block_globex = Block { tenant: "globex".into(), env: None };
-        ring.block(block_globex.clone());
+        let block_globex = TenantScope { tenant: "globex".into(), env: None };
+        block(block_globex.clone());
         assert_eq!(ring.authenticate(Some(&other_secret)), Err(AuthError::TenantDisabled));
-        assert!(ring.unblock(&block_prod));
-        assert!(!ring.unblock(&block_prod));
+        let unblock = |scope: &TenantScope| ring.change_controls(|c| c.blocks.remove(scope), store).unwrap();
+        assert!(unblock(&block_prod));
+        assert!(!unblock(&block_prod));
         assert!(ring.authenticate(Some(&prod_secret)).is_ok());
-        assert_eq!(ring.runtime_blocks(), vec![block_globex]);
+        let blocks: Vec<_> = ring.controls().blocks.iter().cloned().collect();
+        assert_eq!(blocks, vec![block_globex.clone()]);
+        let stored = stored.into_inner().unwrap();
+        assert_eq!(stored.len(), 3, "every change, and only a change, is stored");
+        assert_eq!(stored.last(), Some(&*ring.controls()));
+    }
+
+    /// A change the store refuses is not in force (the operator gets the error, and a restart
+    /// could not restore it).
+    #[test]
+    fn a_change_that_cannot_be_stored_does_not_take_effect() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.toml");
+        let (prod, secret) = new_key("acme", "prod");
+        std::fs::write(&path, toml::to_string(&KeysFile { keys: vec![prod], ..KeysFile::default() }).unwrap()).unwrap();
+        let ring = KeyRing::load(&path).unwrap();
+        let scope = TenantScope { tenant: "acme".into(), env: None };
+        let r = ring.change_controls(|c| c.blocks.insert(scope.clone()), |_| Err("disk full"));
+        assert_eq!(r, Err("disk full"));
+        assert!(ring.authenticate(Some(&secret)).is_ok());
+        assert_eq!(*ring.controls(), Controls::default());
+    }
+
+    /// The overflow lane: from the keys file (a tenant), from the admin API (a tenant or one
+    /// environment); everyone else stays on the events stream; un-routing returns them.
+    #[test]
+    fn overflow_lane_from_the_keys_file_and_runtime_routes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.toml");
+        let principal = |tenant: &str, env: &str| Principal {
+            key_id: "k".into(),
+            tenant: tenant.into(),
+            env: env.into(),
+            signing_secret: None,
+        };
+        let mut file = KeysFile::default();
+        file.tenants.insert("heavy".into(), TenantSettings { overflow: true, ..TenantSettings::default() });
+        file.tenants.insert("metered".into(), TenantSettings { events_per_sec: Some(5), overflow: false });
+        std::fs::write(&path, toml::to_string(&file).unwrap()).unwrap();
+        let ring = KeyRing::load(&path).unwrap();
+        assert_eq!(ring.lane(&principal("heavy", "prod")), Stream::Overflow);
+        assert_eq!(ring.lane(&principal("metered", "prod")), Stream::Events);
+        assert_eq!(ring.lane(&principal("acme", "prod")), Stream::Events);
+        assert_eq!(ring.snapshot().overflow_tenants().iter().collect::<Vec<_>>(), ["heavy"]);
+
+        let dev = TenantScope { tenant: "acme".into(), env: Some("dev".into()) };
+        let ok = |_: &Controls| Ok::<_, ()>(());
+        assert_eq!(ring.change_controls(|c| c.overflow.insert(dev.clone()), ok), Ok(true));
+        assert_eq!(ring.lane(&principal("acme", "dev")), Stream::Overflow);
+        assert_eq!(ring.lane(&principal("acme", "prod")), Stream::Events, "only the routed environment");
+        assert_eq!(ring.change_controls(|c| c.overflow.remove(&dev), ok), Ok(true));
+        assert_eq!(ring.lane(&principal("acme", "dev")), Stream::Events);
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use crate::client_ip::{Cidr, ForwardedHeader};
 use crate::routing::{CoreNode, Rendezvous};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -124,6 +125,18 @@ pub struct HttpConfig {
     /// How often the keys file is checked for changes, milliseconds. Default 500, so a kill
     /// switch or quota change in the file takes effect within a second.
     pub keys_reload_ms: u64,
+    /// Load balancers and proxies (CIDRs, e.g. `["10.0.0.0/8", "::1/128"]`) whose forwarding
+    /// header is believed for the client address of per-IP limits and request logs. A request
+    /// whose TCP peer is inside one of them is attributed to the rightmost address of
+    /// `client_ip_header` that is not itself inside one; an entry that is not an address
+    /// (`unknown`, `_hidden`, garbage) stops the walk at the proxy that wrote it. Default empty:
+    /// the headers are ignored and the TCP peer is the client, so a client connecting directly
+    /// can never choose its address. An invalid CIDR fails config loading.
+    pub trusted_proxies: Vec<Cidr>,
+    /// The header the trusted proxies write: `x-forwarded-for` (the default) or `forwarded`
+    /// (RFC 7239 `for=`). Only this one is read: the other passes through the proxy untouched,
+    /// as the client sent it.
+    pub client_ip_header: ForwardedHeader,
 }
 
 impl Default for HttpConfig {
@@ -136,6 +149,8 @@ impl Default for HttpConfig {
             allow_query_key: true,
             signature_skew_secs: 300,
             keys_reload_ms: 500,
+            trusted_proxies: Vec::new(),
+            client_ip_header: ForwardedHeader::XForwardedFor,
         }
     }
 }
@@ -143,7 +158,9 @@ impl Default for HttpConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct IdempotencyConfig {
-    /// redb file of remembered responses. Default `data/idempotency.redb`.
+    /// The edge's redb state store: remembered responses, accepted signatures, and the tenant
+    /// controls (blocks, overflow routes) set through the admin API. Keep it on a persistent
+    /// volume. Default `data/idempotency.redb`.
     pub path: PathBuf,
     /// How long a key is remembered, seconds. Default 86400 (24 h).
     pub ttl_secs: u64,
@@ -466,9 +483,10 @@ pub struct AdmissionConfig {
     /// Events per second one tenant may send to this edge unless its `[tenants.<name>]` entry in
     /// the keys file sets `events_per_sec`; burst 3×. `0` means unlimited. Default 100000.
     pub tenant_events_per_sec: u32,
-    /// Requests per second per client IP address, burst 3×. `0` (the default) turns it off:
-    /// behind a load balancer every request comes from the balancer's address; turn it on where
-    /// clients connect directly.
+    /// Requests per second per client IP address, burst 3×. `0` (the default) turns it off.
+    /// The address is the TCP peer's, or behind a load balancer the one it forwards when the
+    /// balancer is listed in `http.trusted_proxies` (else every request would share the
+    /// balancer's address).
     pub ip_requests_per_sec: u32,
     /// Fraction of `wal.budget_bytes` above which tenants sending more than their share of the
     /// recent WAL intake are shed with `429`. Default 0.8; values below 0.5 count as 0.5 (the WAL
@@ -580,5 +598,30 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("needs a port"), "{err}");
+    }
+
+    #[test]
+    fn trusted_proxies_parse_and_default_to_none() {
+        assert!(EdgeConfig::default().http.trusted_proxies.is_empty());
+        let c: EdgeConfig = toml::from_str(
+            "[http]\ntrusted_proxies = [\"10.0.0.0/8\", \"::1/128\"]\nclient_ip_header = \"forwarded\"\n",
+        )
+        .expect("config");
+        let shown: Vec<String> = c.http.trusted_proxies.iter().map(ToString::to_string).collect();
+        assert_eq!(shown, ["10.0.0.0/8", "::1/128"]);
+        assert_eq!(c.http.client_ip_header, ForwardedHeader::Forwarded);
+    }
+
+    #[test]
+    fn an_invalid_trusted_proxy_fails_loading_with_its_text() {
+        for (bad, says) in [
+            ("10.0.0.0/33", "prefix length 33 is over 32"),
+            ("10.0.0.0/x", "not an IP address or CIDR"),
+            ("10.1.0.0/8", "did you mean \"10.0.0.0/8\""),
+        ] {
+            let text = format!("[http]\ntrusted_proxies = [\"{bad}\"]\n");
+            let e = toml::from_str::<EdgeConfig>(&text).expect_err(bad).to_string();
+            assert!(e.contains(bad) && e.contains(says) && e.contains("trusted_proxies"), "{e}");
+        }
     }
 }

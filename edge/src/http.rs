@@ -119,6 +119,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
+/// The client's address: the TCP peer, or the address a trusted proxy forwarded (see
+/// [`crate::client_ip`]). Absent when the router runs without a connection (tests).
+#[derive(Clone, Copy)]
+struct ClientIp(std::net::IpAddr);
+
 /// Identifies one request in logs and responses.
 #[derive(Clone)]
 struct RequestId(HeaderValue);
@@ -162,7 +167,14 @@ async fn request_context(State(state): State<Arc<AppState>>, mut req: Request, n
             (trace.to_string(), format!("00-{trace}-{span_id}-{flags}"))
         },
     );
+    let client = req.extensions().get::<PeerAddr>().map(|&PeerAddr(peer)| {
+        let http = &state.http;
+        crate::client_ip::client_ip(peer.ip(), &http.trusted_proxies, http.client_ip_header, req.headers())
+    });
     req.extensions_mut().insert(RequestId(id.clone()));
+    if let Some(ip) = client {
+        req.extensions_mut().insert(ClientIp(ip));
+    }
     if let Some((_, tp)) = &trace {
         req.extensions_mut().insert(TraceParent(tp.clone()));
     }
@@ -172,6 +184,7 @@ async fn request_context(State(state): State<Arc<AppState>>, mut req: Request, n
         trace_id = trace.as_ref().map(|(t, _)| t.as_str()).unwrap_or(""),
         method = %req.method(),
         path = %req.uri().path(),
+        client_ip = client.map(tracing::field::display),
         // Filled in once known, so every log line of the request carries them.
         tenant_id = tracing::field::Empty,
         batch_id = tracing::field::Empty,
@@ -525,7 +538,7 @@ fn prepare_decoded(
 async fn ingest(
     State(state): State<Arc<AppState>>,
     Extension(RequestId(request_id)): Extension<RequestId>,
-    peer: Option<Extension<PeerAddr>>,
+    client: Option<Extension<ClientIp>>,
     trace: Option<Extension<TraceParent>>,
     headers: HeaderMap,
     uri: Uri,
@@ -533,7 +546,7 @@ async fn ingest(
 ) -> Result<Response, ApiError> {
     let request_id = request_id.to_str().unwrap_or("");
     let admission = &state.admission;
-    admission.check_ip(peer.map(|Extension(PeerAddr(a))| a.ip()))?;
+    admission.check_ip(client.map(|Extension(ClientIp(ip))| ip))?;
     let caller = authenticate(&state, &headers, &uri)?;
     tracing::Span::current().record("tenant_id", caller.principal.tenant.as_str());
     let tenant = caller.principal.tenant.clone();
@@ -658,8 +671,9 @@ async fn commit(
         Some(a) => Some(admission.charge(a, prepared.accepted.len() + prepared.rejected.len())?),
         None => None,
     };
+    let lane = state.keys.lane(principal);
     let ingest::WalBatch { accepted, rejected, bytes } = prepared
-        .into_wal_bytes(principal, &state.region, trace)
+        .into_wal_bytes(principal, &state.region, lane, trace)
         .map_err(|e| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", e.to_string()))?;
     let enqueue = state.metrics.enqueue_latency.start_timer();
     let wal_bytes = bytes.len() as u64;
@@ -671,7 +685,12 @@ async fn commit(
     enqueue.observe_duration();
     admission.record(tenant, wal_bytes, accepted as u64);
     state.metrics.accepted_events.inc_by(accepted as u64);
-    tracing::debug!(tenant_id = %tenant, request_id, %batch_id, accepted, rejected = rejected.len(), "ingest: accepted");
+    if lane == sluice_wire::Stream::Overflow {
+        state.metrics.overflow_batches.with_label_values(&[tenant]).inc();
+        state.metrics.overflow_events.with_label_values(&[tenant]).inc_by(accepted as u64);
+    }
+    tracing::debug!(tenant_id = %tenant, request_id, %batch_id, accepted, rejected = rejected.len(),
+        lane = lane.as_str(), "ingest: accepted");
     Ok(Committed { accepted, rejected, rate })
 }
 

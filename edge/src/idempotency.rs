@@ -7,12 +7,15 @@
 //! between the WAL append and storing the response, the retry's batch is deduped by core.
 //!
 //! The same file holds the request signatures the edge accepted (`X-Signature`), each until its
-//! timestamp leaves the skew window, so a captured signed request is refused after a restart too.
+//! timestamp leaves the skew window, so a captured signed request is refused after a restart too,
+//! and the operator controls set through the admin API (kill-switch blocks, overflow routes), so
+//! they last across restarts.
 
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use crate::auth::Controls;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use sluice_wire::seen_signature::SeenSignature;
 use sluice_wire::stored_response::StoredResponse;
@@ -25,6 +28,10 @@ const BY_TIME: TableDefinition<(u64, &str), ()> = TableDefinition::new("response
 const SIGNATURES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("signatures");
 /// (expires_ms, MAC) → (): expiry scans only what is old.
 const SIGNATURES_BY_TIME: TableDefinition<(u64, &[u8]), ()> = TableDefinition::new("signatures_by_time");
+
+/// [`CONTROLS_KEY`] → JSON of [`Controls`] (one row: operators change it a few times a day).
+const CONTROLS: TableDefinition<&str, &[u8]> = TableDefinition::new("operator_controls");
+const CONTROLS_KEY: &str = "controls";
 
 /// Idempotency keys longer than this are refused (400); they are stored verbatim.
 pub const MAX_KEY_LEN: usize = 255;
@@ -79,6 +86,7 @@ impl IdempotencyStore {
         txn.open_table(BY_TIME).map_err(err)?;
         txn.open_table(SIGNATURES).map_err(err)?;
         txn.open_table(SIGNATURES_BY_TIME).map_err(err)?;
+        txn.open_table(CONTROLS).map_err(err)?;
         txn.commit().map_err(err)?;
         Ok(Self { db, in_flight: Arc::default(), ttl_ms: ttl_secs.saturating_mul(1000) })
     }
@@ -170,6 +178,25 @@ impl IdempotencyStore {
         Ok(n)
     }
 
+    /// The operator controls last stored (none on a new store). One that does not decode fails
+    /// startup: silently lifting a kill switch is worse than not starting.
+    pub fn load_controls(&self) -> Result<Controls, StoreError> {
+        let txn = self.db.begin_read().map_err(err)?;
+        let table = txn.open_table(CONTROLS).map_err(err)?;
+        match table.get(CONTROLS_KEY).map_err(err)? {
+            Some(v) => serde_json::from_slice(v.value()).map_err(|e| StoreError(format!("operator controls: {e}"))),
+            None => Ok(Controls::default()),
+        }
+    }
+
+    /// Stores the operator controls; durable (fsync'd) when this returns.
+    pub fn store_controls(&self, controls: &Controls) -> Result<(), StoreError> {
+        let json = serde_json::to_vec(controls).map_err(err)?;
+        let txn = self.db.begin_write().map_err(err)?;
+        txn.open_table(CONTROLS).map_err(err)?.insert(CONTROLS_KEY, json.as_slice()).map_err(err)?;
+        txn.commit().map_err(err)
+    }
+
     /// Signatures currently remembered.
     pub fn signatures(&self) -> Result<u64, StoreError> {
         let txn = self.db.begin_read().map_err(err)?;
@@ -218,6 +245,22 @@ mod tests {
         assert!(matches!(look(2, 12_000), Lookup::Fresh(_)));
         assert_eq!(store.evict_expired(12_000).unwrap(), 1);
         assert!(store.is_empty().unwrap());
+    }
+
+    #[test]
+    fn operator_controls_survive_a_reopen() {
+        use crate::auth::TenantScope;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("idem.redb");
+        let mut controls = Controls::default();
+        controls.blocks.insert(TenantScope { tenant: "acme".into(), env: Some("dev".into()) });
+        controls.overflow.insert(TenantScope { tenant: "heavy".into(), env: None });
+        {
+            let store = IdempotencyStore::open(&path, 10).unwrap();
+            assert_eq!(store.load_controls().unwrap(), Controls::default(), "none on a new store");
+            store.store_controls(&controls).unwrap();
+        }
+        assert_eq!(IdempotencyStore::open(&path, 10).unwrap().load_controls().unwrap(), controls);
     }
 
     #[test]

@@ -119,10 +119,13 @@ impl Prepared {
     /// Encodes the WAL bytes for this request: the events record and, if any event was rejected,
     /// a dead-letter record, appended together so both are durable before the 202.
     /// `traceparent` is the request span's W3C trace context, carried to the Kafka headers.
+    /// `lane` is the stream of the accepted events ([`crate::auth::KeyRing::lane`]); dead letters
+    /// go to the dead-letter stream whatever the lane.
     pub fn into_wal_bytes(
         self,
         principal: &Principal,
         region: &str,
+        lane: Stream,
         traceparent: Option<String>,
     ) -> Result<WalBatch, RecordError> {
         let accepted = self.accepted.len();
@@ -135,7 +138,7 @@ impl Prepared {
             env: principal.env.clone(),
             region: region.to_string(),
             received_at_ms: self.received_at_ms,
-            stream: Stream::Events,
+            stream: lane,
             events: self.accepted,
             traceparent,
             shared: self.shared,
@@ -184,7 +187,10 @@ mod tests {
         assert_eq!(p.accepted.len(), 2);
         assert_eq!(p.rejected.iter().map(|r| (r.index, r.code)).collect::<Vec<_>>(), vec![(1, "malformed_json")]);
         let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        let batch = p.into_wal_bytes(&principal, "eu", Some(tp.into())).unwrap();
+        let overflow = prepare(&req).unwrap().into_wal_bytes(&principal, "eu", Stream::Overflow, None).unwrap();
+        let lanes: Vec<_> = records(&overflow.bytes).map(|r| r.unwrap().stream).collect();
+        assert_eq!(lanes, [Stream::Overflow, Stream::DeadLetter], "the lane takes the accepted events only");
+        let batch = p.into_wal_bytes(&principal, "eu", Stream::Events, Some(tp.into())).unwrap();
         assert_eq!((batch.accepted, batch.rejected.len()), (2, 1));
         let recs: Vec<_> = records(&batch.bytes).collect::<Result<_, _>>().unwrap();
         assert_eq!(recs.len(), 2);

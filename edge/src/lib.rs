@@ -8,6 +8,7 @@ pub mod admission;
 pub mod auth;
 pub mod body;
 pub mod cli;
+pub mod client_ip;
 pub mod clock;
 pub mod compat;
 pub mod config;
@@ -94,6 +95,7 @@ pub async fn start_with_clock(config: EdgeConfig, clock: clock::Clock) -> Result
     let keys = Arc::new(auth::KeyRing::load(&config.keys_file)?);
     let idempotency =
         Arc::new(idempotency::IdempotencyStore::open(&config.idempotency.path, config.idempotency.ttl_secs)?);
+    keys.restore_controls(idempotency.load_controls()?);
     let http_tls = match (&config.http.tls_cert, &config.http.tls_key) {
         (Some(cert), Some(key)) => Some(server::tls_acceptor(cert, key)?),
         (None, None) => None,
@@ -180,6 +182,7 @@ pub async fn start_with_clock(config: EdgeConfig, clock: clock::Clock) -> Result
                 wal: wal.clone(),
                 metrics: metrics.clone(),
                 keys: state.keys.clone(),
+                store: state.idempotency.clone(),
                 drain: drain.clone(),
                 drain_deadline,
                 forwarder: forwarder_control.clone(),

@@ -32,6 +32,10 @@ pub struct EdgeMetrics {
     /// Requests refused by admission control, by reason (`ip_rate_limited`, `rate_limited`,
     /// `shed`, `overloaded`, `wal_full`).
     pub admission_refusals: IntCounterVec,
+    /// Requests (batches) and accepted events routed to the overflow lane, by tenant (only
+    /// tenants an operator routed there: a bounded label set).
+    pub overflow_batches: IntCounterVec,
+    pub overflow_events: IntCounterVec,
     /// This edge's own forwarder.
     pub forwarder: ForwarderMetrics,
 }
@@ -94,6 +98,16 @@ impl EdgeMetrics {
             admission_refusals.with_label_values(&[reason.code()]);
         }
         registry.register(Box::new(admission_refusals.clone()))?;
+        let overflow_batches = IntCounterVec::new(
+            Opts::new("sluice_edge_overflow_batches_total", "Requests whose events went to the overflow lane"),
+            &["tenant"],
+        )?;
+        let overflow_events = IntCounterVec::new(
+            Opts::new("sluice_edge_overflow_events_total", "Accepted events routed to the overflow lane"),
+            &["tenant"],
+        )?;
+        registry.register(Box::new(overflow_batches.clone()))?;
+        registry.register(Box::new(overflow_events.clone()))?;
         let forwarder_frames_in_flight =
             IntGauge::new("sluice_edge_forwarder_frames_in_flight", "Frames sent to core, awaiting its ack")?;
         let forwarded_records =
@@ -118,6 +132,8 @@ impl EdgeMetrics {
             request_duration,
             forwarder,
             admission_refusals,
+            overflow_batches,
+            overflow_events,
         })
     }
 

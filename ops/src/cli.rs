@@ -238,6 +238,13 @@ enum KeysAction {
     Revoke { id: String },
     /// Set a tenant's events/s quota on each edge (burst 3×; 0 = unlimited).
     Quota { tenant: String, events_per_sec: u32 },
+    /// Route the tenant's accepted events to the overflow topic (`events.<region>.overflow`);
+    /// `--off` routes them back.
+    Overflow {
+        tenant: String,
+        #[arg(long)]
+        off: bool,
+    },
     /// Kill switch: every key of the tenant (or of one environment) gets 403.
     Disable {
         tenant: String,
@@ -354,6 +361,11 @@ pub fn main() -> anyhow::Result<()> {
             KeysAction::Quota { tenant, events_per_sec } => {
                 crate::keys::set_quota(&file, &tenant, events_per_sec)?;
                 println!("tenant {tenant}: {events_per_sec} events/s per edge (burst ×3; 0 = unlimited)");
+                Ok(())
+            }
+            KeysAction::Overflow { tenant, off } => {
+                crate::keys::set_overflow(&file, &tenant, !off)?;
+                println!("tenant {tenant}: {}", if off { "back on its region's topic" } else { "routed to overflow" });
                 Ok(())
             }
             KeysAction::Disable { tenant, env } => {

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use anyhow::Context;
-use sluice_edge::auth::{KeysFile, TenantEnv, TenantSettings, new_key, read_keys_file};
+use sluice_edge::auth::{KeysFile, TenantEnv, new_key, read_keys_file};
 
 fn load_or_empty(path: &Path) -> anyhow::Result<KeysFile> {
     if path.exists() { Ok(read_keys_file(path)?) } else { Ok(KeysFile::default()) }
@@ -59,7 +59,14 @@ pub fn revoke(path: &Path, id: &str) -> anyhow::Result<()> {
 /// Sets a tenant's events/s quota (`[tenants.<name>] events_per_sec`).
 pub fn set_quota(path: &Path, tenant: &str, events_per_sec: u32) -> anyhow::Result<()> {
     let mut file = load_or_empty(path)?;
-    file.tenants.insert(tenant.into(), TenantSettings { events_per_sec: Some(events_per_sec) });
+    file.tenants.entry(tenant.into()).or_default().events_per_sec = Some(events_per_sec);
+    save(path, &file)
+}
+
+/// Routes a tenant's accepted events to the overflow lane, or back (`[tenants.<name>] overflow`).
+pub fn set_overflow(path: &Path, tenant: &str, overflow: bool) -> anyhow::Result<()> {
+    let mut file = load_or_empty(path)?;
+    file.tenants.entry(tenant.into()).or_default().overflow = overflow;
     save(path, &file)
 }
 
@@ -117,10 +124,16 @@ mod tests {
         let path = dir.path().join("keys.toml");
         let (_, prod) = add(&path, "acme", "prod").unwrap();
         let (_, dev) = add(&path, "acme", "dev").unwrap();
+        set_overflow(&path, "acme", true).unwrap();
         set_quota(&path, "acme", 250).unwrap();
         set_disabled(&path, "acme", Some("dev"), true).unwrap();
         let store = sluice_edge::auth::KeyStore::load(&path).unwrap();
         assert_eq!(store.quota("acme"), Some(250));
+        assert!(store.overflow_tenants().contains("acme"), "a quota change keeps the overflow route");
+        set_overflow(&path, "acme", false).unwrap();
+        let store = sluice_edge::auth::KeyStore::load(&path).unwrap();
+        assert!(store.overflow_tenants().is_empty());
+        assert_eq!(store.quota("acme"), Some(250), "and un-routing keeps the quota");
         assert_eq!(store.authenticate(Some(&dev)), Err(AuthError::EnvDisabled));
         assert!(store.authenticate(Some(&prod)).is_ok());
         set_disabled(&path, "acme", None, true).unwrap();

@@ -167,7 +167,8 @@ pub fn inspect(dir: &Path) -> Result<Inspection, WalToolError> {
                 });
                 t.records += 1;
                 match record.stream {
-                    Stream::Events => t.events += events,
+                    // Accepted events, whichever lane they go to (`dump` shows the stream).
+                    Stream::Events | Stream::Overflow => t.events += events,
                     Stream::DeadLetter => t.dead_letters += events,
                 }
                 if unacked {
@@ -299,7 +300,7 @@ pub fn record_json(segment: u64, offset: u64, acked: bool, r: &BatchRecord) -> s
         "env": r.env,
         "region": r.region,
         "received_at_ms": r.received_at_ms,
-        "stream": match r.stream { Stream::Events => "events", Stream::DeadLetter => "dead_letter" },
+        "stream": r.stream.as_str(),
         "traceparent": r.traceparent,
         "events": events,
     })

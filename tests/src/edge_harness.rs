@@ -89,6 +89,6 @@ pub fn edit_keys(path: &std::path::Path, change: impl FnOnce(&mut sluice_edge::a
 /// Sets a tenant's events/s quota in a keys file.
 pub fn set_quota(path: &std::path::Path, tenant: &str, events_per_sec: u32) {
     edit_keys(path, |f| {
-        f.tenants.insert(tenant.into(), sluice_edge::auth::TenantSettings { events_per_sec: Some(events_per_sec) });
+        f.tenants.entry(tenant.into()).or_default().events_per_sec = Some(events_per_sec);
     });
 }

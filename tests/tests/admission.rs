@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use sluice_edge::auth::TenantEnv;
 use sluice_edge::clock::Clock;
 use sluice_tests::edge_harness::{InProcessEdge, edit_keys, set_quota};
-use sluice_tests::http::{Response, post_batch as post, request};
+use sluice_tests::http::{Response, events_body, post_batch as post, post_events, request};
 use sluice_tests::metrics::sample;
 use sluice_tests::openapi::Spec;
 use sluice_tests::wait_until;
@@ -159,6 +159,49 @@ async fn per_ip_limit_refuses_an_address_over_its_rate() {
     .await
     .expect("client");
     e.shutdown().await;
+}
+
+/// Behind a trusted load balancer (loopback here) each client named by `X-Forwarded-For` gets its
+/// own per-IP budget; a client prepending a fake entry is still counted as the address the proxy
+/// saw. Without `trusted_proxies` the header is ignored: a client connecting directly cannot
+/// escape its limit by claiming other addresses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_ip_limit_uses_the_forwarded_client_only_from_trusted_proxies() {
+    for trusted in [true, false] {
+        let (clock, _hand) = Clock::manual();
+        let e = InProcessEdge::start_with_clock(
+            |c| {
+                c.admission.ip_requests_per_sec = 1;
+                if trusted {
+                    c.http.trusted_proxies = vec!["127.0.0.0/8".parse().expect("cidr")];
+                }
+            },
+            clock,
+        )
+        .await;
+        let (addr, key) = (e.addr(), e.key.clone());
+        tokio::task::spawn_blocking(move || {
+            let (body, _) = events_body("xff", 1);
+            let from =
+                |xff: &str| post_events(addr, &key, "application/json", &[("X-Forwarded-For", xff)], &body).code();
+            // Burst 3 for 203.0.113.1, the last one with a spoofed entry the proxy appended to.
+            let first: Vec<String> =
+                ["203.0.113.1", "203.0.113.1", "198.51.100.7, 203.0.113.1"].into_iter().map(from).collect();
+            assert_eq!(first, ["ok", "ok", "ok"], "trusted: {trusted}");
+            let spoofed = from("198.51.100.7, 203.0.113.1");
+            let other = from("203.0.113.2");
+            if trusted {
+                assert_eq!(spoofed, "ip_rate_limited", "a prepended entry does not buy a new budget");
+                assert_eq!(other, "ok", "another client behind the proxy has its own budget");
+            } else {
+                assert_eq!(spoofed, "ip_rate_limited");
+                assert_eq!(other, "ip_rate_limited", "untrusted peer: the header is ignored, one shared budget");
+            }
+        })
+        .await
+        .expect("client");
+        e.shutdown().await;
+    }
 }
 
 /// With core away the WAL fills; past the high-water mark the tenant sending far more than its

@@ -324,6 +324,8 @@ fn configmap_configs_parse_and_match_the_pods() {
     assert!(topics.contains(kafka.dlq_topic.as_str()), "topic {} missing from deploy/kafka", kafka.dlq_topic);
     let region_topic = format!("{}{}", kafka.topic_prefix, edge.region);
     assert!(topics.contains(region_topic.as_str()), "topic {region_topic} missing from deploy/kafka");
+    let overflow_topic = format!("{region_topic}.overflow");
+    assert!(topics.contains(overflow_topic.as_str()), "topic {overflow_topic} missing from deploy/kafka");
 
     // Environment variables the manifests set for the binaries exist in their command lines.
     let sources = metric_sources();

@@ -1,5 +1,5 @@
 //! Request logs are structured: every line logged while handling a request carries the request's
-//! span with request_id, tenant_id and batch_id. (Its own test binary: it installs the global
+//! span with request_id, tenant_id, batch_id and the client's address. (Its own test binary: it installs the global
 //! tracing subscriber.)
 
 use std::io::Write;
@@ -26,11 +26,17 @@ async fn request_log_lines_carry_tenant_request_and_batch_ids() {
     let captured = Captured::default();
     let writer = captured.clone();
     tracing_subscriber::fmt().json().with_env_filter("sluice_edge=debug").with_writer(move || writer.clone()).init();
-    let e = InProcessEdge::start(|_| {}).await;
+    let e = InProcessEdge::start(|c| c.http.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()]).await;
     let (addr, key) = (e.addr(), e.key.clone());
     let r = tokio::task::spawn_blocking(move || {
         let (body, _) = events_body("logs", 2);
-        post_events(addr, &key, "application/json", &[("X-Request-Id", "req-logs-1")], &body)
+        post_events(
+            addr,
+            &key,
+            "application/json",
+            &[("X-Request-Id", "req-logs-1"), ("X-Forwarded-For", "203.0.113.9")],
+            &body,
+        )
     })
     .await
     .unwrap();
@@ -48,4 +54,5 @@ async fn request_log_lines_carry_tenant_request_and_batch_ids() {
     assert_eq!(span["request_id"], "req-logs-1", "{line}");
     assert_eq!(span["tenant_id"], "acme", "{line}");
     assert_eq!(span["batch_id"], batch_id.as_str(), "{line}");
+    assert_eq!(span["client_ip"], "203.0.113.9", "behind a trusted proxy, the forwarded client: {line}");
 }

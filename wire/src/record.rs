@@ -9,20 +9,47 @@ use uuid::Uuid;
 
 /// Bytes before the versioned payload: `len` and `crc`.
 pub const HEADER_LEN: usize = 8;
-/// The record format this code writes. Readers accept every version listed in `decode_record`:
-/// 1 (no trace context), 2 (adds `traceparent`) and 3 (adds `shared`).
-pub const RECORD_VERSION: u8 = 3;
+/// The newest record format this code reads and writes. Readers accept every version listed in
+/// `decode_record`: 1 (no trace context), 2 (adds `traceparent`), 3 (adds `shared`) and 4 (the
+/// same fields as 3; `stream` may be [`Stream::Overflow`]). Writers write the oldest version that
+/// holds the record ([`record_version`]), so only overflow records need an upgraded reader.
+pub const RECORD_VERSION: u8 = 4;
 /// Upper bound on one record's payload, so a corrupt length can never trigger a huge allocation.
 /// A request is at most 512 KiB of events, so 16 MiB leaves room for envelopes.
 pub const MAX_RECORD_LEN: u32 = 16 * 1024 * 1024;
 
-/// Which Kafka stream a record's events belong to.
+/// Which Kafka stream a record's events belong to. Encoded as its variant index: new variants go
+/// last, with a new record version (an older reader must see an unknown version, which core
+/// retries, not an undecodable body, which it rejects).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Stream {
     /// Accepted, normalized events → `events.<region>`.
     Events,
     /// Events rejected by validation → the dead-letter topic.
     DeadLetter,
+    /// Accepted events of a tenant an operator routed to the overflow lane →
+    /// `events.<region>.overflow` (record version 4).
+    Overflow,
+}
+
+impl Stream {
+    /// The name in metrics labels and tool output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stream::Events => "events",
+            Stream::DeadLetter => "dead_letter",
+            Stream::Overflow => "overflow",
+        }
+    }
+}
+
+/// The record version [`encode_record`] writes for `record`: 3, or 4 for an overflow record, so
+/// edges upgraded before core keep forwarding every tenant not routed to overflow.
+pub fn record_version(record: &BatchRecord) -> u8 {
+    match record.stream {
+        Stream::Events | Stream::DeadLetter => 3,
+        Stream::Overflow => 4,
+    }
 }
 
 /// One accepted request: the unit of durability, forwarding and dedupe.
@@ -150,7 +177,7 @@ pub enum RecordError {
 pub fn encode_record(record: &BatchRecord, out: &mut Vec<u8>) -> Result<(), RecordError> {
     let start = out.len();
     out.extend_from_slice(&[0u8; HEADER_LEN]);
-    out.push(RECORD_VERSION);
+    out.push(record_version(record));
     let mut out_vec = std::mem::take(out);
     out_vec = postcard::to_extend(record, out_vec).map_err(|e| RecordError::Body(e.to_string()))?;
     *out = out_vec;
@@ -193,7 +220,7 @@ pub fn decode_record(buf: &[u8]) -> Result<BatchRecord, RecordError> {
     let payload = &buf[HEADER_LEN..total];
     let body = |e: postcard::Error| RecordError::Body(e.to_string());
     match payload[0] {
-        RECORD_VERSION => postcard::from_bytes(&payload[1..]).map_err(body),
+        3 | 4 => postcard::from_bytes(&payload[1..]).map_err(body),
         2 => postcard::from_bytes::<BatchRecordV2>(&payload[1..]).map(BatchRecord::from).map_err(body),
         1 => postcard::from_bytes::<BatchRecordV1>(&payload[1..]).map(BatchRecord::from).map_err(body),
         v => Err(RecordError::UnknownVersion(v)),
@@ -214,7 +241,7 @@ pub fn peek_prefix(buf: &[u8]) -> Result<RecordPrefix<'_>, RecordError> {
     let total = check_record(buf)?.ok_or(RecordError::Incomplete)?;
     let payload = &buf[HEADER_LEN..total];
     match payload[0] {
-        1 | 2 | RECORD_VERSION => postcard::take_from_bytes::<(Uuid, &str, &str, &str, u64)>(&payload[1..])
+        1..=RECORD_VERSION => postcard::take_from_bytes::<(Uuid, &str, &str, &str, u64)>(&payload[1..])
             .map(|((_, tenant, _, _, received_at_ms), _)| RecordPrefix { tenant, received_at_ms })
             .map_err(|e| RecordError::Body(e.to_string())),
         v => Err(RecordError::UnknownVersion(v)),
@@ -366,6 +393,20 @@ mod tests {
         encode_record(&BatchRecord { tenant: "globex".into(), received_at_ms: 42, ..sample(3) }, &mut buf).unwrap();
         assert_eq!(peek_prefix(&buf), Ok(RecordPrefix { tenant: "globex", received_at_ms: 42 }));
         assert_eq!(peek_prefix(&buf[..buf.len() - 1]), Err(RecordError::Incomplete));
+    }
+
+    /// Overflow records are version 4, everything else stays version 3 (readable by cores that
+    /// predate the overflow lane); both decode.
+    #[test]
+    fn overflow_records_are_version_4_and_others_stay_version_3() {
+        for (stream, version) in [(Stream::Events, 3), (Stream::DeadLetter, 3), (Stream::Overflow, 4)] {
+            let rec = BatchRecord { stream, ..sample(2) };
+            let mut buf = Vec::new();
+            encode_record(&rec, &mut buf).unwrap();
+            assert_eq!(buf[HEADER_LEN], version, "{stream:?}");
+            assert_eq!(decode_record(&buf).unwrap(), rec);
+            assert_eq!(peek_prefix(&buf).map(|p| p.tenant), Ok("acme"));
+        }
     }
 
     #[test]

@@ -11,17 +11,29 @@ use super::SinkError;
 
 pub const EVENTS_FILE: &str = "events.ndjson";
 pub const DEAD_LETTER_FILE: &str = "dead-letter.ndjson";
+pub const OVERFLOW_FILE: &str = "overflow.ndjson";
+
+/// The sink's files, indexed by [`slot`].
+type Files = [File; 3];
+
+fn slot(stream: Stream) -> usize {
+    match stream {
+        Stream::Events => 0,
+        Stream::DeadLetter => 1,
+        Stream::Overflow => 2,
+    }
+}
 
 pub struct FileSink {
     dir: PathBuf,
-    files: Arc<Mutex<(File, File)>>,
+    files: Arc<Mutex<Files>>,
 }
 
 impl FileSink {
     pub fn open(dir: &Path) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let open = |name| OpenOptions::new().create(true).append(true).open(dir.join(name));
-        let files = (open(EVENTS_FILE)?, open(DEAD_LETTER_FILE)?);
+        let files = [open(EVENTS_FILE)?, open(DEAD_LETTER_FILE)?, open(OVERFLOW_FILE)?];
         File::open(dir)?.sync_all()?;
         Ok(Self { dir: dir.to_path_buf(), files: Arc::new(Mutex::new(files)) })
     }
@@ -31,13 +43,9 @@ impl FileSink {
     }
 
     pub async fn deliver(&self, batches: &[&BatchRecord]) -> Result<(), SinkError> {
-        let mut events = Vec::new();
-        let mut dead = Vec::new();
+        let mut data: [Vec<u8>; 3] = Default::default();
         for batch in batches {
-            let out = match batch.stream {
-                Stream::Events => &mut events,
-                Stream::DeadLetter => &mut dead,
-            };
+            let out = &mut data[slot(batch.stream)];
             for e in &batch.events {
                 batch.write_event_json(e, out);
                 out.push(b'\n');
@@ -46,8 +54,7 @@ impl FileSink {
         let files = self.files.clone();
         tokio::task::spawn_blocking(move || {
             let mut guard = files.lock().map_err(|_| std::io::Error::other("file sink lock poisoned"))?;
-            let (events_file, dead_file) = &mut *guard;
-            for (file, data) in [(events_file, &events), (dead_file, &dead)] {
+            for (file, data) in guard.iter_mut().zip(&data) {
                 if !data.is_empty() {
                     file.write_all(data)?;
                     file.sync_data()?;

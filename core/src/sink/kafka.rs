@@ -201,6 +201,7 @@ impl KafkaSink {
             let topic = match batch.stream {
                 Stream::Events => format!("{}{}", self.topic_prefix, batch.region),
                 Stream::DeadLetter => self.dlq_topic.clone(),
+                Stream::Overflow => format!("{}{}.overflow", self.topic_prefix, batch.region),
             };
             let batch_id = batch.batch_id.to_string();
             for event in &batch.events {

@@ -5,7 +5,10 @@ mod file;
 mod kafka;
 mod producer_health;
 
-pub use file::{DEAD_LETTER_FILE as DEAD_LETTER_FILE_NAME, EVENTS_FILE as EVENTS_FILE_NAME, FileSink};
+pub use file::{
+    DEAD_LETTER_FILE as DEAD_LETTER_FILE_NAME, EVENTS_FILE as EVENTS_FILE_NAME, FileSink,
+    OVERFLOW_FILE as OVERFLOW_FILE_NAME,
+};
 pub use kafka::{KafkaSink, ProducerMetrics, event_headers as kafka_event_headers, producer_config};
 
 use sluice_wire::BatchRecord;

@@ -354,7 +354,7 @@ mod tests {
         assert!(a.bucket("t", 20).is_some_and(|b| b.per_sec() == 20));
         assert!(a.bucket("t", 0).is_none(), "0 = unlimited");
         let mut file = crate::auth::KeysFile::default();
-        file.tenants.insert("t".into(), crate::auth::TenantSettings { events_per_sec: Some(0) });
+        file.tenants.insert("t".into(), crate::auth::TenantSettings { events_per_sec: Some(0), ..Default::default() });
         a.forget_unlimited(&KeyStore::from_file(file).unwrap());
         assert!(a.tenants.read().unwrap().is_empty(), "the stale bucket is dropped");
     }

@@ -20,7 +20,7 @@ use axum::{Extension, Json, Router};
 use serde_json::json;
 
 use super::{
-    ApiError, AppState, Committed, PeerAddr, RequestId, TraceParent, api_key, body_error, commit, insert_rate_headers,
+    ApiError, AppState, ClientIp, Committed, RequestId, TraceParent, api_key, body_error, commit, insert_rate_headers,
     prepare_decoded, prepare_error, read_raw, verify_signature,
 };
 use crate::body::{self, BodyFormat};
@@ -44,7 +44,7 @@ pub(super) fn routes() -> Router<Arc<AppState>> {
 struct Origin {
     api: Api,
     request_id: RequestId,
-    peer: Option<Extension<PeerAddr>>,
+    client: Option<Extension<ClientIp>>,
     trace: Option<Extension<TraceParent>>,
     headers: HeaderMap,
     /// A key from the headers, which wins over one in the body.
@@ -55,7 +55,7 @@ struct Origin {
 async fn capture(
     State(state): State<Arc<AppState>>,
     Extension(request_id): Extension<RequestId>,
-    peer: Option<Extension<PeerAddr>>,
+    client: Option<Extension<ClientIp>>,
     trace: Option<Extension<TraceParent>>,
     headers: HeaderMap,
     uri: Uri,
@@ -69,7 +69,7 @@ async fn capture(
         Some(call) => {
             let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
             let header_key = authorization.and_then(segment::basic_auth_user).or(header_key);
-            let origin = Origin { api: Api::Segment, request_id, peer, trace, headers, header_key };
+            let origin = Origin { api: Api::Segment, request_id, client, trace, headers, header_key };
             let translate = |raw: &[u8], headers: &HeaderMap| {
                 let encoding = headers.get(header::CONTENT_ENCODING).map(|v| v.to_str().unwrap_or("invalid"));
                 segment::translate(&body::decode(raw, encoding, max)?, call)
@@ -77,7 +77,7 @@ async fn capture(
             store(&state, origin, body, translate).await
         }
         None => {
-            let origin = Origin { api: Api::PostHog, request_id, peer, trace, headers, header_key };
+            let origin = Origin { api: Api::PostHog, request_id, client, trace, headers, header_key };
             let translate = |raw: &[u8], headers: &HeaderMap| {
                 let header = |name| headers.get(name).map(|v| v.to_str().unwrap_or("invalid"));
                 let (encoding, content_type) = (header(header::CONTENT_ENCODING), header(header::CONTENT_TYPE));
@@ -110,10 +110,10 @@ async fn try_store(
     body: Body,
     translate: impl FnOnce(&[u8], &HeaderMap) -> Result<Translated, CompatError>,
 ) -> Result<Response, ApiError> {
-    let Origin { api, request_id, peer, trace, headers, header_key } = origin;
+    let Origin { api, request_id, client, trace, headers, header_key } = origin;
     let request_id = request_id.0.to_str().unwrap_or("");
     let admission = &state.admission;
-    admission.check_ip(peer.map(|Extension(PeerAddr(a))| a.ip()))?;
+    admission.check_ip(client.map(|Extension(ClientIp(ip))| ip))?;
     let content_length = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
     let _in_flight = admission.enter(content_length)?;
     let raw = read_raw(state, body).await?;
