@@ -186,7 +186,10 @@ async fn status(State(state): State<Arc<AdminState>>, Query(q): Query<StatusQuer
         "drain": drain,
         "in_flight_requests": state.drain.in_flight(),
         "wal": {
-            "unforwarded_bytes": state.wal.unforwarded_bytes(),
+            "live_bytes": state.wal.live_bytes(),
+            // The same value under its old name, kept for scripts written against earlier
+            // releases; `live_bytes` says what it is (segments still on disk).
+            "unforwarded_bytes": state.wal.live_bytes(),
             "unacked_bytes": depth.unacked_bytes,
             "unacked_records": records,
             "oldest_unacked_received_at_ms": oldest_at,

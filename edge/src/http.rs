@@ -210,7 +210,7 @@ async fn health() -> StatusCode {
 /// open circuit to core still answer every client with `503`/`429` + `Retry-After`, which is
 /// better for SDKs than a connection refused by a balancer.
 async fn ready(State(state): State<Arc<AppState>>) -> Response {
-    let used = state.wal.unforwarded_bytes();
+    let used = state.wal.live_bytes();
     let mut degraded = Vec::new();
     if state.wal.is_failed() {
         degraded.push("wal_failed");
@@ -553,7 +553,7 @@ async fn ingest(
     let content_length = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
     // Held until the answer is built: bounds the requests and bytes in memory.
     let _in_flight = admission.enter(content_length)?;
-    let admitted = admission.admit(&state.keys.snapshot(), &tenant, state.wal.unforwarded_bytes()).map_err(|r| {
+    let admitted = admission.admit(&state.keys.snapshot(), &tenant, state.wal.live_bytes()).map_err(|r| {
         tracing::debug!(tenant_id = %tenant, request_id, reason = r.reason.code(), "ingest: refused by admission");
         ApiError::from(r)
     })?;

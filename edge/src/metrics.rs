@@ -208,7 +208,7 @@ impl Collector for WalCollector {
         let stats = self.wal.stats();
         // Counters only go up: add the difference since the last scrape.
         let catch_up = |c: &IntCounter, now: u64| c.inc_by(now.saturating_sub(c.get()));
-        self.live_bytes.set(i64::try_from(self.wal.unforwarded_bytes()).unwrap_or(i64::MAX));
+        self.live_bytes.set(i64::try_from(self.wal.live_bytes()).unwrap_or(i64::MAX));
         catch_up(&self.fsyncs, stats.groups.load(Relaxed));
         catch_up(&self.records, stats.records.load(Relaxed));
         catch_up(&self.bytes, stats.bytes.load(Relaxed));

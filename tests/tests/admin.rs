@@ -22,7 +22,8 @@ async fn admin_requires_its_token_and_metrics_follow_traffic() {
         let r = request(admin, "GET", "/status", &[("Authorization", "Bearer s3cret-admin")], b"").expect("status");
         assert_eq!(r.status, 200);
         assert_eq!(r.json()["edge_id"], "edge-1");
-        assert_eq!(r.json()["wal"]["unforwarded_bytes"], 0);
+        assert_eq!(r.json()["wal"]["live_bytes"], 0);
+        assert_eq!(r.json()["wal"]["unforwarded_bytes"], 0, "the old name stays");
         assert!(r.json()["replication"].is_null(), "no peers configured");
 
         let before = String::from_utf8(request(admin, "GET", "/metrics", &[], b"").expect("metrics").body).unwrap();

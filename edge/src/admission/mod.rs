@@ -212,7 +212,7 @@ impl Admission {
         }
     }
 
-    /// Steps 4 and 5, before the body is read: WAL pressure (`wal_used` = unforwarded bytes),
+    /// Steps 4 and 5, before the body is read: WAL pressure (`wal_used` = live bytes),
     /// then one event from the tenant's bucket. `None` when the tenant is unlimited.
     pub fn admit(&self, keys: &KeyStore, tenant: &str, wal_used: u64) -> Result<Option<Admitted>, Refusal> {
         let level = WalLevel { used: wal_used, high_water: self.high_water, budget: self.budget };

@@ -120,7 +120,7 @@ async fn try_store(
     let translated = translate(&raw, &headers).map_err(|e| compat_error(e, state))?;
     let principal = state.keys.authenticate(header_key.as_deref().or(translated.key.as_deref()))?;
     tracing::Span::current().record("tenant_id", principal.tenant.as_str());
-    let admitted = admission.admit(&state.keys.snapshot(), &principal.tenant, state.wal.unforwarded_bytes())?;
+    let admitted = admission.admit(&state.keys.snapshot(), &principal.tenant, state.wal.live_bytes())?;
     verify_signature(state, &principal, &headers, &raw)?;
     let batch_id = match &translated.retry_key {
         Some(ids) => {

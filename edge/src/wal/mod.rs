@@ -51,7 +51,7 @@ pub struct Position {
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum WalError {
-    #[error("WAL budget exhausted ({used} of {budget} bytes unforwarded)")]
+    #[error("WAL budget exhausted ({used} of {budget} bytes live)")]
     Full { used: u64, budget: u64 },
     #[error("WAL failed after an I/O error and refuses appends until restarted: {0}")]
     Failed(String),
@@ -209,7 +209,7 @@ impl Wal {
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new().name("wal-writer".into()).spawn(move || writer.run(rx)).map_err(err)?;
         tracing::info!(dir = %dir.display(), acked_segment = acked.segment, acked_offset = acked.offset,
-            live_segments = live.len(), unforwarded_bytes = disk_bytes, "wal: opened");
+            live_segments = live.len(), live_bytes = disk_bytes, "wal: opened");
         let reader = WalReader::new(
             storage.clone(),
             dir.clone(),
@@ -253,7 +253,9 @@ impl Wal {
         &self.shared.stats
     }
 
-    pub fn unforwarded_bytes(&self) -> u64 {
+    /// Bytes of the segments on disk (live: not deleted yet). A segment stays, and counts here,
+    /// until core acknowledged all of it; this is what `wal.budget_bytes` limits.
+    pub fn live_bytes(&self) -> u64 {
         self.shared.disk_bytes.load(Ordering::Relaxed)
     }
 
@@ -390,13 +392,13 @@ mod tests {
         for _ in 0..20 {
             wal.append(record(2000)).await.unwrap();
         }
-        let before = wal.unforwarded_bytes();
+        let before = wal.live_bytes();
         // The watermark's temp file cannot be created (stands in for ENOSPC).
         std::fs::create_dir(wal_dir.join("ack.watermark.tmp")).unwrap();
         let to = wal.committed();
         tokio::task::block_in_place(|| reader.ack(to)).unwrap();
         assert_eq!(reader.acked(), to);
-        assert!(wal.unforwarded_bytes() < before, "acked segments were deleted");
+        assert!(wal.live_bytes() < before, "acked segments were deleted");
     }
 
     /// Regression: when the disk filled up halfway through a group commit, the whole records
