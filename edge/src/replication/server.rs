@@ -17,11 +17,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use sluice_wire::replication::{self as proto, Origin, PeerMessage, PeerReply};
+use sluice_wire::replication::{self as proto, Origin, PeerMessage, PeerReply, WirePosition};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::ReplicationMetrics;
+use super::{ReplicationMetrics, Stage};
 use crate::config::ForwarderConfig;
 use crate::forwarder::Forwarder;
 use crate::wal::Position;
@@ -131,7 +131,9 @@ impl ReplicaStore {
     /// Applies one message from an origin.
     pub async fn handle(&self, msg: PeerMessage) -> PeerReply {
         let origin = match &msg {
-            PeerMessage::Append { origin, .. } | PeerMessage::Heartbeat { origin, .. } => origin.clone(),
+            PeerMessage::Append { origin, .. }
+            | PeerMessage::Heartbeat { origin, .. }
+            | PeerMessage::Locate { origin } => origin.clone(),
         };
         if !valid_node_id(&origin.node_id) {
             return PeerReply::Refused { reason: format!("invalid origin id {:?}", origin.node_id) };
@@ -140,7 +142,9 @@ impl ReplicaStore {
             Ok(e) => e,
             Err(e) => return PeerReply::Refused { reason: format!("opening the replica: {e}") },
         };
+        let waited = Instant::now();
         let mut e = entry.lock().await;
+        self.metrics.stage(Stage::Lock).observe(waited.elapsed().as_secs_f64());
         e.last_heard = Instant::now();
         e.stop_takeover("the origin is back").await;
         let result = match msg {
@@ -149,7 +153,9 @@ impl ReplicaStore {
                     return PeerReply::Refused { reason: format!("append {seq} arrived after {}", e.last_seq) };
                 }
                 e.last_seq = seq;
+                let started = Instant::now();
                 let result = tokio::task::block_in_place(|| e.mirror.append(segment, offset, &bytes));
+                self.metrics.stage(Stage::Fsync).observe(started.elapsed().as_secs_f64());
                 match result {
                     Ok(MirrorAppend::Stored) => Ok(PeerReply::Stored),
                     Ok(MirrorAppend::Behind { segment, have }) => Ok(PeerReply::Behind { segment, have }),
@@ -159,6 +165,10 @@ impl ReplicaStore {
                     }
                     Err(other) => Err(other.to_string()),
                 }
+            }
+            PeerMessage::Locate { .. } => {
+                let end = e.mirror.end();
+                Ok(PeerReply::CopyEnd { end: WirePosition { segment: end.segment, offset: end.offset } })
             }
             PeerMessage::Heartbeat { acked, .. } => {
                 let to = Position { segment: acked.segment, offset: acked.offset };
@@ -291,15 +301,18 @@ pub async fn serve(endpoint: quinn::Endpoint, store: Arc<ReplicaStore>) {
             while let Ok((mut send, mut recv)) = conn.accept_bi().await {
                 let store = store.clone();
                 tokio::spawn(async move {
-                    let reply = match recv.read_to_end(proto::MAX_MESSAGE_LEN).await {
-                        Ok(bytes) => match proto::decode_message(&bytes) {
-                            Ok(msg) => store.handle(msg).await,
-                            Err(e) => PeerReply::Refused { reason: format!("undecodable message: {e}") },
-                        },
+                    let started = Instant::now();
+                    let bytes = match recv.read_to_end(proto::MAX_MESSAGE_LEN).await {
+                        Ok(bytes) => bytes,
                         Err(e) => {
                             tracing::debug!(error = %e, "replica: reading a message failed");
                             return;
                         }
+                    };
+                    store.metrics.stage(Stage::Receive).observe(started.elapsed().as_secs_f64());
+                    let reply = match proto::decode_message(&bytes) {
+                        Ok(msg) => store.handle(msg).await,
+                        Err(e) => PeerReply::Refused { reason: format!("undecodable message: {e}") },
                     };
                     if let Ok(bytes) = proto::encode_reply(&reply) {
                         let _ = send.write_all(&bytes).await;

@@ -10,8 +10,8 @@
 //! - at the end of the copy: append, `fdatasync`, ack;
 //! - before the end: the bytes after `offset` were never acknowledged by the origin (it refused
 //!   that group and cut its own WAL back), so they are cut and overwritten;
-//! - after the end, or in a segment that starts past 0: [`MirrorAppend::Behind`], and the origin
-//!   sends the missing bytes first;
+//! - after the end, or in a segment that starts past 0: [`MirrorAppend::Behind`] with where the
+//!   copy ends, and the origin sends the missing bytes first (of every segment in between);
 //! - in a segment older than the last one: refused (the origin never goes back).
 //!
 //! After a failed write or sync the copy refuses every append until the process restarts
@@ -32,7 +32,7 @@ use super::{Position, Shared, recover_tail, watermark};
 pub enum MirrorAppend {
     /// Durable here.
     Stored,
-    /// This copy of `segment` ends at `have`; send the bytes from there first.
+    /// The copy ends at `have` in `segment` (its last); send the bytes from there first.
     Behind { segment: u64, have: u64 },
 }
 
@@ -106,7 +106,7 @@ impl Mirror {
         }
         if segment > self.end.segment {
             if offset > 0 {
-                return Ok(MirrorAppend::Behind { segment, have: 0 });
+                return Ok(MirrorAppend::Behind { segment: self.end.segment, have: self.end.offset });
             }
             self.file = Some(create_segment(&*self.storage, &self.dir, segment).inspect_err(|_| self.failed = true)?);
             self.end = Position { segment, offset: 0 };
@@ -205,8 +205,8 @@ mod tests {
         let at_b = a.len() as u64;
         // A gap: the replica missed a group.
         assert_eq!(m.append(3, at_b + 10, &c).unwrap(), MirrorAppend::Behind { segment: 3, have: at_b });
-        // A new segment that does not start at 0.
-        assert_eq!(m.append(4, 5, &c).unwrap(), MirrorAppend::Behind { segment: 4, have: 0 });
+        // A new segment that does not start at 0: the copy's end is in the one before.
+        assert_eq!(m.append(4, 5, &c).unwrap(), MirrorAppend::Behind { segment: 3, have: at_b });
         assert_eq!(m.append(3, at_b, &b).unwrap(), MirrorAppend::Stored);
         assert_eq!(std::fs::read(segment_path(dir.path(), 3)).unwrap(), [a.clone(), b.clone()].concat());
         // A group the origin refused and cut back is overwritten by the next one at its offset.
