@@ -500,7 +500,8 @@ impl PeerTask {
 
     fn failed(&mut self, error: &str) {
         if self.down_until.is_none() {
-            tracing::warn!(peer = %self.link.peer.id, addr = %self.link.peer.addr, error, "replication: peer unreachable");
+            tracing::warn!(peer = %self.link.peer.id, addr = %self.link.peer.addr, error,
+                "replication: peer failed; its acks are missing until it answers again");
         }
         self.down_until = Some(Instant::now() + self.backoff);
         self.backoff = (self.backoff * 2).min(MAX_BACKOFF);

@@ -54,6 +54,11 @@ pub struct ReplicationMetrics {
     pub takeovers: IntCounter,
     /// Where a group's replication time goes, by [`Stage`].
     stages: HistogramVec,
+    /// Replica side: disk bytes of the copies of peers' WALs, their budget, and the appends
+    /// refused because of it.
+    pub replica_bytes: IntGauge,
+    pub replica_budget_bytes: IntGauge,
+    pub replica_refusals: IntCounter,
 }
 
 /// The legs of one group's trip to a replica and back, each a `stage` of
@@ -129,6 +134,18 @@ impl ReplicationMetrics {
                 .buckets(prometheus::exponential_buckets(0.000_025, 2.0, 18)?),
                 &["stage"],
             )?,
+            replica_bytes: IntGauge::new(
+                "sluice_edge_replication_replica_bytes",
+                "Disk bytes of this edge's copies of its peers' WALs",
+            )?,
+            replica_budget_bytes: IntGauge::new(
+                "sluice_edge_replication_replica_budget_bytes",
+                "replication.replica_budget_bytes: what the copies of peers' WALs may take",
+            )?,
+            replica_refusals: IntCounter::new(
+                "sluice_edge_replication_replica_refusals_total",
+                "Peers' appends refused because the copies would exceed replication.replica_budget_bytes",
+            )?,
         };
         // Every stage from the start, so a dashboard shows 0 rather than "no data".
         for stage in Stage::ALL {
@@ -149,7 +166,10 @@ impl ReplicationMetrics {
         registry.register(Box::new(self.unreplicated_groups.clone()))?;
         registry.register(Box::new(self.lag_bytes.clone()))?;
         registry.register(Box::new(self.takeovers.clone()))?;
-        registry.register(Box::new(self.stages.clone()))
+        registry.register(Box::new(self.stages.clone()))?;
+        registry.register(Box::new(self.replica_bytes.clone()))?;
+        registry.register(Box::new(self.replica_budget_bytes.clone()))?;
+        registry.register(Box::new(self.replica_refusals.clone()))
     }
 }
 
@@ -313,7 +333,13 @@ impl Replication {
         };
         let lease = Duration::from_secs(config.replication.lease_secs);
         let store = Arc::new(tokio::task::block_in_place(|| {
-            server::ReplicaStore::open(&wal.dir().join("replica"), lease, takeover, self.metrics.clone())
+            server::ReplicaStore::open(
+                &wal.dir().join("replica"),
+                lease,
+                config.replication.replica_budget_bytes,
+                takeover,
+                self.metrics.clone(),
+            )
         })?);
         tracing::info!(%addr, lease_secs = config.replication.lease_secs, "replication: serving replicas for peers");
         // The tasks hold the lane: it stops once the edge aborts them at shutdown.

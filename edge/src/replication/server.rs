@@ -25,7 +25,7 @@ use super::{ReplicationMetrics, Stage};
 use crate::config::ForwarderConfig;
 use crate::forwarder::Forwarder;
 use crate::wal::Position;
-use crate::wal::mirror::{Mirror, MirrorAppend, MirrorError};
+use crate::wal::mirror::{Mirror, MirrorAppend, MirrorError, Usage};
 
 /// How often leases and orphans are checked.
 const CHECK_EVERY: Duration = Duration::from_millis(200);
@@ -46,11 +46,27 @@ pub struct ReplicaStore {
     root: PathBuf,
     lease: Duration,
     takeover: Option<TakeoverConfig>,
-    entries: Mutex<HashMap<(String, u64), SharedEntry>>,
+    /// Disk bytes all copies together may take.
+    budget: u64,
+    entries: Mutex<HashMap<(String, u64), Slot>>,
     metrics: Arc<ReplicationMetrics>,
 }
 
 type SharedEntry = Arc<tokio::sync::Mutex<Entry>>;
+
+/// A copy, and its disk bytes readable without waiting for its lock.
+#[derive(Clone)]
+struct Slot {
+    entry: SharedEntry,
+    usage: Usage,
+}
+
+impl Slot {
+    fn new(node_id: String, wal_id: u64, mirror: Mirror) -> Self {
+        let usage = mirror.usage();
+        Slot { entry: Arc::new(tokio::sync::Mutex::new(Entry::new(node_id, wal_id, mirror))), usage }
+    }
+}
 
 /// One origin WAL's copy.
 struct Entry {
@@ -71,6 +87,7 @@ impl ReplicaStore {
     pub fn open(
         root: &Path,
         lease: Duration,
+        budget: u64,
         takeover: Option<TakeoverConfig>,
         metrics: Arc<ReplicationMetrics>,
     ) -> std::io::Result<Self> {
@@ -89,13 +106,21 @@ impl ReplicaStore {
                 let mirror = Mirror::open(&wal.path())?;
                 tracing::info!(origin = %node_id, wal_id = %format!("{wal_id:016x}"), end_segment = mirror.end().segment,
                     end_offset = mirror.end().offset, "replica: opened copy");
-                entries.insert(
-                    (node_id.clone(), wal_id),
-                    Arc::new(tokio::sync::Mutex::new(Entry::new(node_id.clone(), wal_id, mirror))),
-                );
+                entries.insert((node_id.clone(), wal_id), Slot::new(node_id.clone(), wal_id, mirror));
             }
         }
-        Ok(Self { root: root.to_path_buf(), lease, takeover, entries: Mutex::new(entries), metrics })
+        metrics.replica_budget_bytes.set(i64::try_from(budget).unwrap_or(i64::MAX));
+        let store = Self { root: root.to_path_buf(), lease, takeover, budget, entries: Mutex::new(entries), metrics };
+        store.used();
+        Ok(store)
+    }
+
+    /// Disk bytes of all copies; also sets the gauge.
+    fn used(&self) -> u64 {
+        let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        let used = entries.values().map(|slot| slot.usage.bytes()).sum();
+        self.metrics.replica_bytes.set(i64::try_from(used).unwrap_or(i64::MAX));
+        used
     }
 
     fn dir(&self, origin: &Origin) -> PathBuf {
@@ -106,12 +131,13 @@ impl ReplicaStore {
     fn entry(&self, origin: &Origin) -> std::io::Result<SharedEntry> {
         let key = (origin.node_id.clone(), origin.wal_id);
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(e) = entries.get(&key) {
-            return Ok(e.clone());
+        if let Some(slot) = entries.get(&key) {
+            return Ok(slot.entry.clone());
         }
         let mirror = tokio::task::block_in_place(|| Mirror::open(&self.dir(origin)))?;
-        let entry = Arc::new(tokio::sync::Mutex::new(Entry::new(origin.node_id.clone(), origin.wal_id, mirror)));
-        for ((node, wal_id), other) in entries.iter() {
+        let slot = Slot::new(origin.node_id.clone(), origin.wal_id, mirror);
+        let entry = slot.entry.clone();
+        for ((node, wal_id), Slot { entry: other, .. }) in entries.iter() {
             if *node == origin.node_id {
                 tracing::warn!(origin = %node, old_wal_id = %format!("{wal_id:016x}"), new_wal_id = %format!("{:016x}", origin.wal_id),
                     "replica: origin came back with a new WAL (its disk was lost); forwarding the old copy now");
@@ -124,7 +150,7 @@ impl ReplicaStore {
                 }
             }
         }
-        entries.insert(key, entry.clone());
+        entries.insert(key, slot);
         Ok(entry)
     }
 
@@ -152,10 +178,18 @@ impl ReplicaStore {
                 if seq <= e.last_seq {
                     return PeerReply::Refused { reason: format!("append {seq} arrived after {}", e.last_seq) };
                 }
+                let used = self.used();
+                if used.saturating_add(bytes.len() as u64) > self.budget {
+                    self.metrics.replica_refusals.inc();
+                    tracing::warn!(origin = %origin.node_id, used_bytes = used, budget_bytes = self.budget,
+                        append_bytes = bytes.len(), "replica: budget for peers' copies full; refusing the append");
+                    return PeerReply::Full { used_bytes: used, budget_bytes: self.budget };
+                }
                 e.last_seq = seq;
                 let started = Instant::now();
                 let result = tokio::task::block_in_place(|| e.mirror.append(segment, offset, &bytes));
                 self.metrics.stage(Stage::Fsync).observe(started.elapsed().as_secs_f64());
+                self.used();
                 match result {
                     Ok(MirrorAppend::Stored) => Ok(PeerReply::Stored),
                     Ok(MirrorAppend::Behind { segment, have }) => Ok(PeerReply::Behind { segment, have }),
@@ -172,9 +206,9 @@ impl ReplicaStore {
             }
             PeerMessage::Heartbeat { acked, .. } => {
                 let to = Position { segment: acked.segment, offset: acked.offset };
-                tokio::task::block_in_place(|| e.mirror.trim(to))
-                    .map(|()| PeerReply::Stored)
-                    .map_err(|io| io.to_string())
+                let trimmed = tokio::task::block_in_place(|| e.mirror.trim(to));
+                self.used();
+                trimmed.map(|()| PeerReply::Stored).map_err(|io| io.to_string())
             }
         };
         result.unwrap_or_else(|reason| PeerReply::Refused { reason })
@@ -182,7 +216,10 @@ impl ReplicaStore {
 
     /// Starts takeovers for silent origins and orphans; drops orphans core has acknowledged.
     pub async fn check_leases(&self) {
-        let entries: Vec<_> = self.entries.lock().unwrap_or_else(PoisonError::into_inner).values().cloned().collect();
+        // A takeover's forwarder trims the copy it reads.
+        self.used();
+        let entries: Vec<_> =
+            self.entries.lock().unwrap_or_else(PoisonError::into_inner).values().map(|s| s.entry.clone()).collect();
         for entry in entries {
             let mut e = entry.lock().await;
             let drained = match tokio::task::block_in_place(|| e.mirror.drained()) {
@@ -336,6 +373,40 @@ pub async fn watch_leases(store: Arc<ReplicaStore>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn append(origin: &Origin, seq: u64, segment: u64, offset: u64, bytes: &[u8]) -> PeerMessage {
+        PeerMessage::Append { origin: origin.clone(), seq, segment, offset, bytes: bytes.to_vec() }
+    }
+
+    /// Peers' copies share one budget: an append past it is refused with nothing written, and
+    /// the origin's watermark trimming a copy makes room again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn appends_past_the_budget_are_refused_until_trims_make_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Arc::new(ReplicationMetrics::new().unwrap());
+        let rec =
+            crate::wal::test_record(1, vec![sluice_wire::EventRecord { event_id: "e".into(), json: vec![7; 500] }]);
+        let len = rec.len() as u64;
+        let budget = 2 * len + len / 2;
+        let store = ReplicaStore::open(dir.path(), Duration::from_secs(60), budget, None, metrics.clone()).unwrap();
+        let (a, b) = (Origin { node_id: "a".into(), wal_id: 1 }, Origin { node_id: "b".into(), wal_id: 2 });
+        assert_eq!(store.handle(append(&a, 1, 1, 0, &rec)).await, PeerReply::Stored);
+        assert_eq!(store.handle(append(&a, 2, 1, len, &rec)).await, PeerReply::Stored);
+        let full = PeerReply::Full { used_bytes: 2 * len, budget_bytes: budget };
+        assert_eq!(store.handle(append(&a, 3, 2, 0, &rec)).await, full);
+        // Another origin's copy counts against the same budget.
+        assert_eq!(store.handle(append(&b, 1, 1, 0, &rec)).await, full);
+        assert!(!crate::wal::segment_path(&dir.path().join("a").join(format!("{:016x}", 1)), 2).exists());
+        assert_eq!(metrics.replica_refusals.get(), 2);
+        assert_eq!((metrics.replica_bytes.get(), metrics.replica_budget_bytes.get()), (2 * len as i64, budget as i64));
+        // Core acknowledged segment 1: the heartbeat trims it and the next append fits.
+        let acked = WirePosition { segment: 2, offset: 0 };
+        assert_eq!(store.handle(PeerMessage::Heartbeat { origin: a.clone(), acked }).await, PeerReply::Stored);
+        assert_eq!(metrics.replica_bytes.get(), 0);
+        assert_eq!(store.handle(append(&a, 4, 2, 0, &rec)).await, PeerReply::Stored);
+        assert_eq!(store.handle(append(&b, 2, 1, 0, &rec)).await, PeerReply::Stored);
+        assert_eq!(metrics.replica_bytes.get(), 2 * len as i64);
+    }
 
     #[test]
     fn node_ids_cannot_escape_the_replica_directory() {
