@@ -319,6 +319,11 @@ pub struct ReplicationConfig {
     /// Seconds a replica waits without hearing from an origin before it forwards the origin's
     /// unacknowledged records to core itself. Default 10.
     pub lease_secs: u64,
+    /// Disk bytes this edge's copies of all its peers' WALs may take, apart from its own WAL's
+    /// `wal.budget_bytes`. An append past it is refused (the origin counts the peer as not
+    /// acking: `503 replica_unavailable` in `require` mode) until the origins' watermarks trim
+    /// the copies. Default 8 GiB.
+    pub replica_budget_bytes: u64,
     /// Name every peer's certificate must carry (one name shared by the POP). Unset (the
     /// default): a peer given by DNS name must present a certificate for that name, which proves
     /// the connection reached that very peer and not whichever pod holds its old IP now; a peer
@@ -341,6 +346,7 @@ impl Default for ReplicationConfig {
             mode: DegradedMode::Require,
             ack_timeout_ms: 1_000,
             lease_secs: 10,
+            replica_budget_bytes: 8 * 1024 * 1024 * 1024,
             server_name: None,
             ca_cert: None,
             cert: None,

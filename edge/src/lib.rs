@@ -71,6 +71,8 @@ pub struct Edge {
     pub admin_addr: Option<SocketAddr>,
     /// Where peers' replicas are received, when `replication.listen` is set.
     pub replication_addr: Option<SocketAddr>,
+    /// Replication metrics, of this edge as an origin and as a replica.
+    pub replication_metrics: Arc<replication::ReplicationMetrics>,
     pub wal: Wal,
     pub metrics: Arc<metrics::EdgeMetrics>,
     /// Drain state: readiness, the ingest gate and the drain's outcome.
@@ -119,6 +121,7 @@ pub async fn start_with_clock(config: EdgeConfig, clock: clock::Clock) -> Result
         peers,
         metrics: replication.metrics(),
     });
+    let replication_metrics = replication.metrics();
     let (replication_addr, replication_tasks) = replication.start(&wal, &config, &metrics)?;
     let (stop, stop_rx) = watch::channel(false);
     let mut link = None;
@@ -212,6 +215,7 @@ pub async fn start_with_clock(config: EdgeConfig, clock: clock::Clock) -> Result
         http_addr,
         admin_addr,
         replication_addr,
+        replication_metrics,
         wal,
         metrics,
         drain,

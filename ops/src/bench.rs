@@ -38,6 +38,7 @@ use sluice_core::dedupe::{DedupeIndex, RedbDedupe};
 use sluice_core::metrics::CoreMetrics;
 use sluice_core::server::Ingest;
 use sluice_edge::config::{EdgeConfig, LimitsConfig, PeerConfig, PiiPolicy, ValidationConfig};
+use sluice_edge::replication::Stage;
 use sluice_edge::validate::{self, BatchContext};
 use sluice_wire::protocol::{self, Ack, FrameHeader, PROTOCOL_VERSION};
 use sluice_wire::record::encode_record;
@@ -241,6 +242,8 @@ pub struct EdgePhase {
     pub fsyncs: SlowShare,
     /// Hypervisor steal on all CPUs during the phase.
     pub steal: Duration,
+    /// Replicated phases: each stage of a group's replication (origin's and peer's), by label.
+    pub stages: Vec<(&'static str, SlowShare)>,
 }
 
 /// Server-side view of a phase: how many of the server's timings exceeded two bounds. Set against
@@ -376,7 +379,7 @@ impl Steal {
 
 /// The thread group a thread belongs to, by the name it was given.
 pub fn thread_group(comm: &str) -> &'static str {
-    if comm.starts_with("edge-rt") {
+    if comm.starts_with("edge-rt") || comm.starts_with("sluice-repl") {
         "edge"
     } else if comm.starts_with("wal-writer") {
         "wal"
@@ -517,6 +520,18 @@ fn start_edge(opts: &BenchOptions, dir: &Path, replication: Replication) -> anyh
 }
 
 impl EdgeUnderTest {
+    /// The replication stages of a replicated phase: the origin's, then the peer's.
+    fn stages(&self) -> Vec<(&'static str, SlowShare)> {
+        let Some(peer) = &self.peer else { return Vec::new() };
+        let (origin, replica) = (&self.edge.replication_metrics, &peer.replication_metrics);
+        [Stage::Queue, Stage::RoundTrip]
+            .map(|s| (s.label(), SlowShare::read(&origin.stage(s))))
+            .into_iter()
+            .chain([Stage::Receive, Stage::Lock, Stage::Fsync].map(|s| (s.label(), SlowShare::read(&replica.stage(s)))))
+            .chain([("all acks", SlowShare::read(&origin.ack_latency))])
+            .collect()
+    }
+
     fn stop(self) {
         self.rt.block_on(self.edge.shutdown());
         if let Some(peer) = self.peer {
@@ -558,10 +573,11 @@ fn edge_phase(
     let appends = SlowShare::read(&edge.edge.metrics.enqueue_latency);
     let handled = SlowShare::read(&edge.edge.metrics.request_duration);
     let fsyncs = SlowShare::read(&edge.edge.wal.stats().sync_latency);
+    let stages = edge.stages();
     edge.stop();
     std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
     let report = report.with_context(|| format!("load phase {label}"))?;
-    Ok(EdgePhase { label: label.to_string(), report, wal, cpu, appends, handled, fsyncs, steal })
+    Ok(EdgePhase { label: label.to_string(), report, wal, cpu, appends, handled, fsyncs, steal, stages })
 }
 
 /// Everything the suite measured.
@@ -1217,14 +1233,7 @@ pub fn render(opts: &BenchOptions, r: &BenchResults, machine: &str) -> String {
         e.missing
     );
 
-    let _ = writeln!(
-        s,
-        "\n### 5. Replication: local only vs replicated (R=2; the peer edge runs in this process, loopback QUIC, same disk)\n"
-    );
-    let _ = writeln!(s, "{EDGE_TABLE_HEADER}");
-    for p in &r.replication {
-        edge_row(&mut s, p, opts);
-    }
+    render_replication(&mut s, opts, &r.replication);
 
     if let Some(max) = median_max(&r.edge) {
         let per_event = max.wal_bytes_per_event();
@@ -1251,6 +1260,50 @@ pub fn render(opts: &BenchOptions, r: &BenchResults, machine: &str) -> String {
         );
     }
     s
+}
+
+/// Section 5: the replication phases, and where a replicated group's time goes.
+fn render_replication(s: &mut String, opts: &BenchOptions, phases: &[EdgePhase]) {
+    let _ = writeln!(
+        s,
+        "\n### 5. Replication: local only vs replicated (R=2; the peer edge runs in this process, loopback QUIC, same disk)\n"
+    );
+    let _ = writeln!(s, "{EDGE_TABLE_HEADER}");
+    for p in phases {
+        edge_row(s, p, opts);
+    }
+    let replicated: Vec<&EdgePhase> = phases.iter().filter(|p| !p.stages.is_empty()).collect();
+    let Some(first) = replicated.first() else { return };
+    let _ = writeln!(
+        s,
+        "\nReplicated groups by stage (`sluice_edge_replication_stage_seconds`): p99 bucket bound ms, share > 12.8 ms.\n"
+    );
+    let names: Vec<&str> = first.stages.iter().map(|(name, _)| *name).collect();
+    let _ = writeln!(s, "| phase | {} |\n|---|{}", names.join(" | "), "---:|".repeat(names.len()));
+    for p in replicated {
+        let cells: Vec<String> = p
+            .stages
+            .iter()
+            .map(|(_, h)| format!("{:.2}, {:.2}%", h.p99_bound_ms, share(h.over_12ms, h.total)))
+            .collect();
+        let _ = writeln!(s, "| {} | {} |", p.label, cells.join(" | "));
+    }
+}
+
+/// Only the replication phases (section 5), for working on replication without the whole suite.
+pub fn run_replication(opts: &BenchOptions, progress: &MultiProgress) -> anyhow::Result<String> {
+    std::fs::create_dir_all(&opts.dir).with_context(|| format!("creating {}", opts.dir.display()))?;
+    let scratch = tempfile::Builder::new().prefix("bench-").tempdir_in(&opts.dir).context("scratch directory")?;
+    let bar = progress.add(ProgressBar::new(1).with_prefix("bench"));
+    let lg = on_cpus(opts.loadgen_cpus().as_ref(), || runtime(opts.loadgen_threads, "loadgen"))
+        .context("pinning the load generator")??;
+    let phases = replication_phases(opts, &scratch.path().join("edge"), &lg, &bar)?;
+    lg.shutdown_timeout(Duration::from_secs(5));
+    bar.finish_and_clear();
+    let mut s = describe_machine(&opts.dir);
+    s.push('\n');
+    render_replication(&mut s, opts, &phases);
+    Ok(s)
 }
 
 /// One line about the machine: cores and the filesystem of `dir`.

@@ -103,6 +103,9 @@ enum Command {
         /// CPUs, the edge phases run the edge on the first and the generator on the second.
         #[arg(long)]
         no_pin: bool,
+        /// Only the replication phases (section 5), about half a minute.
+        #[arg(long)]
+        replication_only: bool,
     },
     /// Drain an edge through its admin API: readiness off, new requests refused, forward the WAL
     /// until empty or the deadline, then the edge exits. Shows progress and a summary.
@@ -292,7 +295,7 @@ pub fn main() -> anyhow::Result<()> {
             },
             threads,
         ),
-        Command::Bench { dir, out, server_threads, loadgen_threads, connections, quick, no_pin } => {
+        Command::Bench { dir, out, server_threads, loadgen_threads, connections, quick, no_pin, replication_only } => {
             let mut opts = BenchOptions { server_threads, loadgen_threads, connections, ..BenchOptions::new(dir) };
             if no_pin {
                 opts.pinning = None;
@@ -300,7 +303,7 @@ pub fn main() -> anyhow::Result<()> {
             if quick {
                 opts.phases = bench::Phases::smoke();
             }
-            run_bench(&opts, &out)
+            run_bench(&opts, &out, replication_only)
         }
         Command::Drain { edge, token, deadline_secs, json } => run_drain(edge, &token, deadline_secs, json),
         Command::Wal { action } => run_wal(action),
@@ -567,11 +570,15 @@ fn run_loadgen(opts: LoadgenOptions, threads: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run_bench(opts: &BenchOptions, out: &std::path::Path) -> anyhow::Result<()> {
+fn run_bench(opts: &BenchOptions, out: &std::path::Path, replication_only: bool) -> anyhow::Result<()> {
     let progress = indicatif::MultiProgress::new();
-    eprintln!("bench: the full suite takes about three minutes; numbers are noisy if other work shares the cores");
-    let results = bench::run(opts, &progress)?;
-    let table = bench::render(opts, &results, &bench::describe_machine(&opts.dir));
+    let table = if replication_only {
+        bench::run_replication(opts, &progress)?
+    } else {
+        eprintln!("bench: the full suite takes about three minutes; numbers are noisy if other work shares the cores");
+        let results = bench::run(opts, &progress)?;
+        bench::render(opts, &results, &bench::describe_machine(&opts.dir))
+    };
     std::fs::write(out, &table).with_context(|| format!("writing {}", out.display()))?;
     println!("{table}");
     eprintln!("bench: table written to {}", out.display());

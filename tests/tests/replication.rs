@@ -615,3 +615,105 @@ async fn a_peer_name_that_does_not_resolve_refuses_without_failing_startup() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// A replica away for several segments is brought level on all of them before it counts again.
+/// Core is down, so `a` trims nothing; `b` dies, `a` (allow_local) writes four more segments,
+/// `b` returns and `a` sends it every segment it missed. Then `a` dies with its disk: only `b`'s
+/// copy is left, and its takeover must deliver every accepted event, the missed segments too.
+#[test]
+fn a_replica_away_for_several_segments_is_caught_up_on_all_of_them() {
+    let pop = Pop::new("repl-catchup");
+    let (a, b) = (Node::new("a"), Node::new("b"));
+    let b_opts = b.opts(&[("a", a.repl)], "allow_local");
+    let mut b_proc = pop.edge(&b, &b_opts);
+    let a_opts = EdgeOpts { segment_bytes: Some(16 * 1024), ..a.opts(&[("b", b.repl)], "allow_local") };
+    let mut a_proc = pop.edge(&a, &a_opts);
+    let collector = pop.collector();
+    let ledger = Ledger::new();
+    for i in 0..5 {
+        post_healthy(&ledger, &a, &pop.env.key, format!("before-{i}"));
+    }
+    wait_until("a replicated group before the kill", Duration::from_secs(30), || {
+        post(&ledger, &a, &pop.env.key, format!("settle-{}", rand_suffix()));
+        a.metric("sluice_edge_replication_degraded") == 0.0
+    });
+    b_proc.kill9();
+    let a_wal = pop.env.node_wal_dir(Some("a"));
+    let at_kill = sluice_tests::walfile::segments(&a_wal).len();
+    let mut i = 0;
+    while sluice_tests::walfile::segments(&a_wal).len() < at_kill + 4 {
+        assert_eq!(post(&ledger, &a, &pop.env.key, format!("away-{i}")), Outcome::Accepted, "allow_local");
+        i += 1;
+    }
+    let b_proc = pop.edge(&b, &b_opts);
+    wait_until("b to count again", Duration::from_secs(60), || {
+        post(&ledger, &a, &pop.env.key, format!("back-{}", rand_suffix()));
+        a.metric("sluice_edge_replication_degraded") == 0.0
+    });
+    assert!(a_proc.log().contains("missing bytes of every segment"), "b was not caught up:\n{}", a_proc.log());
+    // b's copy is a's WAL, segment by segment, the ones written while b was away included.
+    let copy = pop.env.node_wal_dir(Some("b")).join("replica").join("a");
+    let copied = walfile_segments(&copy);
+    for segment in sluice_tests::walfile::segments(&a_wal) {
+        let name = segment.file_name().expect("segment name");
+        let theirs = copied.iter().find(|c| c.file_name() == Some(name)).unwrap_or_else(|| {
+            panic!("b has no copy of {name:?}; it has {copied:?}");
+        });
+        assert_eq!(std::fs::read(theirs).ok(), std::fs::read(&segment).ok(), "{name:?} differs on b");
+    }
+
+    a_proc.kill9();
+    std::fs::remove_dir_all(&a_wal).expect("deleting a's WAL");
+    let _core = pop.core();
+    let healed = Instant::now();
+    let report = settle("replica away for 4 segments, then the origin's disk lost", &ledger, collector, Some(healed));
+    report.assert_no_loss();
+    assert!(b_proc.log().contains("taking over"), "b never took over");
+    b_proc.assert_no_panic();
+}
+
+/// Peers' copies live inside a budget of their own: `b` refuses appends past
+/// `replica_budget_bytes`, and `a` (require) answers `503 replica_unavailable` rather than a
+/// `202` it could not back with a replica. Once core has a's events, a's watermark trims `b`'s
+/// copy and `a` accepts again; nothing accepted is lost.
+#[test]
+fn a_full_replica_budget_refuses_with_503() {
+    const BUDGET: u64 = 48 * 1024;
+    let pop = Pop::new("repl-budget");
+    let (a, b) = (Node::new("a"), Node::new("b"));
+    let mut b_opts = b.opts(&[("a", a.repl)], "require");
+    b_opts.extra_toml =
+        b_opts.extra_toml.replace("[replication]\n", &format!("[replication]\nreplica_budget_bytes = {BUDGET}\n"));
+    let b_proc = pop.edge(&b, &b_opts);
+    let a_proc = pop.edge(&a, &EdgeOpts { segment_bytes: Some(16 * 1024), ..a.opts(&[("b", b.repl)], "require") });
+    let collector = pop.collector();
+    let ledger = Ledger::new();
+    // Core is down: nothing is acked, so nothing trims b's copy until the budget is full.
+    post_healthy(&ledger, &a, &pop.env.key, "first".into());
+    let mut i = 0;
+    while post(&ledger, &a, &pop.env.key, format!("fill-{i}")) == Outcome::Accepted {
+        i += 1;
+        assert!(i < 500, "b never refused an append with a {BUDGET}-byte budget");
+    }
+    assert_eq!(b.metric("sluice_edge_replication_replica_budget_bytes"), BUDGET as f64);
+    assert!(b.metric("sluice_edge_replication_replica_refusals_total") >= 1.0);
+    assert!(b.metric("sluice_edge_replication_replica_bytes") <= BUDGET as f64);
+    assert!(a_proc.log().contains("replica budget full"), "a did not see b's refusal:\n{}", a_proc.log());
+    let body = sluice_tests::ledger::body_for(&["raw".into()]);
+    let auth = format!("Bearer {}", pop.env.key);
+    let headers = [("Authorization", auth.as_str()), ("Content-Type", "application/json")];
+    let r = sluice_tests::http::request(a.http, "POST", "/v1/events", &headers, &body).expect("request");
+    assert_eq!((r.status, r.json()["error"]["code"].as_str()), (503, Some("replica_unavailable")));
+    assert!(r.header("retry-after").is_some());
+
+    let _core = pop.core();
+    let mut j = 0;
+    wait_until("a accepting once b's copy is trimmed", Duration::from_secs(60), || {
+        j += 1;
+        post(&ledger, &a, &pop.env.key, format!("trimmed-{j}")) == Outcome::Accepted
+    });
+    let report = settle("replica budget full, require", &ledger, collector, None);
+    report.assert_no_loss();
+    a_proc.assert_no_panic();
+    b_proc.assert_no_panic();
+}

@@ -39,6 +39,10 @@ pub enum PeerMessage {
     /// Sent periodically: the origin is alive (it renews the replica's takeover lease), and core
     /// has acknowledged everything before `acked` (the replica trims up to it).
     Heartbeat { origin: Origin, acked: WirePosition },
+    /// Where does the copy end? Asked after the origin lost track of this replica (a start, a
+    /// failed or skipped append), so it can send every byte the copy lacks, across segments,
+    /// before the replica counts again. Answered with [`PeerReply::CopyEnd`].
+    Locate { origin: Origin },
 }
 
 /// A position in the origin's WAL: byte `offset` of segment `segment`.
@@ -57,6 +61,11 @@ pub enum PeerReply {
     Behind { segment: u64, have: u64 },
     /// The replica cannot store this (I/O error, an append to a segment it has moved past).
     Refused { reason: String },
+    /// The copy ends at `end` (the answer to [`PeerMessage::Locate`]).
+    CopyEnd { end: WirePosition },
+    /// Storing the append would take this replica's copies of all its peers past their disk
+    /// budget (`used_bytes` of `budget_bytes` in use). Nothing was written.
+    Full { used_bytes: u64, budget_bytes: u64 },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -90,14 +99,19 @@ mod tests {
         let origin = Origin { node_id: "edge-a".into(), wal_id: 42 };
         let msgs = [
             PeerMessage::Append { origin: origin.clone(), seq: 5, segment: 3, offset: 4096, bytes: vec![1, 2, 3] },
-            PeerMessage::Heartbeat { origin, acked: WirePosition { segment: 2, offset: 9 } },
+            PeerMessage::Heartbeat { origin: origin.clone(), acked: WirePosition { segment: 2, offset: 9 } },
+            PeerMessage::Locate { origin },
         ];
         for m in msgs {
             assert_eq!(decode_message(&encode_message(&m).unwrap()).unwrap(), m);
         }
-        for r in
-            [PeerReply::Stored, PeerReply::Behind { segment: 1, have: 7 }, PeerReply::Refused { reason: "x".into() }]
-        {
+        for r in [
+            PeerReply::Stored,
+            PeerReply::Behind { segment: 1, have: 7 },
+            PeerReply::Refused { reason: "x".into() },
+            PeerReply::CopyEnd { end: WirePosition { segment: 4, offset: 12 } },
+            PeerReply::Full { used_bytes: 10, budget_bytes: 8 },
+        ] {
             assert_eq!(decode_reply(&encode_reply(&r).unwrap()).unwrap(), r);
         }
     }

@@ -10,9 +10,9 @@
 //! lease off. Heartbeats to a peer that does not answer never hold up appends.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -20,11 +20,11 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use sluice_wire::record::check_record;
 use sluice_wire::replication::{self as proto, Origin, PeerMessage, PeerReply, WirePosition};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
-use super::ReplicationMetrics;
+use super::{Lane, ReplicationMetrics, Stage};
 use crate::config::{DegradedMode, PeerAddr, PeerConfig};
-use crate::wal::{Position, Replicate, Wal, segment_path};
+use crate::wal::{PendingReplicas, Position, Replicate, Wal, segment_path};
 
 /// Backfill messages stay below this size (split at record boundaries).
 const BACKFILL_CHUNK: usize = 4 * 1024 * 1024;
@@ -34,7 +34,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 struct Job {
     at: Position,
     bytes: Bytes,
-    done: oneshot::Sender<bool>,
+    queued: Instant,
+    done: Arc<Tally>,
     /// Set once the writer refused the group (too few acks in time): a peer that has not sent
     /// it yet must not, since a refused record on a replica could be forwarded by a takeover.
     refused: Arc<AtomicBool>,
@@ -46,9 +47,10 @@ pub struct Replicator {
     need: usize,
     mode: DegradedMode,
     timeout: Duration,
-    runtime: tokio::runtime::Handle,
     metrics: Arc<ReplicationMetrics>,
     degraded: Arc<DegradedClock>,
+    /// Holding it keeps the peer tasks' runtime up.
+    _lane: Arc<Lane>,
 }
 
 /// What the peer tasks need that exists only once the WAL is open.
@@ -69,27 +71,32 @@ pub struct ClientParams {
 /// The client socket: IPv4 unless a peer needs IPv6. A peer given by name may resolve to either
 /// family, so then a dual-stack socket is tried first, falling back to IPv4 on hosts without
 /// IPv6 (where binding `[::]` fails) rather than refusing to start.
-fn client_endpoint(peers: &[(PeerConfig, String)]) -> std::io::Result<quinn::Endpoint> {
+fn client_endpoint(lane: &Lane, peers: &[(PeerConfig, String)]) -> std::io::Result<quinn::Endpoint> {
     let v4 = SocketAddr::from(([0, 0, 0, 0], 0));
     let v6 = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0));
     let needs_v6 = peers.iter().any(|(p, _)| matches!(p.addr, PeerAddr::Ip(a) if a.is_ipv6()));
     let named = peers.iter().any(|(p, _)| matches!(p.addr, PeerAddr::Name { .. }));
     if needs_v6 {
-        quinn::Endpoint::client(v6)
+        super::endpoint(lane, v6, None)
     } else if named {
-        quinn::Endpoint::client(v6).or_else(|e| {
+        super::endpoint(lane, v6, None).or_else(|e| {
             tracing::debug!(error = %e, "replication: no IPv6 socket; peers by name are reached over IPv4 only");
-            quinn::Endpoint::client(v4)
+            super::endpoint(lane, v4, None)
         })
     } else {
-        quinn::Endpoint::client(v4)
+        super::endpoint(lane, v4, None)
     }
 }
 
 impl Replicator {
-    /// Spawns one task per peer on the current runtime.
-    pub fn start(p: ClientParams, wal: WalSlot, metrics: Arc<ReplicationMetrics>) -> std::io::Result<Self> {
-        let mut endpoint = client_endpoint(&p.peers)?;
+    /// Spawns one task per peer on `lane`.
+    pub fn start(
+        p: ClientParams,
+        wal: WalSlot,
+        metrics: Arc<ReplicationMetrics>,
+        lane: Arc<Lane>,
+    ) -> std::io::Result<Self> {
+        let mut endpoint = client_endpoint(&lane, &p.peers)?;
         endpoint.set_default_client_config(p.tls);
         // Continues across restarts (wall clock), so a replica can drop an append that was
         // delayed past a newer one even if the origin restarted in between.
@@ -116,8 +123,11 @@ impl Replicator {
                     backoff: MIN_BACKOFF,
                     seq,
                     confirmed: confirmed.clone(),
+                    level: None,
+                    queue: metrics.stage(Stage::Queue),
+                    round_trip: metrics.stage(Stage::RoundTrip),
                 };
-                tokio::spawn(task.run(rx));
+                lane.handle().spawn(task.run(rx));
                 let beat = Heartbeat {
                     link: link(),
                     node_id: p.node_id.clone(),
@@ -125,7 +135,7 @@ impl Replicator {
                     confirmed,
                     metrics: metrics.clone(),
                 };
-                tokio::spawn(beat.run(p.heartbeat));
+                lane.handle().spawn(beat.run(p.heartbeat));
                 tx
             })
             .collect();
@@ -134,7 +144,7 @@ impl Replicator {
             need: p.need,
             mode: p.mode,
             timeout: p.timeout,
-            runtime: tokio::runtime::Handle::current(),
+            _lane: lane.clone(),
             degraded: Arc::new(DegradedClock::new(metrics.clone())),
             metrics,
         })
@@ -142,60 +152,107 @@ impl Replicator {
 }
 
 impl Replicate for Replicator {
-    fn begin(&self, at: Position, bytes: &[u8]) -> oneshot::Receiver<Result<(), String>> {
-        let (result_tx, result_rx) = oneshot::channel();
+    fn begin(&self, at: Position, bytes: &[u8]) -> Box<dyn PendingReplicas> {
         let bytes = Bytes::copy_from_slice(bytes);
         let refused = Arc::new(AtomicBool::new(false));
-        let mut acks: FuturesUnordered<_> = self
+        let tally = Arc::new(Tally::default());
+        let queued = Instant::now();
+        let peers = self
             .peers
             .iter()
-            .filter_map(|peer| {
-                let (done, wait) = oneshot::channel();
-                peer.send(Job { at, bytes: bytes.clone(), done, refused: refused.clone() }).ok().map(|()| wait)
+            .filter(|peer| {
+                let job = Job { at, bytes: bytes.clone(), queued, done: tally.clone(), refused: refused.clone() };
+                peer.send(job).is_ok()
             })
-            .collect();
-        let (need, mode, timeout) = (self.need, self.mode, self.timeout);
-        let (metrics, degraded) = (self.metrics.clone(), self.degraded.clone());
-        self.runtime.spawn(async move {
-            let started = Instant::now();
-            let mut got = 0;
-            let _ = tokio::time::timeout(timeout, async {
-                while got < need {
-                    match acks.next().await {
-                        Some(Ok(true)) => got += 1,
-                        Some(_) => {}
-                        None => break,
-                    }
-                }
-            })
-            .await;
-            let replicated = got >= need;
-            degraded.mark(!replicated);
-            let result = if replicated {
-                metrics.ack_latency.observe(started.elapsed().as_secs_f64());
+            .count();
+        Box::new(Group {
+            at,
+            tally,
+            peers,
+            need: self.need,
+            mode: self.mode,
+            started: queued,
+            deadline: queued + self.timeout,
+            refused,
+            metrics: self.metrics.clone(),
+            degraded: self.degraded.clone(),
+        })
+    }
+}
+
+/// The peers' answers about one group. The peer tasks count into it and the writer thread
+/// waits on it directly, with no task in between to schedule.
+#[derive(Default)]
+struct Tally {
+    answers: Mutex<Answers>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct Answers {
+    acks: usize,
+    answered: usize,
+}
+
+impl Tally {
+    fn answer(&self, stored: bool) {
+        let mut a = self.answers.lock().unwrap_or_else(PoisonError::into_inner);
+        a.answered += 1;
+        a.acks += usize::from(stored);
+        self.changed.notify_one();
+    }
+}
+
+/// One group the writer waits for.
+struct Group {
+    at: Position,
+    tally: Arc<Tally>,
+    /// Peers the group was handed to.
+    peers: usize,
+    need: usize,
+    mode: DegradedMode,
+    started: Instant,
+    deadline: Instant,
+    refused: Arc<AtomicBool>,
+    metrics: Arc<ReplicationMetrics>,
+    degraded: Arc<DegradedClock>,
+}
+
+impl PendingReplicas for Group {
+    fn wait(self: Box<Self>) -> Result<(), String> {
+        let (need, peers) = (self.need, self.peers);
+        let timeout = self.deadline.saturating_duration_since(Instant::now());
+        let answers = self.tally.answers.lock().unwrap_or_else(PoisonError::into_inner);
+        let (answers, _) = self
+            .tally
+            .changed
+            .wait_timeout_while(answers, timeout, |a| a.acks < need && a.answered < peers)
+            .unwrap_or_else(PoisonError::into_inner);
+        let got = answers.acks;
+        drop(answers);
+        let replicated = got >= need;
+        self.degraded.mark(!replicated);
+        if replicated {
+            self.metrics.ack_latency.observe(self.started.elapsed().as_secs_f64());
+            return Ok(());
+        }
+        self.metrics.unreplicated_groups.inc();
+        match self.mode {
+            DegradedMode::AllowLocal => {
+                tracing::warn!(
+                    acks = got,
+                    needed = need,
+                    segment = self.at.segment,
+                    offset = self.at.offset,
+                    "replication: degraded, group accepted with the local copy only (allow_local)"
+                );
                 Ok(())
-            } else {
-                metrics.unreplicated_groups.inc();
-                match mode {
-                    DegradedMode::AllowLocal => {
-                        tracing::warn!(
-                            acks = got,
-                            needed = need,
-                            segment = at.segment,
-                            offset = at.offset,
-                            "replication: degraded, group accepted with the local copy only (allow_local)"
-                        );
-                        Ok(())
-                    }
-                    DegradedMode::Require => {
-                        refused.store(true, Ordering::Release);
-                        Err(format!("{got} of {need} replica acks"))
-                    }
-                }
-            };
-            let _ = result_tx.send(result);
-        });
-        result_rx
+            }
+            DegradedMode::Require => {
+                self.refused.store(true, Ordering::Release);
+                Err(format!("{got} of {need} replica acks"))
+            }
+        }
     }
 }
 
@@ -323,6 +380,11 @@ struct PeerTask {
     seq: u64,
     /// End of what this peer has confirmed durable (read by the heartbeat for the lag gauge).
     confirmed: Arc<Mutex<Position>>,
+    /// Where the peer's copy ends, known to match the local WAL up to there; `None` at start and
+    /// after a failed exchange, when the next append first asks the peer (`Locate`).
+    level: Option<Position>,
+    queue: prometheus::Histogram,
+    round_trip: prometheus::Histogram,
 }
 
 impl PeerTask {
@@ -341,7 +403,7 @@ impl PeerTask {
         let mut run: Vec<Job> = Vec::new();
         for job in batch {
             if job.refused.load(Ordering::Acquire) {
-                let _ = job.done.send(false);
+                job.done.answer(false);
                 continue;
             }
             let contiguous = run.last().is_some_and(|last| {
@@ -361,6 +423,9 @@ impl PeerTask {
         let ok = if self.down_until.is_some_and(|t| Instant::now() < t) {
             false
         } else {
+            for job in &run {
+                self.queue.observe(job.queued.elapsed().as_secs_f64());
+            }
             let at = run[0].at;
             let bytes: Vec<u8> = if run.len() == 1 {
                 run[0].bytes.to_vec()
@@ -376,41 +441,19 @@ impl PeerTask {
             }
         };
         for job in run {
-            let _ = job.done.send(ok);
+            job.done.answer(ok);
         }
     }
 
+    /// Brings the peer level with the local WAL at `at` if it is not, then sends the run. Only
+    /// then does the peer count toward the group's acks.
     async fn append(&mut self, at: Position, bytes: Vec<u8>) -> Result<(), String> {
         let origin = origin(&self.node_id, &self.wal).ok_or("WAL not open yet")?;
         let end = Position { segment: at.segment, offset: at.offset + bytes.len() as u64 };
-        self.seq += 1;
-        let msg = PeerMessage::Append {
-            origin: origin.clone(),
-            seq: self.seq,
-            segment: at.segment,
-            offset: at.offset,
-            bytes,
-        };
-        match self.link.exchange(&msg).await? {
-            PeerReply::Stored => {}
-            PeerReply::Behind { segment, have } if segment == at.segment && have < at.offset => {
-                tracing::info!(peer = %self.link.peer.id, segment, from = have, to = at.offset,
-                    "replication: peer is behind; sending it the missing bytes of the segment");
-                self.backfill(&origin, segment, have, at.offset).await?;
-                self.seq += 1;
-                let PeerMessage::Append { bytes, .. } = msg else { unreachable!("built above") };
-                let again =
-                    PeerMessage::Append { origin, seq: self.seq, segment: at.segment, offset: at.offset, bytes };
-                match self.link.exchange(&again).await? {
-                    PeerReply::Stored => {}
-                    other => return Err(format!("after backfill: {other:?}")),
-                }
-            }
-            PeerReply::Behind { segment, have } => {
-                return Err(format!("peer is behind at segment {segment} offset {have}, before what this WAL keeps"));
-            }
-            PeerReply::Refused { reason } => return Err(format!("refused: {reason}")),
-        }
+        let result = self.level_and_append(&origin, at, bytes).await;
+        // An exchange that failed may still have been stored; ask the copy next time.
+        self.level = result.as_ref().ok().map(|()| end);
+        result?;
         *self.confirmed.lock().unwrap_or_else(PoisonError::into_inner) = end;
         if self.down_until.take().is_some() {
             tracing::info!(peer = %self.link.peer.id, "replication: peer reachable again");
@@ -419,50 +462,217 @@ impl PeerTask {
         Ok(())
     }
 
-    /// Sends `[from, to)` of local segment `segment` (committed bytes: the writer only appends
-    /// after `to`) in chunks that end on record boundaries.
-    async fn backfill(&mut self, origin: &Origin, segment: u64, from: u64, to: u64) -> Result<(), String> {
-        let path = segment_path(&self.wal_dir, segment);
-        let data = tokio::task::spawn_blocking(move || {
-            use std::os::unix::fs::FileExt;
-            let mut buf = vec![0u8; (to - from) as usize];
-            std::fs::File::open(&path).and_then(|f| f.read_exact_at(&mut buf, from)).map(|()| buf)
-        })
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("reading the local segment for backfill: {e}"))?;
-        let mut start = 0usize;
-        while start < data.len() {
-            let mut end = start;
-            while end < data.len() && (end == start || end - start < BACKFILL_CHUNK) {
-                match check_record(&data[end..]) {
-                    Ok(Some(len)) => end += len,
-                    _ => return Err(format!("local segment {segment} has no valid record at {}", from + end as u64)),
+    async fn level_and_append(&mut self, origin: &Origin, at: Position, bytes: Vec<u8>) -> Result<(), String> {
+        if self.level != Some(at) {
+            let from = match self.level {
+                Some(known) => known,
+                None => self.locate(origin).await?,
+            };
+            self.catch_up(origin, from, at).await?;
+        }
+        match self.send(origin, at, bytes).await? {
+            Sent::Stored => Ok(()),
+            // The copy is not where this task thought (the replica lost or cut its copy).
+            Sent::Behind(have, bytes) => {
+                self.catch_up(origin, have, at).await?;
+                match self.send(origin, at, bytes).await? {
+                    Sent::Stored => Ok(()),
+                    Sent::Behind(have, _) => Err(format!("peer still behind at {have:?} after catching up")),
                 }
             }
-            self.seq += 1;
-            let msg = PeerMessage::Append {
-                origin: origin.clone(),
-                seq: self.seq,
-                segment,
-                offset: from + start as u64,
-                bytes: data[start..end].to_vec(),
-            };
-            match self.link.exchange(&msg).await? {
-                PeerReply::Stored => start = end,
-                other => return Err(format!("backfill: {other:?}")),
+        }
+    }
+
+    async fn locate(&mut self, origin: &Origin) -> Result<Position, String> {
+        match self.exchange(&PeerMessage::Locate { origin: origin.clone() }).await? {
+            PeerReply::CopyEnd { end } => Ok(Position { segment: end.segment, offset: end.offset }),
+            other => Err(format!("locating the copy: {}", describe(&other))),
+        }
+    }
+
+    /// One append.
+    async fn send(&mut self, origin: &Origin, at: Position, bytes: Vec<u8>) -> Result<Sent, String> {
+        self.seq += 1;
+        let msg = PeerMessage::Append {
+            origin: origin.clone(),
+            seq: self.seq,
+            segment: at.segment,
+            offset: at.offset,
+            bytes,
+        };
+        match self.exchange(&msg).await? {
+            PeerReply::Stored => Ok(Sent::Stored),
+            PeerReply::Behind { segment, have } => {
+                let PeerMessage::Append { bytes, .. } = msg else { unreachable!("built above") };
+                Ok(Sent::Behind(Position { segment, offset: have }, bytes))
             }
+            other => Err(describe(&other)),
+        }
+    }
+
+    /// Sends the peer, whose copy ends at `from`, what it lacks of the local WAL before `to`:
+    /// the rest of its last segment, every segment after it, and the start of `to`'s segment.
+    async fn catch_up(&mut self, origin: &Origin, from: Position, to: Position) -> Result<(), String> {
+        let dir = self.wal_dir.clone();
+        let lengths = tokio::task::spawn_blocking(move || local_lengths(&dir, from.segment, to))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("listing the local segments to catch up: {e}"))?;
+        let plan = catch_up_plan(from, to, &lengths);
+        if plan.is_empty() {
+            return Ok(());
+        }
+        let bytes: u64 = plan.iter().map(|r| r.end - r.start).sum();
+        tracing::info!(peer = %self.link.peer.id, from_segment = from.segment, from_offset = from.offset,
+            to_segment = to.segment, to_offset = to.offset, segments = plan.len(), bytes,
+            "replication: peer is behind; sending it the missing bytes of every segment it lacks");
+        for range in plan {
+            self.send_range(origin, range).await?;
         }
         Ok(())
     }
 
+    /// Sends `range` of a local segment (committed bytes) in messages that end on record
+    /// boundaries. An empty range still sends one (empty) append: it cuts off bytes of a refused
+    /// group the copy has past the segment's end, or starts an empty segment.
+    async fn send_range(&mut self, origin: &Origin, range: Range) -> Result<(), String> {
+        let mut start = range.start;
+        loop {
+            let path = segment_path(&self.wal_dir, range.segment);
+            let end = range.end;
+            let chunk = tokio::task::spawn_blocking(move || read_records(&path, start, end))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("reading local segment {} for catch-up: {e}", range.segment))?;
+            let len = chunk.len() as u64;
+            let at = Position { segment: range.segment, offset: start };
+            if let Sent::Behind(have, _) = self.send(origin, at, chunk).await? {
+                return Err(format!("catch-up: peer behind at {have:?} while sending {at:?}"));
+            }
+            start += len;
+            if start >= range.end {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn exchange(&mut self, msg: &PeerMessage) -> Result<PeerReply, String> {
+        let started = Instant::now();
+        let reply = self.link.exchange(msg).await;
+        self.round_trip.observe(started.elapsed().as_secs_f64());
+        reply
+    }
+
     fn failed(&mut self, error: &str) {
         if self.down_until.is_none() {
-            tracing::warn!(peer = %self.link.peer.id, addr = %self.link.peer.addr, error, "replication: peer unreachable");
+            tracing::warn!(peer = %self.link.peer.id, addr = %self.link.peer.addr, error,
+                "replication: peer failed; its acks are missing until it answers again");
         }
         self.down_until = Some(Instant::now() + self.backoff);
         self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
     }
+}
+
+/// How an append went, short of an error.
+enum Sent {
+    Stored,
+    /// The copy ends at this position, before the append; the append's bytes come back.
+    Behind(Position, Vec<u8>),
+}
+
+fn describe(reply: &PeerReply) -> String {
+    match reply {
+        PeerReply::Refused { reason } => format!("refused: {reason}"),
+        PeerReply::Full { used_bytes, budget_bytes } => {
+            format!("replica budget full: {used_bytes} of {budget_bytes} bytes of peers' copies in use")
+        }
+        other => format!("unexpected reply {other:?}"),
+    }
+}
+
+/// Bytes `[start, end)` of local segment `segment`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Range {
+    segment: u64,
+    start: u64,
+    end: u64,
+}
+
+/// Committed lengths of the local segments from `first` up to `to.segment` (which counts up to
+/// `to.offset`: the writer may be writing after it). Segments already deleted (wholly acked by
+/// core, so the peer does not need them) are left out.
+fn local_lengths(dir: &Path, first: u64, to: Position) -> std::io::Result<Vec<(u64, u64)>> {
+    let mut out = Vec::new();
+    for segment in first..to.segment {
+        match std::fs::metadata(segment_path(dir, segment)) {
+            Ok(m) => out.push((segment, m.len())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    out.push((to.segment, to.offset));
+    Ok(out)
+}
+
+/// What a peer whose copy ends at `from` lacks to be level with the local WAL at `to`, given the
+/// local segments' committed lengths (`to.segment` last): oldest first. Nothing when the copy is
+/// at or past `to` in its segment (an append before the copy's end cuts and overwrites it).
+fn catch_up_plan(from: Position, to: Position, lengths: &[(u64, u64)]) -> Vec<Range> {
+    if from.segment >= to.segment {
+        return if from.segment == to.segment && from.offset < to.offset {
+            vec![Range { segment: to.segment, start: from.offset, end: to.offset }]
+        } else {
+            Vec::new()
+        };
+    }
+    lengths
+        .iter()
+        .filter(|&&(segment, _)| segment >= from.segment && segment <= to.segment)
+        .filter_map(|&(segment, len)| {
+            let start = if segment == from.segment { from.offset.min(len) } else { 0 };
+            let needed = if segment == from.segment {
+                // Also when the copy has more than the segment: the empty append cuts it back.
+                from.offset != len
+            } else {
+                segment < to.segment || len > 0
+            };
+            needed.then_some(Range { segment, start, end: len })
+        })
+        .collect()
+}
+
+/// Whole records from `start` of a segment file, up to [`BACKFILL_CHUNK`] bytes (or the one
+/// record starting at `start`, if it is larger), not past `end`.
+fn read_records(path: &Path, start: u64, end: u64) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::File::open(path)?;
+    let read = |from: u64, len: u64| {
+        let mut buf = vec![0u8; len as usize];
+        file.read_exact_at(&mut buf, from).map(|()| buf)
+    };
+    let mut buf = read(start, (end - start).min(BACKFILL_CHUNK as u64))?;
+    let mut whole = 0;
+    loop {
+        match check_record(&buf[whole..]) {
+            Ok(Some(len)) => whole += len,
+            Ok(None) if whole == 0 && !buf.is_empty() => {
+                // One record larger than a chunk: its header says how long it is.
+                let len = sluice_wire::record::HEADER_LEN as u64
+                    + u64::from(u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]));
+                buf = read(start, len.min(end - start))?;
+                whole = check_record(&buf).ok().flatten().ok_or_else(|| bad_record(path, start))?;
+                break;
+            }
+            Ok(None) => break,
+            Err(_) => return Err(bad_record(path, start + whole as u64)),
+        }
+    }
+    buf.truncate(whole);
+    Ok(buf)
+}
+
+fn bad_record(path: &Path, at: u64) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{} has no valid record at {at}", path.display()))
 }
 
 /// Sends one peer the origin's watermark periodically (trimming, and the takeover lease).
@@ -504,4 +714,71 @@ impl Heartbeat {
 
 fn wire(p: Position) -> WirePosition {
     WirePosition { segment: p.segment, offset: p.offset }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pos(segment: u64, offset: u64) -> Position {
+        Position { segment, offset }
+    }
+
+    fn range(segment: u64, start: u64, end: u64) -> Range {
+        Range { segment, start, end }
+    }
+
+    #[test]
+    fn a_peer_that_missed_several_segments_gets_all_of_them() {
+        // The copy ends inside segment 3; the origin wrote 4, 5 and 6 since and is in 7.
+        let lengths = [(3, 900), (4, 1000), (5, 1000), (6, 980), (7, 120)];
+        assert_eq!(
+            catch_up_plan(pos(3, 400), pos(7, 120), &lengths),
+            [range(3, 400, 900), range(4, 0, 1000), range(5, 0, 1000), range(6, 0, 980), range(7, 0, 120)]
+        );
+        // At the start of a new segment, with the copy's last segment complete: nothing to send.
+        assert_eq!(catch_up_plan(pos(6, 980), pos(7, 0), &[(6, 980), (7, 0)]), []);
+        // An empty copy of a WAL whose first segments were acked and deleted locally.
+        assert_eq!(catch_up_plan(pos(0, 0), pos(9, 50), &[(8, 700), (9, 50)]), [range(8, 0, 700), range(9, 0, 50)]);
+    }
+
+    #[test]
+    fn within_a_segment_only_the_gap_is_sent() {
+        assert_eq!(catch_up_plan(pos(5, 100), pos(5, 300), &[(5, 300)]), [range(5, 100, 300)]);
+        assert_eq!(catch_up_plan(pos(5, 300), pos(5, 300), &[(5, 300)]), []);
+        // The copy has a refused group's bytes past the append: the append overwrites them.
+        assert_eq!(catch_up_plan(pos(5, 400), pos(5, 300), &[(5, 300)]), []);
+    }
+
+    #[test]
+    fn refused_bytes_past_a_finished_segment_are_cut() {
+        // The copy holds 50 bytes of a refused group after segment 4's real end.
+        assert_eq!(
+            catch_up_plan(pos(4, 1050), pos(5, 10), &[(4, 1000), (5, 10)]),
+            [range(4, 1000, 1000), range(5, 0, 10)]
+        );
+    }
+
+    #[test]
+    fn records_are_read_whole_and_chunked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("seg");
+        let small =
+            crate::wal::test_record(1, vec![sluice_wire::EventRecord { event_id: "a".into(), json: vec![1; 40] }]);
+        let big = crate::wal::test_record(
+            1,
+            vec![sluice_wire::EventRecord { event_id: "b".into(), json: vec![2; BACKFILL_CHUNK + 10] }],
+        );
+        let data = [small.clone(), small.clone(), big.clone(), small.clone()].concat();
+        std::fs::write(&path, &data).unwrap();
+        let two = 2 * small.len() as u64;
+        // Stops at `end`, on a record boundary, before the record that does not fit a chunk.
+        assert_eq!(read_records(&path, 0, two).unwrap(), [small.clone(), small.clone()].concat());
+        assert_eq!(read_records(&path, 0, data.len() as u64).unwrap(), [small.clone(), small.clone()].concat());
+        // A record larger than a chunk is read alone.
+        assert_eq!(read_records(&path, two, data.len() as u64).unwrap(), big);
+        let after = two + big.len() as u64;
+        assert_eq!(read_records(&path, after, data.len() as u64).unwrap(), small);
+        assert!(read_records(&path, 3, data.len() as u64).is_err(), "not a record boundary");
+    }
 }

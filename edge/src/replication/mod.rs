@@ -19,7 +19,7 @@ pub mod takeover;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, IntGaugeVec, Opts};
+use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntGauge, IntGaugeVec, Opts};
 use tokio::task::JoinHandle;
 
 use crate::config::EdgeConfig;
@@ -53,11 +53,50 @@ pub struct ReplicationMetrics {
     pub lag_bytes: IntGaugeVec,
     /// Takeovers started by this edge as a replica.
     pub takeovers: IntCounter,
+    /// Where a group's replication time goes, by [`Stage`].
+    stages: HistogramVec,
+    /// Replica side: disk bytes of the copies of peers' WALs, their budget, and the appends
+    /// refused because of it.
+    pub replica_bytes: IntGauge,
+    pub replica_budget_bytes: IntGauge,
+    pub replica_refusals: IntCounter,
+}
+
+/// The legs of one group's trip to a replica and back, each a `stage` of
+/// `sluice_edge_replication_stage_seconds`. The origin records the first two, the replica the
+/// rest; `round_trip` minus the replica's stages is the time on the network and in the QUIC
+/// stacks, both ways.
+#[derive(Debug, Clone, Copy)]
+pub enum Stage {
+    /// Origin: group handed to the replicator until its peer task puts it on the wire.
+    Queue,
+    /// Origin: message written to a stream until the peer's reply is read.
+    RoundTrip,
+    /// Replica: stream accepted until the whole message is read.
+    Receive,
+    /// Replica: message read until the origin's copy is free (another message holds it).
+    Lock,
+    /// Replica: the copy's write and `fdatasync`.
+    Fsync,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 5] = [Stage::Queue, Stage::RoundTrip, Stage::Receive, Stage::Lock, Stage::Fsync];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Stage::Queue => "queue",
+            Stage::RoundTrip => "round_trip",
+            Stage::Receive => "receive",
+            Stage::Lock => "lock",
+            Stage::Fsync => "fsync",
+        }
+    }
 }
 
 impl ReplicationMetrics {
     pub fn new() -> Result<Self, prometheus::Error> {
-        Ok(Self {
+        let metrics = Self {
             ack_latency: Histogram::with_opts(
                 HistogramOpts::new(
                     "sluice_edge_replication_ack_latency_seconds",
@@ -88,7 +127,37 @@ impl ReplicationMetrics {
                 "sluice_edge_replication_takeovers_total",
                 "Takeovers: this edge forwarded a silent origin's records itself",
             )?,
-        })
+            stages: HistogramVec::new(
+                HistogramOpts::new(
+                    "sluice_edge_replication_stage_seconds",
+                    "A group's replication by stage: queue and round_trip on the origin; receive, lock and fsync on the replica",
+                )
+                .buckets(prometheus::exponential_buckets(0.000_025, 2.0, 18)?),
+                &["stage"],
+            )?,
+            replica_bytes: IntGauge::new(
+                "sluice_edge_replication_replica_bytes",
+                "Disk bytes of this edge's copies of its peers' WALs",
+            )?,
+            replica_budget_bytes: IntGauge::new(
+                "sluice_edge_replication_replica_budget_bytes",
+                "replication.replica_budget_bytes: what the copies of peers' WALs may take",
+            )?,
+            replica_refusals: IntCounter::new(
+                "sluice_edge_replication_replica_refusals_total",
+                "Peers' appends refused because the copies would exceed replication.replica_budget_bytes",
+            )?,
+        };
+        // Every stage from the start, so a dashboard shows 0 rather than "no data".
+        for stage in Stage::ALL {
+            metrics.stage(stage);
+        }
+        Ok(metrics)
+    }
+
+    /// The histogram of one stage.
+    pub fn stage(&self, stage: Stage) -> Histogram {
+        self.stages.with_label_values(&[stage.label()])
     }
 
     fn register(&self, registry: &EdgeMetrics) -> Result<(), prometheus::Error> {
@@ -97,8 +166,76 @@ impl ReplicationMetrics {
         registry.register(Box::new(self.degraded_seconds.clone()))?;
         registry.register(Box::new(self.unreplicated_groups.clone()))?;
         registry.register(Box::new(self.lag_bytes.clone()))?;
-        registry.register(Box::new(self.takeovers.clone()))
+        registry.register(Box::new(self.takeovers.clone()))?;
+        registry.register(Box::new(self.stages.clone()))?;
+        registry.register(Box::new(self.replica_bytes.clone()))?;
+        registry.register(Box::new(self.replica_budget_bytes.clone()))?;
+        registry.register(Box::new(self.replica_refusals.clone()))
     }
+}
+
+/// The runtime replication runs on: a worker thread of its own. A group's trip to a peer and
+/// back crosses several tasks on each side (peer task, QUIC endpoint and connection drivers,
+/// the replica's stream task); on the edge's runtime each of those hops waits behind every HTTP
+/// request task that is ready, which under load added tens of milliseconds to a group commit.
+/// Stops when the last holder drops it.
+pub struct Lane {
+    handle: tokio::runtime::Handle,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Lane {
+    fn start() -> std::io::Result<Arc<Lane>> {
+        // Multi-thread with one worker, not current-thread: the replica's fsyncs run in
+        // `block_in_place`, which hands the worker's queue to another thread meanwhile.
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("sluice-repl")
+            .enable_all()
+            .build()?;
+        let handle = rt.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new().name("sluice-repl-main".into()).spawn(move || {
+            rt.block_on(async {
+                let _ = stopped.await;
+            });
+            rt.shutdown_background();
+        })?;
+        Ok(Arc::new(Lane { handle, _stop: stop }))
+    }
+
+    pub fn handle(&self) -> &tokio::runtime::Handle {
+        &self.handle
+    }
+}
+
+/// Receive and send buffer asked for on the replication sockets. A group is one burst of up to
+/// `wal.max_group_bytes`; with the kernel's default buffer (~208 KiB) the burst overflowed it
+/// while the receiving thread was busy, and each dropped datagram cost a QUIC loss-recovery
+/// timeout (tens of ms) on that group. The kernel caps the size at `net.core.rmem_max` /
+/// `wmem_max`.
+const SOCKET_BUFFER: usize = 4 * 1024 * 1024;
+
+/// A QUIC endpoint on `addr` with [`SOCKET_BUFFER`]-sized buffers, its driver on `lane`.
+fn endpoint(
+    lane: &Lane,
+    addr: std::net::SocketAddr,
+    server: Option<quinn::ServerConfig>,
+) -> std::io::Result<quinn::Endpoint> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_recv_buffer_size(SOCKET_BUFFER)?;
+    socket.set_send_buffer_size(SOCKET_BUFFER)?;
+    socket.bind(&addr.into())?;
+    let (recv, send) = (socket.recv_buffer_size()?, socket.send_buffer_size()?);
+    // Linux reads back double what it granted (it counts its bookkeeping too).
+    if recv < SOCKET_BUFFER || send < SOCKET_BUFFER {
+        tracing::warn!(%addr, wanted = SOCKET_BUFFER, recv, send,
+            "replication: the kernel granted smaller UDP buffers; raise net.core.rmem_max and wmem_max");
+    }
+    // The endpoint's driver, and its connections', run on the runtime it is created in.
+    let _in_lane = lane.handle.enter();
+    quinn::Endpoint::new(quinn::EndpointConfig::default(), server, socket.into(), Arc::new(quinn::TokioRuntime))
 }
 
 /// Replication set up in two steps around opening the WAL: the writer needs the replicator,
@@ -107,6 +244,7 @@ pub struct Replication {
     replicator: Option<Arc<client::Replicator>>,
     wal: client::WalSlot,
     metrics: Arc<ReplicationMetrics>,
+    lane: Option<Arc<Lane>>,
 }
 
 impl Replication {
@@ -118,7 +256,7 @@ impl Replication {
         let need = r.factor.saturating_sub(1);
         let peers = r.peers_of(&config.edge_id);
         if peers.is_empty() {
-            return Ok(Self { replicator: None, wal, metrics });
+            return Ok(Self { replicator: None, wal, metrics, lane: None });
         }
         if need > peers.len() {
             return Err(ReplicationError::Config(format!(
@@ -137,6 +275,7 @@ impl Replication {
         let (ca, cert, key) = identity(config)?;
         let tls = tls::quic_client_config_for(sluice_wire::replication::ALPN, &ca, Some(&cert), Some(&key))?;
         let heartbeat = Duration::from_millis((r.lease_secs * 1000 / 4).clamp(100, 1_000));
+        let lane = Lane::start()?;
         let replicator = client::Replicator::start(
             client::ClientParams {
                 node_id: config.edge_id.clone(),
@@ -150,9 +289,10 @@ impl Replication {
             },
             wal.clone(),
             metrics.clone(),
+            lane.clone(),
         )?;
         tracing::info!(peers = peers.len(), factor = r.factor, mode = ?r.mode, "replication: group commits wait for replica acks");
-        Ok(Self { replicator: Some(Arc::new(replicator)), wal, metrics })
+        Ok(Self { replicator: Some(Arc::new(replicator)), wal, metrics, lane: Some(lane) })
     }
 
     /// Replication metrics, also read by the admin status.
@@ -179,7 +319,11 @@ impl Replication {
         let Some(listen) = config.replication.listen else { return Ok((None, Vec::new())) };
         let (ca, cert, key) = identity(config)?;
         let server_config = tls::quic_server_config(sluice_wire::replication::ALPN, &cert, &key, &ca)?;
-        let endpoint = quinn::Endpoint::server(server_config, listen)?;
+        let lane = match self.lane {
+            Some(lane) => lane,
+            None => Lane::start()?,
+        };
+        let endpoint = endpoint(&lane, listen, Some(server_config))?;
         let addr = endpoint.local_addr()?;
         let f = &config.forwarder;
         let takeover = if f.enabled {
@@ -192,12 +336,29 @@ impl Replication {
         };
         let lease = Duration::from_secs(config.replication.lease_secs);
         let store = Arc::new(tokio::task::block_in_place(|| {
-            server::ReplicaStore::open(&wal.dir().join("replica"), lease, takeover, self.metrics.clone())
+            server::ReplicaStore::open(
+                &wal.dir().join("replica"),
+                lease,
+                config.replication.replica_budget_bytes,
+                takeover,
+                self.metrics.clone(),
+            )
         })?);
         tracing::info!(%addr, lease_secs = config.replication.lease_secs, "replication: serving replicas for peers");
+        // The tasks hold the lane: it stops once the edge aborts them at shutdown.
+        let (serving, leases, watched) = (lane.clone(), lane.clone(), store.clone());
         Ok((
             Some(addr),
-            vec![tokio::spawn(server::serve(endpoint, store.clone())), tokio::spawn(server::watch_leases(store))],
+            vec![
+                lane.handle.spawn(async move {
+                    let _lane = serving;
+                    server::serve(endpoint, store).await
+                }),
+                lane.handle.spawn(async move {
+                    let _lane = leases;
+                    server::watch_leases(watched).await
+                }),
+            ],
         ))
     }
 }

@@ -17,16 +17,16 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use sluice_wire::replication::{self as proto, Origin, PeerMessage, PeerReply};
+use sluice_wire::replication::{self as proto, Origin, PeerMessage, PeerReply, WirePosition};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::ReplicationMetrics;
 use super::takeover::{RunningGuard, TakeoverMetrics};
+use super::{ReplicationMetrics, Stage};
 use crate::config::ForwarderConfig;
 use crate::forwarder::Forwarder;
 use crate::wal::Position;
-use crate::wal::mirror::{Mirror, MirrorAppend, MirrorError};
+use crate::wal::mirror::{Mirror, MirrorAppend, MirrorError, Usage};
 
 /// How often leases and orphans are checked.
 const CHECK_EVERY: Duration = Duration::from_millis(200);
@@ -47,11 +47,27 @@ pub struct ReplicaStore {
     root: PathBuf,
     lease: Duration,
     takeover: Option<TakeoverConfig>,
-    entries: Mutex<HashMap<(String, u64), SharedEntry>>,
+    /// Disk bytes all copies together may take.
+    budget: u64,
+    entries: Mutex<HashMap<(String, u64), Slot>>,
     metrics: Arc<ReplicationMetrics>,
 }
 
 type SharedEntry = Arc<tokio::sync::Mutex<Entry>>;
+
+/// A copy, and its disk bytes readable without waiting for its lock.
+#[derive(Clone)]
+struct Slot {
+    entry: SharedEntry,
+    usage: Usage,
+}
+
+impl Slot {
+    fn new(node_id: String, wal_id: u64, mirror: Mirror) -> Self {
+        let usage = mirror.usage();
+        Slot { entry: Arc::new(tokio::sync::Mutex::new(Entry::new(node_id, wal_id, mirror))), usage }
+    }
+}
 
 /// One origin WAL's copy.
 struct Entry {
@@ -72,6 +88,7 @@ impl ReplicaStore {
     pub fn open(
         root: &Path,
         lease: Duration,
+        budget: u64,
         takeover: Option<TakeoverConfig>,
         metrics: Arc<ReplicationMetrics>,
     ) -> std::io::Result<Self> {
@@ -90,13 +107,21 @@ impl ReplicaStore {
                 let mirror = Mirror::open(&wal.path())?;
                 tracing::info!(origin = %node_id, wal_id = %format!("{wal_id:016x}"), end_segment = mirror.end().segment,
                     end_offset = mirror.end().offset, "replica: opened copy");
-                entries.insert(
-                    (node_id.clone(), wal_id),
-                    Arc::new(tokio::sync::Mutex::new(Entry::new(node_id.clone(), wal_id, mirror))),
-                );
+                entries.insert((node_id.clone(), wal_id), Slot::new(node_id.clone(), wal_id, mirror));
             }
         }
-        Ok(Self { root: root.to_path_buf(), lease, takeover, entries: Mutex::new(entries), metrics })
+        metrics.replica_budget_bytes.set(i64::try_from(budget).unwrap_or(i64::MAX));
+        let store = Self { root: root.to_path_buf(), lease, takeover, budget, entries: Mutex::new(entries), metrics };
+        store.used();
+        Ok(store)
+    }
+
+    /// Disk bytes of all copies; also sets the gauge.
+    fn used(&self) -> u64 {
+        let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        let used = entries.values().map(|slot| slot.usage.bytes()).sum();
+        self.metrics.replica_bytes.set(i64::try_from(used).unwrap_or(i64::MAX));
+        used
     }
 
     fn dir(&self, origin: &Origin) -> PathBuf {
@@ -107,12 +132,13 @@ impl ReplicaStore {
     fn entry(&self, origin: &Origin) -> std::io::Result<SharedEntry> {
         let key = (origin.node_id.clone(), origin.wal_id);
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(e) = entries.get(&key) {
-            return Ok(e.clone());
+        if let Some(slot) = entries.get(&key) {
+            return Ok(slot.entry.clone());
         }
         let mirror = tokio::task::block_in_place(|| Mirror::open(&self.dir(origin)))?;
-        let entry = Arc::new(tokio::sync::Mutex::new(Entry::new(origin.node_id.clone(), origin.wal_id, mirror)));
-        for ((node, wal_id), other) in entries.iter() {
+        let slot = Slot::new(origin.node_id.clone(), origin.wal_id, mirror);
+        let entry = slot.entry.clone();
+        for ((node, wal_id), Slot { entry: other, .. }) in entries.iter() {
             if *node == origin.node_id {
                 tracing::warn!(origin = %node, old_wal_id = %format!("{wal_id:016x}"), new_wal_id = %format!("{:016x}", origin.wal_id),
                     "replica: origin came back with a new WAL (its disk was lost); forwarding the old copy now");
@@ -125,14 +151,16 @@ impl ReplicaStore {
                 }
             }
         }
-        entries.insert(key, entry.clone());
+        entries.insert(key, slot);
         Ok(entry)
     }
 
     /// Applies one message from an origin.
     pub async fn handle(&self, msg: PeerMessage) -> PeerReply {
         let origin = match &msg {
-            PeerMessage::Append { origin, .. } | PeerMessage::Heartbeat { origin, .. } => origin.clone(),
+            PeerMessage::Append { origin, .. }
+            | PeerMessage::Heartbeat { origin, .. }
+            | PeerMessage::Locate { origin } => origin.clone(),
         };
         if !valid_node_id(&origin.node_id) {
             return PeerReply::Refused { reason: format!("invalid origin id {:?}", origin.node_id) };
@@ -141,7 +169,9 @@ impl ReplicaStore {
             Ok(e) => e,
             Err(e) => return PeerReply::Refused { reason: format!("opening the replica: {e}") },
         };
+        let waited = Instant::now();
         let mut e = entry.lock().await;
+        self.metrics.stage(Stage::Lock).observe(waited.elapsed().as_secs_f64());
         e.last_heard = Instant::now();
         e.stop_takeover("the origin is back").await;
         let result = match msg {
@@ -149,8 +179,18 @@ impl ReplicaStore {
                 if seq <= e.last_seq {
                     return PeerReply::Refused { reason: format!("append {seq} arrived after {}", e.last_seq) };
                 }
+                let used = self.used();
+                if used.saturating_add(bytes.len() as u64) > self.budget {
+                    self.metrics.replica_refusals.inc();
+                    tracing::warn!(origin = %origin.node_id, used_bytes = used, budget_bytes = self.budget,
+                        append_bytes = bytes.len(), "replica: budget for peers' copies full; refusing the append");
+                    return PeerReply::Full { used_bytes: used, budget_bytes: self.budget };
+                }
                 e.last_seq = seq;
+                let started = Instant::now();
                 let result = tokio::task::block_in_place(|| e.mirror.append(segment, offset, &bytes));
+                self.metrics.stage(Stage::Fsync).observe(started.elapsed().as_secs_f64());
+                self.used();
                 match result {
                     Ok(MirrorAppend::Stored) => Ok(PeerReply::Stored),
                     Ok(MirrorAppend::Behind { segment, have }) => Ok(PeerReply::Behind { segment, have }),
@@ -161,11 +201,15 @@ impl ReplicaStore {
                     Err(other) => Err(other.to_string()),
                 }
             }
+            PeerMessage::Locate { .. } => {
+                let end = e.mirror.end();
+                Ok(PeerReply::CopyEnd { end: WirePosition { segment: end.segment, offset: end.offset } })
+            }
             PeerMessage::Heartbeat { acked, .. } => {
                 let to = Position { segment: acked.segment, offset: acked.offset };
-                tokio::task::block_in_place(|| e.mirror.trim(to))
-                    .map(|()| PeerReply::Stored)
-                    .map_err(|io| io.to_string())
+                let trimmed = tokio::task::block_in_place(|| e.mirror.trim(to));
+                self.used();
+                trimmed.map(|()| PeerReply::Stored).map_err(|io| io.to_string())
             }
         };
         result.unwrap_or_else(|reason| PeerReply::Refused { reason })
@@ -173,7 +217,10 @@ impl ReplicaStore {
 
     /// Starts takeovers for silent origins and orphans; drops orphans core has acknowledged.
     pub async fn check_leases(&self) {
-        let entries: Vec<_> = self.entries.lock().unwrap_or_else(PoisonError::into_inner).values().cloned().collect();
+        // A takeover's forwarder trims the copy it reads.
+        self.used();
+        let entries: Vec<_> =
+            self.entries.lock().unwrap_or_else(PoisonError::into_inner).values().map(|s| s.entry.clone()).collect();
         for entry in entries {
             let mut e = entry.lock().await;
             let drained = match tokio::task::block_in_place(|| e.mirror.drained()) {
@@ -300,15 +347,18 @@ pub async fn serve(endpoint: quinn::Endpoint, store: Arc<ReplicaStore>) {
             while let Ok((mut send, mut recv)) = conn.accept_bi().await {
                 let store = store.clone();
                 tokio::spawn(async move {
-                    let reply = match recv.read_to_end(proto::MAX_MESSAGE_LEN).await {
-                        Ok(bytes) => match proto::decode_message(&bytes) {
-                            Ok(msg) => store.handle(msg).await,
-                            Err(e) => PeerReply::Refused { reason: format!("undecodable message: {e}") },
-                        },
+                    let started = Instant::now();
+                    let bytes = match recv.read_to_end(proto::MAX_MESSAGE_LEN).await {
+                        Ok(bytes) => bytes,
                         Err(e) => {
                             tracing::debug!(error = %e, "replica: reading a message failed");
                             return;
                         }
+                    };
+                    store.metrics.stage(Stage::Receive).observe(started.elapsed().as_secs_f64());
+                    let reply = match proto::decode_message(&bytes) {
+                        Ok(msg) => store.handle(msg).await,
+                        Err(e) => PeerReply::Refused { reason: format!("undecodable message: {e}") },
                     };
                     if let Ok(bytes) = proto::encode_reply(&reply) {
                         let _ = send.write_all(&bytes).await;
@@ -332,6 +382,40 @@ pub async fn watch_leases(store: Arc<ReplicaStore>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn append(origin: &Origin, seq: u64, segment: u64, offset: u64, bytes: &[u8]) -> PeerMessage {
+        PeerMessage::Append { origin: origin.clone(), seq, segment, offset, bytes: bytes.to_vec() }
+    }
+
+    /// Peers' copies share one budget: an append past it is refused with nothing written, and
+    /// the origin's watermark trimming a copy makes room again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn appends_past_the_budget_are_refused_until_trims_make_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Arc::new(ReplicationMetrics::new().unwrap());
+        let rec =
+            crate::wal::test_record(1, vec![sluice_wire::EventRecord { event_id: "e".into(), json: vec![7; 500] }]);
+        let len = rec.len() as u64;
+        let budget = 2 * len + len / 2;
+        let store = ReplicaStore::open(dir.path(), Duration::from_secs(60), budget, None, metrics.clone()).unwrap();
+        let (a, b) = (Origin { node_id: "a".into(), wal_id: 1 }, Origin { node_id: "b".into(), wal_id: 2 });
+        assert_eq!(store.handle(append(&a, 1, 1, 0, &rec)).await, PeerReply::Stored);
+        assert_eq!(store.handle(append(&a, 2, 1, len, &rec)).await, PeerReply::Stored);
+        let full = PeerReply::Full { used_bytes: 2 * len, budget_bytes: budget };
+        assert_eq!(store.handle(append(&a, 3, 2, 0, &rec)).await, full);
+        // Another origin's copy counts against the same budget.
+        assert_eq!(store.handle(append(&b, 1, 1, 0, &rec)).await, full);
+        assert!(!crate::wal::segment_path(&dir.path().join("a").join(format!("{:016x}", 1)), 2).exists());
+        assert_eq!(metrics.replica_refusals.get(), 2);
+        assert_eq!((metrics.replica_bytes.get(), metrics.replica_budget_bytes.get()), (2 * len as i64, budget as i64));
+        // Core acknowledged segment 1: the heartbeat trims it and the next append fits.
+        let acked = WirePosition { segment: 2, offset: 0 };
+        assert_eq!(store.handle(PeerMessage::Heartbeat { origin: a.clone(), acked }).await, PeerReply::Stored);
+        assert_eq!(metrics.replica_bytes.get(), 0);
+        assert_eq!(store.handle(append(&a, 4, 2, 0, &rec)).await, PeerReply::Stored);
+        assert_eq!(store.handle(append(&b, 2, 1, 0, &rec)).await, PeerReply::Stored);
+        assert_eq!(metrics.replica_bytes.get(), 2 * len as i64);
+    }
 
     #[test]
     fn node_ids_cannot_escape_the_replica_directory() {

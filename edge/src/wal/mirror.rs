@@ -10,8 +10,8 @@
 //! - at the end of the copy: append, `fdatasync`, ack;
 //! - before the end: the bytes after `offset` were never acknowledged by the origin (it refused
 //!   that group and cut its own WAL back), so they are cut and overwritten;
-//! - after the end, or in a segment that starts past 0: [`MirrorAppend::Behind`], and the origin
-//!   sends the missing bytes first;
+//! - after the end, or in a segment that starts past 0: [`MirrorAppend::Behind`] with where the
+//!   copy ends, and the origin sends the missing bytes first (of every segment in between);
 //! - in a segment older than the last one: refused (the origin never goes back).
 //!
 //! After a failed write or sync the copy refuses every append until the process restarts
@@ -20,6 +20,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use tokio::sync::watch;
 
@@ -28,11 +29,21 @@ use super::segment::{create_segment, list_segments, segment_path};
 use super::storage::{FileStorage, Storage, StorageFile};
 use super::{Position, Shared, recover_tail, watermark};
 
+/// A copy's disk bytes, see [`Mirror::usage`].
+#[derive(Clone)]
+pub struct Usage(Arc<Shared>);
+
+impl Usage {
+    pub fn bytes(&self) -> u64 {
+        self.0.disk_bytes.load(Ordering::Relaxed)
+    }
+}
+
 #[derive(Debug, PartialEq, Eq)]
 pub enum MirrorAppend {
     /// Durable here.
     Stored,
-    /// This copy of `segment` ends at `have`; send the bytes from there first.
+    /// The copy ends at `have` in `segment` (its last); send the bytes from there first.
     Behind { segment: u64, have: u64 },
 }
 
@@ -96,6 +107,12 @@ impl Mirror {
         self.end
     }
 
+    /// Bytes of the copy's segment files, kept current by appends and by trims (the origin's
+    /// heartbeats, or a takeover forwarder's), readable without the copy's lock.
+    pub(crate) fn usage(&self) -> Usage {
+        Usage(self.shared.clone())
+    }
+
     /// Writes the origin's bytes that sit at `(segment, offset)` and syncs them.
     pub fn append(&mut self, segment: u64, offset: u64, bytes: &[u8]) -> Result<MirrorAppend, MirrorError> {
         if self.failed {
@@ -106,7 +123,7 @@ impl Mirror {
         }
         if segment > self.end.segment {
             if offset > 0 {
-                return Ok(MirrorAppend::Behind { segment, have: 0 });
+                return Ok(MirrorAppend::Behind { segment: self.end.segment, have: self.end.offset });
             }
             self.file = Some(create_segment(&*self.storage, &self.dir, segment).inspect_err(|_| self.failed = true)?);
             self.end = Position { segment, offset: 0 };
@@ -119,7 +136,15 @@ impl Mirror {
             self.failed = true;
         }
         result?;
-        self.end = Position { segment, offset: offset + bytes.len() as u64 };
+        // The segment's length goes from `end.offset` to `offset + len` (less, after a cut).
+        let (before, after) = (self.end.offset, offset + bytes.len() as u64);
+        if after >= before {
+            self.shared.disk_bytes.fetch_add(after - before, Ordering::Relaxed);
+        } else {
+            let cut = (before - after).min(self.shared.disk_bytes.load(Ordering::Relaxed));
+            self.shared.disk_bytes.fetch_sub(cut, Ordering::Relaxed);
+        }
+        self.end = Position { segment, offset: after };
         self.committed.send_replace(self.end);
         Ok(MirrorAppend::Stored)
     }
@@ -205,8 +230,8 @@ mod tests {
         let at_b = a.len() as u64;
         // A gap: the replica missed a group.
         assert_eq!(m.append(3, at_b + 10, &c).unwrap(), MirrorAppend::Behind { segment: 3, have: at_b });
-        // A new segment that does not start at 0.
-        assert_eq!(m.append(4, 5, &c).unwrap(), MirrorAppend::Behind { segment: 4, have: 0 });
+        // A new segment that does not start at 0: the copy's end is in the one before.
+        assert_eq!(m.append(4, 5, &c).unwrap(), MirrorAppend::Behind { segment: 3, have: at_b });
         assert_eq!(m.append(3, at_b, &b).unwrap(), MirrorAppend::Stored);
         assert_eq!(std::fs::read(segment_path(dir.path(), 3)).unwrap(), [a.clone(), b.clone()].concat());
         // A group the origin refused and cut back is overwritten by the next one at its offset.
@@ -214,10 +239,14 @@ mod tests {
         assert_eq!(std::fs::read(segment_path(dir.path(), 3)).unwrap(), [a.clone(), c.clone()].concat());
         assert_eq!(m.append(5, 0, &a).unwrap(), MirrorAppend::Stored);
         assert!(matches!(m.append(4, 0, &a), Err(MirrorError::Stale { segment: 4, last: 5 })));
-        // Reopening finds the same end.
+        // Usage follows the files, cuts included.
+        let on_disk = |d: &Path| list_segments(&FileStorage, d).unwrap().iter().map(|&(_, len)| len).sum::<u64>();
+        assert_eq!(m.usage().bytes(), on_disk(dir.path()));
+        // Reopening finds the same end and usage.
         let end = m.end();
         drop(m);
-        assert_eq!(Mirror::open(dir.path()).unwrap().end(), end);
+        let m = Mirror::open(dir.path()).unwrap();
+        assert_eq!((m.end(), m.usage().bytes()), (end, on_disk(dir.path())));
     }
 
     #[test]
@@ -229,8 +258,11 @@ mod tests {
         m.append(2, 0, &a).unwrap();
         m.append(2, a.len() as u64, &b).unwrap();
         assert!(!m.drained().unwrap());
+        let usage = m.usage();
+        assert_eq!(usage.bytes(), 2 * a.len() as u64 + b.len() as u64);
         m.trim(Position { segment: 2, offset: a.len() as u64 }).unwrap();
         assert!(!segment_path(dir.path(), 1).exists());
+        assert_eq!(usage.bytes(), a.len() as u64 + b.len() as u64, "a trim frees segment 1's bytes");
         let reader = m.reader().unwrap();
         match reader.read(reader.acked(), 1 << 20).unwrap() {
             ReadOutcome::Records { segment: 2, start, count: 1, data, .. } => {

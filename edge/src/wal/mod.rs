@@ -65,10 +65,15 @@ pub enum WalError {
 
 /// Ships one group commit's bytes to the replicas while the writer syncs them locally.
 pub trait Replicate: Send + Sync + 'static {
-    /// Starts replicating `bytes`, which the writer is about to write at `at`. The receiver
-    /// resolves with `Ok` once enough copies are durable (or the configured degraded mode accepts
-    /// the local copy alone), and with `Err(reason)` otherwise.
-    fn begin(&self, at: Position, bytes: &[u8]) -> oneshot::Receiver<Result<(), String>>;
+    /// Starts replicating `bytes`, which the writer is about to write at `at`.
+    fn begin(&self, at: Position, bytes: &[u8]) -> Box<dyn PendingReplicas>;
+}
+
+/// A group on its way to the replicas.
+pub trait PendingReplicas: Send {
+    /// Blocks the writer thread until enough copies are durable (or the configured degraded
+    /// mode accepts the local copy alone): `Ok`; `Err(reason)` otherwise.
+    fn wait(self: Box<Self>) -> Result<(), String>;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -468,11 +473,17 @@ mod tests {
     }
 
     impl Replicate for ScriptedReplicas {
-        fn begin(&self, at: Position, _bytes: &[u8]) -> oneshot::Receiver<Result<(), String>> {
+        fn begin(&self, at: Position, _bytes: &[u8]) -> Box<dyn PendingReplicas> {
             self.seen.lock().unwrap().push(at);
-            let (tx, rx) = oneshot::channel();
-            let _ = tx.send(self.answers.lock().unwrap().remove(0));
-            rx
+            Box::new(Answered(self.answers.lock().unwrap().remove(0)))
+        }
+    }
+
+    struct Answered(Result<(), String>);
+
+    impl PendingReplicas for Answered {
+        fn wait(self: Box<Self>) -> Result<(), String> {
+            self.0
         }
     }
 

@@ -165,10 +165,8 @@ impl Writer {
         let started = Instant::now();
         self.file.sync_data()?;
         let sync_time = started.elapsed();
-        if let Some(wait) = replicas {
-            wait.blocking_recv()
-                .unwrap_or_else(|_| Err("replication stopped".into()))
-                .map_err(CommitError::Unreplicated)?;
+        if let Some(pending) = replicas {
+            pending.wait().map_err(CommitError::Unreplicated)?;
         }
         let stats = &self.shared.stats;
         stats.sync_latency.observe(sync_time.as_secs_f64());
