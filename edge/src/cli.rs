@@ -86,7 +86,12 @@ pub fn init_tracing(json: bool) {
 
 /// Entry point of the `sluice-edge` binary (also used by the test harness's process wrapper).
 pub fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    run(Args::parse())
+}
+
+/// Runs one edge until it is drained: `sluice-edge`, and `sluicectl edge` (which `sluicectl
+/// bench` starts as the peer of its replicated phases).
+pub fn run(args: Args) -> anyhow::Result<()> {
     init_tracing(args.log_json);
     let config = load_config(&args)?;
     let runtime = tokio::runtime::Runtime::new().context("starting tokio")?;

@@ -107,6 +107,10 @@ enum Command {
         #[arg(long)]
         replication_only: bool,
     },
+    /// Run one edge, exactly as the `sluice-edge` binary does (same flags). `bench` starts the
+    /// peer of its replicated phases this way, as a process of its own.
+    #[command(hide = true)]
+    Edge(sluice_edge::cli::Args),
     /// Drain an edge through its admin API: readiness off, new requests refused, forward the WAL
     /// until empty or the deadline, then the edge exits. Shows progress and a summary.
     Drain {
@@ -305,6 +309,7 @@ pub fn main() -> anyhow::Result<()> {
             }
             run_bench(&opts, &out, replication_only)
         }
+        Command::Edge(args) => sluice_edge::cli::run(args),
         Command::Drain { edge, token, deadline_secs, json } => run_drain(edge, &token, deadline_secs, json),
         Command::Wal { action } => run_wal(action),
         Command::Replay {
