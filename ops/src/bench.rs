@@ -74,6 +74,8 @@ pub struct BenchOptions {
     /// The `sluicectl` that runs the replicated phases' peer (`sluicectl edge`); default: this
     /// executable.
     pub peer_exe: Option<PathBuf>,
+    /// Where the peer's WAL goes; default: next to the origin's, on the same disk.
+    pub peer_dir: Option<PathBuf>,
 }
 
 /// The edge on one CPU, the load generator on another.
@@ -161,6 +163,7 @@ impl BenchOptions {
             phases: Phases::full(),
             pinning: Pinning::first_two(),
             peer_exe: None,
+            peer_dir: None,
         }
     }
 }
@@ -512,6 +515,8 @@ struct PeerProcess {
     /// Its admin API, for its `/metrics`.
     admin: std::net::SocketAddr,
     log: PathBuf,
+    /// Removed with the peer: with `peer_dir` it is outside the phase's directory.
+    wal_dir: PathBuf,
 }
 
 impl PeerProcess {
@@ -524,6 +529,7 @@ impl PeerProcess {
             })
         };
         let (replication, admin) = (free(true)?, free(false)?);
+        let wal_dir = opts.peer_dir.as_deref().unwrap_or(dir).join("peer-wal");
         let f = &origin.forwarder;
         // TOML strings, quoted and escaped.
         let quote = |p: &Path| toml::Value::String(p.display().to_string()).to_string();
@@ -534,7 +540,7 @@ impl PeerProcess {
              [forwarder]\nenabled = false\nca_cert = {}\nclient_cert = {}\nclient_key = {}\n\
              [admin]\nlisten = \"{admin}\"\n[replication]\nlisten = \"{replication}\"\n",
             quote(&origin.keys_file),
-            quote(&dir.join("peer-wal")),
+            quote(&wal_dir),
             quote(&dir.join("peer-idempotency.redb")),
             quote(&f.ca_cert),
             quote(cert),
@@ -551,7 +557,7 @@ impl PeerProcess {
         let child = on_cpus(opts.loadgen_cpus().as_ref(), || command.spawn())
             .context("pinning the peer")?
             .with_context(|| format!("starting the peer edge ({} edge)", exe.display()))?;
-        let mut peer = Self { child, replication, admin, log };
+        let mut peer = Self { child, replication, admin, log, wal_dir };
         let deadline = Instant::now() + Duration::from_secs(30);
         while peer.metrics().is_err() {
             if let Some(status) = peer.child.try_wait()? {
@@ -593,6 +599,7 @@ impl Drop for PeerProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.wal_dir);
     }
 }
 

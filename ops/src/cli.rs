@@ -103,9 +103,13 @@ enum Command {
         /// CPUs, the edge phases run the edge on the first and the generator on the second.
         #[arg(long)]
         no_pin: bool,
-        /// Only the replication phases (section 5), about half a minute.
+        /// Only the replication phases (section 5), about two minutes.
         #[arg(long)]
         replication_only: bool,
+        /// Where the replicated phases' peer keeps its WAL (default: under `--dir`, the same
+        /// disk as the origin's). Another disk, or tmpfs, shows what sharing one disk costs.
+        #[arg(long)]
+        peer_dir: Option<PathBuf>,
     },
     /// Run one edge, exactly as the `sluice-edge` binary does (same flags). `bench` starts the
     /// peer of its replicated phases this way, as a process of its own.
@@ -299,8 +303,19 @@ pub fn main() -> anyhow::Result<()> {
             },
             threads,
         ),
-        Command::Bench { dir, out, server_threads, loadgen_threads, connections, quick, no_pin, replication_only } => {
-            let mut opts = BenchOptions { server_threads, loadgen_threads, connections, ..BenchOptions::new(dir) };
+        Command::Bench {
+            dir,
+            out,
+            server_threads,
+            loadgen_threads,
+            connections,
+            quick,
+            no_pin,
+            replication_only,
+            peer_dir,
+        } => {
+            let mut opts =
+                BenchOptions { server_threads, loadgen_threads, connections, peer_dir, ..BenchOptions::new(dir) };
             if no_pin {
                 opts.pinning = None;
             }
