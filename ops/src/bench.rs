@@ -2,7 +2,8 @@
 //! limits, in one run, and writes a Markdown table.
 //!
 //! 1. raw `fdatasync` bandwidth of the WAL disk at the group sizes the WAL uses;
-//! 2. edge alone (WAL on, forwarder off): max events/s, latency at 50% and 80% of max, group commit;
+//! 2. the edge (WAL on, forwarder on to a core that acks and drops, as production pays): max
+//!    events/s, latency at 50% and 80% of max, group commit;
 //! 3. core alone: frames into `Ingest::process` → Kafka mock cluster, against a bare producer;
 //! 4. end to end: freshness (202 → consumed from Kafka) at a steady rate;
 //! 5. gzip vs plain, 1 KiB vs 300 B events;
@@ -76,6 +77,9 @@ pub struct BenchOptions {
     pub peer_exe: Option<PathBuf>,
     /// Where the peer's WAL goes; default: next to the origin's, on the same disk.
     pub peer_dir: Option<PathBuf>,
+    /// Whether the edge phases run the edge's forwarder (to a core that acks and drops), so the
+    /// edge's CPU includes the framing and compression a production edge does.
+    pub forwarder: bool,
 }
 
 /// The edge on one CPU, the load generator on another.
@@ -164,6 +168,7 @@ impl BenchOptions {
             pinning: Pinning::first_two(),
             peer_exe: None,
             peer_dir: None,
+            forwarder: true,
         }
     }
 }
@@ -252,6 +257,9 @@ pub struct EdgePhase {
     pub steal: Duration,
     /// Replicated phases: each stage of a group's replication (origin's and peer's), by label.
     pub stages: Vec<(&'static str, SlowShare)>,
+    /// Frames the forwarder had acknowledged by the end of the phase (warm-up included); `None`
+    /// with the forwarder off.
+    pub forwarded_frames: Option<u64>,
 }
 
 /// Server-side view of a phase: how many of the server's timings exceeded two bounds. Set against
@@ -495,7 +503,56 @@ struct EdgeUnderTest {
     edge: sluice_edge::Edge,
     /// The edge `edge` replicates to, when the phase is replicated.
     peer: Option<PeerProcess>,
+    /// Where the forwarder sends, when it is on.
+    core: Option<AckingCore>,
     keys: Vec<String>,
+}
+
+/// A core that acknowledges every frame as stored and drops it: the edge's forwarder does all its
+/// work (read, frame, compress, send, wait for the ack, advance the watermark, delete acked
+/// segments), and the core's own cost stays out of the edge phases (section 3 measures it). Runs
+/// on the load generator's CPU.
+struct AckingCore {
+    rt: tokio::runtime::Runtime,
+    addr: std::net::SocketAddr,
+    frames: Arc<AtomicU64>,
+}
+
+impl AckingCore {
+    fn start(opts: &BenchOptions, pki: &crate::devpki::DevPki) -> anyhow::Result<Self> {
+        let rt = on_cpus(opts.loadgen_cpus().as_ref(), || runtime(1, "core")).context("pinning the acking core")??;
+        let server = sluice_core::tls::quic_server_config(&pki.core_cert, &pki.core_key, Some(&pki.ca_cert))?;
+        let endpoint = {
+            let _in_rt = rt.enter();
+            quinn::Endpoint::server(server, "127.0.0.1:0".parse().context("loopback address")?)
+                .context("binding the acking core")?
+        };
+        let addr = endpoint.local_addr()?;
+        let frames = Arc::new(AtomicU64::new(0));
+        rt.spawn(Self::serve(endpoint, frames.clone()));
+        Ok(Self { rt, addr, frames })
+    }
+
+    async fn serve(endpoint: quinn::Endpoint, frames: Arc<AtomicU64>) {
+        let stored = protocol::encode_ack(&Ack::Stored).unwrap_or_default();
+        while let Some(incoming) = endpoint.accept().await {
+            let (frames, stored) = (frames.clone(), stored.clone());
+            tokio::spawn(async move {
+                let Ok(conn) = incoming.await else { return };
+                while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                    let (frames, stored) = (frames.clone(), stored.clone());
+                    tokio::spawn(async move {
+                        let Ok(msg) = recv.read_to_end(64 << 20).await else { return };
+                        if protocol::decode_message(&msg).is_ok() {
+                            frames.fetch_add(1, Ordering::Relaxed);
+                            let _ = send.write_all(&stored).await;
+                            let _ = send.finish();
+                        }
+                    });
+                }
+            });
+        }
+    }
 }
 
 /// Whether an edge phase replicates every group to a peer edge (R=2, `require`).
@@ -619,17 +676,24 @@ fn start_edge(opts: &BenchOptions, dir: &Path, replication: Replication) -> anyh
     };
     config.wal.dir = dir.join("wal");
     config.idempotency.path = dir.join("idempotency.redb");
-    config.forwarder.enabled = false;
     // The benchmark measures the edge's capacity, not its per-tenant quota.
     config.admission.tenant_events_per_sec = 0;
     let rt = runtime(opts.server_threads, "edge-rt")?;
+    let pki = crate::devpki::write_dev_pki(&dir.join("pki"))?;
+    config.forwarder.ca_cert = pki.ca_cert.clone();
+    config.forwarder.client_cert = Some(pki.edge_cert.clone());
+    config.forwarder.client_key = Some(pki.edge_key.clone());
+    config.forwarder.enabled = opts.forwarder;
+    let core = if opts.forwarder {
+        let core = AckingCore::start(opts, &pki)?;
+        config.forwarder.core_addr = core.addr;
+        Some(core)
+    } else {
+        None
+    };
     let peer = match replication {
         Replication::LocalOnly => None,
         Replication::Replicated => {
-            let pki = crate::devpki::write_dev_pki(&dir.join("pki"))?;
-            config.forwarder.ca_cert = pki.ca_cert;
-            config.forwarder.client_cert = Some(pki.edge_cert);
-            config.forwarder.client_key = Some(pki.edge_key);
             let peer = PeerProcess::spawn(opts, dir, &config)?;
             config.replication.peers = vec![PeerConfig { id: "peer".into(), addr: peer.replication.into() }];
             // The bench measures throughput: a slow first handshake and fsync on the peer must
@@ -639,7 +703,7 @@ fn start_edge(opts: &BenchOptions, dir: &Path, replication: Replication) -> anyh
         }
     };
     let edge = rt.block_on(sluice_edge::start(config)).context("starting the edge")?;
-    Ok(EdgeUnderTest { rt, edge, peer, keys })
+    Ok(EdgeUnderTest { rt, edge, peer, core, keys })
 }
 
 impl EdgeUnderTest {
@@ -663,11 +727,14 @@ impl EdgeUnderTest {
         self.rt.block_on(self.edge.shutdown());
         drop(self.peer);
         self.rt.shutdown_timeout(Duration::from_secs(5));
+        if let Some(core) = self.core {
+            core.rt.shutdown_timeout(Duration::from_secs(5));
+        }
     }
 }
 
 /// Runs one load phase against a fresh edge (its own empty WAL, so one phase's backlog never
-/// fills the WAL budget of the next: the forwarder is off and nothing is trimmed).
+/// fills the WAL budget of the next, with the forwarder off too).
 #[allow(clippy::too_many_arguments)]
 fn edge_phase(
     label: &str,
@@ -703,10 +770,22 @@ fn edge_phase(
     let handled = SlowShare::read(&edge.edge.metrics.request_duration);
     let fsyncs = SlowShare::read(&edge.edge.wal.stats().sync_latency);
     let stages = edge.stages()?;
+    let forwarded_frames = edge.core.as_ref().map(|c| c.frames.load(Ordering::Relaxed));
     edge.stop();
     std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
     let report = report.with_context(|| format!("load phase {label}"))?;
-    Ok(EdgePhase { label: label.to_string(), report, wal, cpu, appends, handled, fsyncs, steal, stages })
+    Ok(EdgePhase {
+        label: label.to_string(),
+        report,
+        wal,
+        cpu,
+        appends,
+        handled,
+        fsyncs,
+        steal,
+        stages,
+        forwarded_frames,
+    })
 }
 
 /// Everything the suite measured.
@@ -1209,14 +1288,14 @@ fn ms(d: Duration) -> String {
     format!("{:.2}", d.as_secs_f64() * 1e3)
 }
 
-const EDGE_TABLE_HEADER: &str = "| phase | events/s | req/s | MB/s JSON | p50 ms | p95 ms | p99 ms | max ms | errors | events/s per server CPU-s | records/group | KiB/group | fdatasync mean / p99 ≤ ms | WAL appends > 12.8 / > 51.2 ms | handled > 12.8 / > 51.2 ms | handled p99 ≤ ms | CPU | steal ms |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|";
+const EDGE_TABLE_HEADER: &str = "| phase | events/s | req/s | MB/s JSON | p50 ms | p95 ms | p99 ms | max ms | errors | events/s per server CPU-s | records/group | KiB/group | fdatasync mean / p99 ≤ ms | WAL appends > 12.8 / > 51.2 ms | handled > 12.8 / > 51.2 ms | handled p99 ≤ ms | CPU | steal ms | frames forwarded |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|";
 
 fn edge_row(s: &mut String, p: &EdgePhase, opts: &BenchOptions) {
     let rep = &p.report;
     let t = &rep.tally;
     let _ = writeln!(
         s,
-        "| {} | {:.0} | {:.0} | {:.1} | {} | {} | {} | {} | {} | {:.0} | {:.1} | {:.0} | {:.2} / {:.1} | {:.2}% / {:.2}% | {:.2}% / {:.2}% | {:.1} | {} | {} |",
+        "| {} | {:.0} | {:.0} | {:.1} | {} | {} | {} | {} | {} | {:.0} | {:.1} | {:.0} | {:.2} / {:.1} | {:.2}% / {:.2}% | {:.2}% / {:.2}% | {:.1} | {} | {} | {} |",
         p.label,
         rep.events_per_sec(),
         rep.requests_per_sec(),
@@ -1238,6 +1317,7 @@ fn edge_row(s: &mut String, p: &EdgePhase, opts: &BenchOptions) {
         p.handled.p99_bound_ms,
         p.cpu.describe(rep.elapsed + opts.phases.warmup),
         p.steal.as_millis(),
+        p.forwarded_frames.map_or_else(|| "off".to_string(), |n| n.to_string()),
     );
 }
 
@@ -1343,7 +1423,9 @@ pub fn render(opts: &BenchOptions, r: &BenchResults, machine: &str) -> String {
         ms(Duration::from_micros(u.latency.max())),
     );
 
-    let _ = writeln!(s, "\n### 2. Edge alone (WAL on, forwarder off)\n");
+    let forwarder =
+        if opts.forwarder { "forwarder on, to a core that acks every frame and drops it" } else { "forwarder off" };
+    let _ = writeln!(s, "\n### 2. The edge (WAL on, {forwarder})\n");
     let _ = writeln!(s, "{EDGE_TABLE_HEADER}");
     for p in r.edge.iter().chain(&r.matrix) {
         edge_row(&mut s, p, opts);

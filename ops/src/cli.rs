@@ -110,6 +110,10 @@ enum Command {
         /// disk as the origin's). Another disk, or tmpfs, shows what sharing one disk costs.
         #[arg(long)]
         peer_dir: Option<PathBuf>,
+        /// Edge phases without the edge's forwarder (the suite before issue 18 ran this way):
+        /// the edge's CPU then leaves out framing and zstd compression.
+        #[arg(long)]
+        no_forwarder: bool,
     },
     /// Run one edge, exactly as the `sluice-edge` binary does (same flags). `bench` starts the
     /// peer of its replicated phases this way, as a process of its own.
@@ -313,12 +317,14 @@ pub fn main() -> anyhow::Result<()> {
             no_pin,
             replication_only,
             peer_dir,
+            no_forwarder,
         } => {
             let mut opts =
                 BenchOptions { server_threads, loadgen_threads, connections, peer_dir, ..BenchOptions::new(dir) };
             if no_pin {
                 opts.pinning = None;
             }
+            opts.forwarder = !no_forwarder;
             if quick {
                 opts.phases = bench::Phases::smoke();
             }

@@ -19,6 +19,8 @@ fn smoke_run_measures_every_part() {
     assert!(edge.report.events_per_sec() > 0.0);
     assert!(edge.wal.groups > 0 && edge.events_per_server_cpu_sec() > 0.0);
     assert_eq!(edge.report.error_count(), 0);
+    // The forwarder ran, as in production: the acking core acknowledged frames of this phase.
+    assert!(edge.forwarded_frames.is_some_and(|n| n > 0), "{:?}", edge.forwarded_frames);
     // Every answered request made one WAL append, seen by the server-side histogram.
     let appends = edge.appends;
     assert!(appends.total >= edge.report.tally.ok_requests && appends.total > 0, "{appends:?}");
