@@ -383,12 +383,15 @@ impl Window {
                     self.commands.push_back(Command::Ack { to, frame });
                 }
                 Some(Err((_, SendError::Rejected(reason)))) => {
+                    let (segment, cause) = (f.segment, QuarantineCause::Rejected { start: f.start, reason });
+                    // Back at the head until the restart, which reads its receipt time.
+                    self.slots.push_front(Slot::Frame(f));
                     self.restart();
-                    let cause = QuarantineCause::Rejected { start: f.start, reason };
-                    self.commands.push_back(Command::Quarantine { segment: f.segment, cause });
+                    self.commands.push_back(Command::Quarantine { segment, cause });
                     return;
                 }
                 Some(Err(error)) => {
+                    self.slots.push_front(Slot::Frame(f));
                     self.fail(now, error);
                     return;
                 }
@@ -417,6 +420,8 @@ impl Window {
     /// Forgets everything in flight and reads again from the acked position (DESIGN rule 5).
     /// Frames that reached core anyway are dropped there by the dedupe index.
     fn restart(&mut self) {
+        // The oldest frame dropped is still the oldest unacked one.
+        self.idle_oldest_ms = self.oldest_unacked_ms();
         self.slots.clear();
         self.commands.retain(|c| !matches!(c, Command::Send { .. }));
         self.commands.push_back(Command::AbortAll);
@@ -432,5 +437,471 @@ impl Window {
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         z ^= z >> 31;
         (z >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::forward::split::tests::record_of;
+
+    const MS: Duration = Duration::from_millis(1);
+    /// Every test record is this long; one record per frame.
+    const REC: u64 = 10;
+
+    fn pos(segment: u64, offset: u64) -> Position {
+        Position { segment, offset }
+    }
+
+    fn retry() -> NodeError {
+        (Some(0), SendError::Retry("busy".into()))
+    }
+
+    /// A WAL and a core for the window, checking as it goes that the watermark only covers
+    /// frames core stored, that no frame is on the wire twice without a restart in between, and
+    /// that no more than `limit` frames are out.
+    struct Sim {
+        w: Window,
+        limit: usize,
+        now: Duration,
+        /// Records per segment; the last segment is the one being written.
+        segments: Vec<u64>,
+        corrupt: Option<Position>,
+        /// Records carry real encoded records stamped `1000 + offset / REC`.
+        stamped: bool,
+        stored: Position,
+        /// Sent, unanswered, not aborted: (id, segment, start).
+        out: Vec<(FrameId, u64, u64)>,
+        /// Every send, in order: (segment, start).
+        sends: Vec<(u64, u64)>,
+        /// Sent since the last restart, to catch a duplicate.
+        live: HashSet<(u64, u64)>,
+        /// Frames core answered `Stored`.
+        stored_by_core: HashSet<(u64, u64)>,
+        /// Every ack the WAL took, with whether a frame ended there.
+        acks: Vec<(Position, bool)>,
+        reads: usize,
+        aborts: usize,
+        backoffs: Vec<Duration>,
+        marked_down: Vec<usize>,
+        disconnected: Vec<usize>,
+        quarantined: Vec<u64>,
+        fail_next_send: Option<NodeError>,
+        fail_acks: bool,
+    }
+
+    impl Sim {
+        fn new(limit: usize, nodes: usize, segments: Vec<u64>) -> Self {
+            Self {
+                w: Window::new(limit, nodes, Position::default(), 7),
+                limit,
+                now: Duration::ZERO,
+                segments,
+                corrupt: None,
+                stamped: false,
+                stored: Position::default(),
+                out: Vec::new(),
+                sends: Vec::new(),
+                live: HashSet::new(),
+                stored_by_core: HashSet::new(),
+                acks: Vec::new(),
+                reads: 0,
+                aborts: 0,
+                backoffs: Vec::new(),
+                marked_down: Vec::new(),
+                disconnected: Vec::new(),
+                quarantined: Vec::new(),
+                fail_next_send: None,
+                fail_acks: false,
+            }
+        }
+
+        fn committed(&self) -> Position {
+            pos(self.segments.len() as u64 - 1, self.segments.last().copied().unwrap_or(0) * REC)
+        }
+
+        fn read(&self, from: Position) -> ReadOutcome {
+            if from >= self.committed() {
+                return ReadOutcome::UpToDate;
+            }
+            if from.offset >= self.segments[from.segment as usize] * REC {
+                return ReadOutcome::NextSegment(pos(from.segment + 1, 0));
+            }
+            if self.corrupt == Some(from) {
+                return ReadOutcome::Corrupt { segment: from.segment, offset: from.offset, error: RecordError::Incomplete };
+            }
+            let data = if self.stamped { record_of("acme", 1000 + from.offset / REC) } else { Vec::new() };
+            ReadOutcome::Records { segment: from.segment, start: from.offset, end: from.offset + REC, data, count: 1 }
+        }
+
+        /// Carries out commands until the window waits.
+        fn run(&mut self) {
+            while let Some(c) = self.w.poll(self.now) {
+                let now = self.now;
+                match c {
+                    Command::Read { from } => {
+                        self.reads += 1;
+                        let outcome = self.read(from);
+                        self.w.handle(now, Event::Read(outcome));
+                    }
+                    Command::Send { id, segment, start, end, records, .. } => {
+                        assert_eq!((end - start, records), (REC, 1));
+                        if let Some(e) = self.fail_next_send.take() {
+                            self.w.handle(now, Event::SendFailed(e));
+                            continue;
+                        }
+                        assert!(self.live.insert((segment, start)), "({segment}, {start}) sent twice without a restart");
+                        self.sends.push((segment, start));
+                        self.out.push((id, segment, start));
+                        assert!(self.out.len() <= self.limit, "{} frames in flight, window {}", self.out.len(), self.limit);
+                    }
+                    Command::AbortAll => {
+                        self.aborts += 1;
+                        self.out.clear();
+                        self.live.clear();
+                    }
+                    Command::Ack { to, frame } => {
+                        if self.fail_acks {
+                            self.w.handle(now, Event::WalFailed);
+                            continue;
+                        }
+                        assert!(to > self.stored, "watermark moved back or stood still: {to:?} after {:?}", self.stored);
+                        for seg in 0..=to.segment {
+                            let end = if seg == to.segment { to.offset } else { self.segments[seg as usize] * REC };
+                            for start in (0..end).step_by(REC as usize) {
+                                assert!(
+                                    self.stored_by_core.contains(&(seg, start)) || self.quarantined.contains(&seg),
+                                    "watermark {to:?} passes ({seg}, {start}), which core never stored"
+                                );
+                            }
+                        }
+                        if let Some(f) = frame {
+                            assert_eq!(to.offset - f.start, REC);
+                        }
+                        self.stored = to;
+                        self.acks.push((to, frame.is_some()));
+                        self.w.handle(now, Event::Stored(to));
+                    }
+                    Command::Quarantine { segment, .. } => {
+                        self.quarantined.push(segment);
+                        if segment as usize == self.segments.len() - 1 {
+                            self.segments.push(0);
+                        }
+                        self.stored = self.stored.max(pos(segment + 1, 0));
+                        self.w.handle(now, Event::Quarantined(self.stored));
+                    }
+                    Command::MarkDown(n) => self.marked_down.push(n),
+                    Command::Disconnect(n) => self.disconnected.push(n),
+                    Command::Backoff { delay, .. } => self.backoffs.push(delay),
+                }
+            }
+        }
+
+        /// Core answers the `k`-th frame still out (in send order).
+        fn answer(&mut self, k: usize, result: Result<(), NodeError>) {
+            let (id, segment, start) = self.out.remove(k);
+            if result.is_ok() {
+                self.stored_by_core.insert((segment, start));
+            }
+            self.w.handle(self.now, Event::Reply { id, result });
+            self.run();
+        }
+
+        fn answer_start(&mut self, start: u64, result: Result<(), NodeError>) {
+            let k = self.out.iter().position(|o| o.2 == start).expect("frame is out");
+            self.answer(k, result);
+        }
+
+        fn advance(&mut self, by: Duration) {
+            self.now += by;
+            self.run();
+        }
+
+        fn append(&mut self, records: u64) {
+            *self.segments.last_mut().unwrap() += records;
+            self.w.handle(self.now, Event::Committed);
+            self.run();
+        }
+
+        fn starts(&self) -> Vec<u64> {
+            self.sends.iter().map(|s| s.1).collect()
+        }
+    }
+
+    #[test]
+    fn out_of_order_answers_advance_the_watermark_over_the_answered_prefix_only() {
+        let mut s = Sim::new(4, 1, vec![4]);
+        s.run();
+        assert_eq!(s.starts(), [0, 10, 20, 30], "the whole window goes out before any answer");
+        s.answer_start(30, Ok(()));
+        s.answer_start(20, Ok(()));
+        assert!(s.acks.is_empty(), "frames 2 and 3 stored, but 0 and 1 are not");
+        s.answer_start(0, Ok(()));
+        assert_eq!(s.acks, [(pos(0, 10), true)]);
+        s.answer_start(10, Ok(()));
+        assert_eq!(s.acks.iter().map(|a| a.0.offset).collect::<Vec<_>>(), [10, 20, 30, 40]);
+        assert_eq!(s.sends.len(), 4, "nothing resent");
+        assert!(s.w.wants_data() && s.w.is_empty());
+    }
+
+    #[test]
+    fn never_more_than_the_window_in_flight_and_new_data_fills_it() {
+        let mut s = Sim::new(3, 1, vec![10]);
+        s.run();
+        assert_eq!((s.out.len(), s.w.frames_in_flight()), (3, 3));
+        assert!(!s.w.wants_data(), "a full window does not wait for data");
+        while !s.out.is_empty() {
+            s.answer(0, Ok(()));
+            assert!(s.out.len() <= 3);
+        }
+        assert_eq!(s.starts(), (0..10).map(|i| i * REC).collect::<Vec<_>>(), "each frame sent once, in order");
+        assert_eq!(s.stored, pos(0, 100));
+        let reads = s.reads;
+        s.run();
+        assert_eq!(s.reads, reads, "caught up: no reads until data is committed");
+        assert!(s.w.wants_data());
+        s.append(2);
+        assert_eq!(s.starts()[10..], [100, 110]);
+    }
+
+    #[test]
+    fn a_failure_resends_everything_unacked_after_the_backoff_with_one_probe_first() {
+        let mut s = Sim::new(3, 1, vec![5]);
+        s.run();
+        s.answer_start(0, Ok(()));
+        assert_eq!(s.starts(), [0, 10, 20, 30]);
+        s.answer_start(20, Ok(()));
+        s.answer_start(30, Err(retry()));
+        assert_eq!((s.aborts, s.backoffs.len()), (0, 0), "a failure counts once the frames before it are settled");
+        s.answer_start(10, Err(retry()));
+        assert_eq!(s.stored, pos(0, 10), "frame 2 was stored by core but frame 1 was not: the watermark stays");
+        assert_eq!((s.aborts, s.backoffs.len()), (1, 1));
+        assert!(s.out.is_empty(), "the whole window is dropped");
+        assert_eq!(s.w.breaker_state(), BreakerState::Open);
+        let delay = s.backoffs[0];
+        assert!((25 * MS..50 * MS).contains(&delay), "{delay:?}");
+        assert_eq!(s.w.resume_at(), Some(s.now + delay));
+        s.advance(delay - MS);
+        assert_eq!(s.sends.len(), 4, "nothing goes out during the backoff");
+        s.advance(MS);
+        assert_eq!(s.starts()[4..], [10], "one probe, from the acked position");
+        assert_eq!(s.w.breaker_state(), BreakerState::HalfOpen);
+        s.answer(0, Ok(()));
+        assert_eq!(s.w.breaker_state(), BreakerState::Closed);
+        assert_eq!(s.starts()[5..], [20, 30, 40], "the full window again, frame 2 resent");
+        assert!(s.disconnected.is_empty(), "core answered retry: the connection is fine");
+    }
+
+    #[test]
+    fn the_backoff_doubles_per_consecutive_failure_up_to_the_cap_and_starts_over_after_an_ack() {
+        let mut s = Sim::new(2, 1, vec![3]);
+        s.run();
+        for k in 0..9u32 {
+            s.answer(0, Err(retry()));
+            let backoff = (MIN_BACKOFF * 2u32.pow(k)).min(MAX_BACKOFF);
+            let delay = *s.backoffs.last().unwrap();
+            assert!(delay >= backoff / 2 && delay < backoff, "failure {}: {delay:?} outside [{:?}, {backoff:?})", k + 1, backoff / 2);
+            assert_eq!(s.w.failures(), k + 1);
+            s.advance(delay);
+            assert_eq!(s.out.len(), 1, "one probe after each backoff");
+        }
+        s.answer(0, Ok(()));
+        s.answer(0, Err(retry()));
+        let delay = *s.backoffs.last().unwrap();
+        assert!(delay < MIN_BACKOFF, "{delay:?}");
+    }
+
+    #[test]
+    fn an_unreachable_node_is_marked_down_only_when_there_are_others() {
+        let mut s = Sim::new(4, 3, vec![4]);
+        s.run();
+        s.answer(0, Err((Some(1), SendError::Timeout(Duration::from_secs(30)))));
+        assert_eq!(s.marked_down, [1]);
+        assert!(s.w.is_down(1) && !s.w.is_down(0) && !s.w.is_down(2));
+        s.w.handle(s.now, Event::NodeUp(1));
+        assert!(!s.w.is_down(1), "its probe answered: it gets its tenants back");
+        // Core answering (retry) or no node to blame: nobody is marked down.
+        s.advance(Duration::from_secs(1));
+        s.answer(0, Err((Some(2), SendError::Retry("busy".into()))));
+        s.advance(Duration::from_secs(1));
+        s.answer(0, Err((None, SendError::Stream("send task: panicked".into()))));
+        assert_eq!((s.marked_down.len(), s.disconnected.len()), (1, 0));
+        // With one node there is nowhere else to go: reconnect to it instead.
+        let mut one = Sim::new(4, 1, vec![4]);
+        one.run();
+        one.answer(0, Err((Some(0), SendError::Connect("refused".into()))));
+        assert_eq!((one.marked_down.len(), one.disconnected.as_slice()), (0, &[0][..]));
+        assert!(!one.w.is_down(0));
+    }
+
+    #[test]
+    fn a_frame_that_cannot_go_out_drops_the_window_at_once_and_late_answers_are_ignored() {
+        let mut s = Sim::new(3, 2, vec![3]);
+        s.w.handle(s.now, Event::Read(s.read(pos(0, 0))));
+        let Some(Command::Send { id, .. }) = s.w.poll(s.now) else { panic!("a send of frame 0") };
+        s.out.push((id, 0, 0));
+        // The next frame finds every node down.
+        s.fail_next_send = Some((None, SendError::Connect("every core node is down".into())));
+        s.run();
+        assert_eq!((s.aborts, s.backoffs.len()), (1, 1), "dropped although frame 0 is unanswered");
+        assert!(s.marked_down.is_empty(), "no one node to blame");
+        s.w.handle(s.now, Event::Reply { id, result: Ok(()) });
+        s.w.handle(s.now, Event::Reply { id: id + 99, result: Ok(()) });
+        s.run();
+        assert!(s.acks.is_empty(), "answers to dropped or unknown sends do not move the watermark");
+        s.advance(Duration::from_secs(1));
+        assert_eq!(s.starts(), [0], "the probe resends from the acked position");
+    }
+
+    #[test]
+    fn a_rejected_frame_quarantines_its_segment_and_forwarding_goes_on() {
+        // Segment 0 is finished with two records, segment 1 is being written.
+        let mut s = Sim::new(4, 1, vec![2, 2]);
+        s.run();
+        assert_eq!(s.sends, [(0, 0), (0, 10), (1, 0)], "the segment end takes a slot of the window");
+        s.answer_start(0, Ok(()));
+        assert_eq!(s.sends[3], (1, 10), "the ack made room in the window");
+        s.answer_start(10, Err((Some(0), SendError::Rejected("undecodable".into()))));
+        assert_eq!(s.quarantined, [0]);
+        assert!(s.backoffs.is_empty() && s.w.breaker_state() == BreakerState::Closed, "a refusal is not a link failure");
+        assert_eq!(s.stored, pos(1, 0), "the watermark moves past the quarantined segment");
+        assert_eq!(s.sends[4..], [(1, 0), (1, 10)], "segment 1 is resent at once");
+        s.answer(0, Ok(()));
+        s.answer(0, Ok(()));
+        assert_eq!(s.stored, pos(1, 20));
+    }
+
+    #[test]
+    fn a_corrupt_record_is_quarantined_once_the_frames_before_it_are_acked() {
+        let mut s = Sim::new(4, 1, vec![4]);
+        s.corrupt = Some(pos(0, 20));
+        s.run();
+        assert_eq!(s.starts(), [0, 10]);
+        assert!(s.quarantined.is_empty(), "frames before it are unanswered");
+        let reads = s.reads;
+        s.run();
+        s.w.handle(s.now, Event::Committed);
+        s.run();
+        assert!(s.reads <= reads + 1, "no spinning on the corrupt record while waiting");
+        s.answer(0, Ok(()));
+        assert!(s.quarantined.is_empty());
+        s.answer(0, Ok(()));
+        assert_eq!(s.quarantined, [0]);
+        assert_eq!(s.stored, pos(1, 0));
+        assert!(s.w.wants_data(), "the writer moved to segment 1; forwarding waits there");
+        s.append(1);
+        assert_eq!(s.sends.last(), Some(&(1, 0)));
+    }
+
+    #[test]
+    fn paused_sends_nothing_new_but_settles_what_is_in_flight() {
+        let mut s = Sim::new(2, 1, vec![4]);
+        s.w.handle(s.now, Event::Paused(true));
+        s.run();
+        assert_eq!((s.reads, s.sends.len()), (0, 0));
+        assert!(!s.w.wants_data());
+        s.w.handle(s.now, Event::Paused(false));
+        s.run();
+        assert_eq!(s.starts(), [0, 10]);
+        s.w.handle(s.now, Event::Paused(true));
+        s.answer(0, Ok(()));
+        s.answer(0, Ok(()));
+        assert_eq!((s.stored, s.sends.len()), (pos(0, 20), 2), "acked, nothing new sent");
+        s.w.handle(s.now, Event::Paused(false));
+        s.run();
+        assert_eq!(s.starts()[2..], [20, 30]);
+    }
+
+    #[test]
+    fn a_wal_failure_drops_the_window_and_queued_acks_and_retries_with_a_doubling_backoff() {
+        let mut s = Sim::new(2, 1, vec![4]);
+        s.run();
+        s.fail_acks = true;
+        s.answer_start(10, Ok(()));
+        s.answer_start(0, Ok(()));
+        assert_eq!((s.aborts, s.stored), (1, pos(0, 0)), "the first ack failed; the second one is not tried");
+        assert_eq!(s.w.resume_at(), Some(s.now + MIN_BACKOFF));
+        assert!(s.backoffs.is_empty(), "the WAL failed, not the link: the breaker stays closed");
+        s.advance(MIN_BACKOFF - MS);
+        assert_eq!(s.sends.len(), 2);
+        s.advance(MS);
+        assert_eq!(s.starts()[2..], [0, 10], "resent from the stored watermark, the full window");
+        s.answer(0, Ok(()));
+        assert_eq!(s.w.resume_at(), Some(s.now + 2 * MIN_BACKOFF), "doubles while the WAL keeps failing");
+        s.fail_acks = false;
+        s.advance(2 * MIN_BACKOFF);
+        s.answer(0, Ok(()));
+        assert_eq!(s.stored, pos(0, 10));
+        s.fail_acks = true;
+        s.answer(0, Ok(()));
+        assert_eq!(s.w.resume_at(), Some(s.now + MIN_BACKOFF), "a stored watermark reset the backoff");
+    }
+
+    #[test]
+    fn the_oldest_unacked_time_follows_the_oldest_frame_and_outlives_a_failure() {
+        let mut s = Sim::new(2, 1, vec![3]);
+        s.stamped = true;
+        s.run();
+        assert_eq!(s.w.oldest_unacked_ms(), 1000);
+        s.answer(0, Ok(()));
+        assert_eq!(s.w.oldest_unacked_ms(), 1001);
+        s.answer(0, Err(retry()));
+        assert!(s.w.is_empty());
+        assert_eq!(s.w.oldest_unacked_ms(), 1001, "nothing in flight, but frame 1 is still unacked");
+        s.advance(Duration::from_secs(1));
+        s.answer(0, Ok(()));
+        s.answer(0, Ok(()));
+        assert_eq!(s.stored, pos(0, 30));
+        assert_eq!(s.w.oldest_unacked_ms(), 0, "caught up");
+    }
+
+    proptest! {
+        /// Whatever core answers and in whatever order (stored, retry, or an unreachable node),
+        /// with any window and segment layout:
+        /// - the watermark only moves forward and never past a frame core has not stored;
+        /// - no more than the window is ever out, and a frame goes out again only after a
+        ///   restart dropped its earlier send;
+        /// - once core stores everything it is sent, the watermark reaches the committed end
+        ///   and every frame was acked (counted as forwarded) exactly once.
+        #[test]
+        fn the_watermark_never_passes_an_unstored_frame_and_every_frame_is_acked_once(
+            limit in 1usize..6,
+            segments in proptest::collection::vec(1u64..6, 1..4),
+            answers in proptest::collection::vec((any::<u8>(), 0u8..5), 0..80),
+        ) {
+            let mut s = Sim::new(limit, 1, segments);
+            s.run();
+            for (pick, kind) in answers {
+                if s.out.is_empty() {
+                    s.advance(MAX_BACKOFF);
+                    continue;
+                }
+                let k = usize::from(pick) % s.out.len();
+                let result = match kind {
+                    0 => Err(retry()),
+                    1 => Err((Some(0), SendError::Stream("reset".into()))),
+                    _ => Ok(()),
+                };
+                s.answer(k, result);
+            }
+            for _ in 0..10_000 {
+                if s.stored == s.committed() {
+                    break;
+                }
+                if s.out.is_empty() {
+                    s.advance(MAX_BACKOFF);
+                } else {
+                    s.answer(s.out.len() - 1, Ok(()));
+                }
+            }
+            prop_assert_eq!(s.stored, s.committed());
+            let frame_acks: Vec<Position> = s.acks.iter().filter(|a| a.1).map(|a| a.0).collect();
+            let records: u64 = s.segments.iter().sum();
+            prop_assert_eq!(frame_acks.len() as u64, records, "every frame acked exactly once");
+        }
     }
 }
