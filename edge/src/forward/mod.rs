@@ -2,14 +2,14 @@
 //! ack watermark only when core answers `Stored` (DESIGN rule 5: resend from the last *acked*
 //! position, never the last sent one).
 //!
-//! The rules live in [`window::Window`], a pure state machine: up to `max_in_flight` frames on
+//! The rules live in `window::Window`, a pure state machine: up to `max_in_flight` frames on
 //! the wire at once (one QUIC stream each), acks applied in WAL order, any failure dropping the
 //! whole window and resending from the acked position (core's dedupe index drops the frames it
 //! had already stored), quarantine, node-down set, breaker and backoffs. This module is the thin
 //! driver around it: it reads the WAL, routes and sends frames, waits with tokio, and keeps the
 //! metrics.
 //!
-//! With several core nodes, each record goes to its tenant's node ([`split`]): a frame's records
+//! With several core nodes, each record goes to its tenant's node (`split`, pure): a frame's records
 //! are split into one sub-frame per node, sent concurrently, and the frame counts as acked only
 //! when every sub-frame is. A node that fails is skipped for `node_retry_secs`, so its tenants
 //! move to their next choice on the resend (core dedupes per node, so a batch whose first copy
@@ -20,8 +20,8 @@
 //! its ack closes the breaker again. Its state is in [`LinkHealth`] for metrics and readiness.
 
 mod error;
-pub mod split;
-pub mod window;
+mod split;
+mod window;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -257,7 +257,13 @@ impl Forwarder {
                 Command::Ack { to, frame } => {
                     tokio::task::block_in_place(|| self.reader.ack(to))?;
                     if let Some(f) = frame {
-                        tracing::debug!(segment = to.segment, start = f.start, end = to.offset, records = f.records, "forwarder: frame acked");
+                        tracing::debug!(
+                            segment = to.segment,
+                            start = f.start,
+                            end = to.offset,
+                            records = f.records,
+                            "forwarder: frame acked"
+                        );
                         self.control.acked();
                         self.metrics.forwarded_records.inc_by(u64::from(f.records));
                         self.metrics.forwarded_bytes.inc_by(to.offset - f.start);

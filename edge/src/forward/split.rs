@@ -66,7 +66,10 @@ pub(crate) mod tests {
     fn ring(n: usize) -> Rendezvous {
         Rendezvous::new(
             (0..n)
-                .map(|i| CoreNode { id: format!("core-{i}"), addr: SocketAddr::from(([127, 0, 0, 1], 7000 + i as u16)) })
+                .map(|i| CoreNode {
+                    id: format!("core-{i}"),
+                    addr: SocketAddr::from(([127, 0, 0, 1], 7000 + i as u16)),
+                })
                 .collect(),
         )
     }

@@ -185,10 +185,6 @@ impl Window {
         self.breaker.state()
     }
 
-    pub fn failures(&self) -> u32 {
-        self.breaker.failures()
-    }
-
     pub fn is_down(&self, node: usize) -> bool {
         self.down.get(node).copied().unwrap_or(false)
     }
@@ -330,7 +326,8 @@ impl Window {
                 self.reading = Reading::Corrupt;
                 // Quarantine only once everything before the bad record is acked.
                 if self.slots.is_empty() {
-                    self.commands.push_back(Command::Quarantine { segment, cause: QuarantineCause::Corrupt { offset, error } });
+                    self.commands
+                        .push_back(Command::Quarantine { segment, cause: QuarantineCause::Corrupt { offset, error } });
                 }
             }
             ReadOutcome::Records { segment, start, end, data, count } => {
@@ -486,7 +483,8 @@ mod tests {
         acks: Vec<(Position, bool)>,
         reads: usize,
         aborts: usize,
-        backoffs: Vec<Duration>,
+        /// Each backoff's delay and the consecutive failures it counts.
+        backoffs: Vec<(Duration, u32)>,
         marked_down: Vec<usize>,
         disconnected: Vec<usize>,
         quarantined: Vec<u64>,
@@ -532,7 +530,11 @@ mod tests {
                 return ReadOutcome::NextSegment(pos(from.segment + 1, 0));
             }
             if self.corrupt == Some(from) {
-                return ReadOutcome::Corrupt { segment: from.segment, offset: from.offset, error: RecordError::Incomplete };
+                return ReadOutcome::Corrupt {
+                    segment: from.segment,
+                    offset: from.offset,
+                    error: RecordError::Incomplete,
+                };
             }
             let data = if self.stamped { record_of("acme", 1000 + from.offset / REC) } else { Vec::new() };
             ReadOutcome::Records { segment: from.segment, start: from.offset, end: from.offset + REC, data, count: 1 }
@@ -554,10 +556,18 @@ mod tests {
                             self.w.handle(now, Event::SendFailed(e));
                             continue;
                         }
-                        assert!(self.live.insert((segment, start)), "({segment}, {start}) sent twice without a restart");
+                        assert!(
+                            self.live.insert((segment, start)),
+                            "({segment}, {start}) sent twice without a restart"
+                        );
                         self.sends.push((segment, start));
                         self.out.push((id, segment, start));
-                        assert!(self.out.len() <= self.limit, "{} frames in flight, window {}", self.out.len(), self.limit);
+                        assert!(
+                            self.out.len() <= self.limit,
+                            "{} frames in flight, window {}",
+                            self.out.len(),
+                            self.limit
+                        );
                     }
                     Command::AbortAll => {
                         self.aborts += 1;
@@ -569,7 +579,11 @@ mod tests {
                             self.w.handle(now, Event::WalFailed);
                             continue;
                         }
-                        assert!(to > self.stored, "watermark moved back or stood still: {to:?} after {:?}", self.stored);
+                        assert!(
+                            to > self.stored,
+                            "watermark moved back or stood still: {to:?} after {:?}",
+                            self.stored
+                        );
                         for seg in 0..=to.segment {
                             let end = if seg == to.segment { to.offset } else { self.segments[seg as usize] * REC };
                             for start in (0..end).step_by(REC as usize) {
@@ -596,7 +610,7 @@ mod tests {
                     }
                     Command::MarkDown(n) => self.marked_down.push(n),
                     Command::Disconnect(n) => self.disconnected.push(n),
-                    Command::Backoff { delay, .. } => self.backoffs.push(delay),
+                    Command::Backoff { delay, failures, .. } => self.backoffs.push((delay, failures)),
                 }
             }
         }
@@ -682,7 +696,7 @@ mod tests {
         assert_eq!((s.aborts, s.backoffs.len()), (1, 1));
         assert!(s.out.is_empty(), "the whole window is dropped");
         assert_eq!(s.w.breaker_state(), BreakerState::Open);
-        let delay = s.backoffs[0];
+        let (delay, _) = s.backoffs[0];
         assert!((25 * MS..50 * MS).contains(&delay), "{delay:?}");
         assert_eq!(s.w.resume_at(), Some(s.now + delay));
         s.advance(delay - MS);
@@ -703,16 +717,21 @@ mod tests {
         for k in 0..9u32 {
             s.answer(0, Err(retry()));
             let backoff = (MIN_BACKOFF * 2u32.pow(k)).min(MAX_BACKOFF);
-            let delay = *s.backoffs.last().unwrap();
-            assert!(delay >= backoff / 2 && delay < backoff, "failure {}: {delay:?} outside [{:?}, {backoff:?})", k + 1, backoff / 2);
-            assert_eq!(s.w.failures(), k + 1);
+            let (delay, failures) = *s.backoffs.last().unwrap();
+            assert!(
+                delay >= backoff / 2 && delay < backoff,
+                "failure {}: {delay:?} outside [{:?}, {backoff:?})",
+                k + 1,
+                backoff / 2
+            );
+            assert_eq!(failures, k + 1);
             s.advance(delay);
             assert_eq!(s.out.len(), 1, "one probe after each backoff");
         }
         s.answer(0, Ok(()));
         s.answer(0, Err(retry()));
-        let delay = *s.backoffs.last().unwrap();
-        assert!(delay < MIN_BACKOFF, "{delay:?}");
+        let (delay, failures) = *s.backoffs.last().unwrap();
+        assert!(delay < MIN_BACKOFF && failures == 1, "{delay:?} after {failures} failures");
     }
 
     #[test]
@@ -767,7 +786,10 @@ mod tests {
         assert_eq!(s.sends[3], (1, 10), "the ack made room in the window");
         s.answer_start(10, Err((Some(0), SendError::Rejected("undecodable".into()))));
         assert_eq!(s.quarantined, [0]);
-        assert!(s.backoffs.is_empty() && s.w.breaker_state() == BreakerState::Closed, "a refusal is not a link failure");
+        assert!(
+            s.backoffs.is_empty() && s.w.breaker_state() == BreakerState::Closed,
+            "a refusal is not a link failure"
+        );
         assert_eq!(s.stored, pos(1, 0), "the watermark moves past the quarantined segment");
         assert_eq!(s.sends[4..], [(1, 0), (1, 10)], "segment 1 is resent at once");
         s.answer(0, Ok(()));
