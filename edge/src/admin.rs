@@ -56,7 +56,7 @@ pub struct AdminState {
     /// `None` when forwarding is disabled.
     pub forwarder: Option<Arc<ForwarderControl>>,
     /// The forwarder's circuit to core, `None` when forwarding is disabled.
-    pub link: Option<Arc<crate::forwarder::LinkHealth>>,
+    pub link: Option<Arc<crate::forward::LinkHealth>>,
     /// The POP peers this edge replicates to, `None` without replication.
     pub replication: Option<ReplicationView>,
 }

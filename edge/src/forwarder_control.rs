@@ -6,7 +6,7 @@ use std::sync::{Mutex, PoisonError};
 
 use tokio::sync::watch;
 
-use crate::forwarder::SendError;
+use crate::forward::SendError;
 
 /// The operator's handle on a running forwarder (admin API): pause/resume and its state.
 #[derive(Debug)]

@@ -28,7 +28,7 @@ use crate::admission::{Admission, Admitted, Refusal};
 use crate::auth::{AuthError, KeyRing, Principal};
 use crate::body::{self, BodyError, BodyFormat};
 use crate::config::{HttpConfig, LimitsConfig, PiiConfig, ValidationConfig};
-use crate::forwarder::LinkHealth;
+use crate::forward::LinkHealth;
 use crate::idempotency::{self, IdempotencyStore, Lookup};
 use crate::ingest::{self, PrepareError, Prepared};
 use crate::metrics::EdgeMetrics;

@@ -1,7 +1,7 @@
 //! Sluice edge collector: accepts event batches over HTTP, makes them durable in a local WAL with
 //! group commit, answers `202` only after `fdatasync`, and forwards the WAL to core over QUIC.
 //!
-//! Pure logic (`auth`, `body`, `validate`) is separate from IO (`http`, `wal`, `forwarder`).
+//! Pure logic (`auth`, `body`, `validate`) is separate from IO (`http`, `wal`, `forward`).
 
 pub mod admin;
 pub mod admission;
@@ -13,7 +13,7 @@ pub mod clock;
 pub mod compat;
 pub mod config;
 pub mod drain;
-pub mod forwarder;
+pub mod forward;
 pub mod forwarder_control;
 pub mod http;
 pub mod idempotency;
@@ -78,7 +78,7 @@ pub struct Edge {
     /// Drain state: readiness, the ingest gate and the drain's outcome.
     pub drain: Arc<drain::Drain>,
     /// Pause/resume and state of the forwarder, when forwarding is enabled.
-    pub forwarder_control: Option<Arc<forwarder::ForwarderControl>>,
+    pub forwarder_control: Option<Arc<forward::ForwarderControl>>,
     drain_deadline: Duration,
     stop: watch::Sender<bool>,
     server: JoinHandle<()>,
@@ -125,13 +125,13 @@ pub async fn start_with_clock(config: EdgeConfig, clock: clock::Clock) -> Result
     let (replication_addr, replication_tasks) = replication.start(&wal, &config, &metrics)?;
     let (stop, stop_rx) = watch::channel(false);
     let mut link = None;
-    let forwarder_control = config.forwarder.enabled.then(Arc::<forwarder::ForwarderControl>::default);
+    let forwarder_control = config.forwarder.enabled.then(Arc::<forward::ForwarderControl>::default);
     let forwarder = match &forwarder_control {
         Some(control) => {
             let f = &config.forwarder;
             let client = tls::quic_client_config(&f.ca_cert, f.client_cert.as_deref(), f.client_key.as_deref())?;
             let fwd =
-                forwarder::Forwarder::new(f.clone(), config.edge_id.clone(), reader, client, metrics.forwarder.clone())
+                forward::Forwarder::new(f.clone(), config.edge_id.clone(), reader, client, metrics.forwarder.clone())
                     .map_err(StartError::Endpoint)?
                     .with_control(control.clone());
             link = Some(fwd.link_health());

@@ -15,7 +15,7 @@ use std::sync::atomic::AtomicU64;
 
 use crate::admission::Admission;
 use crate::auth::KeyRing;
-use crate::forwarder::LinkHealth;
+use crate::forward::LinkHealth;
 use crate::wal::Wal;
 
 pub struct EdgeMetrics {
@@ -40,7 +40,7 @@ pub struct EdgeMetrics {
     pub forwarder: ForwarderMetrics,
 }
 
-/// What a [`crate::forwarder::Forwarder`] updates as it runs: this edge's own forwarder's
+/// What a [`crate::forward::Forwarder`] updates as it runs: this edge's own forwarder's
 /// (`sluice_edge_forward*`), or a takeover's, labelled by origin
 /// (`replication::takeover`).
 #[derive(Clone)]

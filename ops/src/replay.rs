@@ -1,7 +1,7 @@
 //! `sluicectl replay <wal dir> --core <addr>`: ships the records of a WAL directory (usually
 //! copied off a dead node) to core, the way the edge's forwarder would: the same frames
 //! (`sluice_wire::frame::encode_message`), the same QUIC client (`sluice_edge::tls`,
-//! `forwarder::send_on`), and the same rule that a frame counts only once core answers `Stored`.
+//! `forward::send_on`), and the same rule that a frame counts only once core answers `Stored`.
 //!
 //! - **What**: records core has not acknowledged (from the ack watermark on), or with `--all`
 //!   every record; `--include-quarantined` adds the valid records of `*.corrupt` segments
@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use sluice_edge::forwarder::{SendError, handshake, send_on};
+use sluice_edge::forward::{SendError, handshake, send_on};
 use sluice_edge::routing::Rendezvous;
 use sluice_edge::wal::Position;
 use sluice_edge::wal::scan::Item;

@@ -331,7 +331,7 @@ impl PeerLink {
         let mut attempts: FuturesUnordered<_> = addrs
             .into_iter()
             .map(|addr| async move {
-                crate::forwarder::handshake(&self.endpoint, addr, &self.server_name)
+                crate::forward::handshake(&self.endpoint, addr, &self.server_name)
                     .await
                     .map(|conn| (conn, addr))
                     .map_err(|e| format!("{addr}: {e}"))

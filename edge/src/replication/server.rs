@@ -24,7 +24,7 @@ use tokio::task::JoinHandle;
 use super::takeover::{RunningGuard, TakeoverMetrics};
 use super::{ReplicationMetrics, Stage};
 use crate::config::ForwarderConfig;
-use crate::forwarder::Forwarder;
+use crate::forward::Forwarder;
 use crate::wal::Position;
 use crate::wal::mirror::{Mirror, MirrorAppend, MirrorError, Usage};
 

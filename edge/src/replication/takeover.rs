@@ -17,7 +17,7 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{GaugeVec, IntCounterVec, IntGauge, IntGaugeVec, Opts};
 
-use crate::forwarder::LinkHealth;
+use crate::forward::LinkHealth;
 use crate::metrics::ForwarderMetrics;
 use crate::wal::Position;
 use crate::wal::scan::{self, SegmentFile};
