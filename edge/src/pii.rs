@@ -15,7 +15,8 @@ pub struct PiiViolation {
     pub index: usize,
     /// Dotted path of the offending field, e.g. `properties.contact.email`.
     pub field: String,
-    /// `disallowed_field`, `email` or `card_number`.
+    /// `disallowed_field`, `email`, `card_number`, or `too_deep_to_check` (nested past the
+    /// depth a check can walk, so refused rather than passed unchecked).
     pub rule: &'static str,
 }
 
@@ -31,8 +32,13 @@ pub fn check(
     }
     for (root, raw) in [("properties", properties), ("context", context)] {
         let Some(raw) = raw else { continue };
-        // Parsing into a Value is costly, so it only happens for tenants with a policy.
-        let Ok(value) = serde_json::from_str::<Value>(raw.get()) else { continue };
+        // Parsing into a Value is costly, so it only happens for tenants with a policy. The text
+        // is valid JSON (the event parsed), so a failure here is serde_json's nesting limit (128):
+        // such a value cannot be checked, and letting it through unchecked would let anyone past
+        // the policy by nesting the field deep enough.
+        let Ok(value) = serde_json::from_str::<Value>(raw.get()) else {
+            return Err(PiiViolation { index, field: root.to_string(), rule: "too_deep_to_check" });
+        };
         for path in &policy.disallowed_fields {
             if let Some(rest) = path.strip_prefix(root).and_then(|p| p.strip_prefix('.'))
                 && lookup(&value, rest).is_some()
@@ -205,5 +211,21 @@ mod tests {
         let v = check(&policy, 5, Some(&nested), None).unwrap_err();
         assert_eq!((v.index, v.field.as_str(), v.rule), (5, "properties.contact.emails.1", "email"));
         assert_eq!(check(&PiiPolicy::default(), 0, Some(&nested), None), Ok(()));
+    }
+
+    #[test]
+    fn a_value_too_deep_to_check_is_refused_not_passed() {
+        let policy = PiiPolicy { disallowed_fields: vec![], detectors: vec![PiiDetector::Email] };
+        let deep = |levels: usize| {
+            raw(&format!("{}\"bob@example.org\"{}", r#"{"a":"#.repeat(levels), "}".repeat(levels)))
+        };
+        let v = check(&policy, 3, Some(&deep(200)), None).unwrap_err();
+        assert_eq!((v.index, v.field.as_str(), v.rule), (3, "properties", "too_deep_to_check"));
+        let v = check(&policy, 3, None, Some(&deep(200))).unwrap_err();
+        assert_eq!(v.field, "context");
+        // Within the limit the value is scanned as usual, and the e-mail is found where it is.
+        assert_eq!(check(&policy, 3, Some(&deep(100)), None).unwrap_err().rule, "email");
+        // Without a policy nothing is parsed, deep or not.
+        assert_eq!(check(&PiiPolicy::default(), 3, Some(&deep(200)), None), Ok(()));
     }
 }
