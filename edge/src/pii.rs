@@ -216,9 +216,8 @@ mod tests {
     #[test]
     fn a_value_too_deep_to_check_is_refused_not_passed() {
         let policy = PiiPolicy { disallowed_fields: vec![], detectors: vec![PiiDetector::Email] };
-        let deep = |levels: usize| {
-            raw(&format!("{}\"bob@example.org\"{}", r#"{"a":"#.repeat(levels), "}".repeat(levels)))
-        };
+        let deep =
+            |levels: usize| raw(&format!("{}\"bob@example.org\"{}", r#"{"a":"#.repeat(levels), "}".repeat(levels)));
         let v = check(&policy, 3, Some(&deep(200)), None).unwrap_err();
         assert_eq!((v.index, v.field.as_str(), v.rule), (3, "properties", "too_deep_to_check"));
         let v = check(&policy, 3, None, Some(&deep(200))).unwrap_err();

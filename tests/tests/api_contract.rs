@@ -319,6 +319,15 @@ async fn pii_policy_refuses_the_whole_request_per_tenant() {
             post_events(addr, &key, "application/json", &[], ssn).json()["error"]["details"]["field"],
             "properties.ssn"
         );
+        // Nesting an e-mail past the depth a check can walk does not get it through.
+        let deep = format!(
+            r#"[{{"event":"x","distinct_id":"u","properties":{}"ann@example.com"{}}}]"#,
+            r#"{"a":"#.repeat(200),
+            "}".repeat(200)
+        );
+        let r = post_events(addr, &key, "application/json", &[], deep.as_bytes());
+        assert_eq!((r.status, code(&r)), (422, "pii_detected".to_string()), "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.json()["error"]["details"]["rule"], "too_deep_to_check");
         // False positives stay out: handles, order numbers, version strings.
         let clean =
             br#"[{"event":"x","distinct_id":"u","properties":{"h":"@ann","order":"1234567890123","v":"1.2.3"}}]"#;
