@@ -1,4 +1,4 @@
-//! The request pipeline between the HTTP layer and the WAL, without IO: split the body, validate
+//! The request pipeline between the HTTP layer and the WAL, without IO: parse the body, validate
 //! and normalize every event, apply the PII policy, and build the WAL records. Shared by
 //! `POST /v1/events` and the `:debug` echo, so what debug reports is exactly what ingest does.
 
@@ -7,7 +7,8 @@ use sluice_wire::{BatchRecord, EventRecord, Stream};
 use uuid::Uuid;
 
 use crate::auth::Principal;
-use crate::body::{self, BodyError, BodyFormat};
+use crate::batch;
+use crate::body::{BodyError, BodyFormat};
 use crate::compat::Api;
 use crate::config::{LimitsConfig, PiiPolicy, ValidationConfig};
 use crate::pii::PiiViolation;
@@ -54,8 +55,8 @@ pub enum PrepareError {
 }
 
 pub fn prepare(req: &Request<'_>) -> Result<Prepared, PrepareError> {
-    let split = body::split(req.body, req.format, req.limits.max_events)?;
-    let sent_at_ms = match split.sent_at {
+    let parsed = batch::parse(req.body, req.format, req.limits.max_events)?;
+    let sent_at_ms = match parsed.sent_at {
         None => None,
         Some(raw) => Some(
             validate::parse_timestamp(raw.get())
@@ -79,16 +80,17 @@ pub fn prepare(req: &Request<'_>) -> Result<Prepared, PrepareError> {
         shared.extend_from_slice(api.name().as_bytes());
         shared.push(b'"');
     }
-    let mut accepted = Vec::with_capacity(split.events.len());
+    let mut accepted = Vec::with_capacity(parsed.events.len());
     let mut rejected = Vec::new();
     let mut dead_letters = Vec::new();
-    for (index, json) in split.events.iter().enumerate() {
-        match validate::normalize(&ctx, index, json) {
+    for (index, event) in parsed.events.iter().enumerate() {
+        match validate::normalize_event(&ctx, index, event) {
             Ok(e) => accepted.push(e),
             Err(Invalid::Pii(v)) => return Err(PrepareError::Pii(v)),
             Err(Invalid::Reject(r)) => {
-                dead_letters
-                    .push(validate::dead_letter(&ctx, &r, json).map_err(|e| PrepareError::Internal(e.to_string()))?);
+                dead_letters.push(
+                    validate::dead_letter(&ctx, &r, event.raw).map_err(|e| PrepareError::Internal(e.to_string()))?,
+                );
                 rejected.push(r);
             }
         }
