@@ -211,6 +211,44 @@ mod tests {
     }
 
     #[test]
+    fn an_envelope_is_read_in_one_pass_and_rejected_events_keep_their_exact_text() {
+        let principal =
+            Principal { key_id: "k".into(), tenant: "acme".into(), env: "prod".into(), signing_secret: None };
+        let (limits, rules, pii) = (LimitsConfig::default(), ValidationConfig::default(), PiiPolicy::default());
+        let bad = "{ \"event\" : 5 ,\n  \"distinct_id\":\"caf\\u00e9\", \"x\":[{}] }";
+        let twice = r#"{"event":"a","distinct_id":"u","event":"b"}"#;
+        let body = format!(
+            r#"{{"api_key":"k","batch":[ {{"event":"a","distinct_id":"u"}} , {bad},{twice}, [1] ],"sentAt":"2027-01-15T08:00:00Z"}}"#
+        );
+        let req = Request {
+            principal: &principal,
+            region: "eu",
+            batch_id: Uuid::from_u128(9),
+            received_at_ms: 1_800_000_000_000,
+            body: body.as_bytes(),
+            format: BodyFormat::JsonArray,
+            limits: &limits,
+            rules: &rules,
+            pii: &pii,
+            api: None,
+        };
+        let p = prepare(&req).unwrap();
+        assert_eq!(p.accepted.len(), 1);
+        let produced: serde_json::Value =
+            serde_json::from_slice(&sluice_wire::record::spliced(&p.accepted[0].json, &p.shared)).unwrap();
+        assert_eq!(produced["sent_at"], 1_800_000_000_000i64, "the envelope's sentAt");
+        let rejects: Vec<_> = p.rejected.iter().map(|r| (r.index, r.code, r.message.as_str())).collect();
+        assert_eq!(rejects, [
+            (1, "invalid_type", "`event` must be a string, got 5"),
+            (2, "invalid_type", "duplicate field `event` at line 1 column 38"),
+            (3, "invalid_type", "an event must be a JSON object, got an array"),
+        ]);
+        let raws: Vec<serde_json::Value> =
+            p.dead_letters.iter().map(|d| serde_json::from_slice::<serde_json::Value>(&d.json).unwrap()["raw"].clone()).collect();
+        assert_eq!(raws, [bad, twice, "[1]"], "dead letters hold each event's text byte for byte");
+    }
+
+    #[test]
     fn events_record_the_compatible_api_they_came_through() {
         let principal =
             Principal { key_id: "k".into(), tenant: "acme".into(), env: "prod".into(), signing_secret: None };
