@@ -616,12 +616,14 @@ mod tests {
             b" [ {\"event\" : \"a\" } ,\n\t{ } , 5 , [ 1 ] , \"s\" , null , {\"event\":1,\"event\":2} ] ",
             br#"{"x":{"batch":1},"batch":[{"\u0065vent":"a","\ud800":1}],"sentAt":null,"historical_migration":false}"#,
             br#"{"batch":[{"event":"a"}],"sent_at":"2026-01-01T00:00:00Z"}"#,
+            br#"{"x":1,"b\u0061tch":[{"event":"a","event":"b"}, 5, { }],"sentAt":"2026-01-01T00:00:00Z"}"#,
             br#"[{"event":null,"event":"b"}, {"properties":{"event":1,"event":2}}]"#,
         ] {
             assert!(parse(body, BodyFormat::JsonArray, 10).is_ok(), "{}", String::from_utf8_lossy(body));
             agree(body, 10);
         }
         agree(b"[1,2,3]", 2);
+        agree(br#"{"b\u0061tch":[1,2,3]}"#, 2);
         agree(b"[]", 2);
     }
 
