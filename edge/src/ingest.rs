@@ -238,13 +238,19 @@ mod tests {
             serde_json::from_slice(&sluice_wire::record::spliced(&p.accepted[0].json, &p.shared)).unwrap();
         assert_eq!(produced["sent_at"], 1_800_000_000_000i64, "the envelope's sentAt");
         let rejects: Vec<_> = p.rejected.iter().map(|r| (r.index, r.code, r.message.as_str())).collect();
-        assert_eq!(rejects, [
-            (1, "invalid_type", "`event` must be a string, got 5"),
-            (2, "invalid_type", "duplicate field `event` at line 1 column 38"),
-            (3, "invalid_type", "an event must be a JSON object, got an array"),
-        ]);
-        let raws: Vec<serde_json::Value> =
-            p.dead_letters.iter().map(|d| serde_json::from_slice::<serde_json::Value>(&d.json).unwrap()["raw"].clone()).collect();
+        assert_eq!(
+            rejects,
+            [
+                (1, "invalid_type", "`event` must be a string, got 5"),
+                (2, "invalid_type", "duplicate field `event` at line 1 column 38"),
+                (3, "invalid_type", "an event must be a JSON object, got an array"),
+            ]
+        );
+        let raws: Vec<serde_json::Value> = p
+            .dead_letters
+            .iter()
+            .map(|d| serde_json::from_slice::<serde_json::Value>(&d.json).unwrap()["raw"].clone())
+            .collect();
         assert_eq!(raws, [bad, twice, "[1]"], "dead letters hold each event's text byte for byte");
     }
 
