@@ -124,7 +124,7 @@ fn line_fields(json: &[u8]) -> Result<Fields<'_>, Fault> {
     // `["signup","user-1",…]` would pass as an event: only an object is one.
     if first != b'{' {
         return Err(match serde_json::from_slice::<IgnoredAny>(json) {
-            Err(e) => Fault::of(&e, e.to_string()),
+            Err(e) => Fault { code: "malformed_json", message: e.to_string() },
             Ok(_) => not_an_object(first),
         });
     }
@@ -385,7 +385,7 @@ impl<'de> Visitor<'de> for EventSeed<'de> {
     /// is still read, to find where it ends.
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let (body, start) = (self.body, self.start);
-        let text = &body[start..];
+        let text = body.get(start..).unwrap_or_default();
         let mut fields = Fields::default();
         let mut seen = 0u8;
         let mut fault = None;
@@ -718,6 +718,15 @@ mod tests {
         assert_eq!(parse(b"\n \r\n", BodyFormat::Ndjson, 2).unwrap_err(), BodyError::Empty);
         let deep = format!("[{{\"p\":{}{}}}]", "[".repeat(5000), "]".repeat(5000));
         assert_eq!(events(deep.as_bytes())[0].raw.len(), deep.len() - 2, "values are skipped without recursion");
+        agree(deep.as_bytes(), 10);
+        let deep_envelope = format!(
+            "{{\"x\":{}{},\"batch\":[{}{}]}}",
+            "[".repeat(5000),
+            "]".repeat(5000),
+            "[".repeat(5000),
+            "]".repeat(5000)
+        );
+        agree(deep_envelope.as_bytes(), 10);
     }
 
     #[test]
