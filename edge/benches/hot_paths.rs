@@ -1,7 +1,8 @@
 //! Micro-benchmarks of the per-event hot path of an edge and of the forwarder's framing:
-//! body parse + validate + normalize, WAL record encoding, zstd frame compression, and the
-//! admission checks every request passes, and one WAL group commit (write + `fdatasync`) through
-//! the storage trait beside the same syscalls on a plain `File`, in the same run.
+//! body parse + validate + normalize (of an array, an envelope and NDJSON; and the parse alone),
+//! WAL record encoding, zstd frame compression, and the admission checks every request passes,
+//! and one WAL group commit (write + `fdatasync`) through the storage trait beside the same
+//! syscalls on a plain `File`, in the same run.
 //!
 //! `cargo bench -p sluice-edge`. Throughput is reported per event (or per byte for zstd).
 
@@ -130,6 +131,10 @@ fn parse_validate_normalize(c: &mut Criterion) {
     assert_eq!(fixture.prepare_as(&lines, BodyFormat::Ndjson).accepted.len(), EVENTS);
     g.bench_function("parse+validate+normalize 100x300B ndjson", |b| {
         b.iter(|| black_box(fixture.prepare_as(black_box(&lines), BodyFormat::Ndjson)))
+    });
+    let limit = fixture.limits.max_events;
+    g.bench_function("batch::parse alone 100x300B", |b| {
+        b.iter(|| black_box(sluice_edge::batch::parse(black_box(&raw), BodyFormat::JsonArray, limit).unwrap()))
     });
     let rec = record(&raw);
     g.bench_function("encode_record 100 events", |b| {
