@@ -1,7 +1,8 @@
 //! Micro-benchmarks of the per-event hot path of an edge and of the forwarder's framing:
-//! body parse + validate + normalize, WAL record encoding, zstd frame compression, and the
-//! admission checks every request passes, and one WAL group commit (write + `fdatasync`) through
-//! the storage trait beside the same syscalls on a plain `File`, in the same run.
+//! body parse + validate + normalize (of an array, an envelope and NDJSON; and the parse alone),
+//! WAL record encoding, zstd frame compression, and the admission checks every request passes,
+//! and one WAL group commit (write + `fdatasync`) through the storage trait beside the same
+//! syscalls on a plain `File`, in the same run.
 //!
 //! `cargo bench -p sluice-edge`. Throughput is reported per event (or per byte for zstd).
 
@@ -17,22 +18,41 @@ use sluice_wire::{BatchRecord, Stream, frame};
 
 const EVENTS: usize = 100;
 
-/// 300-byte events shaped like an SDK's: name, identity, RFC 3339 time, a few properties.
+/// One 300-byte event shaped like an SDK's: name, identity, RFC 3339 time, a few properties.
+fn event(i: usize) -> Vec<u8> {
+    let head = format!(
+        r#"{{"event":"page_view","distinct_id":"user-{i:08}","timestamp":"2026-11-25T10:00:00Z","properties":{{"path":"/docs/{i}","pad":""#
+    );
+    let mut out = head.as_bytes().to_vec();
+    out.extend(std::iter::repeat_n(b'x', 300 - head.len() - 3));
+    out.extend_from_slice(br#""}}"#);
+    out
+}
+
+/// A JSON array of `events` 300-byte events.
 fn body(events: usize) -> Vec<u8> {
     let mut out = b"[".to_vec();
     for i in 0..events {
         if i > 0 {
             out.push(b',');
         }
-        let head = format!(
-            r#"{{"event":"page_view","distinct_id":"user-{i:08}","timestamp":"2026-11-25T10:00:00Z","properties":{{"path":"/docs/{i}","pad":""#
-        );
-        out.extend_from_slice(head.as_bytes());
-        out.extend(std::iter::repeat_n(b'x', 300 - head.len() - 3));
-        out.extend_from_slice(br#""}}"#);
+        out.extend(event(i));
     }
     out.push(b']');
     out
+}
+
+/// The same events in the envelope PostHog and Segment SDKs send (and their translations are).
+fn envelope(events: usize) -> Vec<u8> {
+    let mut out = br#"{"sent_at":"2026-11-25T10:00:01Z","batch":"#.to_vec();
+    out.extend(body(events));
+    out.push(b'}');
+    out
+}
+
+/// The same events as NDJSON.
+fn ndjson(events: usize) -> Vec<u8> {
+    (0..events).flat_map(|i| event(i).into_iter().chain([b'\n'])).collect()
 }
 
 struct Fixture {
@@ -57,16 +77,20 @@ impl Fixture {
         }
     }
 
-    /// The whole per-request pipeline of `POST /v1/events` after the body is read: split, validate,
+    /// The whole per-request pipeline of `POST /v1/events` after the body is read: parse, validate,
     /// normalize every event.
     fn prepare(&self, raw: &[u8]) -> Prepared {
+        self.prepare_as(raw, BodyFormat::JsonArray)
+    }
+
+    fn prepare_as(&self, raw: &[u8], format: BodyFormat) -> Prepared {
         let request = Request {
             principal: &self.principal,
             region: "eu-west",
             batch_id: uuid::Uuid::now_v7(),
             received_at_ms: 1_795_600_800_000,
             body: raw,
-            format: BodyFormat::JsonArray,
+            format,
             limits: &self.limits,
             rules: &self.rules,
             pii: &self.pii,
@@ -98,6 +122,20 @@ fn parse_validate_normalize(c: &mut Criterion) {
     let mut g = c.benchmark_group("edge");
     g.throughput(Throughput::Elements(EVENTS as u64));
     g.bench_function("parse+validate+normalize 100x300B", |b| b.iter(|| black_box(fixture.prepare(black_box(&raw)))));
+    let wrapped = envelope(EVENTS);
+    assert_eq!(fixture.prepare(&wrapped).accepted.len(), EVENTS);
+    g.bench_function("parse+validate+normalize 100x300B envelope", |b| {
+        b.iter(|| black_box(fixture.prepare(black_box(&wrapped))))
+    });
+    let lines = ndjson(EVENTS);
+    assert_eq!(fixture.prepare_as(&lines, BodyFormat::Ndjson).accepted.len(), EVENTS);
+    g.bench_function("parse+validate+normalize 100x300B ndjson", |b| {
+        b.iter(|| black_box(fixture.prepare_as(black_box(&lines), BodyFormat::Ndjson)))
+    });
+    let limit = fixture.limits.max_events;
+    g.bench_function("batch::parse alone 100x300B", |b| {
+        b.iter(|| black_box(sluice_edge::batch::parse(black_box(&raw), BodyFormat::JsonArray, limit).unwrap()))
+    });
     let rec = record(&raw);
     g.bench_function("encode_record 100 events", |b| {
         let mut buf = Vec::with_capacity(64 * 1024);

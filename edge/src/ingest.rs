@@ -1,4 +1,4 @@
-//! The request pipeline between the HTTP layer and the WAL, without IO: split the body, validate
+//! The request pipeline between the HTTP layer and the WAL, without IO: parse the body, validate
 //! and normalize every event, apply the PII policy, and build the WAL records. Shared by
 //! `POST /v1/events` and the `:debug` echo, so what debug reports is exactly what ingest does.
 
@@ -7,7 +7,8 @@ use sluice_wire::{BatchRecord, EventRecord, Stream};
 use uuid::Uuid;
 
 use crate::auth::Principal;
-use crate::body::{self, BodyError, BodyFormat};
+use crate::batch;
+use crate::body::{BodyError, BodyFormat};
 use crate::compat::Api;
 use crate::config::{LimitsConfig, PiiPolicy, ValidationConfig};
 use crate::pii::PiiViolation;
@@ -54,8 +55,8 @@ pub enum PrepareError {
 }
 
 pub fn prepare(req: &Request<'_>) -> Result<Prepared, PrepareError> {
-    let split = body::split(req.body, req.format, req.limits.max_events)?;
-    let sent_at_ms = match split.sent_at {
+    let parsed = batch::parse(req.body, req.format, req.limits.max_events)?;
+    let sent_at_ms = match parsed.sent_at {
         None => None,
         Some(raw) => Some(
             validate::parse_timestamp(raw.get())
@@ -79,16 +80,17 @@ pub fn prepare(req: &Request<'_>) -> Result<Prepared, PrepareError> {
         shared.extend_from_slice(api.name().as_bytes());
         shared.push(b'"');
     }
-    let mut accepted = Vec::with_capacity(split.events.len());
+    let mut accepted = Vec::with_capacity(parsed.events.len());
     let mut rejected = Vec::new();
     let mut dead_letters = Vec::new();
-    for (index, json) in split.events.iter().enumerate() {
-        match validate::normalize(&ctx, index, json) {
+    for (index, event) in parsed.events.iter().enumerate() {
+        match validate::normalize_event(&ctx, index, event) {
             Ok(e) => accepted.push(e),
             Err(Invalid::Pii(v)) => return Err(PrepareError::Pii(v)),
             Err(Invalid::Reject(r)) => {
-                dead_letters
-                    .push(validate::dead_letter(&ctx, &r, json).map_err(|e| PrepareError::Internal(e.to_string()))?);
+                dead_letters.push(
+                    validate::dead_letter(&ctx, &r, event.raw).map_err(|e| PrepareError::Internal(e.to_string()))?,
+                );
                 rejected.push(r);
             }
         }
@@ -206,6 +208,50 @@ mod tests {
         assert_eq!((recs[1].stream, recs[1].events.len()), (Stream::DeadLetter, 1));
         assert_ne!(recs[0].batch_id, recs[1].batch_id);
         assert!(produced.get("api").is_none(), "native events name no compatible API");
+    }
+
+    #[test]
+    fn an_envelope_is_read_in_one_pass_and_rejected_events_keep_their_exact_text() {
+        let principal =
+            Principal { key_id: "k".into(), tenant: "acme".into(), env: "prod".into(), signing_secret: None };
+        let (limits, rules, pii) = (LimitsConfig::default(), ValidationConfig::default(), PiiPolicy::default());
+        let bad = "{ \"event\" : 5 ,\n  \"distinct_id\":\"caf\\u00e9\", \"x\":[{}] }";
+        let twice = r#"{"event":"a","distinct_id":"u","event":"b"}"#;
+        let body = format!(
+            r#"{{"api_key":"k","batch":[ {{"event":"a","distinct_id":"u"}} , {bad},{twice}, [1] ],"sentAt":"2027-01-15T08:00:00Z"}}"#
+        );
+        let req = Request {
+            principal: &principal,
+            region: "eu",
+            batch_id: Uuid::from_u128(9),
+            received_at_ms: 1_800_000_000_000,
+            body: body.as_bytes(),
+            format: BodyFormat::JsonArray,
+            limits: &limits,
+            rules: &rules,
+            pii: &pii,
+            api: None,
+        };
+        let p = prepare(&req).unwrap();
+        assert_eq!(p.accepted.len(), 1);
+        let produced: serde_json::Value =
+            serde_json::from_slice(&sluice_wire::record::spliced(&p.accepted[0].json, &p.shared)).unwrap();
+        assert_eq!(produced["sent_at"], 1_800_000_000_000i64, "the envelope's sentAt");
+        let rejects: Vec<_> = p.rejected.iter().map(|r| (r.index, r.code, r.message.as_str())).collect();
+        assert_eq!(
+            rejects,
+            [
+                (1, "invalid_type", "`event` must be a string, got 5"),
+                (2, "invalid_type", "duplicate field `event` at line 1 column 38"),
+                (3, "invalid_type", "an event must be a JSON object, got an array"),
+            ]
+        );
+        let raws: Vec<serde_json::Value> = p
+            .dead_letters
+            .iter()
+            .map(|d| serde_json::from_slice::<serde_json::Value>(&d.json).unwrap()["raw"].clone())
+            .collect();
+        assert_eq!(raws, [bad, twice, "[1]"], "dead letters hold each event's text byte for byte");
     }
 
     #[test]

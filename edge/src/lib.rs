@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod admission;
 pub mod auth;
+pub mod batch;
 pub mod body;
 pub mod cli;
 pub mod client_ip;

@@ -1,15 +1,18 @@
 //! Per-event validation and normalization. Pure: the caller supplies the clock and identity.
 //!
-//! Parsing borrows from the request body (no `serde_json::Value`), which is what keeps the hot
-//! path at millions of events per second per core.
+//! Events arrive parsed by [`crate::batch`], their fields borrowed from the request body as raw
+//! JSON (no `serde_json::Value`), which is what keeps the hot path at millions of events per
+//! second per core: strings are copied into the output as the tokens the client sent (they are
+//! already valid JSON) instead of being decoded and re-escaped.
 
 use std::borrow::Cow;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::value::RawValue;
 use sluice_wire::EventRecord;
 use uuid::Uuid;
 
+use crate::batch::{self, Event};
 use crate::config::{FuturePolicy, LimitsConfig, PiiPolicy, ValidationConfig};
 use crate::pii::{self, PiiViolation};
 
@@ -59,25 +62,6 @@ pub struct Reject {
     pub message: String,
 }
 
-/// The fields of an input event, borrowed from the request body as raw JSON. Keeping strings raw
-/// lets `normalize` copy them into the output verbatim (they are already valid JSON) instead of
-/// decoding and re-escaping them; unknown fields are skipped.
-#[derive(Deserialize)]
-struct InEvent<'a> {
-    #[serde(borrow, default)]
-    event: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    distinct_id: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    timestamp: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    event_id: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    properties: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    context: Option<&'a RawValue>,
-}
-
 impl BatchContext<'_> {
     /// The normalized members every event of the batch shares, serialized once per batch and
     /// stored once per WAL record (`BatchRecord::shared`):
@@ -111,21 +95,24 @@ fn reject(index: usize, code: &'static str, message: impl Into<String>) -> Rejec
     Reject { index, code, message: message.into() }
 }
 
-/// Validates the `index`-th event of a batch and returns its normalized form.
+/// Validates the `index`-th event of a batch, given as its JSON text, and returns its normalized
+/// form (see [`normalize_event`]).
+pub fn normalize(ctx: &BatchContext<'_>, index: usize, json: &[u8]) -> Result<EventRecord, Invalid> {
+    normalize_event(ctx, index, &batch::parse_line(json))
+}
+
+/// Validates the `index`-th event of a parsed batch and returns its normalized form.
 ///
 /// The output object is `event_id, event, distinct_id, timestamp (epoch ms)[, client_timestamp]
 /// [, properties][, context]`, written directly: string fields are copied as the raw JSON tokens
 /// the client sent. The batch's [`BatchContext::shared_fields`] complete it when it is produced.
-pub fn normalize(ctx: &BatchContext<'_>, index: usize, json: &[u8]) -> Result<EventRecord, Invalid> {
+pub fn normalize_event(ctx: &BatchContext<'_>, index: usize, event: &Event<'_>) -> Result<EventRecord, Invalid> {
+    let json = event.raw;
     if json.len() > ctx.limits.max_event_bytes {
         let max = ctx.limits.max_event_bytes;
         return Err(reject(index, "event_too_large", format!("event is {} bytes, limit {max}", json.len())).into());
     }
-    not_an_object(index, json)?;
-    let input: InEvent<'_> = serde_json::from_slice(json).map_err(|e| {
-        let code = if e.is_data() { "invalid_type" } else { "malformed_json" };
-        Invalid::Reject(reject(index, code, e.to_string()))
-    })?;
+    let input = event.fields.as_ref().map_err(|f| reject(index, f.code, f.message.clone()))?;
     let event = required_str(index, "event", input.event, MAX_NAME_LEN)?;
     let distinct_id = required_str(index, "distinct_id", input.distinct_id, MAX_ID_LEN)?;
     let mut client_timestamp = None;
@@ -185,29 +172,6 @@ pub fn normalize(ctx: &BatchContext<'_>, index: usize, json: &[u8]) -> Result<Ev
     }
     out.push(b'}');
     Ok(EventRecord { event_id, json: out })
-}
-
-/// An event is a JSON object. serde reads a struct from an array too (field by field, in
-/// declaration order), so `["signup","user-1",…]` would pass as an event; anything that does not
-/// open with `{` is refused here, as `invalid_type` when it is valid JSON of another type.
-fn not_an_object(index: usize, json: &[u8]) -> Result<(), Reject> {
-    let Some(&first) = json.iter().find(|b| !b.is_ascii_whitespace()) else {
-        return Err(reject(index, "malformed_json", "the event is empty"));
-    };
-    if first == b'{' {
-        return Ok(());
-    }
-    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(json) {
-        return Err(reject(index, "malformed_json", e.to_string()));
-    }
-    let kind = match first {
-        b'[' => "an array",
-        b'"' => "a string",
-        b't' | b'f' => "a boolean",
-        b'n' => "null",
-        _ => "a number",
-    };
-    Err(reject(index, "invalid_type", format!("an event must be a JSON object, got {kind}")))
 }
 
 /// Applies the past/future sanity window to a parsed client timestamp.

@@ -1,4 +1,4 @@
-//! The request body path (gzip inflation under a cap, JSON array / NDJSON splitting, per-event
+//! The request body path (gzip inflation under a cap, the one-pass JSON array / NDJSON parse, per-event
 //! validation) sees arbitrary client bytes. Guards against: a panic, output larger than the
 //! limit (gzip bombs, unbounded allocation), more events than the limit, and valid input being
 //! mangled on the way.
@@ -6,9 +6,10 @@
 use std::io::Write;
 
 use proptest::prelude::*;
-use sluice_edge::body::{BodyError, BodyFormat, decode, split};
+use sluice_edge::batch::parse;
+use sluice_edge::body::{BodyError, BodyFormat, decode};
 use sluice_edge::config::{LimitsConfig, PiiPolicy, ValidationConfig};
-use sluice_edge::validate::{BatchContext, normalize};
+use sluice_edge::validate::{BatchContext, normalize, normalize_event};
 
 fn gzip(data: &[u8]) -> Vec<u8> {
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
@@ -71,10 +72,10 @@ proptest! {
     }
 
     #[test]
-    fn split_never_panics_and_respects_the_event_limit(data in prop::collection::vec(any::<u8>(), 0..4096), max in 1usize..50, ndjson in any::<bool>()) {
+    fn parse_never_panics_and_respects_the_event_limit(data in prop::collection::vec(any::<u8>(), 0..4096), max in 1usize..50, ndjson in any::<bool>()) {
         let format = if ndjson { BodyFormat::Ndjson } else { BodyFormat::JsonArray };
-        if let Ok(split) = split(&data, format, max) {
-            prop_assert!(!split.events.is_empty() && split.events.len() <= max);
+        if let Ok(batch) = parse(&data, format, max) {
+            prop_assert!(!batch.events.is_empty() && batch.events.len() <= max);
         }
     }
 
@@ -82,9 +83,9 @@ proptest! {
     #[test]
     fn jsonish_text_never_panics(s in r#"[\[\]\{\}",:0-9a-z\\ \n-]{0,400}"#, max in 1usize..20) {
         for format in [BodyFormat::JsonArray, BodyFormat::Ndjson] {
-            if let Ok(split) = split(s.as_bytes(), format, max) {
-                for (i, e) in split.events.iter().enumerate() {
-                    let _ = normalize(&ctx(), i, e);
+            if let Ok(batch) = parse(s.as_bytes(), format, max) {
+                for (i, e) in batch.events.iter().enumerate() {
+                    let _ = normalize_event(&ctx(), i, e);
                 }
             }
         }
@@ -95,14 +96,16 @@ proptest! {
         let _ = normalize(&ctx(), 0, &data);
     }
 
-    /// Well-formed arrays split into exactly their elements.
+    /// Well-formed arrays parse into exactly their elements.
     #[test]
-    fn arrays_split_into_their_elements(n in 1usize..30, max in 1usize..30) {
-        let body = format!("[{}]", (0..n).map(|i| format!(r#"{{"i":{i}}}"#)).collect::<Vec<_>>().join(","));
-        match split(body.as_bytes(), BodyFormat::JsonArray, max) {
-            Ok(split) => {
+    fn arrays_parse_into_their_elements(n in 1usize..30, max in 1usize..30) {
+        let elements: Vec<_> = (0..n).map(|i| format!(r#"{{"i":{i}}}"#)).collect();
+        let body = format!("[{}]", elements.join(","));
+        match parse(body.as_bytes(), BodyFormat::JsonArray, max) {
+            Ok(batch) => {
                 prop_assert!(n <= max);
-                prop_assert_eq!(split.events.len(), n);
+                let raws: Vec<_> = batch.events.iter().map(|e| e.raw).collect();
+                prop_assert_eq!(raws, elements.iter().map(|e| e.as_bytes()).collect::<Vec<_>>());
             }
             Err(e) => {
                 prop_assert!(n > max);
