@@ -213,7 +213,6 @@ impl Forwarder {
                 idle_paused.then(|| self.reader.committed())
             };
             let wake = self.window.resume_at().map(|at| tokio::time::Instant::from_std(self.epoch + at));
-            let persist = self.reader.watermark_due().map(tokio::time::Instant::from_std);
             let event = tokio::select! {
                 Some((id, result)) = self.replies.next(), if !self.replies.is_empty() => Event::Reply { id, result },
                 alive = self.reader.wait_past(wait_past.unwrap_or_default()), if wait_past.is_some() => {
@@ -225,11 +224,6 @@ impl Forwarder {
                 Ok(()) = paused.changed() => Event::Paused(*paused.borrow_and_update()),
                 // The window's `poll` picks up where the backoff ends.
                 _ = tokio::time::sleep_until(wake.unwrap_or_else(tokio::time::Instant::now)), if wake.is_some() => continue,
-                // No ack came to carry the watermark to its file.
-                _ = tokio::time::sleep_until(persist.unwrap_or_else(tokio::time::Instant::now)), if persist.is_some() => {
-                    tokio::task::block_in_place(|| self.reader.persist_watermark());
-                    continue;
-                }
                 _ = stop.changed() => continue,
             };
             let now = self.now();

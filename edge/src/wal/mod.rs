@@ -386,46 +386,6 @@ mod tests {
         assert!(wal.append(rec).await.is_ok(), "the budget is usable again once core acked everything");
     }
 
-    /// Acks reach the watermark file at most every `WATERMARK_DELAY` (a deleted segment writes it
-    /// at once), when the delay is due even without another ack, and when the reader is dropped.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn acks_reach_the_watermark_file_batched_and_at_drop() {
-        let dir = tempfile::tempdir().unwrap();
-        let config = WalConfig { dir: dir.path().join("wal"), segment_bytes: 16 * 1024, ..WalConfig::default() };
-        let stored = || watermark::load(&storage::FileStorage, &config.dir).unwrap();
-        let (wal, mut reader) = Wal::open(&config).unwrap();
-        let mut ends = Vec::new();
-        for _ in 0..3 {
-            wal.append(record(100)).await.unwrap();
-            ends.push(wal.committed());
-        }
-        assert_eq!(ends[0].segment, ends[2].segment, "one segment: no ack deletes one");
-        tokio::task::block_in_place(|| reader.ack(ends[0])).unwrap();
-        tokio::task::block_in_place(|| reader.ack(ends[1])).unwrap();
-        assert_eq!(reader.acked(), ends[1], "acked at once in memory");
-        let before = stored();
-        assert!(before < Some(ends[0]), "acks within the delay wait: {before:?}");
-        let due = reader.watermark_due().expect("a write is due");
-        assert!(due <= std::time::Instant::now() + reader::WATERMARK_DELAY);
-        reader.persist_watermark();
-        assert_eq!(stored(), Some(ends[1]));
-        assert_eq!(reader.watermark_due(), None, "nothing left to write");
-
-        tokio::task::block_in_place(|| reader.ack(ends[2])).unwrap();
-        assert_eq!(stored(), Some(ends[1]));
-        drop(reader);
-        assert_eq!(stored(), Some(ends[2]), "a reader that stops leaves the watermark at its acks");
-
-        // An ack that deletes a segment writes the watermark at once.
-        let (wal, mut reader) = Wal::open(&config).unwrap();
-        while wal.committed().segment == ends[2].segment {
-            wal.append(record(2000)).await.unwrap();
-        }
-        let next = wal.committed();
-        tokio::task::block_in_place(|| reader.ack(next)).unwrap();
-        assert_eq!(stored(), Some(next));
-    }
-
     /// Regression: on a full disk the watermark could not be written, `ack` failed before it
     /// deleted anything, and the forwarder stopped for good; nothing more was forwarded.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

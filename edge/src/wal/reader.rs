@@ -4,7 +4,6 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
 
 use sluice_wire::record::{HEADER_LEN, RecordError, check_record};
 use tokio::sync::watch;
@@ -25,20 +24,11 @@ pub enum ReadOutcome {
     Corrupt { segment: u64, offset: u64, error: RecordError },
 }
 
-/// How long an acknowledged position may wait in memory before the watermark file gets it.
-/// Persisting it is a write, an `fdatasync` and a rename, and at moderate load the forwarder
-/// acks a frame every few milliseconds; at most ten a second costs a crash at most this much
-/// of resends, which core's batch-ID dedupe drops. Segments are deleted at once either way:
-/// recovery already starts past a watermark whose segment is gone.
-pub const WATERMARK_DELAY: Duration = Duration::from_millis(100);
-
 pub struct WalReader {
     storage: Arc<dyn Storage>,
     dir: PathBuf,
     committed: watch::Receiver<Position>,
     acked: Position,
-    /// Since when `acked` is ahead of the watermark file, if it is.
-    unpersisted_since: Option<Instant>,
     shared: Arc<Shared>,
     writer: std::sync::mpsc::Sender<Request>,
 }
@@ -52,7 +42,7 @@ impl WalReader {
         shared: Arc<Shared>,
         writer: std::sync::mpsc::Sender<Request>,
     ) -> Self {
-        Self { storage, dir, committed, acked, unpersisted_since: None, shared, writer }
+        Self { storage, dir, committed, acked, shared, writer }
     }
 
     /// Position up to which core has acknowledged; forwarding (re)starts here (DESIGN rule 5).
@@ -150,28 +140,10 @@ impl WalReader {
         if to <= self.acked {
             return Ok(());
         }
-        let deleted = delete_acked_segments(&*self.storage, &self.dir, to, &self.shared)?;
+        trim(&*self.storage, &self.dir, to, &self.shared)?;
         self.acked = to;
         self.shared.acked.send_replace(to);
-        let since = *self.unpersisted_since.get_or_insert_with(Instant::now);
-        if deleted || since.elapsed() >= WATERMARK_DELAY {
-            self.persist_watermark();
-        }
         Ok(())
-    }
-
-    /// When the acknowledged position must reach the watermark file, if it has not yet: the
-    /// forwarder calls [`persist_watermark`](Self::persist_watermark) then even if no ack comes.
-    pub fn watermark_due(&self) -> Option<Instant> {
-        self.unpersisted_since.map(|since| since + WATERMARK_DELAY)
-    }
-
-    /// Writes the acknowledged position to the watermark file, if it is behind. A failure is
-    /// logged and retried after [`WATERMARK_DELAY`] (a crash meanwhile only causes resends).
-    pub fn persist_watermark(&mut self) {
-        if self.unpersisted_since.take().is_some() && !store_watermark(&*self.storage, &self.dir, self.acked) {
-            self.unpersisted_since = Some(Instant::now());
-        }
     }
 
     /// Takes a segment with a corrupt committed record out of service and moves past it. The
@@ -203,13 +175,6 @@ impl WalReader {
 /// Deletes the segments of `dir` wholly before `to`, then stores `to` as the ack watermark (see
 /// [`WalReader::ack`] for why in that order, and why a failed store is only a warning).
 pub(super) fn trim(storage: &dyn Storage, dir: &Path, to: Position, shared: &Shared) -> io::Result<()> {
-    delete_acked_segments(storage, dir, to, shared)?;
-    store_watermark(storage, dir, to);
-    Ok(())
-}
-
-/// Deletes the segments wholly before `to`; whether there were any.
-fn delete_acked_segments(storage: &dyn Storage, dir: &Path, to: Position, shared: &Shared) -> io::Result<bool> {
     let mut deleted = false;
     for (seq, len) in list_segments(storage, dir)? {
         if seq >= to.segment {
@@ -222,26 +187,11 @@ fn delete_acked_segments(storage: &dyn Storage, dir: &Path, to: Position, shared
     if deleted {
         storage.sync_dir(dir)?;
     }
-    Ok(deleted)
-}
-
-/// Whether the watermark reached the file (a failure is logged).
-fn store_watermark(storage: &dyn Storage, dir: &Path, to: Position) -> bool {
-    match watermark::store(storage, dir, to) {
-        Ok(()) => true,
-        Err(e) => {
-            tracing::warn!(error = %e, dir = %dir.display(), segment = to.segment, offset = to.offset,
-                "wal: ack watermark not persisted; will retry (a crash now only causes resends)");
-            false
-        }
+    if let Err(e) = watermark::store(storage, dir, to) {
+        tracing::warn!(error = %e, dir = %dir.display(), segment = to.segment, offset = to.offset,
+            "wal: ack watermark not persisted; will retry on the next ack (a crash now only causes resends)");
     }
-}
-
-impl Drop for WalReader {
-    /// A forwarder that stops (drain, shutdown) leaves the watermark where core's acks are.
-    fn drop(&mut self) {
-        self.persist_watermark();
-    }
+    Ok(())
 }
 
 fn corrupt(at: Position, error: RecordError) -> ReadOutcome {
