@@ -75,7 +75,13 @@ pub enum ReplicationError {
 }
 
 pub fn encode_message(m: &PeerMessage) -> Result<Vec<u8>, ReplicationError> {
-    Ok(postcard::to_stdvec(m)?)
+    // An append carries a whole group (up to megabytes): sized once, the buffer is not grown by
+    // doubling, which copied the group again at every step and faulted in fresh pages.
+    let capacity = match m {
+        PeerMessage::Append { bytes, .. } => bytes.len() + 256,
+        _ => 256,
+    };
+    Ok(postcard::to_extend(m, Vec::with_capacity(capacity))?)
 }
 
 pub fn decode_message(bytes: &[u8]) -> Result<PeerMessage, ReplicationError> {

@@ -297,7 +297,8 @@ impl PeerLink {
         let result = tokio::time::timeout(timeout, async {
             let conn = self.connection().await?;
             let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-            send.write_all(&bytes).await.map_err(|e| e.to_string())?;
+            // The encoded message moves into quinn's send buffer as it is (no copy).
+            send.write_chunk(Bytes::from(bytes)).await.map_err(|e| e.to_string())?;
             send.finish().map_err(|e| e.to_string())?;
             let reply = recv.read_to_end(64 * 1024).await.map_err(|e| e.to_string())?;
             proto::decode_reply(&reply).map_err(|e| e.to_string())
