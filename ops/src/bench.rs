@@ -627,18 +627,7 @@ impl PeerProcess {
     }
 
     fn metrics(&self) -> anyhow::Result<String> {
-        use std::io::Read as _;
-        let mut conn = std::net::TcpStream::connect(self.admin)?;
-        conn.set_read_timeout(Some(Duration::from_secs(5)))?;
-        write!(conn, "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", self.admin)?;
-        let mut response = String::new();
-        conn.read_to_string(&mut response)?;
-        anyhow::ensure!(
-            response.starts_with("HTTP/1.1 200"),
-            "GET /metrics: {}",
-            response.lines().next().unwrap_or("")
-        );
-        Ok(response)
+        Ok(crate::drain::admin_metrics(self.admin)?)
     }
 
     /// CPU time of all the peer's threads so far (`/proc/<pid>/task/*/schedstat`).

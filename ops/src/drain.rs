@@ -37,11 +37,31 @@ fn admin_request_with_timeout(
     body: &str,
     timeout: Duration,
 ) -> Result<serde_json::Value, AdminError> {
+    let body = admin_exchange(addr, Some(token), method, path, body, timeout)?;
+    serde_json::from_slice(&body).map_err(|_| AdminError::Unparseable { addr })
+}
+
+/// An edge's `GET /metrics` (Prometheus text; the one admin route without a token).
+pub fn admin_metrics(addr: SocketAddr) -> Result<String, AdminError> {
+    let body = admin_exchange(addr, None, "GET", "/metrics", "", Duration::from_secs(5))?;
+    String::from_utf8(body).map_err(|_| AdminError::Unparseable { addr })
+}
+
+/// One request on a connection of its own; the body of a `2xx` answer.
+fn admin_exchange(
+    addr: SocketAddr,
+    token: Option<&str>,
+    method: &str,
+    path: &str,
+    body: &str,
+    timeout: Duration,
+) -> Result<Vec<u8>, AdminError> {
     let io = |source| AdminError::Io { addr, source };
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(io)?;
     s.set_read_timeout(Some(timeout)).map_err(io)?;
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: Bearer {token}\r\n\
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}\
          Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
@@ -51,12 +71,12 @@ fn admin_request_with_timeout(
     let split = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or(AdminError::Unparseable { addr })?;
     let head = String::from_utf8_lossy(&raw[..split]);
     let status: u16 = head.split(' ').nth(1).and_then(|c| c.parse().ok()).ok_or(AdminError::Unparseable { addr })?;
-    let body = &raw[split + 4..];
+    let body = raw.split_off(split + 4);
     // axum answers with Content-Length, so the body is not chunked.
     if !(200..300).contains(&status) {
-        return Err(AdminError::Status { addr, status, body: String::from_utf8_lossy(body).into_owned() });
+        return Err(AdminError::Status { addr, status, body: String::from_utf8_lossy(&body).into_owned() });
     }
-    serde_json::from_slice(body).map_err(|_| AdminError::Unparseable { addr })
+    Ok(body)
 }
 
 /// What `sluicectl drain` reports at the end (`--json` prints this).
