@@ -216,6 +216,12 @@ pub struct WalConfig {
     pub budget_bytes: u64,
     /// Most bytes one group commit writes before its fdatasync. Default 8 MiB.
     pub max_group_bytes: usize,
+    /// zstd level each request's events are compressed at before they are written (record
+    /// version 5): the WAL, the replicas and the frames to core then carry a third or less of the
+    /// bytes, compressed once. `0` writes records uncompressed (versions 3 and 4), for a core
+    /// older than version 5 records; such a core answers `Retry` to compressed frames, so the
+    /// WAL holds them until core is upgraded. Default 1.
+    pub zstd_level: i32,
 }
 
 impl Default for WalConfig {
@@ -225,6 +231,7 @@ impl Default for WalConfig {
             segment_bytes: 64 * 1024 * 1024,
             budget_bytes: 8 * 1024 * 1024 * 1024,
             max_group_bytes: 8 * 1024 * 1024,
+            zstd_level: 1,
         }
     }
 }
@@ -251,7 +258,8 @@ pub struct ForwarderConfig {
     pub client_key: Option<PathBuf>,
     /// Target uncompressed frame size. Default 1 MiB.
     pub frame_bytes: usize,
-    /// zstd level for frames. Default 3.
+    /// zstd level for frames of uncompressed records (`wal.zstd_level = 0`, or a WAL written
+    /// before compression); frames of compressed records are sent as they are. Default 3.
     pub zstd_level: i32,
     /// Seconds to wait for core's ack before resending. Default 30.
     pub ack_timeout_secs: u64,

@@ -42,6 +42,8 @@ pub struct AppState {
     pub keys: Arc<KeyRing>,
     pub wal: Wal,
     pub region: String,
+    /// `wal.zstd_level`: how each request's record is compressed (0: not at all).
+    pub record_zstd_level: i32,
     pub limits: LimitsConfig,
     pub rules: ValidationConfig,
     pub pii: PiiConfig,
@@ -673,7 +675,7 @@ async fn commit(
     };
     let lane = state.keys.lane(principal);
     let ingest::WalBatch { accepted, rejected, bytes } = prepared
-        .into_wal_bytes(principal, &state.region, lane, trace)
+        .into_wal_bytes(principal, &state.region, lane, trace, state.record_zstd_level)
         .map_err(|e| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", e.to_string()))?;
     let enqueue = state.metrics.enqueue_latency.start_timer();
     let wal_bytes = bytes.len() as u64;

@@ -2,7 +2,7 @@
 //! and normalize every event, apply the PII policy, and build the WAL records. Shared by
 //! `POST /v1/events` and the `:debug` echo, so what debug reports is exactly what ingest does.
 
-use sluice_wire::record::{RecordError, encode_record};
+use sluice_wire::record::{RecordError, encode_record, encode_record_compressed};
 use sluice_wire::{BatchRecord, EventRecord, Stream};
 use uuid::Uuid;
 
@@ -122,18 +122,30 @@ impl Prepared {
     /// a dead-letter record, appended together so both are durable before the 202.
     /// `traceparent` is the request span's W3C trace context, carried to the Kafka headers.
     /// `lane` is the stream of the accepted events ([`crate::auth::KeyRing::lane`]); dead letters
-    /// go to the dead-letter stream whatever the lane.
+    /// go to the dead-letter stream whatever the lane. Records are compressed at `zstd_level`
+    /// (`0`: uncompressed).
     pub fn into_wal_bytes(
         self,
         principal: &Principal,
         region: &str,
         lane: Stream,
         traceparent: Option<String>,
+        zstd_level: i32,
     ) -> Result<WalBatch, RecordError> {
+        let encode = |record: &BatchRecord, out: &mut Vec<u8>| match zstd_level {
+            0 => encode_record(record, out),
+            level => encode_record_compressed(record, level, out),
+        };
         let accepted = self.accepted.len();
         let rejected = self.rejected;
-        let size: usize = self.accepted.iter().chain(&self.dead_letters).map(|e| e.json.len() + 64).sum();
-        let mut bytes = Vec::with_capacity(size + self.shared.len() + 256);
+        let mut bytes = match zstd_level {
+            0 => {
+                let size: usize = self.accepted.iter().chain(&self.dead_letters).map(|e| e.json.len() + 64).sum();
+                Vec::with_capacity(size + self.shared.len() + 256)
+            }
+            // A few times smaller than the events; the encoder reserves what it writes.
+            _ => Vec::new(),
+        };
         let mut record = BatchRecord {
             batch_id: self.batch_id,
             tenant: principal.tenant.clone(),
@@ -145,7 +157,7 @@ impl Prepared {
             traceparent,
             shared: self.shared,
         };
-        encode_record(&record, &mut bytes)?;
+        encode(&record, &mut bytes)?;
         if !self.dead_letters.is_empty() {
             // A distinct batch ID: core dedupes per batch, and the two records must not shadow
             // each other. Derived, so a retried keyed batch maps to the same dead-letter batch.
@@ -154,7 +166,7 @@ impl Prepared {
             record.events = self.dead_letters;
             // Dead letters hold every member themselves (their text may not even be JSON).
             record.shared = Vec::new();
-            encode_record(&record, &mut bytes)?;
+            encode(&record, &mut bytes)?;
         }
         Ok(WalBatch { accepted, rejected, bytes })
     }
@@ -189,10 +201,10 @@ mod tests {
         assert_eq!(p.accepted.len(), 2);
         assert_eq!(p.rejected.iter().map(|r| (r.index, r.code)).collect::<Vec<_>>(), vec![(1, "malformed_json")]);
         let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        let overflow = prepare(&req).unwrap().into_wal_bytes(&principal, "eu", Stream::Overflow, None).unwrap();
+        let overflow = prepare(&req).unwrap().into_wal_bytes(&principal, "eu", Stream::Overflow, None, 0).unwrap();
         let lanes: Vec<_> = records(&overflow.bytes).map(|r| r.unwrap().stream).collect();
         assert_eq!(lanes, [Stream::Overflow, Stream::DeadLetter], "the lane takes the accepted events only");
-        let batch = p.into_wal_bytes(&principal, "eu", Stream::Events, Some(tp.into())).unwrap();
+        let batch = p.into_wal_bytes(&principal, "eu", Stream::Events, Some(tp.into()), 1).unwrap();
         assert_eq!((batch.accepted, batch.rejected.len()), (2, 1));
         let recs: Vec<_> = records(&batch.bytes).collect::<Result<_, _>>().unwrap();
         assert_eq!(recs.len(), 2);

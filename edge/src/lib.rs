@@ -166,6 +166,7 @@ pub async fn start_with_clock(config: EdgeConfig, clock: clock::Clock) -> Result
         keys,
         wal: wal.clone(),
         region: config.region.clone(),
+        record_zstd_level: config.wal.zstd_level,
         limits: config.limits.clone(),
         rules: config.validation.clone(),
         pii: config.pii.clone(),

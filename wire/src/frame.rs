@@ -2,6 +2,11 @@
 //!
 //! The records inside keep their WAL framing (len + crc32c), so core re-verifies every record's
 //! checksum after decompression: corruption anywhere between the edge's disk and core is caught.
+//!
+//! Records the edge compressed when it wrote them (record version 5) are not compressed again: a
+//! frame holding them is a zstd frame of raw (stored) blocks, which every zstd decoder reads as
+//! a copy. Core reads both kinds the same way, so the edge decides per frame and the protocol is
+//! unchanged (a core too old for version 5 records answers `Retry`, and the WAL keeps them).
 
 use crate::protocol::{self, FrameHeader, ProtocolError};
 use crate::record::{self, BatchRecord, RecordError};
@@ -29,11 +34,54 @@ pub fn compress(raw_records: &[u8], level: i32) -> Result<Vec<u8>, FrameError> {
 }
 
 /// The whole message a forwarder sends on a stream: the encoded `header`, then `raw_records`
-/// compressed at `level`.
+/// (whole WAL records) compressed at `level`, or stored if they hold compressed records already.
 pub fn encode_message(header: &FrameHeader, raw_records: &[u8], level: i32) -> Result<Vec<u8>, FrameError> {
     let mut message = protocol::encode_header(header)?;
-    message.extend_from_slice(&compress(raw_records, level)?);
+    if holds_compressed(raw_records) {
+        store(raw_records, &mut message);
+    } else {
+        message.extend_from_slice(&compress(raw_records, level)?);
+    }
     Ok(message)
+}
+
+/// Whether any record of `raw_records` is compressed. An edge that compresses records writes the
+/// few it leaves uncompressed (too small to gain) beside them: a frame with one compressed
+/// record comes from such an edge and is not worth compressing again.
+fn holds_compressed(mut raw_records: &[u8]) -> bool {
+    while let Ok(Some(len)) = record::check_record(raw_records) {
+        if record::is_compressed(raw_records) {
+            return true;
+        }
+        raw_records = &raw_records[len..];
+    }
+    false
+}
+
+/// Appends `data` as a zstd frame of raw blocks (RFC 8878 §3.1.1): no compression, readable by
+/// any zstd decoder.
+fn store(data: &[u8], out: &mut Vec<u8>) {
+    /// Raw blocks are at most 128 KiB (the format's `Block_Maximum_Size`).
+    const BLOCK: usize = 128 * 1024;
+    const MAGIC: u32 = 0xFD2F_B528;
+    // Frame_Header_Descriptor: an 8-byte Frame_Content_Size (flag 3) and Single_Segment (no
+    // window descriptor; the window is the content), no checksum, no dictionary.
+    const DESCRIPTOR: u8 = 0b1110_0000;
+    out.reserve(4 + 1 + 8 + data.len() + 3 * (data.len() / BLOCK + 1));
+    out.extend_from_slice(&MAGIC.to_le_bytes());
+    out.push(DESCRIPTOR);
+    out.extend_from_slice(&(data.len() as u64).to_le_bytes());
+    let mut blocks = data.chunks(BLOCK).peekable();
+    if blocks.peek().is_none() {
+        // A frame has at least one block: the last, raw and empty.
+        out.extend_from_slice(&[1, 0, 0]);
+    }
+    while let Some(block) = blocks.next() {
+        // Block_Header, 3 bytes LE: Last_Block (bit 0), Block_Type 0 = raw (bits 1-2), Block_Size.
+        let header = u32::from(blocks.peek().is_none()) | ((block.len() as u32) << 3);
+        out.extend_from_slice(&header.to_le_bytes()[..3]);
+        out.extend_from_slice(block);
+    }
 }
 
 /// Decompresses a frame whose header announced `raw_len` bytes and decodes its records.
@@ -101,6 +149,52 @@ mod tests {
         let (got, payload) = protocol::decode_message(&msg).unwrap();
         assert_eq!(got, header);
         assert_eq!(decompress(payload, got.raw_len as usize).unwrap(), recs);
+    }
+
+    /// Frames of compressed records are stored, not compressed again, and still decode with the
+    /// decompression every core runs; frames of uncompressed records are compressed.
+    #[test]
+    fn compressed_records_are_stored_and_decode_like_any_frame() {
+        let many = |i| BatchRecord {
+            events: (0..50)
+                .map(|e| EventRecord { event_id: format!("{i}-{e}"), json: br#"{"event":"page_view","n":1}"#.to_vec() })
+                .collect(),
+            ..rec(i)
+        };
+        let recs: Vec<_> = (0..4).map(many).collect();
+        let (mut plain, mut packed) = (Vec::new(), Vec::new());
+        for r in &recs {
+            encode_record(r, &mut plain).unwrap();
+            crate::record::encode_record_compressed(r, 1, &mut packed).unwrap();
+        }
+        assert!(packed.len() * 3 < plain.len(), "{} vs {}", packed.len(), plain.len());
+        let header = |raw: &[u8]| FrameHeader {
+            protocol_version: protocol::PROTOCOL_VERSION,
+            edge_id: "e".into(),
+            segment: 1,
+            start: 0,
+            end: raw.len() as u64,
+            record_count: 4,
+            raw_len: raw.len() as u32,
+        };
+        for (raw, stored) in [(&plain, false), (&packed, true)] {
+            let msg = encode_message(&header(raw), raw, 3).unwrap();
+            let (h, payload) = protocol::decode_message(&msg).unwrap();
+            // A stored frame is the records plus 13 bytes of frame header and 3 per block.
+            assert_eq!(payload.len() == raw.len() + 16, stored, "{} for {}", payload.len(), raw.len());
+            assert_eq!(decompress(payload, h.raw_len as usize).unwrap(), recs);
+        }
+    }
+
+    /// The stored frame is valid zstd at every size around the block limit, empty included.
+    #[test]
+    fn stored_frames_decode_at_every_block_boundary() {
+        for len in [0, 1, 1000, 128 * 1024 - 1, 128 * 1024, 128 * 1024 + 1, 3 * 128 * 1024 + 7] {
+            let data: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+            let mut out = Vec::new();
+            store(&data, &mut out);
+            assert_eq!(zstd::bulk::decompress(&out, len.max(1)).unwrap(), data, "len {len}");
+        }
     }
 
     #[test]

@@ -1,8 +1,16 @@
-//! WAL records: `len u32 LE | crc32c u32 LE | version u8 | postcard(BatchRecord)`.
+//! WAL records: `len u32 LE | crc32c u32 LE | version u8 | payload`.
 //!
-//! `len` counts the bytes after the crc (version byte + body); the crc covers the same bytes.
+//! `len` counts the bytes after the crc (version byte + payload); the crc covers the same bytes.
 //! A zero `len` is never written, so a zero-filled tail (the usual result of a torn append on
 //! ext4/xfs) is recognised as corrupt rather than as an empty record.
+//!
+//! The payload is `postcard(BatchRecord)` up to version 4. Version 5 is the compressed record:
+//! `postcard((batch_id, tenant, env, region, received_at_ms, stream, body_len u32))` followed by
+//! zstd of the rest of the record (`postcard((events, traceparent, shared))`, `body_len` bytes).
+//! The edge compresses each request's record once, on the HTTP worker that built it; the same
+//! bytes are fsync'd, replicated and forwarded ([`crate::frame`] stores rather than recompresses
+//! frames of them), and core decompresses once. The leading fields stay in the clear, so routing,
+//! lag tracking and the tools read them without decompressing ([`peek_prefix`]).
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -10,10 +18,13 @@ use uuid::Uuid;
 /// Bytes before the versioned payload: `len` and `crc`.
 pub const HEADER_LEN: usize = 8;
 /// The newest record format this code reads and writes. Readers accept every version listed in
-/// `decode_record`: 1 (no trace context), 2 (adds `traceparent`), 3 (adds `shared`) and 4 (the
-/// same fields as 3; `stream` may be [`Stream::Overflow`]). Writers write the oldest version that
-/// holds the record ([`record_version`]), so only overflow records need an upgraded reader.
-pub const RECORD_VERSION: u8 = 4;
+/// `decode_record`: 1 (no trace context), 2 (adds `traceparent`), 3 (adds `shared`), 4 (the
+/// same fields as 3; `stream` may be [`Stream::Overflow`]) and 5 (compressed, any stream).
+/// Uncompressed, writers write the oldest version that holds the record ([`record_version`]), so
+/// only overflow records need an upgraded reader; compressed records need a core that reads 5.
+pub const RECORD_VERSION: u8 = 5;
+/// The version of compressed records ([`encode_record_compressed`]).
+pub const COMPRESSED_VERSION: u8 = 5;
 /// Upper bound on one record's payload, so a corrupt length can never trigger a huge allocation.
 /// A request is at most 512 KiB of events, so 16 MiB leaves room for envelopes.
 pub const MAX_RECORD_LEN: u32 = 16 * 1024 * 1024;
@@ -171,16 +182,109 @@ pub enum RecordError {
     TooLarge(usize),
     #[error("buffer holds a partial record")]
     Incomplete,
+    #[error("compressed record body: {0}")]
+    Zstd(String),
 }
 
-/// Appends the framed encoding of `record` to `out`.
+/// Appends the framed encoding of `record` to `out`, uncompressed.
 pub fn encode_record(record: &BatchRecord, out: &mut Vec<u8>) -> Result<(), RecordError> {
+    frame_payload(out, |out| {
+        out.push(record_version(record));
+        postcard_extend(record, out)
+    })
+}
+
+/// Appends the framed encoding of `record` to `out`, its events compressed with zstd at `level`
+/// (version 5). A record that compression would not make smaller (a few tiny events) is written
+/// uncompressed instead, as [`encode_record`] does.
+pub fn encode_record_compressed(record: &BatchRecord, level: i32, out: &mut Vec<u8>) -> Result<(), RecordError> {
+    let prefix = (&record.batch_id, &record.tenant, &record.env, &record.region, record.received_at_ms, record.stream);
+    let body = BodyRef { events: &record.events, traceparent: &record.traceparent, shared: &record.shared };
+    ZSTD.with_borrow_mut(|zstd| {
+        let Zstd { compressor, body: raw, compressed } = zstd;
+        raw.clear();
+        postcard_extend(&body, raw)?;
+        let body_len = u32::try_from(raw.len()).map_err(|_| RecordError::TooLarge(raw.len()))?;
+        if body_len > MAX_RECORD_LEN {
+            return Err(RecordError::TooLarge(raw.len()));
+        }
+        compressor.set_compression_level(level).map_err(|e| RecordError::Zstd(e.to_string()))?;
+        compressed.clear();
+        compressed.reserve(zstd::zstd_safe::compress_bound(raw.len()));
+        compressor.compress_to_buffer(raw.as_slice(), compressed).map_err(|e| RecordError::Zstd(e.to_string()))?;
+        // `body_len` costs a varint of at most 5 bytes: compressed must beat the raw body by more.
+        if compressed.len() + 5 >= raw.len() {
+            return frame_payload(out, |out| {
+                out.push(record_version(record));
+                postcard_extend(&prefix, out)?;
+                out.extend_from_slice(raw);
+                Ok(())
+            });
+        }
+        out.reserve(HEADER_LEN + 64 + record.tenant.len() + record.env.len() + record.region.len() + compressed.len());
+        frame_payload(out, |out| {
+            out.push(COMPRESSED_VERSION);
+            let (batch_id, tenant, env, region, received_at_ms, stream) = prefix;
+            postcard_extend(&(batch_id, tenant, env, region, received_at_ms, stream, body_len), out)?;
+            out.extend_from_slice(compressed);
+            Ok(())
+        })
+    })
+}
+
+/// The zstd context and buffers of one thread's record encoding: a context costs an allocation
+/// of about its window, too much to make per request.
+struct Zstd {
+    compressor: zstd::bulk::Compressor<'static>,
+    body: Vec<u8>,
+    compressed: Vec<u8>,
+}
+
+thread_local! {
+    static ZSTD: std::cell::RefCell<Zstd> = std::cell::RefCell::new(Zstd {
+        // Creating a context only fails when zstd cannot allocate one.
+        compressor: zstd::bulk::Compressor::new(1).expect("zstd context allocates"),
+        body: Vec::new(),
+        compressed: Vec::new(),
+    });
+    static UNZSTD: std::cell::RefCell<zstd::bulk::Decompressor<'static>> =
+        std::cell::RefCell::new(zstd::bulk::Decompressor::new().expect("zstd context allocates"));
+}
+
+/// The part of a record that version 5 compresses: the fields after `stream`, in their order.
+#[derive(Serialize)]
+struct BodyRef<'a> {
+    events: &'a [EventRecord],
+    traceparent: &'a Option<String>,
+    #[serde(with = "serde_bytes")]
+    shared: &'a [u8],
+}
+
+/// [`BodyRef`], decoded.
+#[derive(Deserialize)]
+struct Body {
+    events: Vec<EventRecord>,
+    traceparent: Option<String>,
+    #[serde(with = "serde_bytes")]
+    shared: Vec<u8>,
+}
+
+fn postcard_extend<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<(), RecordError> {
+    *out = postcard::to_extend(value, std::mem::take(out)).map_err(|e| RecordError::Body(e.to_string()))?;
+    Ok(())
+}
+
+/// Appends a record whose version byte and payload `payload` writes, with its length and crc.
+fn frame_payload(
+    out: &mut Vec<u8>,
+    payload: impl FnOnce(&mut Vec<u8>) -> Result<(), RecordError>,
+) -> Result<(), RecordError> {
     let start = out.len();
     out.extend_from_slice(&[0u8; HEADER_LEN]);
-    out.push(record_version(record));
-    let mut out_vec = std::mem::take(out);
-    out_vec = postcard::to_extend(record, out_vec).map_err(|e| RecordError::Body(e.to_string()))?;
-    *out = out_vec;
+    if let Err(e) = payload(out) {
+        out.truncate(start);
+        return Err(e);
+    }
     let payload_len = out.len() - start - HEADER_LEN;
     if payload_len > MAX_RECORD_LEN as usize {
         out.truncate(start);
@@ -190,6 +294,12 @@ pub fn encode_record(record: &BatchRecord, out: &mut Vec<u8>) -> Result<(), Reco
     out[start..start + 4].copy_from_slice(&(payload_len as u32).to_le_bytes());
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
     Ok(())
+}
+
+/// Whether the framed record at the start of `buf` is compressed (version 5). Reads only the
+/// version byte: `buf` must start with a record [`check_record`] accepted.
+pub fn is_compressed(buf: &[u8]) -> bool {
+    buf.get(HEADER_LEN) == Some(&COMPRESSED_VERSION)
 }
 
 /// Checks the framing and checksum of the record at the start of `buf` and returns its total
@@ -220,11 +330,30 @@ pub fn decode_record(buf: &[u8]) -> Result<BatchRecord, RecordError> {
     let payload = &buf[HEADER_LEN..total];
     let body = |e: postcard::Error| RecordError::Body(e.to_string());
     match payload[0] {
+        COMPRESSED_VERSION => decode_compressed(&payload[1..]),
         3 | 4 => postcard::from_bytes(&payload[1..]).map_err(body),
         2 => postcard::from_bytes::<BatchRecordV2>(&payload[1..]).map(BatchRecord::from).map_err(body),
         1 => postcard::from_bytes::<BatchRecordV1>(&payload[1..]).map(BatchRecord::from).map_err(body),
         v => Err(RecordError::UnknownVersion(v)),
     }
+}
+
+fn decode_compressed(payload: &[u8]) -> Result<BatchRecord, RecordError> {
+    let body = |e: postcard::Error| RecordError::Body(e.to_string());
+    type Prefix = (Uuid, String, String, String, u64, Stream, u32);
+    let ((batch_id, tenant, env, region, received_at_ms, stream, body_len), compressed) =
+        postcard::take_from_bytes::<Prefix>(payload).map_err(body)?;
+    if body_len > MAX_RECORD_LEN {
+        return Err(RecordError::BadLength(body_len));
+    }
+    let raw = UNZSTD
+        .with_borrow_mut(|d| d.decompress(compressed, body_len as usize))
+        .map_err(|e| RecordError::Zstd(e.to_string()))?;
+    if raw.len() != body_len as usize {
+        return Err(RecordError::Zstd(format!("body decompressed to {} bytes, header said {body_len}", raw.len())));
+    }
+    let Body { events, traceparent, shared } = postcard::from_bytes(&raw).map_err(body)?;
+    Ok(BatchRecord { batch_id, tenant, env, region, received_at_ms, stream, events, traceparent, shared })
 }
 
 /// The leading fields of a record, read without decoding its events.
@@ -236,7 +365,7 @@ pub struct RecordPrefix<'a> {
 
 /// The tenant and receive time of one complete framed record, without decoding its events
 /// (routing and lag tracking need only these). Every version so far starts with
-/// `batch_id, tenant, env, region, received_at_ms`.
+/// `batch_id, tenant, env, region, received_at_ms`, uncompressed.
 pub fn peek_prefix(buf: &[u8]) -> Result<RecordPrefix<'_>, RecordError> {
     let total = check_record(buf)?.ok_or(RecordError::Incomplete)?;
     let payload = &buf[HEADER_LEN..total];
@@ -406,6 +535,70 @@ mod tests {
             assert_eq!(buf[HEADER_LEN], version, "{stream:?}");
             assert_eq!(decode_record(&buf).unwrap(), rec);
             assert_eq!(peek_prefix(&buf).map(|p| p.tenant), Ok("acme"));
+        }
+    }
+
+    /// A record of many similar events, as SDK batches are.
+    fn page_views(n: usize) -> BatchRecord {
+        let mut rec = sample(0);
+        rec.events = (0..n)
+            .map(|i| EventRecord {
+                event_id: crate::ids::derived_event_id(&rec.batch_id, i).to_string(),
+                json: format!(
+                    r#"{{"event":"page_view","distinct_id":"user-{}","properties":{{"path":"/docs/{i}"}}}}"#,
+                    i % 7
+                )
+                .into_bytes(),
+            })
+            .collect();
+        rec
+    }
+
+    #[test]
+    fn compressed_records_round_trip_smaller_with_their_prefix_in_the_clear() {
+        for stream in [Stream::Events, Stream::DeadLetter, Stream::Overflow] {
+            let rec = BatchRecord { stream, ..page_views(100) };
+            let (mut plain, mut packed) = (Vec::new(), Vec::new());
+            encode_record(&rec, &mut plain).unwrap();
+            encode_record_compressed(&rec, 1, &mut packed).unwrap();
+            assert!(is_compressed(&packed) && !is_compressed(&plain));
+            assert!(packed.len() * 3 < plain.len(), "{} vs {} bytes", packed.len(), plain.len());
+            assert_eq!(check_record(&packed), Ok(Some(packed.len())));
+            assert_eq!(decode_record(&packed).unwrap(), rec);
+            assert_eq!(peek_prefix(&packed), peek_prefix(&plain));
+        }
+    }
+
+    /// A record compression would not shrink is written exactly as the uncompressed encoding.
+    #[test]
+    fn a_record_too_small_to_gain_is_written_uncompressed() {
+        let rec = BatchRecord {
+            events: vec![EventRecord { event_id: "1".into(), json: b"{}".to_vec() }],
+            traceparent: None,
+            shared: Vec::new(),
+            ..sample(0)
+        };
+        let (mut plain, mut packed) = (Vec::new(), Vec::new());
+        encode_record(&rec, &mut plain).unwrap();
+        encode_record_compressed(&rec, 1, &mut packed).unwrap();
+        assert_eq!(packed, plain);
+        assert!(!is_compressed(&packed));
+    }
+
+    /// A compressed record whose header claims more body than it holds (or an absurd amount) is
+    /// an error, not an allocation or a panic.
+    #[test]
+    fn a_compressed_record_lying_about_its_body_is_refused() {
+        let rec = page_views(20);
+        let mut packed = Vec::new();
+        encode_record_compressed(&rec, 1, &mut packed).unwrap();
+        let ((id, t, e, r, at, s, body_len), z) =
+            postcard::take_from_bytes::<(Uuid, &str, &str, &str, u64, Stream, u32)>(&packed[HEADER_LEN + 1..]).unwrap();
+        for lie in [body_len + 1, body_len - 1, MAX_RECORD_LEN + 1, u32::MAX] {
+            let mut payload = vec![COMPRESSED_VERSION];
+            payload.extend_from_slice(&postcard::to_stdvec(&(id, t, e, r, at, s, lie)).unwrap());
+            payload.extend_from_slice(z);
+            assert!(decode_record(&framed(&payload)).is_err(), "claimed {lie} of {body_len}");
         }
     }
 

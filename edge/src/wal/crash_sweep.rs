@@ -22,21 +22,48 @@ use sluice_wire::record::check_record;
 
 use super::mirror::{Mirror, MirrorAppend};
 use super::sim::{Fault, FaultError, Loss, Op, Plan, SimDisk};
-use super::{Position, ReadOutcome, Wal, WalError, WalReader, test_record};
+use super::{Position, ReadOutcome, Wal, WalError, WalReader, test_record, test_record_compressed};
 use crate::config::WalConfig;
 
 const DIR: &str = "/sim/wal";
 
 fn config() -> WalConfig {
     // 16 KiB segments: the records below rotate every two or three appends.
-    WalConfig { dir: PathBuf::from(DIR), segment_bytes: 16 * 1024, budget_bytes: 1 << 30, max_group_bytes: 1 << 20 }
+    WalConfig {
+        dir: PathBuf::from(DIR),
+        segment_bytes: 16 * 1024,
+        budget_bytes: 1 << 30,
+        max_group_bytes: 1 << 20,
+        ..WalConfig::default()
+    }
 }
 
 /// One record of about `size` bytes whose events carry `tag`.
+/// Odd tags are compressed records (version 5), so every crash case meets both formats; their
+/// padding is hex noise that compresses about 2:1, for a record of about `size` bytes on disk.
 fn record(tag: u64, size: usize) -> Vec<u8> {
-    let pad = "x".repeat(size.saturating_sub(120));
+    let room = size.saturating_sub(120);
+    let pad = if tag % 2 == 1 {
+        let mut x = tag.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..2 * room)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                char::from(b"0123456789abcdef"[(x % 16) as usize])
+            })
+            .collect()
+    } else {
+        "x".repeat(room)
+    };
     let json = format!(r#"{{"tag":{tag},"pad":"{pad}"}}"#).into_bytes();
-    test_record(tag, vec![sluice_wire::EventRecord { event_id: format!("e{tag}"), json }])
+    let events = vec![sluice_wire::EventRecord { event_id: format!("e{tag}"), json }];
+    if tag % 2 == 0 {
+        return test_record(tag, events);
+    }
+    let record = test_record_compressed(tag, events);
+    assert!(sluice_wire::record::is_compressed(&record), "tag {tag} of {size} bytes compresses");
+    record
 }
 
 #[derive(Debug, Clone)]

@@ -334,7 +334,23 @@ fn effective(config: &WalConfig) -> WalConfig {
 /// A framed record for the WAL's unit tests: tenant `t`, the given receive time and events.
 #[cfg(test)]
 pub(crate) fn test_record(received_at_ms: u64, events: Vec<sluice_wire::EventRecord>) -> Vec<u8> {
-    let r = sluice_wire::BatchRecord {
+    let mut b = Vec::new();
+    sluice_wire::record::encode_record(&test_batch(received_at_ms, events), &mut b).expect("a test record encodes");
+    b
+}
+
+/// [`test_record`], compressed (record version 5) when compression makes it smaller.
+#[cfg(test)]
+pub(crate) fn test_record_compressed(received_at_ms: u64, events: Vec<sluice_wire::EventRecord>) -> Vec<u8> {
+    let mut b = Vec::new();
+    sluice_wire::record::encode_record_compressed(&test_batch(received_at_ms, events), 1, &mut b)
+        .expect("a test record encodes");
+    b
+}
+
+#[cfg(test)]
+fn test_batch(received_at_ms: u64, events: Vec<sluice_wire::EventRecord>) -> sluice_wire::BatchRecord {
+    sluice_wire::BatchRecord {
         batch_id: sluice_wire::ids::new_batch_id(),
         tenant: "t".into(),
         env: "e".into(),
@@ -344,10 +360,7 @@ pub(crate) fn test_record(received_at_ms: u64, events: Vec<sluice_wire::EventRec
         events,
         traceparent: None,
         shared: Vec::new(),
-    };
-    let mut b = Vec::new();
-    sluice_wire::record::encode_record(&r, &mut b).expect("a test record encodes");
-    b
+    }
 }
 
 #[cfg(test)]
