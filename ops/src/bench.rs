@@ -38,11 +38,11 @@ use sluice_core::config::{KafkaConfig, SinkConfig};
 use sluice_core::dedupe::{DedupeIndex, RedbDedupe};
 use sluice_core::metrics::CoreMetrics;
 use sluice_core::server::Ingest;
-use sluice_edge::config::{EdgeConfig, LimitsConfig, PeerConfig, PiiPolicy, ValidationConfig};
+use sluice_edge::config::{EdgeConfig, LimitsConfig, PeerConfig, PiiPolicy, ValidationConfig, WalConfig};
 use sluice_edge::replication::Stage;
 use sluice_edge::validate::{self, BatchContext};
 use sluice_wire::protocol::{self, Ack, FrameHeader, PROTOCOL_VERSION};
-use sluice_wire::record::encode_record;
+use sluice_wire::record::{encode_record, encode_record_compressed};
 use sluice_wire::{BatchRecord, Stream, frame};
 
 use crate::affinity::{CpuSet, on_cpus};
@@ -789,6 +789,7 @@ pub struct BenchResults {
     pub matrix: Vec<EdgePhase>,
     /// Local-only and replicated, closed loop then open loop at one rate.
     pub replication: Vec<EdgePhase>,
+    pub compression: Vec<CompressionRow>,
     pub total: Duration,
 }
 
@@ -845,6 +846,9 @@ pub fn run(opts: &BenchOptions, progress: &MultiProgress) -> anyhow::Result<Benc
 
     let replication = replication_phases(opts, &edge_dir, &lg, &bar)?;
 
+    bar.set_message("WAL bytes per event, compressed and not");
+    let compression = compression_table()?;
+
     bar.set_message("core alone vs bare producer");
     let core = core_alone(p.core_events, &scratch.path().join("core"))?;
 
@@ -853,7 +857,17 @@ pub fn run(opts: &BenchOptions, progress: &MultiProgress) -> anyhow::Result<Benc
     let e2e = end_to_end(opts, &scratch.path().join("e2e"), capacity * 0.5, &lg, &bar)?;
     lg.shutdown_timeout(Duration::from_secs(5));
     bar.finish_and_clear();
-    Ok(BenchResults { fsync, sustained, edge: phases, core, e2e, matrix, replication, total: started.elapsed() })
+    Ok(BenchResults {
+        fsync,
+        sustained,
+        edge: phases,
+        core,
+        e2e,
+        matrix,
+        replication,
+        compression,
+        total: started.elapsed(),
+    })
 }
 
 /// The open-loop loads of each latency round (% of that round's max) and issue 6's target for
@@ -930,45 +944,11 @@ impl ReplicationRound {
     }
 }
 
-/// Normalized 300-byte events packed into 1 MiB zstd frames, exactly as an edge would forward them.
+/// Normalized 300-byte events in records compressed as an edge writes them (`wal.zstd_level`'s
+/// default), packed into frames of ≤ 1 MiB of WAL bytes, exactly as an edge would forward them.
 fn build_frames(events: usize) -> anyhow::Result<Vec<Frame>> {
-    let per_request = 100;
-    let (rules, limits, pii) = (ValidationConfig::default(), LimitsConfig::default(), PiiPolicy::default());
-    let mut records = Vec::new();
     let ts = "2026-01-01T00:00:00Z";
-    let mut n = 0;
-    while n < events {
-        let batch_id = sluice_wire::ids::new_batch_id();
-        let ctx = BatchContext {
-            batch_id,
-            tenant: "tenant-0",
-            env: "bench",
-            region: REGION,
-            // Event timestamps are 2026-01-01; receipt a day later keeps them inside the window.
-            received_at_ms: 1_767_312_000_000,
-            sent_at_ms: None,
-            rules: &rules,
-            limits: &limits,
-            pii: &pii,
-        };
-        let mut evs = Vec::with_capacity(per_request);
-        for i in 0..per_request.min(events - n) {
-            let json = loadgen::event_json(300, (n + i) % 10_000, n + i, ts);
-            evs.push(validate::normalize(&ctx, i, json.as_bytes()).map_err(|r| anyhow::anyhow!("{r:?}"))?);
-        }
-        n += evs.len();
-        records.push(BatchRecord {
-            batch_id,
-            tenant: ctx.tenant.into(),
-            env: ctx.env.into(),
-            region: REGION.into(),
-            received_at_ms: 1_767_312_000_000,
-            stream: Stream::Events,
-            events: evs,
-            traceparent: None,
-            shared: ctx.shared_fields(),
-        });
-    }
+    let records = normalized_records(events, 100, |n| loadgen::event_json(300, n % 10_000, n, ts))?;
     let mut frames = Vec::new();
     let mut raw = Vec::new();
     let mut in_frame = Vec::new();
@@ -977,7 +957,7 @@ fn build_frames(events: usize) -> anyhow::Result<Vec<Frame>> {
     let mut records = records.into_iter().peekable();
     while let Some(r) = records.next() {
         one.clear();
-        encode_record(&r, &mut one)?;
+        encode_record_compressed(&r, WalConfig::default().zstd_level, &mut one)?;
         raw.extend_from_slice(&one);
         in_frame.push(r);
         let full = records.peek().is_none_or(|_| raw.len() + one.len() > FRAME_BYTES);
@@ -998,6 +978,111 @@ fn build_frames(events: usize) -> anyhow::Result<Vec<Frame>> {
         }
     }
     Ok(frames)
+}
+
+/// `events` events made by `event` (given the event's number), normalized as the edge does into
+/// records of `per_request` events each.
+fn normalized_records(
+    events: usize,
+    per_request: usize,
+    event: impl Fn(usize) -> String,
+) -> anyhow::Result<Vec<BatchRecord>> {
+    let (rules, limits, pii) = (ValidationConfig::default(), LimitsConfig::default(), PiiPolicy::default());
+    let mut records = Vec::new();
+    let mut n = 0;
+    while n < events {
+        let batch_id = sluice_wire::ids::new_batch_id();
+        let ctx = BatchContext {
+            batch_id,
+            tenant: "tenant-0",
+            env: "bench",
+            region: REGION,
+            // Event timestamps are 2026-01-01; receipt a day later keeps them inside the window.
+            received_at_ms: 1_767_312_000_000,
+            sent_at_ms: None,
+            rules: &rules,
+            limits: &limits,
+            pii: &pii,
+        };
+        let mut evs = Vec::with_capacity(per_request);
+        for i in 0..per_request.min(events - n) {
+            let json = event(n + i);
+            evs.push(validate::normalize(&ctx, i, json.as_bytes()).map_err(|r| anyhow::anyhow!("{r:?}"))?);
+        }
+        n += evs.len();
+        records.push(BatchRecord {
+            batch_id,
+            tenant: ctx.tenant.into(),
+            env: ctx.env.into(),
+            region: REGION.into(),
+            received_at_ms: ctx.received_at_ms,
+            stream: Stream::Events,
+            events: evs,
+            traceparent: None,
+            shared: ctx.shared_fields(),
+        });
+    }
+    Ok(records)
+}
+
+/// WAL bytes per event, uncompressed (record version 3) and compressed (version 5, at
+/// `wal.zstd_level`'s default), and the CPU the compression adds per event.
+#[derive(Debug, Clone)]
+pub struct CompressionRow {
+    pub corpus: &'static str,
+    pub events_per_request: usize,
+    pub json_bytes_per_event: f64,
+    pub plain_bytes_per_event: f64,
+    pub compressed_bytes_per_event: f64,
+    /// Encoding a compressed record minus encoding a plain one, per event.
+    pub compress_cost_per_event: Duration,
+}
+
+/// [`CompressionRow`]s for the bench's own events (padded with `x`: they flatter compression) and
+/// for PostHog-like events (random IDs, URLs, a few browsers and screen sizes), at 1, 10 and 100
+/// events per request: what a request of each size costs in WAL bytes, the disk, the replicas
+/// and the forwarder then carry.
+pub fn compression_table() -> anyhow::Result<Vec<CompressionRow>> {
+    const EVENTS: usize = 20_000;
+    let ts = "2026-01-01T00:00:00Z";
+    let level = WalConfig::default().zstd_level;
+    let mut rows = Vec::new();
+    let corpora: [(&'static str, &dyn Fn(usize) -> String); 2] = [
+        ("bench (300 B, padded)", &|n| loadgen::event_json(300, n % 10_000, n, ts)),
+        ("PostHog-like", &|n| loadgen::posthog_like_event_json(n, ts)),
+    ];
+    for (corpus, event) in corpora {
+        for per_request in [1, 10, 100] {
+            let records = normalized_records(EVENTS, per_request, event)?;
+            let json: usize = (0..EVENTS).map(|n| event(n).len()).sum();
+            let mut out = Vec::with_capacity(1 << 20);
+            let mut encode = |compress: bool| -> anyhow::Result<(usize, Duration)> {
+                let (mut bytes, started) = (0, Instant::now());
+                for r in &records {
+                    out.clear();
+                    if compress {
+                        encode_record_compressed(r, level, &mut out)?;
+                    } else {
+                        encode_record(r, &mut out)?;
+                    }
+                    bytes += out.len();
+                }
+                Ok((bytes, started.elapsed()))
+            };
+            let (plain, plain_time) = encode(false)?;
+            let (compressed, compressed_time) = encode(true)?;
+            let per_event = |n: usize| n as f64 / EVENTS as f64;
+            rows.push(CompressionRow {
+                corpus,
+                events_per_request: per_request,
+                json_bytes_per_event: per_event(json),
+                plain_bytes_per_event: per_event(plain),
+                compressed_bytes_per_event: per_event(compressed),
+                compress_cost_per_event: compressed_time.saturating_sub(plain_time) / EVENTS as u32,
+            });
+        }
+    }
+    Ok(rows)
 }
 
 /// One forwarder frame: the message core receives and the records inside it.
@@ -1420,11 +1505,12 @@ pub fn render(opts: &BenchOptions, r: &BenchResults, machine: &str) -> String {
         edge_row(&mut s, p, opts);
     }
     latency_targets(&mut s, &r.edge);
+    render_compression(&mut s, &r.compression);
 
     let c = &r.core;
     let _ = writeln!(
         s,
-        "\n### 3. Core alone ({} events in {} frames of ≤1 MiB, zstd → mock Kafka, 3 brokers)\n",
+        "\n### 3. Core alone ({} events in {} frames of ≤1 MiB of compressed records → mock Kafka, 3 brokers)\n",
         c.events, c.frames
     );
     let _ = writeln!(
@@ -1495,6 +1581,30 @@ pub fn render(opts: &BenchOptions, r: &BenchResults, machine: &str) -> String {
         );
     }
     s
+}
+
+/// WAL bytes per event for each corpus and request size, uncompressed and compressed.
+fn render_compression(s: &mut String, rows: &[CompressionRow]) {
+    let _ = writeln!(
+        s,
+        "\n#### WAL bytes per event: record version 3 (uncompressed) vs 5 (zstd level {}, the default)\n\n\
+         | corpus | events per request | event JSON bytes | v3 WAL bytes | v5 WAL bytes | v3 ÷ v5 | compression CPU µs per event |\n\
+         |---|---:|---:|---:|---:|---:|---:|",
+        WalConfig::default().zstd_level
+    );
+    for r in rows {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} |",
+            r.corpus,
+            r.events_per_request,
+            r.json_bytes_per_event,
+            r.plain_bytes_per_event,
+            r.compressed_bytes_per_event,
+            r.plain_bytes_per_event / r.compressed_bytes_per_event.max(1e-9),
+            r.compress_cost_per_event.as_secs_f64() * 1e6
+        );
+    }
 }
 
 /// Section 5: the replication phases, issue 15's targets per round, and where a replicated

@@ -116,6 +116,47 @@ pub fn event_json(size: usize, distinct_id: usize, seq: usize, timestamp: &str) 
     s
 }
 
+/// Event `n` of a stream that looks like what posthog-js sends (a 10 000-user population, random
+/// insert/session/window IDs, a few dozen pages, browsers, OSes and screens; about 600 bytes),
+/// generated deterministically from `n`: a fair test of compression, which `x` padding is not.
+pub fn posthog_like_event_json(n: usize, timestamp: &str) -> String {
+    /// splitmix64: well-mixed bits from any counter.
+    fn mix(mut x: u64) -> u64 {
+        x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        x ^ (x >> 31)
+    }
+    fn uuid(x: u64, y: u64) -> String {
+        let (a, b) = (mix(x), mix(y ^ 0xA5A5));
+        format!("{:08x}-{:04x}-7{:03x}-{:04x}-{:012x}", a >> 32, (a >> 16) & 0xffff, a & 0xfff, b >> 48, b & 0xffff_ffff_ffff)
+    }
+    const EVENTS: [&str; 6] = ["$pageview", "$pageview", "$autocapture", "$pageleave", "signup_clicked", "$rageclick"];
+    const PAGES: [&str; 8] = ["/", "/pricing", "/docs/getting-started", "/docs/api/events", "/blog", "/changelog", "/signup", "/account/settings"];
+    const BROWSERS: [(&str, &str); 4] = [("Chrome", "131.0"), ("Safari", "18.1"), ("Firefox", "133.0"), ("Microsoft Edge", "131.0")];
+    const OSES: [&str; 4] = ["Mac OS X", "Windows", "iOS", "Android"];
+    const SCREENS: [(u32, u32); 4] = [(1440, 900), (1920, 1080), (390, 844), (1536, 864)];
+    let r = mix(n as u64);
+    let user = (r % 10_000) as u64;
+    let pick = |shift: u32, len: usize| ((r >> shift) as usize) % len;
+    let (browser, version) = BROWSERS[pick(8, BROWSERS.len())];
+    let (width, height) = SCREENS[pick(12, SCREENS.len())];
+    let page = PAGES[pick(16, PAGES.len())];
+    format!(
+        r#"{{"event":"{event}","distinct_id":"{distinct}","timestamp":"{timestamp}","properties":{{"$os":"{os}","$browser":"{browser}","$browser_version":{version},"$device_type":"Desktop","$current_url":"https://app.example.com{page}?ref={ref_id}","$host":"app.example.com","$pathname":"{page}","$screen_height":{height},"$screen_width":{width},"$lib":"web","$lib_version":"1.200.2","$insert_id":"{insert:016x}","$time":{time}.{ms:03},"$device_id":"{device}","$session_id":"{session}","$window_id":"{window}","$referrer":"$direct","$referring_domain":"$direct","token":"phc_bench"}}}}"#,
+        event = EVENTS[pick(4, EVENTS.len())],
+        distinct = uuid(user, user),
+        os = OSES[pick(20, OSES.len())],
+        ref_id = (r >> 24) % 1000,
+        insert = mix(r),
+        time = 1_767_225_600 + (n as u64) / 100,
+        ms = r % 1000,
+        device = uuid(user ^ 0xD, user),
+        session = uuid(user ^ 0x5, (n as u64) / 5000),
+        window = uuid(r, r),
+    )
+}
+
 /// A JSON array body of `events` events; `first` numbers them so bodies differ.
 pub fn batch_body(event_bytes: usize, events: usize, first: usize, distinct_ids: usize, timestamp: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(events * (event_bytes + 1) + 2);
@@ -545,6 +586,17 @@ pub async fn run(opts: &LoadgenOptions, progress: &indicatif::ProgressBar) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn posthog_like_events_parse_differ_and_repeat_per_number() {
+        let ts = "2026-01-01T00:00:00Z";
+        let (a, b) = (posthog_like_event_json(1, ts), posthog_like_event_json(2, ts));
+        assert_ne!(a, b);
+        assert_eq!(a, posthog_like_event_json(1, ts));
+        let v: serde_json::Value = serde_json::from_str(&a).unwrap();
+        assert!(v["properties"]["$insert_id"].is_string() && v["distinct_id"].is_string(), "{v}");
+        assert!((400..900).contains(&a.len()), "{} bytes", a.len());
+    }
 
     #[test]
     fn events_have_the_requested_size_and_parse() {
