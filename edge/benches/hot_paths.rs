@@ -13,7 +13,7 @@ use sluice_edge::auth::Principal;
 use sluice_edge::body::BodyFormat;
 use sluice_edge::config::{LimitsConfig, PiiPolicy, ValidationConfig};
 use sluice_edge::ingest::{self, Prepared, Request};
-use sluice_wire::record::encode_record;
+use sluice_wire::record::{encode_record, encode_record_compressed};
 use sluice_wire::{BatchRecord, Stream, frame};
 
 const EVENTS: usize = 100;
@@ -136,15 +136,33 @@ fn parse_validate_normalize(c: &mut Criterion) {
     g.bench_function("batch::parse alone 100x300B", |b| {
         b.iter(|| black_box(sluice_edge::batch::parse(black_box(&raw), BodyFormat::JsonArray, limit).unwrap()))
     });
-    let rec = record(&raw);
-    g.bench_function("encode_record 100 events", |b| {
+    g.finish();
+}
+
+/// A request's record, uncompressed (version 3) and compressed (version 5) at the default level,
+/// for a one-event and a 100-event request: what compression costs per call and per event.
+fn record_encoding(c: &mut Criterion) {
+    let level = sluice_edge::config::WalConfig::default().zstd_level;
+    let mut g = c.benchmark_group("record");
+    for events in [1, EVENTS] {
+        let rec = record(&body(events));
+        g.throughput(Throughput::Elements(events as u64));
         let mut buf = Vec::with_capacity(64 * 1024);
-        b.iter(|| {
-            buf.clear();
-            encode_record(black_box(&rec), &mut buf).unwrap();
-            black_box(buf.len())
-        })
-    });
+        g.bench_function(format!("encode_record {events} events"), |b| {
+            b.iter(|| {
+                buf.clear();
+                encode_record(black_box(&rec), &mut buf).unwrap();
+                black_box(buf.len())
+            })
+        });
+        g.bench_function(format!("encode_record_compressed {events} events"), |b| {
+            b.iter(|| {
+                buf.clear();
+                encode_record_compressed(black_box(&rec), level, &mut buf).unwrap();
+                black_box(buf.len())
+            })
+        });
+    }
     g.finish();
 }
 
@@ -227,5 +245,5 @@ fn wal_group_commit(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, parse_validate_normalize, zstd_framing, admission, wal_group_commit);
+criterion_group!(benches, parse_validate_normalize, record_encoding, zstd_framing, admission, wal_group_commit);
 criterion_main!(benches);

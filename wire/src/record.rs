@@ -296,6 +296,25 @@ fn frame_payload(
     Ok(())
 }
 
+/// About how many bytes the record at the start of `buf` (one [`check_record`] accepted) holds
+/// decompressed: its length, or for a compressed record the length with the body's claimed size
+/// in place of its compressed bytes. A forwarder frame is sized by this, so a frame carries as
+/// many events whichever format they were written in (core's time per frame, and so freshness,
+/// follows events, not WAL bytes).
+pub fn decoded_len(buf: &[u8]) -> usize {
+    let Some(payload) = check_record(buf).ok().flatten().map(|total| &buf[HEADER_LEN..total]) else {
+        return buf.len();
+    };
+    if payload[0] != COMPRESSED_VERSION {
+        return HEADER_LEN + payload.len();
+    }
+    type Prefix<'a> = (Uuid, &'a str, &'a str, &'a str, u64, Stream, u32);
+    match postcard::take_from_bytes::<Prefix<'_>>(&payload[1..]) {
+        Ok(((.., body_len), compressed)) => HEADER_LEN + payload.len() - compressed.len() + body_len as usize,
+        Err(_) => HEADER_LEN + payload.len(),
+    }
+}
+
 /// Whether the framed record at the start of `buf` is compressed (version 5). Reads only the
 /// version byte: `buf` must start with a record [`check_record`] accepted.
 pub fn is_compressed(buf: &[u8]) -> bool {
@@ -566,6 +585,9 @@ mod tests {
             assert_eq!(check_record(&packed), Ok(Some(packed.len())));
             assert_eq!(decode_record(&packed).unwrap(), rec);
             assert_eq!(peek_prefix(&packed), peek_prefix(&plain));
+            // Decompressed, it is the uncompressed record give or take the length varint.
+            assert!(decoded_len(&packed).abs_diff(plain.len()) <= 5, "{} vs {}", decoded_len(&packed), plain.len());
+            assert_eq!(decoded_len(&plain), plain.len());
         }
     }
 

@@ -371,6 +371,26 @@ mod tests {
         test_record(1, vec![sluice_wire::EventRecord { event_id: "e".into(), json: vec![b' '; pad] }])
     }
 
+    /// A read is sized by what its records hold decompressed: a frame of compressed records
+    /// carries as many events as a frame of plain ones (core's time per frame follows events).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_are_sized_by_decompressed_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, reader) = Wal::open(&WalConfig { dir: dir.path().join("wal"), ..WalConfig::default() }).unwrap();
+        let event = || sluice_wire::EventRecord { event_id: "e".into(), json: vec![b'x'; 4000] };
+        let (plain, packed) = (test_record(1, vec![event()]), test_record_compressed(1, vec![event()]));
+        assert!(packed.len() * 20 < plain.len());
+        for _ in 0..20 {
+            wal.append(packed.clone()).await.unwrap();
+        }
+        // Three records' worth of decompressed bytes: three records, not the whole WAL.
+        let want = 3 * sluice_wire::record::decoded_len(&packed);
+        match reader.read(reader.acked(), want).unwrap() {
+            ReadOutcome::Records { count, data, .. } => assert_eq!((count, data.len()), (3, 3 * packed.len())),
+            other => panic!("{other:?}"),
+        }
+    }
+
     /// Regression: with segments larger than the budget, acked bytes in the segment being written
     /// were never freed, so an edge that filled its budget while core was away answered 503 forever.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

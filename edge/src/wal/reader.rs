@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use sluice_wire::record::{HEADER_LEN, RecordError, check_record};
+use sluice_wire::record::{HEADER_LEN, RecordError, check_record, decoded_len};
 use tokio::sync::watch;
 
 use super::segment::{list_segments, quarantine, segment_path};
@@ -59,7 +59,9 @@ impl WalReader {
         self.committed.wait_for(|c| *c > from).await.is_ok()
     }
 
-    /// Reads whole committed records starting at `from`, about `max_bytes` of them (at least one).
+    /// Reads whole committed records starting at `from`, about `max_bytes` of them decompressed
+    /// (at least one): a frame of compressed records carries as many events as one of plain
+    /// records, [`decoded_len`].
     pub fn read(&self, from: Position, max_bytes: usize) -> io::Result<ReadOutcome> {
         let committed = self.committed();
         if from >= committed {
@@ -80,12 +82,17 @@ impl WalReader {
         let mut data = vec![0u8; available.min(max_bytes.max(HEADER_LEN))];
         file.read_at(&mut data, from.offset)?;
         let mut used = 0usize;
+        let mut decoded = 0usize;
         let mut count = 0u32;
         loop {
             match check_record(&data[used..]) {
                 Ok(Some(len)) => {
+                    decoded += decoded_len(&data[used..used + len]);
                     used += len;
                     count += 1;
+                    if decoded >= max_bytes {
+                        break;
+                    }
                 }
                 Ok(None) if count == 0 => {
                     // The first record is larger than `max_bytes`: read exactly that record.
