@@ -100,7 +100,7 @@ impl Replicator {
         endpoint.set_default_client_config(p.tls);
         // Continues across restarts (wall clock), so a replica can drop an append that was
         // delayed past a newer one even if the origin restarted in between.
-        let seq = crate::http::now_ms().saturating_mul(1_000);
+        let seq = crate::clock::now_ms().saturating_mul(1_000);
         let peers = p
             .peers
             .iter()
