@@ -123,3 +123,41 @@ impl From<SignatureError> for ApiError {
         ApiError::new(StatusCode::UNAUTHORIZED, code, e.to_string())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admission::Reason;
+
+    /// A rate refusal answers 429 with its code for the responses metric, `Retry-After` rounded
+    /// up to whole seconds, and the bucket in the `RateLimit-*` headers.
+    #[test]
+    fn a_rate_refusal_carries_its_headers() {
+        let rate = RateInfo { per_sec: 10, burst: 20, remaining: 0, reset: Duration::from_millis(1500) };
+        let refusal = Refusal {
+            reason: Reason::TenantRate,
+            message: "slow down".into(),
+            retry_after: Duration::from_millis(100),
+            rate: Some(rate),
+        };
+        let resp = ApiError::from(refusal).into_response();
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(resp.extensions().get::<ErrorCode>().map(|c| c.0), Some("rate_limited"));
+        let h = resp.headers();
+        assert_eq!(h[header::RETRY_AFTER], "1");
+        assert_eq!(h[RATELIMIT_LIMIT], "20");
+        assert_eq!(h[RATELIMIT_REMAINING], "0");
+        assert_eq!(h[RATELIMIT_RESET], "2");
+        assert_eq!(h[RATELIMIT_POLICY], format!("20;w={BURST_FACTOR}"));
+    }
+
+    #[test]
+    fn an_unavailable_refusal_is_503() {
+        let refusal =
+            Refusal { reason: Reason::WalFull, message: "full".into(), retry_after: Duration::ZERO, rate: None };
+        let resp = ApiError::from(refusal).into_response();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "1", "never a Retry-After of 0");
+        assert!(resp.headers().get(RATELIMIT_LIMIT).is_none());
+    }
+}
