@@ -4,6 +4,7 @@
 
 pub mod circuit;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod dedupe;
 pub mod metrics;
@@ -71,7 +72,7 @@ pub async fn start(config: CoreConfig) -> Result<Core, StartError> {
         loop {
             tick.tick().await;
             let d = dedupe.clone();
-            let cutoff = server::now_ms().saturating_sub(ttl_ms);
+            let cutoff = clock::now_ms().saturating_sub(ttl_ms);
             match tokio::task::spawn_blocking(move || d.evict(cutoff)).await {
                 Ok(Ok(n)) if n > 0 => tracing::info!(evicted = n, "core: dedupe entries expired"),
                 Ok(Err(e)) => tracing::warn!(error = %e, "core: dedupe expiry failed"),

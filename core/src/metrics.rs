@@ -178,7 +178,7 @@ impl Collector for InDeliveryCollector {
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
-        let (events, age) = self.source.snapshot(crate::server::now_ms());
+        let (events, age) = self.source.snapshot(crate::clock::now_ms());
         self.events.set(i64::try_from(events).unwrap_or(i64::MAX));
         self.oldest_age.set(age);
         [self.events.collect(), self.oldest_age.collect()].concat()
@@ -212,7 +212,7 @@ mod tests {
         let m = CoreMetrics::new().unwrap();
         assert_eq!(sample(&m.render(), "sluice_core_broker_lag_seconds"), Some(0.0));
         // Received at the edge a minute ago and still in delivery.
-        let _open = m.in_delivery.start(4, crate::server::now_ms() - 60_000);
+        let _open = m.in_delivery.start(4, crate::clock::now_ms() - 60_000);
         let text = m.render();
         let lag = sample(&text, "sluice_core_broker_lag_seconds").unwrap();
         assert!((60.0..120.0).contains(&lag), "{text}");

@@ -2,7 +2,6 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use uuid::Uuid;
 
@@ -12,6 +11,7 @@ use sluice_wire::record::{RECORD_VERSION, RecordError};
 use sluice_wire::{BatchRecord, Stream};
 
 use crate::circuit::SinkCircuit;
+use crate::clock::now_ms;
 use crate::dedupe::DedupeIndex;
 use crate::metrics::CoreMetrics;
 use crate::sink::Sink;
@@ -133,11 +133,6 @@ async fn handle_stream(ingest: Arc<Ingest>, mut send: quinn::SendStream, mut rec
         return;
     }
     let _ = send.finish();
-}
-
-/// Wall-clock epoch milliseconds (dedupe timestamps).
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Ingest {

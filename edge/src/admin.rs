@@ -56,7 +56,7 @@ pub struct AdminState {
     /// `None` when forwarding is disabled.
     pub forwarder: Option<Arc<ForwarderControl>>,
     /// The forwarder's circuit to core, `None` when forwarding is disabled.
-    pub link: Option<Arc<crate::forward::LinkHealth>>,
+    pub link: Option<Arc<crate::link_health::LinkHealth>>,
     /// The POP peers this edge replicates to, `None` without replication.
     pub replication: Option<ReplicationView>,
 }
@@ -157,7 +157,7 @@ async fn status(State(state): State<Arc<AdminState>>, Query(q): Query<StatusQuer
         Ok(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, "wal_unreadable", &e.to_string()),
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, "internal", &e.to_string()),
     };
-    let now = crate::http::now_ms();
+    let now = crate::clock::now_ms();
     let oldest_at = oldest.map(|r| r.received_at_ms);
     let forwarder = match &state.forwarder {
         Some(f) => json!({

@@ -1,8 +1,13 @@
-//! The monotonic clock of admission control (tenant and per-IP buckets, intake rates): the real
-//! one, or a manual one that only moves when a test advances it, so the tests of quotas,
-//! `Retry-After` and the noisy neighbour prove exact figures instead of racing the machine.
+//! The edge's clocks. A leaf every module may import.
+//!
+//! - [`Clock`]: the monotonic clock of admission control (tenant and per-IP buckets, intake
+//!   rates): the real one, or a manual one that only moves when a test advances it, so the tests
+//!   of quotas, `Retry-After` and the noisy neighbour prove exact figures instead of racing the
+//!   machine.
+//! - [`now_ms`]: wall-clock epoch milliseconds (`received_at`, idempotency timestamps, record
+//!   ages, replication sequence numbers).
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use governor::clock::FakeRelativeClock;
 
@@ -58,6 +63,11 @@ impl governor::clock::Clock for Clock {
     fn now(&self) -> Duration {
         self.elapsed()
     }
+}
+
+/// Wall-clock epoch milliseconds; 0 if the clock is before 1970.
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]

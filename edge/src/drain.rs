@@ -20,8 +20,8 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use tokio::sync::watch;
 
+use crate::api_error::ApiError;
 use crate::forwarder_control::ForwarderControl;
-use crate::http::ApiError;
 use crate::wal::Wal;
 
 /// How often the drain task looks at in-flight requests and the WAL depth.

@@ -6,8 +6,6 @@ use std::sync::{Mutex, PoisonError};
 
 use tokio::sync::watch;
 
-use crate::forward::SendError;
-
 /// The operator's handle on a running forwarder (admin API): pause/resume and its state.
 #[derive(Debug)]
 pub struct ForwarderControl {
@@ -78,9 +76,11 @@ impl ForwarderControl {
         self.state.store(ForwarderState::Forwarding as u8, Ordering::Relaxed);
     }
 
-    pub(crate) fn failed(&self, e: &SendError) {
+    /// A send failed with `error` (a `forward::SendError`; only its text is kept, so this stays
+    /// a leaf the forwarder imports).
+    pub(crate) fn failed(&self, error: &dyn std::fmt::Display) {
         self.state.store(ForwarderState::Retrying as u8, Ordering::Relaxed);
-        *self.last_error.lock().unwrap_or_else(PoisonError::into_inner) = Some(e.to_string());
+        *self.last_error.lock().unwrap_or_else(PoisonError::into_inner) = Some(error.to_string());
     }
 }
 

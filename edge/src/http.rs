@@ -6,7 +6,7 @@
 use std::borrow::Cow;
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
@@ -14,7 +14,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, he
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, head, post};
-use axum::{Extension, Json, Router};
+use axum::{Extension, Router};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -23,14 +23,18 @@ use sluice_wire::stored_response::StoredResponse;
 use tower_http::cors::{Any, CorsLayer};
 use tracing::Instrument;
 
-use crate::admission::quota::{self, BURST_FACTOR, RateInfo};
-use crate::admission::{Admission, Admitted, Refusal};
+use crate::admission::quota::{self, RateInfo};
+use crate::admission::{Admission, Admitted};
+use crate::api_error::{
+    ApiError, ErrorCode, RATELIMIT_LIMIT, RATELIMIT_POLICY, RATELIMIT_REMAINING, RATELIMIT_RESET, insert_rate_headers,
+};
 use crate::auth::{AuthError, KeyRing, Principal};
 use crate::body::{self, BodyError, BodyFormat};
+use crate::clock::now_ms;
 use crate::config::{HttpConfig, LimitsConfig, PiiConfig, ValidationConfig};
-use crate::forward::LinkHealth;
 use crate::idempotency::{self, IdempotencyStore, Lookup};
 use crate::ingest::{self, PrepareError, Prepared};
+use crate::link_health::LinkHealth;
 use crate::metrics::EdgeMetrics;
 use crate::server::PeerAddr;
 use crate::signature::{self, SignatureError, Verified};
@@ -73,10 +77,6 @@ pub const IDEMPOTENCY_KEY: &str = "x-idempotency-key";
 pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
 const REQUEST_ID: &str = "x-request-id";
 const TRACEPARENT: &str = "traceparent";
-const RATELIMIT_LIMIT: &str = "ratelimit-limit";
-const RATELIMIT_REMAINING: &str = "ratelimit-remaining";
-const RATELIMIT_RESET: &str = "ratelimit-reset";
-const RATELIMIT_POLICY: &str = "ratelimit-policy";
 
 pub fn router(state: Arc<AppState>) -> Router {
     let cors = CorsLayer::new()
@@ -149,10 +149,6 @@ fn parse_traceparent(v: &str) -> Option<(&str, &str)> {
         && parent.bytes().any(|b| b != b'0');
     valid.then_some((trace, flags))
 }
-
-/// The error code of a response, for the responses metric.
-#[derive(Clone, Copy)]
-struct ErrorCode(&'static str);
 
 async fn request_context(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
     let id = req
@@ -236,106 +232,6 @@ async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
 }
 
-/// A JSON error response.
-#[derive(Debug)]
-pub struct ApiError {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-    details: Option<serde_json::Value>,
-    retry_after_secs: Option<u64>,
-    /// Boxed: rare, and it would double the size of every `Result<_, ApiError>`.
-    rate: Option<Box<RateInfo>>,
-}
-
-impl ApiError {
-    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into(), details: None, retry_after_secs: None, rate: None }
-    }
-
-    pub(crate) fn with_retry_after(mut self, secs: u64) -> Self {
-        self.retry_after_secs = Some(secs);
-        self
-    }
-
-    fn with_details(mut self, details: serde_json::Value) -> Self {
-        self.details = Some(details);
-        self
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let mut error = json!({ "code": self.code, "message": self.message });
-        if let (Some(details), Some(obj)) = (self.details, error.as_object_mut()) {
-            obj.insert("details".into(), details);
-        }
-        let mut resp = (self.status, Json(json!({ "error": error }))).into_response();
-        resp.extensions_mut().insert(ErrorCode(self.code));
-        if let Some(secs) = self.retry_after_secs {
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
-        }
-        if let Some(rate) = self.rate {
-            insert_rate_headers(resp.headers_mut(), &rate);
-        }
-        resp
-    }
-}
-
-/// Whole seconds for `Retry-After`/`RateLimit-Reset`, rounded up so a client that waits that
-/// long is not refused again for the same reason.
-fn ceil_secs(d: Duration) -> u64 {
-    d.as_secs() + u64::from(d.subsec_nanos() > 0)
-}
-
-/// `RateLimit-*` headers (IETF draft `ratelimit-headers`): the bucket (burst) as the limit over a
-/// window of `BURST_FACTOR` seconds, which is the configured rate.
-fn insert_rate_headers(headers: &mut HeaderMap, rate: &RateInfo) {
-    headers.insert(RATELIMIT_LIMIT, HeaderValue::from(rate.burst));
-    headers.insert(RATELIMIT_REMAINING, HeaderValue::from(rate.remaining));
-    headers.insert(RATELIMIT_RESET, HeaderValue::from(ceil_secs(rate.reset)));
-    if let Ok(v) = HeaderValue::from_str(&format!("{};w={BURST_FACTOR}", rate.burst)) {
-        headers.insert(RATELIMIT_POLICY, v);
-    }
-}
-
-impl From<Refusal> for ApiError {
-    fn from(r: Refusal) -> Self {
-        let status =
-            if r.reason.is_unavailable() { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::TOO_MANY_REQUESTS };
-        let mut err = ApiError::new(status, r.reason.code(), r.message);
-        err.retry_after_secs = Some(ceil_secs(r.retry_after).max(1));
-        err.rate = r.rate.map(Box::new);
-        err
-    }
-}
-
-impl From<AuthError> for ApiError {
-    fn from(e: AuthError) -> Self {
-        let (status, code) = match e {
-            AuthError::Missing | AuthError::Unknown | AuthError::UnsupportedScheme(_) => {
-                (StatusCode::UNAUTHORIZED, "unauthorized")
-            }
-            AuthError::Revoked => (StatusCode::FORBIDDEN, "key_revoked"),
-            AuthError::TenantDisabled => (StatusCode::FORBIDDEN, "tenant_disabled"),
-            AuthError::EnvDisabled => (StatusCode::FORBIDDEN, "environment_disabled"),
-        };
-        ApiError::new(status, code, e.to_string())
-    }
-}
-
-impl From<SignatureError> for ApiError {
-    fn from(e: SignatureError) -> Self {
-        let code = match e {
-            SignatureError::Missing => "signature_missing",
-            SignatureError::Malformed | SignatureError::Mismatch => "signature_invalid",
-            SignatureError::Skew(_) => "signature_expired",
-            SignatureError::Replayed => "signature_replayed",
-        };
-        ApiError::new(StatusCode::UNAUTHORIZED, code, e.to_string())
-    }
-}
-
 fn body_error(e: BodyError, limits: &LimitsConfig) -> ApiError {
     match e {
         BodyError::TooLarge { .. } | BodyError::TooManyEvents { .. } => {
@@ -368,7 +264,7 @@ fn prepare_error(e: PrepareError, limits: &LimitsConfig) -> ApiError {
 }
 
 fn wal_error(e: WalError) -> ApiError {
-    let mut err = match e {
+    let err = match e {
         WalError::Full { .. } => {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "wal_full", "the edge is buffering its limit; retry later")
         }
@@ -383,8 +279,7 @@ fn wal_error(e: WalError) -> ApiError {
             "the edge cannot persist events right now; retry later",
         ),
     };
-    err.retry_after_secs = Some(1);
-    err
+    err.with_retry_after(1)
 }
 
 /// The API key from `Authorization: Bearer`, `X-Api-Key`, or (for `sendBeacon`) `?api_key=`.
@@ -429,11 +324,6 @@ fn body_format(headers: &HeaderMap) -> Result<BodyFormat, ApiError> {
             format!("Content-Type `{ct}` is not supported; use application/json, text/plain or application/x-ndjson"),
         )),
     }
-}
-
-/// Wall-clock epoch milliseconds (`received_at`, idempotency timestamps).
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The authenticated caller and the body's media type, known before the body is read.
@@ -717,13 +607,8 @@ async fn debug(
     let caller = authenticate(&state, &headers, &uri)?;
     tracing::Span::current().record("tenant_id", caller.principal.tenant.as_str());
     if state.debug_limiter.check_key(&caller.principal.key_id).is_err() {
-        let mut err = ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            format!("the debug endpoint allows {} requests/s per key", state.limits.debug_requests_per_sec),
-        );
-        err.retry_after_secs = Some(1);
-        return Err(err);
+        let message = format!("the debug endpoint allows {} requests/s per key", state.limits.debug_requests_per_sec);
+        return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message).with_retry_after(1));
     }
     let (raw, _) = read_body(&state, &caller, &headers, body).await?;
     let decoded = decode(&state, &headers, &raw)?;

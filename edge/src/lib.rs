@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod admission;
+pub mod api_error;
 pub mod auth;
 pub mod batch;
 pub mod body;
@@ -19,6 +20,7 @@ pub mod forwarder_control;
 pub mod http;
 pub mod idempotency;
 pub mod ingest;
+pub mod link_health;
 pub mod metrics;
 pub mod operator_metrics;
 pub mod pii;
@@ -240,7 +242,7 @@ fn spawn_idempotency_expiry(store: Arc<idempotency::IdempotencyStore>) -> JoinHa
         let mut tick = tokio::time::interval(Duration::from_secs(60));
         loop {
             tick.tick().await;
-            let now = http::now_ms();
+            let now = clock::now_ms();
             match tokio::task::block_in_place(|| store.evict_expired(now)) {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(evicted = n, "edge: idempotency keys and signatures expired"),

@@ -15,7 +15,7 @@ use std::sync::atomic::AtomicU64;
 
 use crate::admission::Admission;
 use crate::auth::KeyRing;
-use crate::forward::LinkHealth;
+use crate::link_health::LinkHealth;
 use crate::wal::Wal;
 
 pub struct EdgeMetrics {
@@ -59,7 +59,7 @@ impl ForwarderMetrics {
     /// Seconds since the receipt of the oldest record core has not acknowledged; 0 when caught up.
     pub fn oldest_unacked_age_secs(&self) -> f64 {
         let oldest = self.oldest_unacked_ms.load(std::sync::atomic::Ordering::Relaxed);
-        let age_ms = if oldest == 0 { 0 } else { crate::http::now_ms().saturating_sub(oldest) };
+        let age_ms = if oldest == 0 { 0 } else { crate::clock::now_ms().saturating_sub(oldest) };
         age_ms as f64 / 1000.0
     }
 }

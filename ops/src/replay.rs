@@ -30,7 +30,7 @@ use sluice_edge::wal::scan::Item;
 use sluice_wire::frame;
 use sluice_wire::protocol::{FrameHeader, PROTOCOL_VERSION};
 
-use crate::wal::{Pos, WalDir, WalToolError, record_json};
+use crate::wal::{WalDir, WalToolError, record_json};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
@@ -102,7 +102,7 @@ pub fn default_state_file(dir: &Path) -> PathBuf {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 struct ReplayState {
     dir: String,
-    next: Pos,
+    next: Position,
     records: u64,
 }
 
@@ -115,7 +115,7 @@ pub struct ReplaySummary {
     /// `unacked` or `all`.
     pub mode: &'static str,
     /// Where this run started because of an earlier run's state file.
-    pub resumed_from: Option<Pos>,
+    pub resumed_from: Option<Position>,
     pub frames: u64,
     pub records: u64,
     pub events: u64,
@@ -373,7 +373,7 @@ pub async fn run(
         }
     };
     let state = if use_state { load_state(opts)? } else { None };
-    let resume = state.as_ref().map(|s| Position { segment: s.next.segment, offset: s.next.offset });
+    let resume = state.as_ref().map(|s| s.next);
     let acked = if opts.all { None } else { wal.acked };
     // Where each segment starts, or None to skip it whole.
     let start = |seq: u64, quarantined: bool| -> Option<u64> {
@@ -401,7 +401,7 @@ pub async fn run(
         dir: opts.dir.display().to_string(),
         target: target_name,
         mode: if opts.all { "all" } else { "unacked" },
-        resumed_from: resume.map(Pos::from),
+        resumed_from: resume,
         state_file: use_state.then(|| opts.state_file.display().to_string()),
         ..ReplaySummary::default()
     };
@@ -510,7 +510,7 @@ impl Tracker {
         progress.set_position(progress.position() + (f.end - f.start));
         progress.set_message(format!("{} records, {} frames", s.records, s.frames));
         if let Some(path) = &self.state_file {
-            let next = Pos { segment: f.segment, offset: f.end };
+            let next = Position { segment: f.segment, offset: f.end };
             store_state(path, &ReplayState { dir: self.dir.clone(), next, records: self.done_records })?;
         }
         Ok(())

@@ -27,19 +27,6 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> WalToolError + '_ {
     move |source| WalToolError::Io { path: path.to_path_buf(), source }
 }
 
-/// A position as JSON.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct Pos {
-    pub segment: u64,
-    pub offset: u64,
-}
-
-impl From<Position> for Pos {
-    fn from(p: Position) -> Self {
-        Pos { segment: p.segment, offset: p.offset }
-    }
-}
-
 /// A WAL directory opened for reading: its segment files and ack watermark.
 pub struct WalDir {
     pub dir: PathBuf,
@@ -115,7 +102,7 @@ pub struct TenantInfo {
 #[derive(Debug, Clone, Serialize)]
 pub struct Inspection {
     pub dir: String,
-    pub acked: Option<Pos>,
+    pub acked: Option<Position>,
     pub segments: Vec<SegmentInfo>,
     pub totals: SegmentInfo,
     pub tenants: Vec<TenantInfo>,
@@ -197,7 +184,7 @@ pub fn inspect(dir: &Path) -> Result<Inspection, WalToolError> {
     }
     Ok(Inspection {
         dir: dir.display().to_string(),
-        acked: wal.acked.map(Pos::from),
+        acked: wal.acked,
         segments,
         totals,
         tenants: tenants.into_values().collect(),
@@ -376,7 +363,7 @@ pub fn render_ls(i: &Inspection) -> String {
     out
 }
 
-fn render_pos(p: Option<Pos>) -> String {
+fn render_pos(p: Option<Position>) -> String {
     p.map_or("none (nothing acknowledged yet)".into(), |p| format!("segment {} offset {}", p.segment, p.offset))
 }
 

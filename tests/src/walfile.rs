@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use sluice_wire::BatchRecord;
 use sluice_wire::record::{check_record, decode_record};
+use sluice_wire::wal_files::{QUARANTINE_EXT, SEGMENT_EXT};
 
 /// A record found in a segment file: where it starts, how long it is, what it holds.
 #[derive(Debug, Clone)]
@@ -21,12 +22,12 @@ impl FoundRecord {
 
 /// Live segment files (`*.wal`), sorted.
 pub fn segments(dir: &Path) -> Vec<PathBuf> {
-    files_with_ext(dir, "wal")
+    files_with_ext(dir, SEGMENT_EXT)
 }
 
 /// Quarantined segment files (`*.corrupt`), sorted.
 pub fn quarantined(dir: &Path) -> Vec<PathBuf> {
-    files_with_ext(dir, "corrupt")
+    files_with_ext(dir, QUARANTINE_EXT)
 }
 
 fn files_with_ext(dir: &Path, ext: &str) -> Vec<PathBuf> {

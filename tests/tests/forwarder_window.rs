@@ -4,17 +4,17 @@
 
 use std::time::{Duration, Instant};
 
+use sluice_edge::wal::Position;
+use sluice_edge::wal::scan::acked_watermark;
 use sluice_tests::edge_harness::InProcessEdge;
 use sluice_tests::http::{events_body, post_events};
 use sluice_wire::protocol::{self, Ack};
 
 const WINDOW: usize = 4;
 
-fn watermark(dir: &std::path::Path) -> Option<(u64, u64)> {
-    let b = std::fs::read(dir.join("ack.watermark")).ok()?;
-    let seg = u64::from_le_bytes(b.get(0..8)?.try_into().ok()?);
-    let off = u64::from_le_bytes(b.get(8..16)?.try_into().ok()?);
-    Some((seg, off))
+/// The durable watermark as the edge stored it (replaced atomically: never torn).
+fn watermark(dir: &std::path::Path) -> Option<Position> {
+    acked_watermark(dir).expect("ack.watermark is readable")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -83,7 +83,7 @@ async fn frames_are_pipelined_and_acked_in_wal_order() {
     let mut frames = 0;
     loop {
         // Watermark first: a frame acked after the count below would otherwise go uncounted.
-        let done = watermark(&wal_dir) == Some((committed.segment, committed.offset));
+        let done = watermark(&wal_dir) == Some(committed);
         while let Ok(_f) = seen_rx.try_recv() {
             frames += 1;
         }

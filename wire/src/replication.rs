@@ -8,6 +8,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::Position;
+
 /// ALPN of the replication protocol; distinct from edge→core so neither side can be confused
 /// for the other.
 pub const ALPN: &[u8] = b"sluice-repl/1";
@@ -38,18 +40,11 @@ pub enum PeerMessage {
     },
     /// Sent periodically: the origin is alive (it renews the replica's takeover lease), and core
     /// has acknowledged everything before `acked` (the replica trims up to it).
-    Heartbeat { origin: Origin, acked: WirePosition },
+    Heartbeat { origin: Origin, acked: Position },
     /// Where does the copy end? Asked after the origin lost track of this replica (a start, a
     /// failed or skipped append), so it can send every byte the copy lacks, across segments,
     /// before the replica counts again. Answered with [`PeerReply::CopyEnd`].
     Locate { origin: Origin },
-}
-
-/// A position in the origin's WAL: byte `offset` of segment `segment`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WirePosition {
-    pub segment: u64,
-    pub offset: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,7 +57,7 @@ pub enum PeerReply {
     /// The replica cannot store this (I/O error, an append to a segment it has moved past).
     Refused { reason: String },
     /// The copy ends at `end` (the answer to [`PeerMessage::Locate`]).
-    CopyEnd { end: WirePosition },
+    CopyEnd { end: Position },
     /// Storing the append would take this replica's copies of all its peers past their disk
     /// budget (`used_bytes` of `budget_bytes` in use). Nothing was written.
     Full { used_bytes: u64, budget_bytes: u64 },
@@ -105,7 +100,7 @@ mod tests {
         let origin = Origin { node_id: "edge-a".into(), wal_id: 42 };
         let msgs = [
             PeerMessage::Append { origin: origin.clone(), seq: 5, segment: 3, offset: 4096, bytes: vec![1, 2, 3] },
-            PeerMessage::Heartbeat { origin: origin.clone(), acked: WirePosition { segment: 2, offset: 9 } },
+            PeerMessage::Heartbeat { origin: origin.clone(), acked: Position { segment: 2, offset: 9 } },
             PeerMessage::Locate { origin },
         ];
         for m in msgs {
@@ -115,11 +110,21 @@ mod tests {
             PeerReply::Stored,
             PeerReply::Behind { segment: 1, have: 7 },
             PeerReply::Refused { reason: "x".into() },
-            PeerReply::CopyEnd { end: WirePosition { segment: 4, offset: 12 } },
+            PeerReply::CopyEnd { end: Position { segment: 4, offset: 12 } },
             PeerReply::Full { used_bytes: 10, budget_bytes: 8 },
         ] {
             assert_eq!(decode_reply(&encode_reply(&r).unwrap()).unwrap(), r);
         }
+    }
+
+    /// Positions travel as two varints; a peer running an older build decodes these bytes.
+    #[test]
+    fn position_bytes_are_unchanged() {
+        let origin = Origin { node_id: "a".into(), wal_id: 42 };
+        let heartbeat = PeerMessage::Heartbeat { origin, acked: Position { segment: 2, offset: 300 } };
+        assert_eq!(encode_message(&heartbeat).unwrap(), [1, 1, b'a', 42, 2, 0xac, 0x02]);
+        let end = PeerReply::CopyEnd { end: Position { segment: 4, offset: 12 } };
+        assert_eq!(encode_reply(&end).unwrap(), [3, 4, 12]);
     }
 
     #[test]

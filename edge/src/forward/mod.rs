@@ -27,13 +27,12 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
-use sluice_wire::breaker::BreakerState;
 use sluice_wire::protocol::{self, Ack, FrameHeader, PROTOCOL_VERSION};
 use sluice_wire::{frame, record};
 use tokio::sync::watch;
@@ -44,32 +43,10 @@ use self::split::{Share, split};
 use self::window::{Command, Event, FrameId, QuarantineCause, Window};
 use crate::config::ForwarderConfig;
 pub use crate::forwarder_control::{ForwarderControl, ForwarderState};
+use crate::link_health::LinkHealth;
 use crate::metrics::ForwarderMetrics;
 use crate::routing::Rendezvous;
 use crate::wal::{ReadOutcome, WalReader};
-
-/// The forwarder's view of its link to core, shared with metrics and readiness.
-#[derive(Debug, Default)]
-pub struct LinkHealth {
-    state: AtomicU8,
-    opens: AtomicU64,
-}
-
-impl LinkHealth {
-    pub fn state(&self) -> BreakerState {
-        BreakerState::from_u8(self.state.load(Ordering::Relaxed))
-    }
-
-    /// How many times the breaker opened.
-    pub fn opens(&self) -> u64 {
-        self.opens.load(Ordering::Relaxed)
-    }
-
-    #[cfg(test)]
-    pub(crate) fn record_failure_for_test(&self) {
-        self.opens.fetch_add(1, Ordering::Relaxed);
-    }
-}
 
 enum Flow {
     Continue,
@@ -293,7 +270,7 @@ impl Forwarder {
                 }
                 Command::Backoff { error: (node, e), delay, failures, resend_from } => {
                     self.control.failed(&e);
-                    self.link.opens.fetch_add(1, Ordering::Relaxed);
+                    self.link.opened();
                     let core = node.and_then(|n| self.routing.nodes().get(n)).map_or("-", |n| n.id.as_str());
                     tracing::warn!(error = %e, core, circuit = "open", failures, retry_in_ms = delay.as_millis() as u64,
                         resend_from_segment = resend_from.segment, resend_from_offset = resend_from.offset,
@@ -314,7 +291,7 @@ impl Forwarder {
             self.window.oldest_unacked_ms()
         };
         self.metrics.oldest_unacked_ms.store(oldest, Ordering::Relaxed);
-        self.link.state.store(self.window.breaker_state() as u8, Ordering::Relaxed);
+        self.link.set_state(self.window.breaker_state());
         Ok(())
     }
 

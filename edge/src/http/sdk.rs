@@ -20,9 +20,10 @@ use axum::{Extension, Json, Router};
 use serde_json::json;
 
 use super::{
-    ApiError, AppState, ClientIp, Committed, RequestId, TraceParent, api_key, body_error, commit, insert_rate_headers,
-    prepare_decoded, prepare_error, read_raw, verify_signature,
+    AppState, ClientIp, Committed, RequestId, TraceParent, api_key, body_error, commit, prepare_decoded, prepare_error,
+    read_raw, verify_signature,
 };
+use crate::api_error::{ApiError, insert_rate_headers};
 use crate::body::{self, BodyFormat};
 use crate::compat::{Api, CompatError, Translated, posthog, segment};
 
@@ -82,7 +83,7 @@ async fn capture(
                 let header = |name| headers.get(name).map(|v| v.to_str().unwrap_or("invalid"));
                 let (encoding, content_type) = (header(header::CONTENT_ENCODING), header(header::CONTENT_TYPE));
                 let decoded = posthog::decode(raw, encoding, content_type, uri.query(), max)?;
-                posthog::translate(&decoded, super::now_ms())
+                posthog::translate(&decoded, crate::clock::now_ms())
             };
             store(&state, origin, body, translate).await
         }

@@ -19,7 +19,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use sluice_wire::record::check_record;
-use sluice_wire::replication::{self as proto, Origin, PeerMessage, PeerReply, WirePosition};
+use sluice_wire::replication::{self as proto, Origin, PeerMessage, PeerReply};
 use tokio::sync::mpsc;
 
 use super::{Lane, ReplicationMetrics, Stage};
@@ -100,7 +100,7 @@ impl Replicator {
         endpoint.set_default_client_config(p.tls);
         // Continues across restarts (wall clock), so a replica can drop an append that was
         // delayed past a newer one even if the origin restarted in between.
-        let seq = crate::http::now_ms().saturating_mul(1_000);
+        let seq = crate::clock::now_ms().saturating_mul(1_000);
         let peers = p
             .peers
             .iter()
@@ -486,7 +486,7 @@ impl PeerTask {
 
     async fn locate(&mut self, origin: &Origin) -> Result<Position, String> {
         match self.exchange(&PeerMessage::Locate { origin: origin.clone() }).await? {
-            PeerReply::CopyEnd { end } => Ok(Position { segment: end.segment, offset: end.offset }),
+            PeerReply::CopyEnd { end } => Ok(end),
             other => Err(format!("locating the copy: {}", describe(&other))),
         }
     }
@@ -701,7 +701,7 @@ impl Heartbeat {
             };
             self.metrics.lag_bytes.with_label_values(&[&self.link.peer.id]).set(i64::try_from(lag).unwrap_or(i64::MAX));
             let Some(origin) = origin(&self.node_id, &self.wal) else { continue };
-            let msg = PeerMessage::Heartbeat { origin, acked: wire(acked) };
+            let msg = PeerMessage::Heartbeat { origin, acked };
             match self.link.exchange(&msg).await {
                 Ok(PeerReply::Stored) => {}
                 Ok(other) => {
@@ -711,10 +711,6 @@ impl Heartbeat {
             }
         }
     }
-}
-
-fn wire(p: Position) -> WirePosition {
-    WirePosition { segment: p.segment, offset: p.offset }
 }
 
 #[cfg(test)]

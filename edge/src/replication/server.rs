@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use sluice_wire::replication::{self as proto, Origin, PeerMessage, PeerReply, WirePosition};
+use sluice_wire::replication::{self as proto, Origin, PeerMessage, PeerReply};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -25,7 +25,6 @@ use super::takeover::{RunningGuard, TakeoverMetrics};
 use super::{ReplicationMetrics, Stage};
 use crate::config::ForwarderConfig;
 use crate::forward::Forwarder;
-use crate::wal::Position;
 use crate::wal::mirror::{Mirror, MirrorAppend, MirrorError, Usage};
 
 /// How often leases and orphans are checked.
@@ -201,13 +200,9 @@ impl ReplicaStore {
                     Err(other) => Err(other.to_string()),
                 }
             }
-            PeerMessage::Locate { .. } => {
-                let end = e.mirror.end();
-                Ok(PeerReply::CopyEnd { end: WirePosition { segment: end.segment, offset: end.offset } })
-            }
+            PeerMessage::Locate { .. } => Ok(PeerReply::CopyEnd { end: e.mirror.end() }),
             PeerMessage::Heartbeat { acked, .. } => {
-                let to = Position { segment: acked.segment, offset: acked.offset };
-                let trimmed = tokio::task::block_in_place(|| e.mirror.trim(to));
+                let trimmed = tokio::task::block_in_place(|| e.mirror.trim(acked));
                 self.used();
                 trimmed.map(|()| PeerReply::Stored).map_err(|io| io.to_string())
             }
@@ -382,6 +377,7 @@ pub async fn watch_leases(store: Arc<ReplicaStore>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wal::Position;
 
     fn append(origin: &Origin, seq: u64, segment: u64, offset: u64, bytes: &[u8]) -> PeerMessage {
         PeerMessage::Append { origin: origin.clone(), seq, segment, offset, bytes: bytes.to_vec() }
@@ -409,7 +405,7 @@ mod tests {
         assert_eq!(metrics.replica_refusals.get(), 2);
         assert_eq!((metrics.replica_bytes.get(), metrics.replica_budget_bytes.get()), (2 * len as i64, budget as i64));
         // Core acknowledged segment 1: the heartbeat trims it and the next append fits.
-        let acked = WirePosition { segment: 2, offset: 0 };
+        let acked = Position { segment: 2, offset: 0 };
         assert_eq!(store.handle(PeerMessage::Heartbeat { origin: a.clone(), acked }).await, PeerReply::Stored);
         assert_eq!(metrics.replica_bytes.get(), 0);
         assert_eq!(store.handle(append(&a, 4, 2, 0, &rec)).await, PeerReply::Stored);

@@ -17,7 +17,7 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{GaugeVec, IntCounterVec, IntGauge, IntGaugeVec, Opts};
 
-use crate::forward::LinkHealth;
+use crate::link_health::LinkHealth;
 use crate::metrics::ForwarderMetrics;
 use crate::wal::Position;
 use crate::wal::scan::{self, SegmentFile};
@@ -247,7 +247,7 @@ mod tests {
         old.forwarded_records.inc_by(7);
         new.forwarded_bytes.inc_by(900);
         let link = Arc::new(LinkHealth::default());
-        link.record_failure_for_test();
+        link.opened();
         let g_old = m.started("a", 1, dir.path(), old, link.clone());
         let g_new = m.started("a", 2, dir.path(), new, Arc::default());
         let f = m.collect();
@@ -259,7 +259,7 @@ mod tests {
         assert_eq!(value(&f, "sluice_edge_takeover_unacked_bytes", "a"), Some(0.0), "an empty copy");
 
         // A failure after the last scrape is still counted when the takeover stops.
-        link.record_failure_for_test();
+        link.opened();
         drop(g_old);
         drop(g_new);
         let f = m.collect();

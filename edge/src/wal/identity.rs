@@ -1,36 +1,23 @@
 //! The WAL's identity: a random `u64` chosen when the directory is first opened, kept in
-//! `wal.id` as `id u64 LE | crc32c u32 LE`. Replicas key their copy of an origin's WAL by it, so
-//! an origin that comes back with an empty disk (a new ID, positions starting over) is never
+//! `wal.id` (bytes: `sluice_wire::wal_files`). Replicas key their copy of an origin's WAL by it,
+//! so an origin that comes back with an empty disk (a new ID, positions starting over) is never
 //! mistaken for one whose positions continue.
 
 use std::io;
 use std::path::Path;
 
-use super::storage::{Storage, read_optional, replace_file};
+use sluice_wire::wal_files::{self, WAL_ID_FILE, WAL_ID_TMP};
 
-const FILE: &str = "wal.id";
-const TMP: &str = "wal.id.tmp";
+use super::storage::{Storage, corrupt, read_optional, replace_file};
 
 /// Loads the ID, creating it (atomically, durably) if the directory has none yet.
 pub fn load_or_create(storage: &dyn Storage, dir: &Path) -> io::Result<u64> {
-    match read_optional(storage, &dir.join(FILE))? {
-        Some(bytes) => {
-            let invalid =
-                || io::Error::new(io::ErrorKind::InvalidData, format!("{} is corrupt", dir.join(FILE).display()));
-            let arr: [u8; 12] = bytes.as_slice().try_into().map_err(|_| invalid())?;
-            let (id, crc) = arr.split_at(8);
-            if crc32c::crc32c(id).to_le_bytes() != crc {
-                return Err(invalid());
-            }
-            Ok(u64::from_le_bytes(id.try_into().map_err(|_| invalid())?))
-        }
+    let path = dir.join(WAL_ID_FILE);
+    match read_optional(storage, &path)? {
+        Some(bytes) => wal_files::decode_wal_id(&bytes).map_err(|e| corrupt(&path, e)),
         None => {
             let id: u64 = rand::random();
-            let mut buf = [0u8; 12];
-            buf[..8].copy_from_slice(&id.to_le_bytes());
-            let crc = crc32c::crc32c(&buf[..8]);
-            buf[8..].copy_from_slice(&crc.to_le_bytes());
-            replace_file(storage, dir, FILE, TMP, &buf)?;
+            replace_file(storage, dir, WAL_ID_FILE, WAL_ID_TMP, &wal_files::encode_wal_id(id))?;
             Ok(id)
         }
     }
@@ -47,7 +34,7 @@ mod tests {
         let id = load_or_create(&FileStorage, a.path()).unwrap();
         assert_eq!(load_or_create(&FileStorage, a.path()).unwrap(), id);
         assert_ne!(load_or_create(&FileStorage, b.path()).unwrap(), id);
-        std::fs::write(a.path().join(FILE), [0u8; 12]).unwrap();
+        std::fs::write(a.path().join(WAL_ID_FILE), [0u8; 12]).unwrap();
         assert!(load_or_create(&FileStorage, a.path()).is_err(), "a corrupt ID is an error, not a new identity");
     }
 }

@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use sluice_wire::wal_files::{SegmentState, parse_segment_file_name};
 use tokio::sync::watch;
 
 use super::reader::{WalReader, trim};
@@ -188,8 +189,9 @@ impl Mirror {
 
     /// Whether a takeover quarantined a segment of the copy (kept for an operator).
     pub fn has_quarantined(&self) -> bool {
-        let suffix = format!(".{}", super::QUARANTINE_EXT);
-        self.storage.list(&self.dir).into_iter().flatten().any(|(name, _)| name.ends_with(&suffix))
+        self.storage.list(&self.dir).into_iter().flatten().any(|(name, _)| {
+            parse_segment_file_name(&name).is_some_and(|(_, state)| state == SegmentState::Quarantined)
+        })
     }
 
     /// A reader over the copy for a takeover forwarder, starting at the stored watermark.

@@ -11,7 +11,8 @@
 //!
 //! Layout: `<dir>/<seq:020>.wal` segments of records framed by `sluice_wire::record`,
 //! `<dir>/ack.watermark`, the position up to which core has acknowledged, and `<dir>/wal.id`, the
-//! WAL's identity for replicas. Segments entirely before the watermark are deleted. Peers'
+//! WAL's identity for replicas; their names and bytes are `sluice_wire::wal_files`'.
+//! [`Position`] is `sluice_wire`'s, so the replication protocol and the tools carry it as is. Segments entirely before the watermark are deleted. Peers'
 //! replicas live under `<dir>/replica/` ([`mirror`]).
 
 #[cfg(test)]
@@ -37,17 +38,11 @@ use tokio::sync::{oneshot, watch};
 pub use reader::{ReadOutcome, WalReader};
 pub use recovery::{TailRecovery, recover_tail};
 use segment::list_segments;
-pub use segment::{QUARANTINE_EXT, segment_path};
+pub use segment::segment_path;
+pub use sluice_wire::Position;
 use storage::{FileStorage, Storage};
 
 use crate::config::WalConfig;
-
-/// A point in the WAL: byte `offset` of segment `segment`. Ordered by (segment, offset).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
-pub struct Position {
-    pub segment: u64,
-    pub offset: u64,
-}
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum WalError {
@@ -564,6 +559,7 @@ mod tests {
             ReadOutcome::Records { segment, count, .. } => assert_eq!((segment, count), (active + 1, 1)),
             other => panic!("the record appended after the quarantine is not readable: {other:?}"),
         }
-        assert!(dir.path().join("wal").join(format!("{active:020}.{QUARANTINE_EXT}")).exists());
+        let quarantined = sluice_wire::wal_files::quarantined_file_name(active);
+        assert!(dir.path().join("wal").join(quarantined).exists());
     }
 }

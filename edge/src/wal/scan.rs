@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 
 use sluice_wire::BatchRecord;
 use sluice_wire::record::{HEADER_LEN, RecordError, check_record, decode_record};
+use sluice_wire::wal_files::{SegmentState, parse_segment_file_name};
 
-use super::segment::{QUARANTINE_EXT, SEGMENT_EXT};
 use super::{Position, watermark};
 
 /// One segment file of a WAL directory.
@@ -32,17 +32,9 @@ pub fn segment_files(dir: &Path) -> io::Result<Vec<SegmentFile>> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
-        let path = entry.path();
-        let (Some(stem), Some(ext)) = (path.file_stem().and_then(|s| s.to_str()), path.extension()) else {
-            continue;
-        };
-        let quarantined = match ext.to_str() {
-            Some(SEGMENT_EXT) => false,
-            Some(QUARANTINE_EXT) => true,
-            _ => continue,
-        };
-        let Ok(seq) = stem.parse::<u64>() else { continue };
-        out.push(SegmentFile { seq, bytes: entry.metadata()?.len(), path, quarantined });
+        let Some((seq, state)) = entry.file_name().to_str().and_then(parse_segment_file_name) else { continue };
+        let quarantined = state == SegmentState::Quarantined;
+        out.push(SegmentFile { seq, bytes: entry.metadata()?.len(), path: entry.path(), quarantined });
     }
     out.sort_by_key(|s| (s.seq, s.quarantined));
     Ok(out)

@@ -1,26 +1,26 @@
-//! Segment files: `<seq:020>.wal` in the WAL directory, consecutive sequence numbers, and the
-//! directory fsync every create/rename/delete needs (DESIGN durability rule 3).
+//! Segment files (named by `sluice_wire::wal_files`) in the WAL directory, consecutive sequence
+//! numbers, and the directory fsync every create/rename/delete needs (DESIGN durability rule 3).
 
 use std::io;
 use std::path::{Path, PathBuf};
 
+use sluice_wire::wal_files::{SegmentState, parse_segment_file_name, quarantined_file_name, segment_file_name};
+
 use super::storage::{Storage, StorageFile};
 
-pub const SEGMENT_EXT: &str = "wal";
-/// Quarantined segments are renamed with this extension and never read again by the forwarder.
-pub const QUARANTINE_EXT: &str = "corrupt";
-
 pub fn segment_path(dir: &Path, seq: u64) -> PathBuf {
-    dir.join(format!("{seq:020}.{SEGMENT_EXT}"))
+    dir.join(segment_file_name(seq))
 }
 
 /// Live segments (not quarantined), sorted by sequence number, with their sizes.
 pub fn list_segments(storage: &dyn Storage, dir: &Path) -> io::Result<Vec<(u64, u64)>> {
-    let suffix = format!(".{SEGMENT_EXT}");
     let mut out: Vec<(u64, u64)> = storage
         .list(dir)?
         .into_iter()
-        .filter_map(|(name, len)| Some((name.strip_suffix(&suffix)?.parse::<u64>().ok()?, len)))
+        .filter_map(|(name, len)| match parse_segment_file_name(&name)? {
+            (seq, SegmentState::Live) => Some((seq, len)),
+            (_, SegmentState::Quarantined) => None,
+        })
         .collect();
     out.sort_unstable();
     Ok(out)
@@ -37,7 +37,7 @@ pub fn create_segment(storage: &dyn Storage, dir: &Path, seq: u64) -> io::Result
 /// Moves a segment out of the forwarding path, keeping its bytes for an operator.
 pub fn quarantine(storage: &dyn Storage, dir: &Path, seq: u64) -> io::Result<PathBuf> {
     let from = segment_path(dir, seq);
-    let to = from.with_extension(QUARANTINE_EXT);
+    let to = dir.join(quarantined_file_name(seq));
     storage.rename(&from, &to)?;
     storage.sync_dir(dir)?;
     Ok(to)

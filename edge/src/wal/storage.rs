@@ -133,6 +133,11 @@ pub fn replace_file(storage: &dyn Storage, dir: &Path, name: &str, tmp: &str, by
     storage.sync_dir(dir)
 }
 
+/// The error of a small file whose bytes do not decode: its path and why.
+pub fn corrupt(path: &Path, why: impl std::fmt::Display) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("{} is corrupt: {why}", path.display()))
+}
+
 /// Reads a small file, `None` if it does not exist.
 pub fn read_optional(storage: &dyn Storage, path: &Path) -> io::Result<Option<Vec<u8>>> {
     match storage.read(path) {
