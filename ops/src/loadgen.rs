@@ -129,11 +129,28 @@ pub fn posthog_like_event_json(n: usize, timestamp: &str) -> String {
     }
     fn uuid(x: u64, y: u64) -> String {
         let (a, b) = (mix(x), mix(y ^ 0xA5A5));
-        format!("{:08x}-{:04x}-7{:03x}-{:04x}-{:012x}", a >> 32, (a >> 16) & 0xffff, a & 0xfff, b >> 48, b & 0xffff_ffff_ffff)
+        format!(
+            "{:08x}-{:04x}-7{:03x}-{:04x}-{:012x}",
+            a >> 32,
+            (a >> 16) & 0xffff,
+            a & 0xfff,
+            b >> 48,
+            b & 0xffff_ffff_ffff
+        )
     }
     const EVENTS: [&str; 6] = ["$pageview", "$pageview", "$autocapture", "$pageleave", "signup_clicked", "$rageclick"];
-    const PAGES: [&str; 8] = ["/", "/pricing", "/docs/getting-started", "/docs/api/events", "/blog", "/changelog", "/signup", "/account/settings"];
-    const BROWSERS: [(&str, &str); 4] = [("Chrome", "131.0"), ("Safari", "18.1"), ("Firefox", "133.0"), ("Microsoft Edge", "131.0")];
+    const PAGES: [&str; 8] = [
+        "/",
+        "/pricing",
+        "/docs/getting-started",
+        "/docs/api/events",
+        "/blog",
+        "/changelog",
+        "/signup",
+        "/account/settings",
+    ];
+    const BROWSERS: [(&str, &str); 4] =
+        [("Chrome", "131.0"), ("Safari", "18.1"), ("Firefox", "133.0"), ("Microsoft Edge", "131.0")];
     const OSES: [&str; 4] = ["Mac OS X", "Windows", "iOS", "Android"];
     const SCREENS: [(u32, u32); 4] = [(1440, 900), (1920, 1080), (390, 844), (1536, 864)];
     let r = mix(n as u64);

@@ -88,7 +88,7 @@ pub struct ReplayOptions {
     pub state_file: PathBuf,
     /// Ignore (and overwrite) an existing state file.
     pub restart: bool,
-    /// Target uncompressed frame size (the forwarder's default is 1 MiB).
+    /// Target frame size, decompressed (the forwarder's default is 1 MiB).
     pub frame_bytes: usize,
 }
 
@@ -170,6 +170,8 @@ struct Batch {
     start: u64,
     end: u64,
     raw: Vec<u8>,
+    /// What `raw`'s records hold decompressed: frames are sized by it, as the forwarder's are.
+    decoded: usize,
     /// Tenant and byte range in `raw` of each record (for routing to core nodes).
     spans: Vec<(String, std::ops::Range<usize>)>,
     records: u32,
@@ -446,6 +448,7 @@ pub async fn run(
                     let (o, l) = (offset as usize, len as usize);
                     let at = batch.raw.len();
                     batch.raw.extend_from_slice(&data[o..o + l]);
+                    batch.decoded += sluice_wire::record::decoded_len(&data[o..o + l]);
                     batch.spans.push((record.tenant.clone(), at..at + l));
                     batch.end = offset + len;
                     batch.records += 1;
@@ -461,7 +464,7 @@ pub async fn run(
                 }
             }
             let at_boundary = !matches!(items.peek(), Some(Item::Record { .. }));
-            if batch.records > 0 && (batch.raw.len() >= opts.frame_bytes || at_boundary) {
+            if batch.records > 0 && (batch.decoded >= opts.frame_bytes || at_boundary) {
                 let full = std::mem::replace(&mut batch, Batch { segment: seg.seq, ..Batch::default() });
                 in_flight.push_back(sink.start(full)?);
                 while in_flight.len() >= window

@@ -53,6 +53,13 @@ impl Ledger {
     }
 
     pub fn record(&self, ids: &[String], outcome: Outcome, retry_after: Option<&str>) {
+        self.record_answer(ids, outcome, retry_after, false);
+    }
+
+    /// [`Ledger::record`]; `in_doubt` files a refusal's events as in doubt rather than refused:
+    /// `503 replica_unavailable` means the origin cut the batch back, but a replica whose ack was
+    /// lost with the link may hold it and forward it if it takes over.
+    fn record_answer(&self, ids: &[String], outcome: Outcome, retry_after: Option<&str>, in_doubt: bool) {
         let mut b = self.book.lock().unwrap();
         let key = match outcome {
             Outcome::Accepted => "202".to_string(),
@@ -70,7 +77,11 @@ impl Ledger {
                 if (s == 503 || s == 429) && retry_after.is_none() {
                     b.missing_retry_after += 1;
                 }
-                b.refused.extend(ids.iter().cloned())
+                if in_doubt {
+                    b.in_doubt.extend(ids.iter().cloned());
+                } else {
+                    b.refused.extend(ids.iter().cloned());
+                }
             }
         }
     }
@@ -80,12 +91,17 @@ impl Ledger {
         let body = body_for(&ids);
         let auth = format!("Bearer {key}");
         let headers = [("Authorization", auth.as_str()), ("Content-Type", "application/json")];
-        let (outcome, retry_after) = match crate::http::request(addr, "POST", "/v1/events", &headers, &body) {
-            Ok(r) if r.status == 202 => (Outcome::Accepted, None),
-            Ok(r) => (Outcome::Status(r.status), r.header("retry-after").map(str::to_string)),
-            Err(_) => (Outcome::NoAnswer, None),
+        let (outcome, retry_after, in_doubt) = match crate::http::request(addr, "POST", "/v1/events", &headers, &body) {
+            Ok(r) if r.status == 202 => (Outcome::Accepted, None, false),
+            Ok(r) => {
+                let code =
+                    serde_json::from_slice::<serde_json::Value>(&r.body).ok().map(|v| v["error"]["code"].clone());
+                let unreplicated = r.status == 503 && code.is_some_and(|c| c == "replica_unavailable");
+                (Outcome::Status(r.status), r.header("retry-after").map(str::to_string), unreplicated)
+            }
+            Err(_) => (Outcome::NoAnswer, None, false),
         };
-        self.record(&ids, outcome, retry_after.as_deref());
+        self.record_answer(&ids, outcome, retry_after.as_deref(), in_doubt);
         outcome
     }
 

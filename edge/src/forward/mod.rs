@@ -190,7 +190,12 @@ impl Forwarder {
                 idle_paused.then(|| self.reader.committed())
             };
             let wake = self.window.resume_at().map(|at| tokio::time::Instant::from_std(self.epoch + at));
+            // Biased, pause first: a pause the admin API acknowledged must hold for data committed
+            // after it, even when both are ready at once (an unbiased select picks at random,
+            // and would read and send that data first).
             let event = tokio::select! {
+                biased;
+                Ok(()) = paused.changed() => Event::Paused(*paused.borrow_and_update()),
                 Some((id, result)) = self.replies.next(), if !self.replies.is_empty() => Event::Reply { id, result },
                 alive = self.reader.wait_past(wait_past.unwrap_or_default()), if wait_past.is_some() => {
                     if !alive {
@@ -198,7 +203,6 @@ impl Forwarder {
                     }
                     Event::Committed
                 }
-                Ok(()) = paused.changed() => Event::Paused(*paused.borrow_and_update()),
                 // The window's `poll` picks up where the backoff ends.
                 _ = tokio::time::sleep_until(wake.unwrap_or_else(tokio::time::Instant::now)), if wake.is_some() => continue,
                 _ = stop.changed() => continue,
