@@ -154,7 +154,7 @@ pub fn posthog_like_event_json(n: usize, timestamp: &str) -> String {
     const OSES: [&str; 4] = ["Mac OS X", "Windows", "iOS", "Android"];
     const SCREENS: [(u32, u32); 4] = [(1440, 900), (1920, 1080), (390, 844), (1536, 864)];
     let r = mix(n as u64);
-    let user = (r % 10_000) as u64;
+    let user = r % 10_000;
     let pick = |shift: u32, len: usize| ((r >> shift) as usize) % len;
     let (browser, version) = BROWSERS[pick(8, BROWSERS.len())];
     let (width, height) = SCREENS[pick(12, SCREENS.len())];

@@ -43,7 +43,7 @@ fn config() -> WalConfig {
 /// padding is hex noise that compresses about 2:1, for a record of about `size` bytes on disk.
 fn record(tag: u64, size: usize) -> Vec<u8> {
     let room = size.saturating_sub(120);
-    let pad = if tag % 2 == 1 {
+    let pad = if !tag.is_multiple_of(2) {
         let mut x = tag.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
         (0..2 * room)
             .map(|_| {
@@ -58,7 +58,7 @@ fn record(tag: u64, size: usize) -> Vec<u8> {
     };
     let json = format!(r#"{{"tag":{tag},"pad":"{pad}"}}"#).into_bytes();
     let events = vec![sluice_wire::EventRecord { event_id: format!("e{tag}"), json }];
-    if tag % 2 == 0 {
+    if tag.is_multiple_of(2) {
         return test_record(tag, events);
     }
     let record = test_record_compressed(tag, events);
