@@ -118,6 +118,19 @@ mod tests {
         }
     }
 
+    /// The header of a frame of `count` records, `raw` being the whole of them.
+    fn header_for(raw: &[u8], count: u32) -> FrameHeader {
+        FrameHeader {
+            protocol_version: protocol::PROTOCOL_VERSION,
+            edge_id: "edge-1".into(),
+            segment: 2,
+            start: 0,
+            end: raw.len() as u64,
+            record_count: count,
+            raw_len: raw.len() as u32,
+        }
+    }
+
     #[test]
     fn round_trip() {
         let recs: Vec<_> = (0..10).map(rec).collect();
@@ -136,15 +149,7 @@ mod tests {
         for r in &recs {
             encode_record(r, &mut raw).unwrap();
         }
-        let header = FrameHeader {
-            protocol_version: protocol::PROTOCOL_VERSION,
-            edge_id: "edge-1".into(),
-            segment: 2,
-            start: 0,
-            end: raw.len() as u64,
-            record_count: 3,
-            raw_len: raw.len() as u32,
-        };
+        let header = header_for(&raw, 3);
         let msg = encode_message(&header, &raw, 3).unwrap();
         let (got, payload) = protocol::decode_message(&msg).unwrap();
         assert_eq!(got, header);
@@ -168,17 +173,8 @@ mod tests {
             crate::record::encode_record_compressed(r, 1, &mut packed).unwrap();
         }
         assert!(packed.len() * 3 < plain.len(), "{} vs {}", packed.len(), plain.len());
-        let header = |raw: &[u8]| FrameHeader {
-            protocol_version: protocol::PROTOCOL_VERSION,
-            edge_id: "e".into(),
-            segment: 1,
-            start: 0,
-            end: raw.len() as u64,
-            record_count: 4,
-            raw_len: raw.len() as u32,
-        };
         for (raw, stored) in [(&plain, false), (&packed, true)] {
-            let msg = encode_message(&header(raw), raw, 3).unwrap();
+            let msg = encode_message(&header_for(raw, 4), raw, 3).unwrap();
             let (h, payload) = protocol::decode_message(&msg).unwrap();
             // A stored frame is the records plus 13 bytes of frame header and 3 per block.
             assert_eq!(payload.len() == raw.len() + 16, stored, "{} for {}", payload.len(), raw.len());
