@@ -225,7 +225,8 @@ pub fn encode_record_compressed(record: &BatchRecord, level: i32, out: &mut Vec<
         frame_payload(out, |out| {
             out.push(COMPRESSED_VERSION);
             let (batch_id, tenant, env, region, received_at_ms, stream) = prefix;
-            postcard_extend(&(batch_id, tenant, env, region, received_at_ms, stream, body_len), out)?;
+            let clear: CompressedPrefix<'_> = (*batch_id, tenant, env, region, received_at_ms, stream, body_len);
+            postcard_extend(&clear, out)?;
             out.extend_from_slice(compressed);
             Ok(())
         })
@@ -296,24 +297,24 @@ fn frame_payload(
     Ok(())
 }
 
-/// About how many bytes the record at the start of `buf` (one [`check_record`] accepted) holds
-/// decompressed: its length, or for a compressed record the length with the body's claimed size
-/// in place of its compressed bytes. A forwarder frame is sized by this, so a frame carries as
-/// many events whichever format they were written in (core's time per frame, and so freshness,
-/// follows events, not WAL bytes).
-pub fn decoded_len(buf: &[u8]) -> usize {
-    let Some(payload) = check_record(buf).ok().flatten().map(|total| &buf[HEADER_LEN..total]) else {
-        return buf.len();
-    };
-    if payload[0] != COMPRESSED_VERSION {
-        return HEADER_LEN + payload.len();
+/// About how many bytes `record` (one whole record, as [`check_record`] delimited it; not
+/// checked again) holds decompressed: its length, or for a compressed record the length with the
+/// body's claimed size in place of its compressed bytes. A forwarder frame is sized by this, so a
+/// frame carries as many events whichever format they were written in (core's time per frame,
+/// and so freshness, follows events, not WAL bytes).
+pub fn decoded_len(record: &[u8]) -> usize {
+    if !is_compressed(record) {
+        return record.len();
     }
-    type Prefix<'a> = (Uuid, &'a str, &'a str, &'a str, u64, Stream, u32);
-    match postcard::take_from_bytes::<Prefix<'_>>(&payload[1..]) {
-        Ok(((.., body_len), compressed)) => HEADER_LEN + payload.len() - compressed.len() + body_len as usize,
-        Err(_) => HEADER_LEN + payload.len(),
+    match postcard::take_from_bytes::<CompressedPrefix<'_>>(&record[HEADER_LEN + 1..]) {
+        Ok(((.., body_len), compressed)) => record.len() - compressed.len() + body_len as usize,
+        Err(_) => record.len(),
     }
 }
+
+/// The clear part of a version 5 record: batch_id, tenant, env, region, received_at_ms, stream,
+/// and the length of the compressed body that follows.
+type CompressedPrefix<'a> = (Uuid, &'a str, &'a str, &'a str, u64, Stream, u32);
 
 /// Whether the framed record at the start of `buf` is compressed (version 5). Reads only the
 /// version byte: `buf` must start with a record [`check_record`] accepted.
@@ -321,9 +322,10 @@ pub fn is_compressed(buf: &[u8]) -> bool {
     buf.get(HEADER_LEN) == Some(&COMPRESSED_VERSION)
 }
 
-/// Checks the framing and checksum of the record at the start of `buf` and returns its total
-/// length (header included). `Ok(None)` means `buf` ends before the record does.
-pub fn check_record(buf: &[u8]) -> Result<Option<usize>, RecordError> {
+/// The total length (header included) the record starting at `buf` claims, from its length
+/// field alone (no checksum): `Ok(None)` if `buf` is shorter than a header. For walks that only
+/// hop from record to record over bytes [`check_record`] already accepted, or that only count.
+pub fn claimed_len(buf: &[u8]) -> Result<Option<usize>, RecordError> {
     if buf.len() < HEADER_LEN {
         return Ok(None);
     }
@@ -331,7 +333,13 @@ pub fn check_record(buf: &[u8]) -> Result<Option<usize>, RecordError> {
     if len == 0 || len > MAX_RECORD_LEN {
         return Err(RecordError::BadLength(len));
     }
-    let total = HEADER_LEN + len as usize;
+    Ok(Some(HEADER_LEN + len as usize))
+}
+
+/// Checks the framing and checksum of the record at the start of `buf` and returns its total
+/// length (header included). `Ok(None)` means `buf` ends before the record does.
+pub fn check_record(buf: &[u8]) -> Result<Option<usize>, RecordError> {
+    let Some(total) = claimed_len(buf)? else { return Ok(None) };
     if buf.len() < total {
         return Ok(None);
     }
@@ -359,9 +367,8 @@ pub fn decode_record(buf: &[u8]) -> Result<BatchRecord, RecordError> {
 
 fn decode_compressed(payload: &[u8]) -> Result<BatchRecord, RecordError> {
     let body = |e: postcard::Error| RecordError::Body(e.to_string());
-    type Prefix = (Uuid, String, String, String, u64, Stream, u32);
     let ((batch_id, tenant, env, region, received_at_ms, stream, body_len), compressed) =
-        postcard::take_from_bytes::<Prefix>(payload).map_err(body)?;
+        postcard::take_from_bytes::<CompressedPrefix<'_>>(payload).map_err(body)?;
     if body_len > MAX_RECORD_LEN {
         return Err(RecordError::BadLength(body_len));
     }
@@ -372,6 +379,7 @@ fn decode_compressed(payload: &[u8]) -> Result<BatchRecord, RecordError> {
         return Err(RecordError::Zstd(format!("body decompressed to {} bytes, header said {body_len}", raw.len())));
     }
     let Body { events, traceparent, shared } = postcard::from_bytes(&raw).map_err(body)?;
+    let (tenant, env, region) = (tenant.to_string(), env.to_string(), region.to_string());
     Ok(BatchRecord { batch_id, tenant, env, region, received_at_ms, stream, events, traceparent, shared })
 }
 
@@ -615,7 +623,7 @@ mod tests {
         let mut packed = Vec::new();
         encode_record_compressed(&rec, 1, &mut packed).unwrap();
         let ((id, t, e, r, at, s, body_len), z) =
-            postcard::take_from_bytes::<(Uuid, &str, &str, &str, u64, Stream, u32)>(&packed[HEADER_LEN + 1..]).unwrap();
+            postcard::take_from_bytes::<CompressedPrefix<'_>>(&packed[HEADER_LEN + 1..]).unwrap();
         for lie in [body_len + 1, body_len - 1, MAX_RECORD_LEN + 1, u32::MAX] {
             let mut payload = vec![COMPRESSED_VERSION];
             payload.extend_from_slice(&postcard::to_stdvec(&(id, t, e, r, at, s, lie)).unwrap());

@@ -12,7 +12,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use sluice_wire::BatchRecord;
-use sluice_wire::record::{HEADER_LEN, RecordError, check_record, decode_record};
+use sluice_wire::record::{HEADER_LEN, RecordError, check_record, claimed_len, decode_record};
 use sluice_wire::wal_files::{SegmentState, parse_segment_file_name};
 
 use super::{Position, watermark};
@@ -148,11 +148,8 @@ pub fn count_records(dir: &Path, segments: &[(u64, u64)], from: Position, to: Po
         let mut header = [0u8; HEADER_LEN];
         while at + HEADER_LEN as u64 <= end {
             file.read_exact_at(&mut header, at)?;
-            let rec_len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
-            if rec_len == 0 || rec_len > sluice_wire::record::MAX_RECORD_LEN {
-                break;
-            }
-            at += HEADER_LEN as u64 + u64::from(rec_len);
+            let Ok(Some(total)) = claimed_len(&header) else { break };
+            at += total as u64;
             if at > end {
                 break;
             }
@@ -178,8 +175,9 @@ pub fn record_at(dir: &Path, segments: &[(u64, u64)], from: Position, to: Positi
         };
         let mut header = [0u8; HEADER_LEN];
         file.read_exact_at(&mut header, at)?;
-        let total = HEADER_LEN as u64 + u64::from(u32::from_le_bytes([header[0], header[1], header[2], header[3]]));
-        if at + total > end || total > HEADER_LEN as u64 + u64::from(sluice_wire::record::MAX_RECORD_LEN) {
+        let Ok(Some(total)) = claimed_len(&header) else { return Ok(None) };
+        let total = total as u64;
+        if at + total > end {
             return Ok(None);
         }
         let mut buf = vec![0u8; total as usize];
