@@ -96,7 +96,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let config = load_config(&args)?;
     let runtime = tokio::runtime::Runtime::new().context("starting tokio")?;
     runtime.block_on(async {
-        let edge = crate::start(config).await.context("starting edge")?;
+        let edge = crate::Edge::builder(config).start().await.context("starting edge")?;
         edge.serve_until_drained().await;
         anyhow::Ok(())
     })

@@ -691,7 +691,7 @@ fn start_edge(opts: &BenchOptions, dir: &Path, replication: Replication) -> anyh
             Some(peer)
         }
     };
-    let edge = rt.block_on(sluice_edge::start(config)).context("starting the edge")?;
+    let edge = rt.block_on(sluice_edge::Edge::builder(config).start()).context("starting the edge")?;
     Ok(EdgeUnderTest { rt, edge, peer, core, keys })
 }
 

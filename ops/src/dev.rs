@@ -121,7 +121,7 @@ pub async fn start(opts: &DevOptions) -> anyhow::Result<DevPipeline> {
             config.admin.listen = Some(offset(admin, 1 + i)?);
         }
         let id = config.edge_id.clone();
-        edges.push(sluice_edge::start(config).await.with_context(|| format!("starting {id}"))?);
+        edges.push(sluice_edge::Edge::builder(config).start().await.with_context(|| format!("starting {id}"))?);
     }
     let edge = edges.remove(0);
     Ok(DevPipeline { edge, peers: edges, core, api_key, admin_token, sink_dir, brokers, topic, mock })

@@ -4,11 +4,12 @@
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 
+use sluice_edge::Edge;
 use sluice_edge::clock::Clock;
 use sluice_edge::config::EdgeConfig;
 
 pub struct InProcessEdge {
-    pub edge: Option<sluice_edge::Edge>,
+    pub edge: Option<Edge>,
     pub key: String,
     pub keys_file: PathBuf,
     pub config: EdgeConfig,
@@ -29,7 +30,7 @@ impl InProcessEdge {
         let dir = tempfile::tempdir().expect("tempdir");
         let (mut config, key) = config_in(dir.path());
         customize(&mut config);
-        let edge = sluice_edge::start_with_clock(config.clone(), clock.clone()).await.expect("edge starts");
+        let edge = launch(&config, &clock).await.expect("edge starts");
         // Later restarts must reuse the same port, also when `customize` asked for any port.
         config.listen = edge.http_addr;
         InProcessEdge { edge: Some(edge), key, keys_file: config.keys_file.clone(), config, dir, clock }
@@ -39,7 +40,7 @@ impl InProcessEdge {
         self.edge().http_addr
     }
 
-    pub fn edge(&self) -> &sluice_edge::Edge {
+    pub fn edge(&self) -> &Edge {
         self.edge.as_ref().expect("edge is running")
     }
 
@@ -53,8 +54,7 @@ impl InProcessEdge {
         if let Some(e) = self.edge.take() {
             e.shutdown().await;
         }
-        let edge = sluice_edge::start_with_clock(self.config.clone(), self.clock.clone()).await;
-        self.edge = Some(edge.expect("edge restarts"));
+        self.edge = Some(launch(&self.config, &self.clock).await.expect("edge restarts"));
     }
 
     pub async fn shutdown(mut self) {
@@ -62,6 +62,10 @@ impl InProcessEdge {
             e.shutdown().await;
         }
     }
+}
+
+async fn launch(config: &EdgeConfig, clock: &Clock) -> Result<Edge, sluice_edge::StartError> {
+    Edge::builder(config.clone()).clock(clock.clone()).start().await
 }
 
 /// The config of an in-process edge whose files live in `dir`, and the API key of its one

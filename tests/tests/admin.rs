@@ -64,7 +64,7 @@ async fn metrics_a_dashboard_needs_exist_before_first_use() {
     let (mut config, _) = sluice_tests::edge_harness::config_in(dir.path());
     sluice_tests::edge_harness::set_quota(&config.keys_file, "acme", 5_000);
     config.admin.listen = Some("127.0.0.1:0".parse().expect("addr"));
-    let edge = sluice_edge::start(config).await.expect("edge starts");
+    let edge = sluice_edge::Edge::builder(config).start().await.expect("edge starts");
     let admin = edge.admin_addr.expect("admin enabled");
     let text = tokio::task::spawn_blocking(move || sluice_tests::metrics::scrape(admin)).await.unwrap();
     for reason in ["ip_rate_limited", "rate_limited", "shed", "overloaded", "wal_full"] {
@@ -108,7 +108,7 @@ async fn a_taken_port_fails_startup_before_anything_starts() {
     config.forwarder.client_cert = Some(pki.edge_cert.clone());
     config.forwarder.client_key = Some(pki.edge_key.clone());
 
-    let err = sluice_edge::start(config).await.err().expect("a taken admin port fails startup");
+    let err = sluice_edge::Edge::builder(config).start().await.err().expect("a taken admin port fails startup");
     assert!(
         matches!(&err, sluice_edge::StartError::Bind { addr, .. } if *addr == taken_addr),
         "unexpected error: {err}"

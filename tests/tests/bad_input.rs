@@ -26,7 +26,7 @@ async fn start_edge() -> (sluice_edge::Edge, String, tempfile::TempDir) {
     config.forwarder.enabled = false;
     config.http.header_timeout_ms = HEADER_TIMEOUT_MS;
     config.http.body_timeout_ms = BODY_TIMEOUT_MS;
-    let edge = sluice_edge::start(config).await.unwrap();
+    let edge = sluice_edge::Edge::builder(config).start().await.unwrap();
     (edge, key, dir)
 }
 

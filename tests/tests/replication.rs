@@ -561,7 +561,7 @@ async fn named_peer_pair(
     b.edge_id = "b".into();
     b.replication.listen = Some("127.0.0.1:0".parse().expect("addr"));
     tls(&mut b);
-    let b = sluice_edge::start(b).await.expect("b starts");
+    let b = sluice_edge::Edge::builder(b).start().await.expect("b starts");
     let repl = b.replication_addr.expect("b serves replicas");
 
     let (mut a, key) = sluice_tests::edge_harness::config_in(&dir.join("a"));
@@ -577,7 +577,7 @@ async fn named_peer_pair(
     a.replication.mode = sluice_edge::config::DegradedMode::Require;
     // The first group waits for the first handshake; keep a loaded machine from turning it into a 503.
     a.replication.ack_timeout_ms = 5_000;
-    let a = sluice_edge::start(a).await.expect("a starts");
+    let a = sluice_edge::Edge::builder(a).start().await.expect("a starts");
     (a, b, key)
 }
 
