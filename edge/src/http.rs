@@ -3,12 +3,11 @@
 //! Every error is a JSON body `{"error":{"code":"…","message":"…"}}`; every response carries
 //! `X-Request-Id`; a valid W3C `traceparent` is continued (same trace ID, new span ID).
 
-use std::borrow::Cow;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
@@ -17,30 +16,26 @@ use axum::routing::{get, head, post};
 use axum::{Extension, Router};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use serde_json::json;
-use sha2::{Digest, Sha256};
-use sluice_wire::seen_signature::SeenSignature;
 use sluice_wire::stored_response::StoredResponse;
 use tower_http::cors::{Any, CorsLayer};
 use tracing::Instrument;
 
-use crate::admission::quota::{self, RateInfo};
-use crate::admission::{Admission, Admitted};
-use crate::api_error::{
-    ApiError, ErrorCode, RATELIMIT_LIMIT, RATELIMIT_POLICY, RATELIMIT_REMAINING, RATELIMIT_RESET, insert_rate_headers,
-};
-use crate::auth::{AuthError, KeyRing, Principal};
-use crate::body::{self, BodyError, BodyFormat};
-use crate::clock::now_ms;
+use crate::admission::Admission;
+use crate::admission::quota;
+use crate::api_error::{ApiError, ErrorCode, RATELIMIT_LIMIT, RATELIMIT_POLICY, RATELIMIT_REMAINING, RATELIMIT_RESET};
+use crate::auth::{AuthError, KeyRing};
 use crate::config::{HttpConfig, LimitsConfig, PiiConfig, ValidationConfig};
-use crate::idempotency::{self, IdempotencyStore, Lookup};
-use crate::ingest::{self, PrepareError, Prepared};
+use crate::idempotency::IdempotencyStore;
+use crate::ingest::PrepareError;
 use crate::link_health::LinkHealth;
 use crate::metrics::EdgeMetrics;
 use crate::server::PeerAddr;
-use crate::signature::{self, SignatureError, Verified};
-use crate::wal::{Wal, WalError};
+use crate::wal::Wal;
 
 mod sdk;
+mod steps;
+
+use self::steps::{Identity, Rejected};
 
 pub struct AppState {
     pub keys: Arc<KeyRing>,
@@ -232,56 +227,6 @@ async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
 }
 
-fn body_error(e: BodyError, limits: &LimitsConfig) -> ApiError {
-    match e {
-        BodyError::TooLarge { .. } | BodyError::TooManyEvents { .. } => {
-            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", format!("{e}; split the batch"))
-                .with_details(json!({ "max_bytes": limits.max_body_bytes, "max_events": limits.max_events }))
-        }
-        BodyError::UnsupportedEncoding(_) => {
-            ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_encoding", e.to_string())
-        }
-        BodyError::BadGzip(_) | BodyError::Malformed(_) | BodyError::Empty => {
-            ApiError::new(StatusCode::BAD_REQUEST, "malformed_body", e.to_string())
-        }
-    }
-}
-
-fn prepare_error(e: PrepareError, limits: &LimitsConfig) -> ApiError {
-    match e {
-        PrepareError::Body(b) => body_error(b, limits),
-        PrepareError::Pii(v) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "pii_detected", format!(
-            "event {} field `{}` is not allowed by the tenant's PII policy ({}); nothing from this request was stored",
-            v.index, v.field, v.rule
-        ))
-        .with_details(json!({ "index": v.index, "field": v.field, "rule": v.rule })),
-        PrepareError::NoValidEvents(rejected) => {
-            ApiError::new(StatusCode::BAD_REQUEST, "no_valid_events", "no event in the batch is valid")
-                .with_details(json!({ "rejected": rejected }))
-        }
-        PrepareError::Internal(m) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", m),
-    }
-}
-
-fn wal_error(e: WalError) -> ApiError {
-    let err = match e {
-        WalError::Full { .. } => {
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "wal_full", "the edge is buffering its limit; retry later")
-        }
-        WalError::Unreplicated(_) => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "replica_unavailable",
-            "the edge cannot reach the replicas a 202 needs; retry later",
-        ),
-        WalError::Failed(_) | WalError::Closed => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "storage_unavailable",
-            "the edge cannot persist events right now; retry later",
-        ),
-    };
-    err.with_retry_after(1)
-}
-
 /// The API key from `Authorization: Bearer`, `X-Api-Key`, or (for `sendBeacon`) `?api_key=`.
 /// An `Authorization` header of another scheme (a proxy's `Basic`, say) does not hide a key sent
 /// the other ways; with none, the answer names the scheme instead of calling the key missing.
@@ -310,123 +255,7 @@ fn api_key<'a>(headers: &'a HeaderMap, uri: &'a Uri, allow_query: bool) -> Resul
     }
 }
 
-fn body_format(headers: &HeaderMap) -> Result<BodyFormat, ApiError> {
-    let Some(ct) = headers.get(header::CONTENT_TYPE) else { return Ok(BodyFormat::JsonArray) };
-    let ct = ct.to_str().unwrap_or("");
-    let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    match mime.as_str() {
-        // text/plain is what `navigator.sendBeacon` sends without a CORS preflight.
-        "application/json" | "text/plain" => Ok(BodyFormat::JsonArray),
-        "application/x-ndjson" | "application/ndjson" => Ok(BodyFormat::Ndjson),
-        _ => Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            format!("Content-Type `{ct}` is not supported; use application/json, text/plain or application/x-ndjson"),
-        )),
-    }
-}
-
-/// The authenticated caller and the body's media type, known before the body is read.
-struct Caller {
-    principal: Principal,
-    format: BodyFormat,
-}
-
-fn authenticate(state: &AppState, headers: &HeaderMap, uri: &Uri) -> Result<Caller, ApiError> {
-    let principal = state.keys.authenticate(api_key(headers, uri, state.http.allow_query_key)?)?;
-    Ok(Caller { principal, format: body_format(headers)? })
-}
-
-/// Reads the raw body (bounded in size and time) and checks the request signature if the key
-/// requires one: valid, and never accepted before by this edge (durably, across restarts).
-async fn read_body(
-    state: &AppState,
-    caller: &Caller,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<(Bytes, Option<Verified>), ApiError> {
-    let raw = read_raw(state, body).await?;
-    let verified = verify_signature(state, &caller.principal, headers, &raw)?;
-    Ok((raw, verified))
-}
-
-/// Reads the raw body, bounded in size and time.
-async fn read_raw(state: &AppState, body: Body) -> Result<Bytes, ApiError> {
-    let limits = &state.limits;
-    let timeout = Duration::from_millis(state.http.body_timeout_ms);
-    let raw = match tokio::time::timeout(timeout, axum::body::to_bytes(body, limits.max_body_bytes)).await {
-        Ok(Ok(raw)) => raw,
-        Ok(Err(_)) => return Err(body_error(BodyError::TooLarge { limit: limits.max_body_bytes }, limits)),
-        Err(_) => {
-            return Err(ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "request_timeout",
-                "the request body arrived too slowly",
-            ));
-        }
-    };
-    Ok(raw)
-}
-
-/// Checks the request signature if the key requires one; the verified signature, if any.
-fn verify_signature(
-    state: &AppState,
-    principal: &Principal,
-    headers: &HeaderMap,
-    raw: &[u8],
-) -> Result<Option<Verified>, ApiError> {
-    if let Some(secret) = &principal.signing_secret {
-        let now = (now_ms() / 1000) as i64;
-        let skew = state.http.signature_skew_secs;
-        let sig = headers.get("x-signature").and_then(|v| v.to_str().ok());
-        let verified = signature::verify(secret, sig, raw, now, skew)?;
-        let seen = SeenSignature { signed_at: verified.timestamp, expires_ms: verified.expires_ms(skew) };
-        let fresh = tokio::task::block_in_place(|| state.idempotency.admit_signature(&verified.mac, &seen))
-            .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", e.to_string()))?;
-        if !fresh {
-            return Err(SignatureError::Replayed.into());
-        }
-        return Ok(Some(verified));
-    }
-    Ok(None)
-}
-
-/// The body after `Content-Encoding`, bounded by the body limit.
-fn decode<'a>(state: &AppState, headers: &HeaderMap, raw: &'a [u8]) -> Result<Cow<'a, [u8]>, ApiError> {
-    let limits = &state.limits;
-    let encoding = headers.get(header::CONTENT_ENCODING).map(|v| v.to_str().unwrap_or("invalid"));
-    body::decode(raw, encoding, limits.max_body_bytes).map_err(|e| body_error(e, limits))
-}
-
-/// Runs the ingest pipeline on a decoded `/v1/events` body.
-fn prepare(state: &AppState, caller: &Caller, decoded: &[u8], batch_id: uuid::Uuid) -> Result<Prepared, PrepareError> {
-    prepare_decoded(state, &caller.principal, decoded, caller.format, batch_id, None)
-}
-
-/// Runs the ingest pipeline on a decompressed body; the callers map the outcome to HTTP.
-fn prepare_decoded(
-    state: &AppState,
-    principal: &Principal,
-    decoded: &[u8],
-    format: BodyFormat,
-    batch_id: uuid::Uuid,
-    api: Option<crate::compat::Api>,
-) -> Result<Prepared, PrepareError> {
-    let request = ingest::Request {
-        principal,
-        region: &state.region,
-        batch_id,
-        received_at_ms: now_ms(),
-        body: decoded,
-        format,
-        limits: &state.limits,
-        rules: &state.rules,
-        pii: state.pii.policy_for(&principal.tenant),
-        api,
-    };
-    ingest::prepare(&request)
-}
-
+/// `POST /v1/events`: the steps of [`steps`], in order.
 async fn ingest(
     State(state): State<Arc<AppState>>,
     Extension(RequestId(request_id)): Extension<RequestId>,
@@ -437,153 +266,29 @@ async fn ingest(
     body: Body,
 ) -> Result<Response, ApiError> {
     let request_id = request_id.to_str().unwrap_or("");
-    let admission = &state.admission;
-    admission.check_ip(client.map(|Extension(ClientIp(ip))| ip))?;
-    let caller = authenticate(&state, &headers, &uri)?;
-    tracing::Span::current().record("tenant_id", caller.principal.tenant.as_str());
-    let tenant = caller.principal.tenant.clone();
-    let content_length = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
-    // Held until the answer is built: bounds the requests and bytes in memory.
-    let _in_flight = admission.enter(content_length)?;
-    let admitted = admission.admit(&state.keys.snapshot(), &tenant, state.wal.live_bytes()).map_err(|r| {
-        tracing::debug!(tenant_id = %tenant, request_id, reason = r.reason.code(), "ingest: refused by admission");
-        ApiError::from(r)
-    })?;
-
-    let idem_key = headers.get(IDEMPOTENCY_KEY).map(|v| v.to_str().unwrap_or(""));
-    let reserved = match idem_key {
-        None => None,
-        Some(key) => {
-            if key.is_empty() || key.len() > idempotency::MAX_KEY_LEN || !key.bytes().all(|b| b.is_ascii_graphic()) {
-                return Err(ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_idempotency_key",
-                    format!("X-Idempotency-Key must be 1-{} visible ASCII characters", idempotency::MAX_KEY_LEN),
-                ));
-            }
-            let p = &caller.principal;
-            let guard = state.idempotency.reserve(&idempotency::scope(&p.tenant, &p.env, key)).ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::CONFLICT,
-                    "idempotency_key_in_flight",
-                    "a request with this X-Idempotency-Key is still being processed; retry shortly",
-                )
-            })?;
-            Some((key, guard))
-        }
+    state.admission.check_ip(client.map(|Extension(ClientIp(ip))| ip))?;
+    let caller = steps::authenticate(&state, &headers, &uri)?;
+    let principal = &caller.principal;
+    tracing::Span::current().record("tenant_id", principal.tenant.as_str());
+    // The in-flight guard is held until the answer is built.
+    let (_in_flight, admitted) = steps::admit(&state, &principal.tenant, &headers, request_id)?;
+    let reservation = steps::reserve(&state, principal, &headers)?;
+    let raw = steps::read_raw(&state, body).await?;
+    let signed = steps::verify_signature(&state, principal, &headers, &raw)?;
+    let decoded = steps::decode(&state, &headers, &raw)?;
+    let (batch_id, pending) = match steps::identify(&state, principal, signed.as_ref(), reservation, &decoded)? {
+        Identity::Fresh { batch_id, pending } => (batch_id, pending),
+        Identity::Replay(stored) => return Ok(replayed(stored)),
     };
-    let (raw, signed) = read_body(&state, &caller, &headers, body).await?;
-    let decoded = decode(&state, &headers, &raw)?;
-    let (batch_id, in_flight) = match reserved {
-        // A replay of this request to another edge gets the same batch ID: core drops it.
-        None => match &signed {
-            Some(v) => {
-                (sluice_wire::ids::signed_batch_id(&caller.principal.tenant, &caller.principal.env, &v.mac), None)
-            }
-            None => (sluice_wire::ids::new_batch_id(), None),
-        },
-        Some((key, guard)) => {
-            // The decompressed body: an SDK that compresses its retry again (gzip stamps the time
-            // into its header) sends other bytes for the same batch.
-            let hash: [u8; 32] = Sha256::digest(&decoded).into();
-            let lookup =
-                tokio::task::block_in_place(|| state.idempotency.lookup(guard, &hash, now_ms())).map_err(|e| {
-                    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", e.to_string())
-                        .with_retry_after(1)
-                })?;
-            match lookup {
-                Lookup::Replay(stored) => return Ok(replayed(stored)),
-                Lookup::BodyMismatch => {
-                    return Err(ApiError::new(
-                        StatusCode::UNPROCESSABLE_ENTITY,
-                        "idempotency_key_reused",
-                        "this X-Idempotency-Key was used with a different body",
-                    ));
-                }
-                Lookup::Fresh(guard) => {
-                    let p = &caller.principal;
-                    (sluice_wire::ids::keyed_batch_id(&p.tenant, &p.env, key), Some((guard, hash)))
-                }
-            }
-        }
-    };
-
     tracing::Span::current().record("batch_id", tracing::field::display(batch_id));
-    let prepared = prepare(&state, &caller, &decoded, batch_id).map_err(|e| prepare_error(e, &state.limits))?;
+    let prepared = steps::prepare(&state, principal, &decoded, caller.format, batch_id, None)
+        .map_err(|e| Rejected::new(e, &state.limits))?;
     // An inflated copy (up to the body limit) need not be held across the WAL append.
     drop(decoded);
     let received_at_ms = prepared.received_at_ms;
     let trace = trace.map(|Extension(TraceParent(tp))| tp);
-    let Committed { accepted, rejected, rate } =
-        commit(&state, &caller.principal, admitted.as_ref(), prepared, trace, request_id).await?;
-    let mut body = json!({ "accepted": accepted, "batch_id": batch_id });
-    if !rejected.is_empty()
-        && let Some(obj) = body.as_object_mut()
-    {
-        obj.insert("rejected".into(), json!(rejected));
-    }
-    let body_bytes = serde_json::to_vec(&body).unwrap_or_default();
-    if let Some((guard, request_hash)) = in_flight {
-        let stored = StoredResponse { status: 202, created_ms: received_at_ms, request_hash, body: body_bytes.clone() };
-        // Failing here leaves the events durable; a retry re-appends the same batch ID, which
-        // core drops as a duplicate.
-        if let Err(e) = tokio::task::block_in_place(|| state.idempotency.complete(guard, &stored)) {
-            tracing::warn!(tenant_id = %tenant, request_id, error = %e, "ingest: storing idempotent response failed");
-        }
-    }
-    let mut resp = json_response(StatusCode::ACCEPTED, body_bytes);
-    if let Some(rate) = rate {
-        insert_rate_headers(resp.headers_mut(), &rate);
-    }
-    Ok(resp)
-}
-
-/// What a stored request reports.
-struct Committed {
-    accepted: usize,
-    rejected: Vec<crate::validate::Reject>,
-    /// The tenant's bucket after the charge, when its rate is limited.
-    rate: Option<RateInfo>,
-}
-
-/// The steps after the events are prepared, the same for every endpoint that stores them: charge
-/// the tenant's rate, append to the WAL (fsync'd, and replicated where configured), account.
-async fn commit(
-    state: &AppState,
-    principal: &Principal,
-    admitted: Option<&Admitted>,
-    prepared: Prepared,
-    trace: Option<String>,
-    request_id: &str,
-) -> Result<Committed, ApiError> {
-    let admission = &state.admission;
-    let tenant = &principal.tenant;
-    let batch_id = prepared.batch_id;
-    let rate = match admitted {
-        Some(a) => Some(admission.charge(a, prepared.accepted.len() + prepared.rejected.len())?),
-        None => None,
-    };
-    let lane = state.keys.lane(principal);
-    let ingest::WalBatch { accepted, rejected, bytes } = prepared
-        .into_wal_bytes(principal, &state.region, lane, trace, state.record_zstd_level)
-        .map_err(|e| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", e.to_string()))?;
-    let enqueue = state.metrics.enqueue_latency.start_timer();
-    let wal_bytes = bytes.len() as u64;
-    if let Err(e) = state.wal.append(bytes).await {
-        enqueue.stop_and_discard();
-        tracing::warn!(tenant_id = %tenant, request_id, error = %e, "ingest: append refused");
-        return Err(wal_error(e));
-    }
-    enqueue.observe_duration();
-    admission.record(tenant, wal_bytes, accepted as u64);
-    state.metrics.accepted_events.inc_by(accepted as u64);
-    if lane == sluice_wire::Stream::Overflow {
-        state.metrics.overflow_batches.with_label_values(&[tenant]).inc();
-        state.metrics.overflow_events.with_label_values(&[tenant]).inc_by(accepted as u64);
-    }
-    tracing::debug!(tenant_id = %tenant, request_id, %batch_id, accepted, rejected = rejected.len(),
-        lane = lane.as_str(), "ingest: accepted");
-    Ok(Committed { accepted, rejected, rate })
+    let committed = steps::commit(&state, principal, admitted.as_ref(), prepared, trace, request_id).await?;
+    Ok(steps::complete(&state, &principal.tenant, batch_id, received_at_ms, committed, pending, request_id))
 }
 
 fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
@@ -604,24 +309,26 @@ async fn debug(
     uri: Uri,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let caller = authenticate(&state, &headers, &uri)?;
+    let caller = steps::authenticate(&state, &headers, &uri)?;
     tracing::Span::current().record("tenant_id", caller.principal.tenant.as_str());
     if state.debug_limiter.check_key(&caller.principal.key_id).is_err() {
         let message = format!("the debug endpoint allows {} requests/s per key", state.limits.debug_requests_per_sec);
         return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message).with_retry_after(1));
     }
-    let (raw, _) = read_body(&state, &caller, &headers, body).await?;
-    let decoded = decode(&state, &headers, &raw)?;
+    let raw = steps::read_raw(&state, body).await?;
+    steps::verify_signature(&state, &caller.principal, &headers, &raw)?;
+    let decoded = steps::decode(&state, &headers, &raw)?;
     let batch_id = sluice_wire::ids::new_batch_id();
-    let (events, rejected, pii) = match prepare(&state, &caller, &decoded, batch_id) {
-        Ok(p) => {
-            let produced = p.accepted.iter().map(|e| sluice_wire::record::spliced(&e.json, &p.shared));
-            (produced.collect(), p.rejected, None)
-        }
-        Err(PrepareError::NoValidEvents(rejected)) => (Vec::new(), rejected, None),
-        Err(PrepareError::Pii(v)) => (Vec::new(), Vec::new(), Some(v)),
-        Err(e) => return Err(prepare_error(e, &state.limits)),
-    };
+    let (events, rejected, pii) =
+        match steps::prepare(&state, &caller.principal, &decoded, caller.format, batch_id, None) {
+            Ok(p) => {
+                let produced = p.accepted.iter().map(|e| sluice_wire::record::spliced(&e.json, &p.shared));
+                (produced.collect(), p.rejected, None)
+            }
+            Err(PrepareError::NoValidEvents(rejected)) => (Vec::new(), rejected, None),
+            Err(PrepareError::Pii(v)) => (Vec::new(), Vec::new(), Some(v)),
+            Err(e) => return Err(Rejected::new(e, &state.limits).into()),
+        };
     let events: Vec<&serde_json::value::RawValue> =
         events.iter().filter_map(|json: &Vec<u8>| serde_json::from_slice(json).ok()).collect();
     let body = json!({

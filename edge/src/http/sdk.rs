@@ -19,10 +19,8 @@ use axum::routing::post;
 use axum::{Extension, Json, Router};
 use serde_json::json;
 
-use super::{
-    AppState, ClientIp, Committed, RequestId, TraceParent, api_key, body_error, commit, prepare_decoded, prepare_error,
-    read_raw, verify_signature,
-};
+use super::steps::{self, Committed, Rejected};
+use super::{AppState, ClientIp, RequestId, TraceParent, api_key};
 use crate::api_error::{ApiError, insert_rate_headers};
 use crate::body::{self, BodyFormat};
 use crate::compat::{Api, CompatError, Translated, posthog, segment};
@@ -115,14 +113,13 @@ async fn try_store(
     let request_id = request_id.0.to_str().unwrap_or("");
     let admission = &state.admission;
     admission.check_ip(client.map(|Extension(ClientIp(ip))| ip))?;
-    let content_length = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
-    let _in_flight = admission.enter(content_length)?;
-    let raw = read_raw(state, body).await?;
+    let _in_flight = admission.enter(steps::content_length(&headers))?;
+    let raw = steps::read_raw(state, body).await?;
     let translated = translate(&raw, &headers).map_err(|e| compat_error(e, state))?;
     let principal = state.keys.authenticate(header_key.as_deref().or(translated.key.as_deref()))?;
     tracing::Span::current().record("tenant_id", principal.tenant.as_str());
     let admitted = admission.admit(&state.keys.snapshot(), &principal.tenant, state.wal.live_bytes())?;
-    verify_signature(state, &principal, &headers, &raw)?;
+    steps::verify_signature(state, &principal, &headers, &raw)?;
     let batch_id = match &translated.retry_key {
         Some(ids) => {
             sluice_wire::ids::keyed_batch_id(&principal.tenant, &principal.env, &format!("{}:{ids}", api.name()))
@@ -130,10 +127,11 @@ async fn try_store(
         None => sluice_wire::ids::new_batch_id(),
     };
     tracing::Span::current().record("batch_id", tracing::field::display(batch_id));
-    let prepared = prepare_decoded(state, &principal, &translated.body, BodyFormat::JsonArray, batch_id, Some(api))
-        .map_err(|e| prepare_error(e, &state.limits))?;
+    let prepared = steps::prepare(state, &principal, &translated.body, BodyFormat::JsonArray, batch_id, Some(api))
+        .map_err(|e| Rejected::new(e, &state.limits))?;
     let trace = trace.map(|Extension(TraceParent(tp))| tp);
-    let Committed { rate, .. } = commit(state, &principal, admitted.as_ref(), prepared, trace, request_id).await?;
+    let Committed { rate, .. } =
+        steps::commit(state, &principal, admitted.as_ref(), prepared, trace, request_id).await?;
     let body = match api {
         Api::PostHog => json!({ "status": 1 }),
         Api::Segment => json!({ "success": true }),
@@ -147,7 +145,7 @@ async fn try_store(
 
 fn compat_error(e: CompatError, state: &AppState) -> ApiError {
     match e {
-        CompatError::Body(b) => body_error(b, &state.limits),
+        CompatError::Body(b) => Rejected::new(b, &state.limits).into(),
         CompatError::Malformed(_) => ApiError::new(StatusCode::BAD_REQUEST, "malformed_body", e.to_string()),
         CompatError::TooLarge { .. } => {
             ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", format!("{e}; split the batch"))
