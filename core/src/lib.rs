@@ -8,6 +8,7 @@ pub mod clock;
 pub mod config;
 pub mod dedupe;
 pub mod metrics;
+pub mod producer_metrics;
 pub mod server;
 pub mod sink;
 pub mod tls;
@@ -52,7 +53,7 @@ pub async fn start(config: CoreConfig) -> Result<Core, StartError> {
         .map_err(|source| StartError::DataDir { path: config.data_dir.display().to_string(), source })?;
     let dedupe = Arc::new(dedupe::Watched::new(RedbDedupe::open(&config.data_dir.join("dedupe.redb"))?));
     let metrics = Arc::new(metrics::CoreMetrics::new()?);
-    let sink = sink::Sink::from_config(&config.sink, &metrics)?;
+    let sink = sink::Sink::from_config(&config.sink, &metrics.producer)?;
     // Bound before the endpoint and any task start, so a taken port fails startup with nothing running yet.
     let admin_listener = match config.admin_listen {
         Some(admin) => Some((

@@ -9,10 +9,11 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use crate::sink::ProducerMetrics;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+
+use crate::producer_metrics::ProducerMetrics;
 
 pub struct CoreMetrics {
     registry: Registry,
@@ -29,7 +30,7 @@ pub struct CoreMetrics {
     /// The sink's circuit breaker (`circuit`): 0 closed, 1 half-open, 2 open; and how often it opened.
     pub sink_circuit_state: IntGauge,
     pub sink_circuit_opens: IntCounter,
-    /// The Kafka producer's replacements, generation and failed frames (`sink::ProducerMetrics`).
+    /// The Kafka producer's replacements, generation and failed frames ([`ProducerMetrics`]).
     pub producer: ProducerMetrics,
 }
 
@@ -65,26 +66,7 @@ impl CoreMetrics {
             IntCounter::new("sluice_core_sink_circuit_opens_total", "Times the sink's circuit breaker opened")?;
         registry.register(Box::new(sink_circuit_state.clone()))?;
         registry.register(Box::new(sink_circuit_opens.clone()))?;
-        let producer = ProducerMetrics {
-            replacements: IntCounterVec::new(
-                Opts::new(
-                    "sluice_core_producer_replacements_total",
-                    "Kafka producers replaced because they made no progress, by reason (fatal, producer_state, stalled)",
-                ),
-                &["reason"],
-            )?,
-            generation: IntGauge::new(
-                "sluice_core_producer_generation",
-                "Kafka producers replaced since start (0: the first producer is in use)",
-            )?,
-            failed_frames: IntGauge::new(
-                "sluice_core_producer_failed_frames",
-                "Frames failed since the Kafka producer in use last delivered one",
-            )?,
-        };
-        registry.register(Box::new(producer.replacements.clone()))?;
-        registry.register(Box::new(producer.generation.clone()))?;
-        registry.register(Box::new(producer.failed_frames.clone()))?;
+        let producer = ProducerMetrics::register(&registry)?;
         Ok(Self {
             registry,
             frames,

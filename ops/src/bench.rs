@@ -1112,7 +1112,7 @@ pub fn core_alone(events: usize, dir: &Path) -> anyhow::Result<CoreResult> {
         for (slot, window) in [(0, 1), (1, 4)] {
             let dedupe: Arc<dyn DedupeIndex> = Arc::new(RedbDedupe::open(&dir.join(format!("dedupe-{window}.redb")))?);
             let metrics = Arc::new(CoreMetrics::new()?);
-            let sink = sluice_core::sink::Sink::from_config(&SinkConfig::Kafka(kafka.clone()), &metrics)?;
+            let sink = sluice_core::sink::Sink::from_config(&SinkConfig::Kafka(kafka.clone()), &metrics.producer)?;
             let ingest = Arc::new(Ingest::new(dedupe, sink, metrics));
             // Producer start-up (metadata, idempotent producer ID) is paid before the clock starts.
             run_core(&ingest, &warmup, 1).await?;

@@ -8,7 +8,6 @@
 use std::sync::{Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-use prometheus::{IntCounterVec, IntGauge};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -18,6 +17,7 @@ use sluice_wire::{BatchRecord, EventRecord, Stream};
 use super::SinkError;
 use super::producer_health::{Failure, ProducerHealth, Reason};
 use crate::config::KafkaConfig;
+use crate::producer_metrics::ProducerMetrics;
 
 /// `client.id` of the first producer when the configuration sets none; replacements append
 /// `-<generation>`, so broker logs and request metrics tell the producers apart.
@@ -38,17 +38,6 @@ pub struct KafkaSink {
 struct Current {
     producer: FutureProducer,
     generation: u64,
-}
-
-/// The sink's share of core's metrics (registered by [`crate::metrics::CoreMetrics`]).
-#[derive(Clone)]
-pub struct ProducerMetrics {
-    /// `sluice_core_producer_replacements_total{reason}`.
-    pub replacements: IntCounterVec,
-    /// `sluice_core_producer_generation`: producers replaced since start.
-    pub generation: IntGauge,
-    /// `sluice_core_producer_failed_frames`: frames failed since the producer's last delivery.
-    pub failed_frames: IntGauge,
 }
 
 /// The librdkafka settings of the sink's producer; public so `sluicectl bench` can compare the
@@ -273,6 +262,7 @@ mod tests {
         let mock = MockCluster::new(1).unwrap();
         mock.create_topic("events.fatal", 1, 1).unwrap();
         let config = KafkaConfig { brokers: mock.bootstrap_servers(), ..KafkaConfig::default() };
+        // Core's own registry: the test reads what core exports.
         let metrics = crate::metrics::CoreMetrics::new().unwrap();
         let sink = KafkaSink::new(&config, metrics.producer.clone()).unwrap();
         sink.deliver(&[&batch(0)]).await.unwrap();

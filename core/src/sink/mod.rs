@@ -9,12 +9,12 @@ pub use file::{
     DEAD_LETTER_FILE as DEAD_LETTER_FILE_NAME, EVENTS_FILE as EVENTS_FILE_NAME, FileSink,
     OVERFLOW_FILE as OVERFLOW_FILE_NAME,
 };
-pub use kafka::{KafkaSink, ProducerMetrics, event_headers as kafka_event_headers, producer_config};
+pub use kafka::{KafkaSink, event_headers as kafka_event_headers, producer_config};
 
 use sluice_wire::BatchRecord;
 
 use crate::config::SinkConfig;
-use crate::metrics::CoreMetrics;
+use crate::producer_metrics::ProducerMetrics;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -30,10 +30,10 @@ pub enum Sink {
 }
 
 impl Sink {
-    pub fn from_config(config: &SinkConfig, metrics: &CoreMetrics) -> Result<Self, SinkError> {
+    pub fn from_config(config: &SinkConfig, metrics: &ProducerMetrics) -> Result<Self, SinkError> {
         Ok(match config {
             SinkConfig::File { dir } => Sink::File(FileSink::open(dir)?),
-            SinkConfig::Kafka(k) => Sink::Kafka(Box::new(KafkaSink::new(k, metrics.producer.clone())?)),
+            SinkConfig::Kafka(k) => Sink::Kafka(Box::new(KafkaSink::new(k, metrics.clone())?)),
         })
     }
 
