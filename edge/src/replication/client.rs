@@ -8,6 +8,10 @@
 //! group. A second task per peer, on its own connection, sends heartbeats: the origin's ack
 //! watermark (the replica trims by it) and the proof of life that holds the replica's takeover
 //! lease off. Heartbeats to a peer that does not answer never hold up appends.
+//!
+//! What a peer task sends when (merging, level, `Locate` and catch-up, the backoff) is decided by
+//! [`super::peer_state`], pure; the task only carries its commands out over QUIC and the local
+//! segment files, and counts the outcome into the groups' tallies.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
