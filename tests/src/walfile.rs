@@ -66,6 +66,16 @@ pub fn records(path: &Path) -> Vec<FoundRecord> {
     out
 }
 
+/// A segment's bytes up to the end of its records. The rest must be zeros: the room left in the
+/// segment being written, which was prepared ahead.
+pub fn record_bytes(path: &Path) -> Vec<u8> {
+    let mut data = std::fs::read(path).unwrap_or_default();
+    let end = records(path).last().map_or(0, |r| r.offset + r.len);
+    assert!(data[end..].iter().all(|&b| b == 0), "{} has bytes after its records that are not zeros", path.display());
+    data.truncate(end);
+    data
+}
+
 /// Every valid record anywhere in the file, resynchronising after damage (what an operator's
 /// salvage would find in a quarantined segment).
 pub fn salvage(path: &Path) -> Vec<FoundRecord> {
