@@ -222,6 +222,24 @@ pub struct WalConfig {
     /// older than version 5 records; such a core answers `Retry` to compressed frames, so the
     /// WAL holds them until core is upgraded. Default 1.
     pub zstd_level: i32,
+    /// How the next segment is made before the writer needs it. Default `background`.
+    pub preallocate: Preallocate,
+}
+
+/// Segments written ahead as zeros of their full size (`wal/prealloc.rs`): a group commit's
+/// `fdatasync` into such a file writes only data, where appending to a growing file makes every
+/// `fdatasync` also write the inode (its size changed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Preallocate {
+    /// A thread prepares the next segment while the writer fills the current one; a rotation
+    /// that finds none ready starts a growing file and does not wait.
+    Background,
+    /// The writer prepares each segment itself when it rotates (the rotation waits for the
+    /// zeros); the order of file operations is then fixed, which the crash sweep needs.
+    Inline,
+    /// Segments start empty and grow with each append (before this setting existed).
+    Off,
 }
 
 impl Default for WalConfig {
@@ -232,6 +250,7 @@ impl Default for WalConfig {
             budget_bytes: 8 * 1024 * 1024 * 1024,
             max_group_bytes: 8 * 1024 * 1024,
             zstd_level: 1,
+            preallocate: Preallocate::Background,
         }
     }
 }

@@ -20,6 +20,18 @@ impl FoundRecord {
     }
 }
 
+/// Waits until a writer that was stopped (its `Wal` and reader dropped) with everything up to
+/// `end` committed has cut its last segment, prepared ahead as zeros, to its records: a test that
+/// then edits the files must not race that cut.
+pub fn wait_until_cut(dir: &Path, end: sluice_wire::Position) {
+    let path = dir.join(sluice_wire::wal_files::segment_file_name(end.segment));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::fs::metadata(&path).map(|m| m.len()).ok() != Some(end.offset) {
+        assert!(std::time::Instant::now() < deadline, "{} was not cut to {} bytes", path.display(), end.offset);
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 /// Live segment files (`*.wal`), sorted.
 pub fn segments(dir: &Path) -> Vec<PathBuf> {
     files_with_ext(dir, SEGMENT_EXT)
@@ -52,6 +64,16 @@ pub fn records(path: &Path) -> Vec<FoundRecord> {
         offset += len;
     }
     out
+}
+
+/// A segment's bytes up to the end of its records. The rest must be zeros: the room left in the
+/// segment being written, which was prepared ahead.
+pub fn record_bytes(path: &Path) -> Vec<u8> {
+    let mut data = std::fs::read(path).unwrap_or_default();
+    let end = records(path).last().map_or(0, |r| r.offset + r.len);
+    assert!(data[end..].iter().all(|&b| b == 0), "{} has bytes after its records that are not zeros", path.display());
+    data.truncate(end);
+    data
 }
 
 /// Every valid record anywhere in the file, resynchronising after damage (what an operator's

@@ -50,6 +50,9 @@ async fn fixture(dir: &Path) -> u64 {
     }
     let len = encoded(0).len() as u64;
     tokio::task::block_in_place(|| reader.ack(Position { segment: 1, offset: len })).expect("ack");
+    let end = wal.committed();
+    drop((wal, reader));
+    walfile::wait_until_cut(dir, end);
     len
 }
 
@@ -293,6 +296,9 @@ async fn tools_read_compressed_and_uncompressed_records_alike() {
     }
     assert!(sizes[1] * 10 < sizes[0], "compressed {} vs {} bytes", sizes[1], sizes[0]);
     tokio::task::block_in_place(|| reader.ack(Position { segment: 1, offset: sizes[0] + sizes[1] })).expect("ack");
+    let end = wal.committed();
+    drop((wal, reader));
+    walfile::wait_until_cut(&dir, end);
 
     let inspection = serde_json::to_value(wal::inspect(&dir).expect("inspect")).expect("json");
     let totals = &inspection["totals"];

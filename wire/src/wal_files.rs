@@ -7,6 +7,8 @@
 //! acknowledged every record before it) and `wal.id` (`id u64 LE | crc32c u32 LE`: a random ID
 //! chosen when the directory was created, by which replicas tell a fresh WAL from one whose
 //! positions continue). Both small files are replaced atomically through their `.tmp` names.
+//! `next.wal.zeros` is a segment prepared ahead (zeros, synced) that becomes the next segment by
+//! a rename; it holds no data, and a WAL opening removes a leftover one.
 
 use crate::Position;
 
@@ -17,6 +19,8 @@ pub const WATERMARK_FILE: &str = "ack.watermark";
 pub const WATERMARK_TMP: &str = "ack.watermark.tmp";
 pub const WAL_ID_FILE: &str = "wal.id";
 pub const WAL_ID_TMP: &str = "wal.id.tmp";
+/// Not a segment name (`parse_segment_file_name` refuses it), so nothing reads it as one.
+pub const PREPARED_SEGMENT_FILE: &str = "next.wal.zeros";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum FileError {
@@ -118,6 +122,11 @@ mod tests {
         let p = Position { segment: 3, offset: 4096 };
         assert_eq!(decode_watermark(&old), Ok(p));
         assert_eq!(encode_watermark(p), old);
+    }
+
+    #[test]
+    fn the_prepared_segment_is_not_a_segment() {
+        assert_eq!(parse_segment_file_name(PREPARED_SEGMENT_FILE), None);
     }
 
     #[test]

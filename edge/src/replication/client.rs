@@ -8,11 +8,15 @@
 //! group. A second task per peer, on its own connection, sends heartbeats: the origin's ack
 //! watermark (the replica trims by it) and the proof of life that holds the replica's takeover
 //! lease off. Heartbeats to a peer that does not answer never hold up appends.
+//!
+//! What a peer task sends when (merging, level, `Locate` and catch-up, the backoff) is decided by
+//! [`super::peer_state`], pure; the task only carries its commands out over QUIC and the local
+//! segment files, and counts the outcome into the groups' tallies.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -22,14 +26,13 @@ use sluice_wire::record::check_record;
 use sluice_wire::replication::{self as proto, Origin, PeerMessage, PeerReply};
 use tokio::sync::mpsc;
 
+use super::peer_state::{Command, Event, Outcome, PeerState, Range, Runs};
 use super::{Lane, ReplicationMetrics, Stage};
 use crate::config::{DegradedMode, PeerAddr, PeerConfig};
 use crate::wal::{PendingReplicas, Position, Replicate, Wal, segment_path};
 
 /// Backfill messages stay below this size (split at record boundaries).
 const BACKFILL_CHUNK: usize = 4 * 1024 * 1024;
-const MIN_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 struct Job {
     at: Position,
@@ -52,9 +55,6 @@ pub struct Replicator {
     /// Holding it keeps the peer tasks' runtime up.
     _lane: Arc<Lane>,
 }
-
-/// What the peer tasks need that exists only once the WAL is open.
-pub type WalSlot = Arc<OnceLock<Wal>>;
 
 pub struct ClientParams {
     pub node_id: String,
@@ -89,19 +89,19 @@ fn client_endpoint(lane: &Lane, peers: &[(PeerConfig, String)]) -> std::io::Resu
 }
 
 impl Replicator {
-    /// Spawns one task per peer on `lane`.
-    pub fn start(
+    /// The writer's side, and one task per peer to start on `lane` once the WAL is open (their
+    /// messages carry its ID): the groups the writer hands over meanwhile wait in their queues.
+    pub fn new(
         p: ClientParams,
-        wal: WalSlot,
         metrics: Arc<ReplicationMetrics>,
         lane: Arc<Lane>,
-    ) -> std::io::Result<Self> {
+    ) -> std::io::Result<(Self, PeerTasks)> {
         let mut endpoint = client_endpoint(&lane, &p.peers)?;
         endpoint.set_default_client_config(p.tls);
         // Continues across restarts (wall clock), so a replica can drop an append that was
         // delayed past a newer one even if the origin restarted in between.
         let seq = crate::clock::now_ms().saturating_mul(1_000);
-        let peers = p
+        let (peers, tasks) = p
             .peers
             .iter()
             .map(|(peer, server_name)| {
@@ -113,41 +113,72 @@ impl Replicator {
                     conn: None,
                     timeout: p.timeout,
                 };
-                let confirmed = Arc::new(Mutex::new(Position::default()));
-                let task = PeerTask {
-                    link: link(),
-                    node_id: p.node_id.clone(),
-                    wal: wal.clone(),
-                    wal_dir: p.wal_dir.clone(),
-                    down_until: None,
-                    backoff: MIN_BACKOFF,
-                    seq,
-                    confirmed: confirmed.clone(),
-                    level: None,
-                    queue: metrics.stage(Stage::Queue),
-                    round_trip: metrics.stage(Stage::RoundTrip),
-                };
-                lane.handle().spawn(task.run(rx));
-                let beat = Heartbeat {
-                    link: link(),
-                    node_id: p.node_id.clone(),
-                    wal: wal.clone(),
-                    confirmed,
-                    metrics: metrics.clone(),
-                };
-                lane.handle().spawn(beat.run(p.heartbeat));
-                tx
+                (tx, UnstartedPeer { appends: link(), heartbeats: link(), jobs: rx })
             })
-            .collect();
-        Ok(Self {
+            .unzip();
+        let tasks = PeerTasks {
+            peers: tasks,
+            node_id: p.node_id,
+            wal_dir: p.wal_dir,
+            seq,
+            heartbeat: p.heartbeat,
+            metrics: metrics.clone(),
+            lane: lane.clone(),
+        };
+        let replicator = Self {
             peers,
             need: p.need,
             mode: p.mode,
             timeout: p.timeout,
-            _lane: lane.clone(),
+            _lane: lane,
             degraded: Arc::new(DegradedClock::new(metrics.clone())),
             metrics,
-        })
+        };
+        Ok((replicator, tasks))
+    }
+}
+
+/// The peer tasks of a [`Replicator`], waiting for the WAL to be open.
+pub struct PeerTasks {
+    peers: Vec<UnstartedPeer>,
+    node_id: String,
+    wal_dir: PathBuf,
+    seq: u64,
+    heartbeat: Duration,
+    metrics: Arc<ReplicationMetrics>,
+    lane: Arc<Lane>,
+}
+
+struct UnstartedPeer {
+    appends: PeerLink,
+    heartbeats: PeerLink,
+    jobs: mpsc::UnboundedReceiver<Job>,
+}
+
+impl PeerTasks {
+    /// Spawns each peer's append task and heartbeat task on the lane.
+    pub fn start(self, wal: &Wal) {
+        let origin = Origin { node_id: self.node_id, wal_id: wal.id() };
+        for peer in self.peers {
+            let confirmed = Arc::new(Mutex::new(Position::default()));
+            let task = PeerTask {
+                link: peer.appends,
+                state: PeerState::new(origin.clone(), self.seq),
+                wal_dir: self.wal_dir.clone(),
+                confirmed: confirmed.clone(),
+                queue: self.metrics.stage(Stage::Queue),
+                round_trip: self.metrics.stage(Stage::RoundTrip),
+            };
+            self.lane.handle().spawn(task.run(peer.jobs));
+            let beat = Heartbeat {
+                link: peer.heartbeats,
+                origin: origin.clone(),
+                wal: wal.clone(),
+                confirmed,
+                metrics: self.metrics.clone(),
+            };
+            self.lane.handle().spawn(beat.run(self.heartbeat));
+        }
     }
 }
 
@@ -366,24 +397,13 @@ async fn resolve(addr: &PeerAddr) -> Result<Vec<SocketAddr>, String> {
     Ok(addrs)
 }
 
-fn origin(node_id: &str, wal: &WalSlot) -> Option<Origin> {
-    Some(Origin { node_id: node_id.to_string(), wal_id: wal.get()?.id() })
-}
-
-/// Sends one peer its appends, in order.
+/// Sends one peer its appends, in order: carries out what its [`PeerState`] asks for.
 struct PeerTask {
     link: PeerLink,
-    node_id: String,
-    wal: WalSlot,
+    state: PeerState,
     wal_dir: PathBuf,
-    down_until: Option<Instant>,
-    backoff: Duration,
-    seq: u64,
     /// End of what this peer has confirmed durable (read by the heartbeat for the lag gauge).
     confirmed: Arc<Mutex<Position>>,
-    /// Where the peer's copy ends, known to match the local WAL up to there; `None` at start and
-    /// after a failed exchange, when the next append first asks the peer (`Locate`).
-    level: Option<Position>,
     queue: prometheus::Histogram,
     round_trip: prometheus::Histogram,
 }
@@ -401,16 +421,14 @@ impl PeerTask {
 
     /// Sends queued groups, merging runs that are contiguous in the WAL into one message.
     async fn appends(&mut self, batch: Vec<Job>) {
+        let mut runs = Runs::default();
         let mut run: Vec<Job> = Vec::new();
         for job in batch {
             if job.refused.load(Ordering::Acquire) {
                 job.done.answer(false);
                 continue;
             }
-            let contiguous = run.last().is_some_and(|last| {
-                last.at.segment == job.at.segment && last.at.offset + last.bytes.len() as u64 == job.at.offset
-            });
-            if !contiguous && !run.is_empty() {
+            if runs.starts_run(job.at, job.bytes.len() as u64) && !run.is_empty() {
                 self.send_run(std::mem::take(&mut run)).await;
             }
             run.push(job);
@@ -421,140 +439,66 @@ impl PeerTask {
     }
 
     async fn send_run(&mut self, run: Vec<Job>) {
-        let ok = if self.down_until.is_some_and(|t| Instant::now() < t) {
-            false
-        } else {
+        let stored = self.state.admits(Instant::now()) && {
             for job in &run {
                 self.queue.observe(job.queued.elapsed().as_secs_f64());
             }
-            let at = run[0].at;
             let bytes: Vec<u8> = if run.len() == 1 {
                 run[0].bytes.to_vec()
             } else {
                 run.iter().flat_map(|j| j.bytes.iter().copied()).collect()
             };
-            match self.append(at, bytes).await {
-                Ok(()) => true,
-                Err(e) => {
-                    self.failed(&e);
-                    false
-                }
-            }
+            self.state.run(run[0].at, bytes);
+            self.drive().await
         };
         for job in run {
-            job.done.answer(ok);
+            job.done.answer(stored);
         }
     }
 
-    /// Brings the peer level with the local WAL at `at` if it is not, then sends the run. Only
-    /// then does the peer count toward the group's acks.
-    async fn append(&mut self, at: Position, bytes: Vec<u8>) -> Result<(), String> {
-        let origin = origin(&self.node_id, &self.wal).ok_or("WAL not open yet")?;
-        let end = Position { segment: at.segment, offset: at.offset + bytes.len() as u64 };
-        let result = self.level_and_append(&origin, at, bytes).await;
-        // An exchange that failed may still have been stored; ask the copy next time.
-        self.level = result.as_ref().ok().map(|()| end);
-        result?;
-        *self.confirmed.lock().unwrap_or_else(PoisonError::into_inner) = end;
-        if self.down_until.take().is_some() {
-            tracing::info!(peer = %self.link.peer.id, "replication: peer reachable again");
-        }
-        self.backoff = MIN_BACKOFF;
-        Ok(())
-    }
-
-    async fn level_and_append(&mut self, origin: &Origin, at: Position, bytes: Vec<u8>) -> Result<(), String> {
-        if self.level != Some(at) {
-            let from = match self.level {
-                Some(known) => known,
-                None => self.locate(origin).await?,
-            };
-            self.catch_up(origin, from, at).await?;
-        }
-        match self.send(origin, at, bytes).await? {
-            Sent::Stored => Ok(()),
-            // The copy is not where this task thought (the replica lost or cut its copy).
-            Sent::Behind(have, bytes) => {
-                self.catch_up(origin, have, at).await?;
-                match self.send(origin, at, bytes).await? {
-                    Sent::Stored => Ok(()),
-                    Sent::Behind(have, _) => Err(format!("peer still behind at {have:?} after catching up")),
+    /// Carries out the state's commands until the run is over: whether the peer stored it.
+    async fn drive(&mut self) -> bool {
+        while let Some(command) = self.state.poll() {
+            let event = match command {
+                Command::Exchange(msg) => {
+                    let reply = self.exchange(&msg).await;
+                    Event::Replied { sent: msg, reply }
                 }
-            }
+                Command::ListLengths { first, to } => {
+                    let dir = self.wal_dir.clone();
+                    let lengths = blocking(move || local_lengths(&dir, first, to)).await;
+                    Event::Lengths(lengths.map_err(|e| format!("listing the local segments to catch up: {e}")))
+                }
+                Command::ReadRecords(range) => {
+                    let (path, Range { segment, start, end }) = (segment_path(&self.wal_dir, range.segment), range);
+                    let chunk = blocking(move || read_records(&path, start, end)).await;
+                    Event::Records(chunk.map_err(|e| format!("reading local segment {segment} for catch-up: {e}")))
+                }
+                Command::CatchingUp { from, to, ranges, bytes } => {
+                    tracing::info!(peer = %self.link.peer.id, from_segment = from.segment, from_offset = from.offset,
+                        to_segment = to.segment, to_offset = to.offset, segments = ranges, bytes,
+                        "replication: peer is behind; sending it the missing bytes of every segment it lacks");
+                    continue;
+                }
+                Command::Done(Outcome::Stored { end, back }) => {
+                    *self.confirmed.lock().unwrap_or_else(PoisonError::into_inner) = end;
+                    if back {
+                        tracing::info!(peer = %self.link.peer.id, "replication: peer reachable again");
+                    }
+                    return true;
+                }
+                Command::Done(Outcome::Failed { error, newly_down }) => {
+                    if newly_down {
+                        tracing::warn!(peer = %self.link.peer.id, addr = %self.link.peer.addr, error,
+                            "replication: peer failed; its acks are missing until it answers again");
+                    }
+                    return false;
+                }
+            };
+            self.state.handle(event, Instant::now());
         }
-    }
-
-    async fn locate(&mut self, origin: &Origin) -> Result<Position, String> {
-        match self.exchange(&PeerMessage::Locate { origin: origin.clone() }).await? {
-            PeerReply::CopyEnd { end } => Ok(end),
-            other => Err(format!("locating the copy: {}", describe(&other))),
-        }
-    }
-
-    /// One append.
-    async fn send(&mut self, origin: &Origin, at: Position, bytes: Vec<u8>) -> Result<Sent, String> {
-        self.seq += 1;
-        let msg = PeerMessage::Append {
-            origin: origin.clone(),
-            seq: self.seq,
-            segment: at.segment,
-            offset: at.offset,
-            bytes,
-        };
-        match self.exchange(&msg).await? {
-            PeerReply::Stored => Ok(Sent::Stored),
-            PeerReply::Behind { segment, have } => {
-                let PeerMessage::Append { bytes, .. } = msg else { unreachable!("built above") };
-                Ok(Sent::Behind(Position { segment, offset: have }, bytes))
-            }
-            other => Err(describe(&other)),
-        }
-    }
-
-    /// Sends the peer, whose copy ends at `from`, what it lacks of the local WAL before `to`:
-    /// the rest of its last segment, every segment after it, and the start of `to`'s segment.
-    async fn catch_up(&mut self, origin: &Origin, from: Position, to: Position) -> Result<(), String> {
-        let dir = self.wal_dir.clone();
-        let lengths = tokio::task::spawn_blocking(move || local_lengths(&dir, from.segment, to))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| format!("listing the local segments to catch up: {e}"))?;
-        let plan = catch_up_plan(from, to, &lengths);
-        if plan.is_empty() {
-            return Ok(());
-        }
-        let bytes: u64 = plan.iter().map(|r| r.end - r.start).sum();
-        tracing::info!(peer = %self.link.peer.id, from_segment = from.segment, from_offset = from.offset,
-            to_segment = to.segment, to_offset = to.offset, segments = plan.len(), bytes,
-            "replication: peer is behind; sending it the missing bytes of every segment it lacks");
-        for range in plan {
-            self.send_range(origin, range).await?;
-        }
-        Ok(())
-    }
-
-    /// Sends `range` of a local segment (committed bytes) in messages that end on record
-    /// boundaries. An empty range still sends one (empty) append: it cuts off bytes of a refused
-    /// group the copy has past the segment's end, or starts an empty segment.
-    async fn send_range(&mut self, origin: &Origin, range: Range) -> Result<(), String> {
-        let mut start = range.start;
-        loop {
-            let path = segment_path(&self.wal_dir, range.segment);
-            let end = range.end;
-            let chunk = tokio::task::spawn_blocking(move || read_records(&path, start, end))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| format!("reading local segment {} for catch-up: {e}", range.segment))?;
-            let len = chunk.len() as u64;
-            let at = Position { segment: range.segment, offset: start };
-            if let Sent::Behind(have, _) = self.send(origin, at, chunk).await? {
-                return Err(format!("catch-up: peer behind at {have:?} while sending {at:?}"));
-            }
-            start += len;
-            if start >= range.end {
-                return Ok(());
-            }
-        }
+        debug_assert!(false, "a run ends with Command::Done");
+        false
     }
 
     async fn exchange(&mut self, msg: &PeerMessage) -> Result<PeerReply, String> {
@@ -563,40 +507,14 @@ impl PeerTask {
         self.round_trip.observe(started.elapsed().as_secs_f64());
         reply
     }
+}
 
-    fn failed(&mut self, error: &str) {
-        if self.down_until.is_none() {
-            tracing::warn!(peer = %self.link.peer.id, addr = %self.link.peer.addr, error,
-                "replication: peer failed; its acks are missing until it answers again");
-        }
-        self.down_until = Some(Instant::now() + self.backoff);
-        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+/// `f` on tokio's blocking pool (file IO off the lane's one worker).
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> std::io::Result<T> + Send + 'static) -> Result<T, String> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
     }
-}
-
-/// How an append went, short of an error.
-enum Sent {
-    Stored,
-    /// The copy ends at this position, before the append; the append's bytes come back.
-    Behind(Position, Vec<u8>),
-}
-
-fn describe(reply: &PeerReply) -> String {
-    match reply {
-        PeerReply::Refused { reason } => format!("refused: {reason}"),
-        PeerReply::Full { used_bytes, budget_bytes } => {
-            format!("replica budget full: {used_bytes} of {budget_bytes} bytes of peers' copies in use")
-        }
-        other => format!("unexpected reply {other:?}"),
-    }
-}
-
-/// Bytes `[start, end)` of local segment `segment`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Range {
-    segment: u64,
-    start: u64,
-    end: u64,
 }
 
 /// Committed lengths of the local segments from `first` up to `to.segment` (which counts up to
@@ -613,33 +531,6 @@ fn local_lengths(dir: &Path, first: u64, to: Position) -> std::io::Result<Vec<(u
     }
     out.push((to.segment, to.offset));
     Ok(out)
-}
-
-/// What a peer whose copy ends at `from` lacks to be level with the local WAL at `to`, given the
-/// local segments' committed lengths (`to.segment` last): oldest first. Nothing when the copy is
-/// at or past `to` in its segment (an append before the copy's end cuts and overwrites it).
-fn catch_up_plan(from: Position, to: Position, lengths: &[(u64, u64)]) -> Vec<Range> {
-    if from.segment >= to.segment {
-        return if from.segment == to.segment && from.offset < to.offset {
-            vec![Range { segment: to.segment, start: from.offset, end: to.offset }]
-        } else {
-            Vec::new()
-        };
-    }
-    lengths
-        .iter()
-        .filter(|&&(segment, _)| segment >= from.segment && segment <= to.segment)
-        .filter_map(|&(segment, len)| {
-            let start = if segment == from.segment { from.offset.min(len) } else { 0 };
-            let needed = if segment == from.segment {
-                // Also when the copy has more than the segment: the empty append cuts it back.
-                from.offset != len
-            } else {
-                segment < to.segment || len > 0
-            };
-            needed.then_some(Range { segment, start, end: len })
-        })
-        .collect()
 }
 
 /// Whole records from `start` of a segment file, up to [`BACKFILL_CHUNK`] bytes (or the one
@@ -679,8 +570,8 @@ fn bad_record(path: &Path, at: u64) -> std::io::Error {
 /// Sends one peer the origin's watermark periodically (trimming, and the takeover lease).
 struct Heartbeat {
     link: PeerLink,
-    node_id: String,
-    wal: WalSlot,
+    origin: Origin,
+    wal: Wal,
     confirmed: Arc<Mutex<Position>>,
     metrics: Arc<ReplicationMetrics>,
 }
@@ -691,8 +582,7 @@ impl Heartbeat {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let Some(wal) = self.wal.get() else { continue };
-            let (acked, committed) = (wal.acked(), wal.committed());
+            let (acked, committed) = (self.wal.acked(), self.wal.committed());
             let confirmed = *self.confirmed.lock().unwrap_or_else(PoisonError::into_inner);
             let lag = if confirmed.segment == committed.segment {
                 committed.offset.saturating_sub(confirmed.offset)
@@ -700,8 +590,7 @@ impl Heartbeat {
                 committed.offset
             };
             self.metrics.lag_bytes.with_label_values(&[&self.link.peer.id]).set(i64::try_from(lag).unwrap_or(i64::MAX));
-            let Some(origin) = origin(&self.node_id, &self.wal) else { continue };
-            let msg = PeerMessage::Heartbeat { origin, acked };
+            let msg = PeerMessage::Heartbeat { origin: self.origin.clone(), acked };
             match self.link.exchange(&msg).await {
                 Ok(PeerReply::Stored) => {}
                 Ok(other) => {
@@ -716,45 +605,6 @@ impl Heartbeat {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn pos(segment: u64, offset: u64) -> Position {
-        Position { segment, offset }
-    }
-
-    fn range(segment: u64, start: u64, end: u64) -> Range {
-        Range { segment, start, end }
-    }
-
-    #[test]
-    fn a_peer_that_missed_several_segments_gets_all_of_them() {
-        // The copy ends inside segment 3; the origin wrote 4, 5 and 6 since and is in 7.
-        let lengths = [(3, 900), (4, 1000), (5, 1000), (6, 980), (7, 120)];
-        assert_eq!(
-            catch_up_plan(pos(3, 400), pos(7, 120), &lengths),
-            [range(3, 400, 900), range(4, 0, 1000), range(5, 0, 1000), range(6, 0, 980), range(7, 0, 120)]
-        );
-        // At the start of a new segment, with the copy's last segment complete: nothing to send.
-        assert_eq!(catch_up_plan(pos(6, 980), pos(7, 0), &[(6, 980), (7, 0)]), []);
-        // An empty copy of a WAL whose first segments were acked and deleted locally.
-        assert_eq!(catch_up_plan(pos(0, 0), pos(9, 50), &[(8, 700), (9, 50)]), [range(8, 0, 700), range(9, 0, 50)]);
-    }
-
-    #[test]
-    fn within_a_segment_only_the_gap_is_sent() {
-        assert_eq!(catch_up_plan(pos(5, 100), pos(5, 300), &[(5, 300)]), [range(5, 100, 300)]);
-        assert_eq!(catch_up_plan(pos(5, 300), pos(5, 300), &[(5, 300)]), []);
-        // The copy has a refused group's bytes past the append: the append overwrites them.
-        assert_eq!(catch_up_plan(pos(5, 400), pos(5, 300), &[(5, 300)]), []);
-    }
-
-    #[test]
-    fn refused_bytes_past_a_finished_segment_are_cut() {
-        // The copy holds 50 bytes of a refused group after segment 4's real end.
-        assert_eq!(
-            catch_up_plan(pos(4, 1050), pos(5, 10), &[(4, 1000), (5, 10)]),
-            [range(4, 1000, 1000), range(5, 0, 10)]
-        );
-    }
 
     #[test]
     fn records_are_read_whole_and_chunked() {

@@ -13,10 +13,11 @@
 //! Messages are defined in `sluice_wire::replication`.
 
 pub mod client;
+mod peer_state;
 pub mod server;
 pub mod takeover;
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntGauge, IntGaugeVec, Opts};
@@ -239,24 +240,23 @@ fn endpoint(
 }
 
 /// Replication set up in two steps around opening the WAL: the writer needs the replicator,
-/// and the replicator's heartbeats and the replica server need the open WAL.
+/// and the peer tasks and the replica server need the open WAL.
 pub struct Replication {
     replicator: Option<Arc<client::Replicator>>,
-    wal: client::WalSlot,
+    peer_tasks: Option<client::PeerTasks>,
     metrics: Arc<ReplicationMetrics>,
     lane: Option<Arc<Lane>>,
 }
 
 impl Replication {
-    /// Checks the config and starts the peer tasks (idle until the WAL is open).
+    /// Checks the config and sets up the replicator (its peer tasks start with the WAL).
     pub fn prepare(config: &EdgeConfig) -> Result<Self, ReplicationError> {
         let r = &config.replication;
         let metrics = Arc::new(ReplicationMetrics::new()?);
-        let wal: client::WalSlot = Arc::new(OnceLock::new());
         let need = r.factor.saturating_sub(1);
         let peers = r.peers_of(&config.edge_id);
         if peers.is_empty() {
-            return Ok(Self { replicator: None, wal, metrics, lane: None });
+            return Ok(Self { replicator: None, peer_tasks: None, metrics, lane: None });
         }
         if need > peers.len() {
             return Err(ReplicationError::Config(format!(
@@ -276,7 +276,7 @@ impl Replication {
         let tls = tls::quic_client_config_for(sluice_wire::replication::ALPN, &ca, Some(&cert), Some(&key))?;
         let heartbeat = Duration::from_millis((r.lease_secs * 1000 / 4).clamp(100, 1_000));
         let lane = Lane::start()?;
-        let replicator = client::Replicator::start(
+        let (replicator, peer_tasks) = client::Replicator::new(
             client::ClientParams {
                 node_id: config.edge_id.clone(),
                 peers: peers.iter().map(|p| (p.clone(), r.server_name_for(&p.addr))).collect(),
@@ -287,12 +287,11 @@ impl Replication {
                 wal_dir: config.wal.dir.clone(),
                 tls,
             },
-            wal.clone(),
             metrics.clone(),
             lane.clone(),
         )?;
         tracing::info!(peers = peers.len(), factor = r.factor, mode = ?r.mode, "replication: group commits wait for replica acks");
-        Ok(Self { replicator: Some(Arc::new(replicator)), wal, metrics, lane: Some(lane) })
+        Ok(Self { replicator: Some(Arc::new(replicator)), peer_tasks: Some(peer_tasks), metrics, lane: Some(lane) })
     }
 
     /// Replication metrics, also read by the admin status.
@@ -305,7 +304,7 @@ impl Replication {
         self.replicator.clone().map(|r| r as Arc<dyn Replicate>)
     }
 
-    /// Hands the open WAL to the peer tasks, registers the metrics and, with
+    /// Starts the peer tasks on the open WAL, registers the metrics and, with
     /// `replication.listen`, starts serving peers' replicas. Returns the address served on and
     /// the background tasks.
     pub fn start(
@@ -314,7 +313,9 @@ impl Replication {
         config: &EdgeConfig,
         registry: &EdgeMetrics,
     ) -> Result<(Option<std::net::SocketAddr>, Vec<JoinHandle<()>>), ReplicationError> {
-        let _ = self.wal.set(wal.clone());
+        if let Some(tasks) = self.peer_tasks {
+            tasks.start(wal);
+        }
         self.metrics.register(registry)?;
         let Some(listen) = config.replication.listen else { return Ok((None, Vec::new())) };
         let (ca, cert, key) = identity(config)?;

@@ -6,7 +6,8 @@
 //! origin's WAL are written at `(segment, offset)` here, so the origin's watermark applies as is
 //! and a takeover resends exactly what the origin had not got acknowledged by core.
 //!
-//! Append rules (the origin's view is the truth; the origin sends one message at a time):
+//! Append rules ([`rules`], pure; the origin's view is the truth; the origin sends one message at
+//! a time):
 //! - at the end of the copy: append, `fdatasync`, ack;
 //! - before the end: the bytes after `offset` were never acknowledged by the origin (it refused
 //!   that group and cut its own WAL back), so they are cut and overwritten;
@@ -25,10 +26,13 @@ use std::sync::atomic::Ordering;
 use sluice_wire::wal_files::{SegmentState, parse_segment_file_name};
 use tokio::sync::watch;
 
+use self::rules::Placement;
 use super::reader::{WalReader, trim};
 use super::segment::{create_segment, list_segments, segment_path};
 use super::storage::{FileStorage, Storage, StorageFile};
 use super::{Position, Shared, recover_tail, watermark};
+
+pub(crate) mod rules;
 
 /// A copy's disk bytes, see [`Mirror::usage`].
 #[derive(Clone)]
@@ -114,25 +118,24 @@ impl Mirror {
         Usage(self.shared.clone())
     }
 
-    /// Writes the origin's bytes that sit at `(segment, offset)` and syncs them.
+    /// Writes the origin's bytes that sit at `(segment, offset)` and syncs them, where
+    /// [`rules::place`] says.
     pub fn append(&mut self, segment: u64, offset: u64, bytes: &[u8]) -> Result<MirrorAppend, MirrorError> {
         if self.failed {
             return Err(MirrorError::Failed);
         }
-        if segment < self.end.segment {
-            return Err(MirrorError::Stale { segment, last: self.end.segment });
-        }
-        if segment > self.end.segment {
-            if offset > 0 {
-                return Ok(MirrorAppend::Behind { segment: self.end.segment, have: self.end.offset });
+        let cut = match rules::place(self.end, segment, offset) {
+            Placement::Stale { segment, last } => return Err(MirrorError::Stale { segment, last }),
+            Placement::Behind { segment, have } => return Ok(MirrorAppend::Behind { segment, have }),
+            Placement::NewSegment => {
+                self.file =
+                    Some(create_segment(&*self.storage, &self.dir, segment).inspect_err(|_| self.failed = true)?);
+                self.end = Position { segment, offset: 0 };
+                false
             }
-            self.file = Some(create_segment(&*self.storage, &self.dir, segment).inspect_err(|_| self.failed = true)?);
-            self.end = Position { segment, offset: 0 };
-        }
-        if offset > self.end.offset {
-            return Ok(MirrorAppend::Behind { segment, have: self.end.offset });
-        }
-        let result = self.write_at(offset, bytes);
+            Placement::Write { cut } => cut,
+        };
+        let result = self.write_at(offset, cut, bytes);
         if result.is_err() {
             self.failed = true;
         }
@@ -150,12 +153,12 @@ impl Mirror {
         Ok(MirrorAppend::Stored)
     }
 
-    fn write_at(&mut self, offset: u64, bytes: &[u8]) -> io::Result<()> {
+    fn write_at(&mut self, offset: u64, cut: bool, bytes: &[u8]) -> io::Result<()> {
         let mut file = match self.file.take() {
             Some(f) => f,
             None => self.storage.open(&segment_path(&self.dir, self.end.segment))?,
         };
-        if offset < self.end.offset {
+        if cut {
             file.set_len(offset)?;
         }
         file.write_at(bytes, offset)?;

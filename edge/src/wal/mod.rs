@@ -19,6 +19,7 @@
 mod crash_sweep;
 mod identity;
 pub mod mirror;
+mod prealloc;
 mod reader;
 mod recovery;
 pub mod scan;
@@ -183,6 +184,7 @@ impl Wal {
         s.create_dir_all(&dir).map_err(err)?;
         let id = identity::load_or_create(s, &dir).map_err(err)?;
         let acked = watermark::load(s, &dir).map_err(err)?.unwrap_or_default();
+        prealloc::remove_leftover(s, &dir).map_err(err)?;
         let mut segments = list_segments(s, &dir).map_err(err)?;
         if let Some(&(last, _)) = segments.last() {
             let tail = recover_tail(s, &dir, last).map_err(err)?;
@@ -384,6 +386,65 @@ mod tests {
             ReadOutcome::Records { count, data, .. } => assert_eq!((count, data.len()), (3, 3 * packed.len())),
             other => panic!("{other:?}"),
         }
+    }
+
+    /// Segments prepared ahead by the background thread: the one being written is full length
+    /// (zeros after its records), every finished one ends at its last record, the writer cuts
+    /// the last one when it stops, and everything reads back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn prepared_segments_are_cut_to_their_records_when_finished() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal_dir = dir.path().join("wal");
+        let segment_bytes = 256 * 1024;
+        let config = WalConfig { dir: wal_dir.clone(), segment_bytes, ..WalConfig::default() };
+        let len = |seq| std::fs::metadata(segment::segment_path(&wal_dir, seq)).map(|m| m.len()).unwrap();
+        let (wal, reader) = Wal::open(&config).unwrap();
+        let rec = record(3000);
+        let mut appended = 0usize;
+        // Past half of segment 1 the thread prepares the next one.
+        while wal.committed().offset < segment_bytes / 2 + 1 {
+            wal.append(rec.clone()).await.unwrap();
+            appended += 1;
+        }
+        let prepared = wal_dir.join(sluice_wire::wal_files::PREPARED_SEGMENT_FILE);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::fs::metadata(&prepared).map_or(0, |m| m.len()) < segment_bytes {
+            assert!(std::time::Instant::now() < deadline, "no segment was prepared");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        // Its last sync.
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let mut first = wal.committed();
+        while wal.committed().segment == first.segment {
+            first = wal.committed();
+            wal.append(rec.clone()).await.unwrap();
+            appended += 1;
+        }
+        assert_eq!(len(first.segment), first.offset, "sealed at its last record");
+        assert_eq!(len(first.segment + 1), segment_bytes, "the segment being written was prepared");
+        assert!(!prepared.exists(), "renamed into place");
+        let last = wal.committed();
+        drop((wal, reader));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while len(last.segment) != last.offset {
+            assert!(std::time::Instant::now() < deadline, "the stopped writer did not cut its segment");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let (_wal, reader) = Wal::open(&config).unwrap();
+        let mut at = reader.acked();
+        let mut count = 0u32;
+        loop {
+            match reader.read(at, 1 << 20).unwrap() {
+                ReadOutcome::Records { segment, end, count: n, .. } => {
+                    count += n;
+                    at = Position { segment, offset: end };
+                }
+                ReadOutcome::NextSegment(next) => at = next,
+                ReadOutcome::UpToDate => break,
+                ReadOutcome::Corrupt { segment, offset, .. } => panic!("corrupt at {segment}:{offset}"),
+            }
+        }
+        assert_eq!(count as usize, appended);
     }
 
     /// Regression: with segments larger than the budget, acked bytes in the segment being written

@@ -44,8 +44,9 @@ pub fn recover_tail(storage: &dyn Storage, dir: &Path, seq: u64) -> io::Result<T
         }
     }
     let first_bad = offset;
-    // Look past the bad record for valid ones: their presence means mid-segment corruption.
-    let mut scan = offset;
+    // Look past the bad record for valid ones: their presence means mid-segment corruption. A
+    // segment prepared ahead ends in zeros (`prealloc`), where no record can start.
+    let mut scan = if data[offset..].iter().all(|&b| b == 0) { data.len() } else { offset };
     let mut after_bad = 0u64;
     while scan < data.len() {
         match check_record(&data[scan..]) {

@@ -83,6 +83,10 @@ impl<'a> Records<'a> {
 
     /// The next offset at or after `from` where a whole, checksummed record starts.
     fn next_valid(&self, from: usize) -> Option<usize> {
+        // The zeros after the last record of a segment prepared ahead hold none.
+        if self.data.get(from..)?.iter().all(|&b| b == 0) {
+            return None;
+        }
         (from..self.data.len()).find(|&at| matches!(check_record(&self.data[at..]), Ok(Some(_))))
     }
 }
@@ -91,11 +95,14 @@ impl Iterator for Records<'_> {
     type Item = Item;
 
     fn next(&mut self) -> Option<Item> {
-        if self.offset >= self.data.len() {
+        let at = self.offset;
+        let rest = self.data.get(at..).filter(|rest| !rest.is_empty())?;
+        // Zeros to the end are no damage: the room left in a segment prepared ahead (or a tail
+        // whose data never reached the disk), where no record was ever acknowledged.
+        if rest.iter().all(|&b| b == 0) {
+            self.offset = self.data.len();
             return None;
         }
-        let at = self.offset;
-        let rest = &self.data[at..];
         let error = match check_record(rest) {
             Ok(Some(len)) => match decode_record(&rest[..len]) {
                 Ok(record) => {
@@ -199,7 +206,7 @@ mod tests {
     fn records_resynchronise_after_damage_and_flag_the_tail() {
         let (a, mut b, c) = (rec(1), rec(2), rec(3));
         b[HEADER_LEN + 2] ^= 1;
-        let data = [a.clone(), b.clone(), c.clone(), vec![0u8; 10]].concat();
+        let data = [a.clone(), b.clone(), c.clone(), vec![0xab; 10]].concat();
         let items: Vec<Item> = Records::new(&data).collect();
         assert!(matches!(items[0], Item::Record { offset: 0, .. }));
         match &items[1] {
@@ -212,6 +219,19 @@ mod tests {
         assert!(matches!(&items[2], Item::Record { record, .. } if record.received_at_ms == 3));
         assert!(matches!(&items[3], Item::Corrupt { tail: true, skipped: 10, .. }));
         assert_eq!(items.len(), 4);
+    }
+
+    /// The room after the last record of a segment prepared ahead is not a torn tail.
+    #[test]
+    fn zeros_after_the_last_record_are_the_end() {
+        let a = rec(1);
+        let data = [a.clone(), vec![0u8; 64 * 1024]].concat();
+        let items: Vec<Item> = Records::new(&data).collect();
+        assert_eq!(items.len(), 1);
+        assert!(matches!(items[0], Item::Record { offset: 0, .. }));
+        // Zeros before a record are still damage.
+        let data = [vec![0u8; 16], a].concat();
+        assert!(matches!(Records::new(&data).next(), Some(Item::Corrupt { offset: 0, skipped: 16, tail: false, .. })));
     }
 
     #[test]

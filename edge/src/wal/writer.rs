@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use tokio::sync::watch;
 
+use super::prealloc::{self, Preallocator};
 use super::segment::create_segment;
 use super::storage::{Storage, StorageFile};
 use super::{Append, Position, Replicate, Request, Shared, WalError};
@@ -17,6 +18,9 @@ pub(super) struct Writer {
     segment_bytes: u64,
     max_group_bytes: usize,
     file: Box<dyn StorageFile>,
+    /// `file` was prepared ahead: zeros follow its records until it is sealed.
+    prepared: bool,
+    prealloc: Preallocator,
     pos: Position,
     shared: Arc<Shared>,
     committed: watch::Sender<Position>,
@@ -46,13 +50,17 @@ impl Writer {
         committed: watch::Sender<Position>,
         replicate: Option<Arc<dyn Replicate>>,
     ) -> std::io::Result<Self> {
-        let file = create_segment(&*storage, &config.dir, seq)?;
+        let mut prealloc =
+            Preallocator::new(config.preallocate, storage.clone(), config.dir.clone(), config.segment_bytes)?;
+        let (file, prepared) = start_segment(&mut prealloc, &*storage, &config.dir, seq)?;
         Ok(Self {
             storage,
             dir: config.dir.clone(),
             segment_bytes: config.segment_bytes,
             max_group_bytes: config.max_group_bytes,
             file,
+            prepared,
+            prealloc,
             pos: Position { segment: seq, offset: 0 },
             shared,
             committed,
@@ -100,7 +108,27 @@ impl Writer {
                 let _ = append.done.send(result.clone());
             }
         }
+        if let Err(e) = self.seal() {
+            tracing::warn!(error = %e, segment = self.pos.segment, "wal: could not cut the last segment to its records; the next start does");
+        }
         tracing::info!("wal: writer stopped");
+    }
+
+    /// Continues in segment `pos.segment + 1`, after the current one is cut to its records.
+    fn next_segment(&mut self) -> std::io::Result<()> {
+        self.seal()?;
+        let next = self.pos.segment + 1;
+        (self.file, self.prepared) = start_segment(&mut self.prealloc, &*self.storage, &self.dir, next)?;
+        self.pos = Position { segment: next, offset: 0 };
+        Ok(())
+    }
+
+    fn seal(&mut self) -> std::io::Result<()> {
+        if self.prepared {
+            prealloc::seal(&mut *self.file, self.pos.offset)?;
+            self.prepared = false;
+        }
+        Ok(())
     }
 
     /// Moves to a new segment if `segment` is still the one being written; returns the segment
@@ -108,11 +136,9 @@ impl Writer {
     /// as finished.
     fn rotate(&mut self, segment: u64) -> std::io::Result<u64> {
         if self.pos.segment <= segment {
-            let next = self.pos.segment + 1;
-            self.file = create_segment(&*self.storage, &self.dir, next)?;
-            self.pos = Position { segment: next, offset: 0 };
+            self.next_segment()?;
             self.committed.send_replace(self.pos);
-            tracing::warn!(closed = segment, segment = next, "wal: segment closed early on request");
+            tracing::warn!(closed = segment, segment = self.pos.segment, "wal: segment closed early on request");
         }
         Ok(self.pos.segment)
     }
@@ -139,6 +165,8 @@ impl Writer {
         // which recovery would find valid after a restart and forward: events the client was
         // told were not stored, and will resend. Cut the segment back to the last committed byte.
         let undo = self.file.set_len(self.pos.offset).and_then(|()| self.file.sync_data());
+        // Cut back, a prepared file has lost its zeros, and grows from here like any other.
+        self.prepared = false;
         if let Err(undo) = undo {
             self.shared.failed.store(true, Ordering::Release);
             tracing::error!(error = %undo, segment = self.pos.segment, offset = self.pos.offset,
@@ -156,9 +184,7 @@ impl Writer {
         }
         let len = self.buf.len() as u64;
         if self.pos.offset > 0 && self.pos.offset + len > self.segment_bytes {
-            let next = self.pos.segment + 1;
-            self.file = create_segment(&*self.storage, &self.dir, next)?;
-            self.pos = Position { segment: next, offset: 0 };
+            self.next_segment()?;
         }
         let replicas = self.replicate.as_ref().map(|r| r.begin(self.pos, &self.buf));
         self.file.write_at(&self.buf, self.pos.offset)?;
@@ -176,6 +202,22 @@ impl Writer {
         self.shared.disk_bytes.fetch_add(len, Ordering::Relaxed);
         self.pos.offset += len;
         self.committed.send_replace(self.pos);
+        if self.pos.offset >= self.segment_bytes / 2 {
+            self.prealloc.half_full();
+        }
         Ok(())
     }
+}
+
+/// Opens segment `seq`, prepared ahead when there is such a file; `true` if it was.
+fn start_segment(
+    prealloc: &mut Preallocator,
+    storage: &dyn Storage,
+    dir: &std::path::Path,
+    seq: u64,
+) -> std::io::Result<(Box<dyn StorageFile>, bool)> {
+    Ok(match prealloc.take(storage, dir, seq)? {
+        Some(file) => (file, true),
+        None => (create_segment(storage, dir, seq)?, false),
+    })
 }
