@@ -1,7 +1,7 @@
 //! Edge configuration: one TOML file, every field optional with the default documented here.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
@@ -54,6 +54,23 @@ impl Default for EdgeConfig {
             replication: ReplicationConfig::default(),
             admission: AdmissionConfig::default(),
         }
+    }
+}
+
+impl EdgeConfig {
+    /// The defaults with every file the edge keeps in `dir`: `keys.toml` and, as
+    /// [`EdgeConfig::keep_state_in`] places them, the WAL and the idempotency store. The layout of
+    /// the edges `sluicectl dev` and `bench` and the tests run.
+    pub fn in_dir(dir: &Path) -> Self {
+        let mut config = Self { keys_file: dir.join("keys.toml"), ..Self::default() };
+        config.keep_state_in(dir);
+        config
+    }
+
+    /// The WAL in `dir/wal`, the idempotency store in `dir/idempotency.redb`.
+    pub fn keep_state_in(&mut self, dir: &Path) {
+        self.wal.dir = dir.join("wal");
+        self.idempotency.path = dir.join("idempotency.redb");
     }
 }
 
@@ -552,6 +569,15 @@ impl Default for AdmissionConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_edge_in_a_dir_keeps_all_its_files_there() {
+        let dir = Path::new("/srv/edge-3");
+        let config = EdgeConfig::in_dir(dir);
+        assert_eq!(config.keys_file, dir.join("keys.toml"));
+        assert_eq!(config.wal.dir, dir.join("wal"));
+        assert_eq!(config.idempotency.path, dir.join("idempotency.redb"));
+    }
 
     fn name(host: &str, port: u16) -> PeerAddr {
         PeerAddr::Name { host: host.into(), port }

@@ -651,20 +651,16 @@ impl Drop for PeerProcess {
 
 fn start_edge(opts: &BenchOptions, dir: &Path, replication: Replication) -> anyhow::Result<EdgeUnderTest> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let keys_file = dir.join("keys.toml");
-    let _ = std::fs::remove_file(&keys_file);
-    let mut keys = Vec::new();
-    for t in 0..opts.tenants.max(1) {
-        keys.push(crate::keys::add(&keys_file, &format!("tenant-{t}"), "bench")?.1);
-    }
     let mut config = EdgeConfig {
         listen: "127.0.0.1:0".parse().context("loopback address")?,
         region: REGION.into(),
-        keys_file,
-        ..EdgeConfig::default()
+        ..EdgeConfig::in_dir(dir)
     };
-    config.wal.dir = dir.join("wal");
-    config.idempotency.path = dir.join("idempotency.redb");
+    let _ = std::fs::remove_file(&config.keys_file);
+    let mut keys = Vec::new();
+    for t in 0..opts.tenants.max(1) {
+        keys.push(crate::keys::add(&config.keys_file, &format!("tenant-{t}"), "bench")?.1);
+    }
     // The benchmark measures the edge's capacity, not its per-tenant quota.
     config.admission.tenant_events_per_sec = 0;
     let rt = runtime(opts.server_threads, "edge-rt")?;

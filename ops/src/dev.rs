@@ -73,9 +73,9 @@ pub async fn start(opts: &DevOptions) -> anyhow::Result<DevPipeline> {
     let dir = &opts.dir;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let pki = write_dev_pki(&dir.join("pki")).context("generating dev certificates")?;
-    let keys_file = dir.join("keys.toml");
-    let _ = std::fs::remove_file(&keys_file);
-    let (_, api_key) = crate::keys::add(&keys_file, "dev", "development")?;
+    let mut edge_config = EdgeConfig { listen: opts.http, region: DEV_REGION.into(), ..EdgeConfig::in_dir(dir) };
+    let _ = std::fs::remove_file(&edge_config.keys_file);
+    let (_, api_key) = crate::keys::add(&edge_config.keys_file, "dev", "development")?;
     let topic = format!("events.{DEV_REGION}");
 
     let (sink, sink_dir, brokers, mock) = match &opts.kafka {
@@ -104,10 +104,6 @@ pub async fn start(opts: &DevOptions) -> anyhow::Result<DevPipeline> {
     })
     .await
     .context("starting core")?;
-    let mut edge_config =
-        EdgeConfig { listen: opts.http, region: DEV_REGION.into(), keys_file, ..EdgeConfig::default() };
-    edge_config.wal.dir = dir.join("wal");
-    edge_config.idempotency.path = dir.join("idempotency.redb");
     edge_config.forwarder.core_addr = core.addr;
     edge_config.forwarder.ca_cert = pki.ca_cert.clone();
     edge_config.forwarder.client_cert = Some(pki.edge_cert.clone());
@@ -145,9 +141,7 @@ pub fn pop_configs(base: &EdgeConfig, edges: usize, quic: SocketAddr, dir: &Path
             let mut c = base.clone();
             c.edge_id = format!("edge-{i}");
             c.listen = offset(base.listen, i)?;
-            let own = dir.join(&c.edge_id);
-            c.wal.dir = own.join("wal");
-            c.idempotency.path = own.join("idempotency.redb");
+            c.keep_state_in(&dir.join(&c.edge_id));
             c.replication.listen = Some(repl[i]);
             c.replication.peers = (0..edges)
                 .filter(|&j| j != i)

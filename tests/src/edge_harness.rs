@@ -72,11 +72,8 @@ async fn launch(config: &EdgeConfig, clock: &Clock) -> Result<Edge, sluice_edge:
 /// tenant `acme`/`prod`: forwarder off, keys reloaded every 50 ms, and an HTTP port outside the
 /// ephemeral range, so that no outgoing connection takes it while the edge restarts.
 pub fn config_in(dir: &std::path::Path) -> (EdgeConfig, String) {
-    let keys_file = dir.join("keys.toml");
-    let (_, key) = sluice_ops::keys::add(&keys_file, "acme", "prod").expect("key");
-    let mut config = EdgeConfig { listen: crate::free_tcp_addr(), keys_file, ..EdgeConfig::default() };
-    config.wal.dir = dir.join("wal");
-    config.idempotency.path = dir.join("idempotency.redb");
+    let mut config = EdgeConfig { listen: crate::free_tcp_addr(), ..EdgeConfig::in_dir(dir) };
+    let (_, key) = sluice_ops::keys::add(&config.keys_file, "acme", "prod").expect("key");
     config.forwarder.enabled = false;
     config.http.keys_reload_ms = 50;
     (config, key)

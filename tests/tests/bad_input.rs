@@ -18,11 +18,8 @@ const BODY_TIMEOUT_MS: u64 = 1500;
 
 async fn start_edge() -> (sluice_edge::Edge, String, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let keys_file = dir.path().join("keys.toml");
-    let (_, key) = sluice_ops::keys::add(&keys_file, "acme", "prod").unwrap();
-    let mut config = EdgeConfig { listen: "127.0.0.1:0".parse().unwrap(), keys_file, ..EdgeConfig::default() };
-    config.wal.dir = dir.path().join("wal");
-    config.idempotency.path = dir.path().join("idempotency.redb");
+    let mut config = EdgeConfig { listen: "127.0.0.1:0".parse().unwrap(), ..EdgeConfig::in_dir(dir.path()) };
+    let (_, key) = sluice_ops::keys::add(&config.keys_file, "acme", "prod").unwrap();
     config.forwarder.enabled = false;
     config.http.header_timeout_ms = HEADER_TIMEOUT_MS;
     config.http.body_timeout_ms = BODY_TIMEOUT_MS;
