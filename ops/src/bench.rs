@@ -51,6 +51,8 @@ use crate::loadgen::{self, LoadReport, LoadgenOptions};
 
 /// Group sizes of the raw fdatasync measurement: from one small request to the WAL's 8 MiB cap.
 const FSYNC_SIZES: [usize; 6] = [4 << 10, 64 << 10, 256 << 10, 1 << 20, 4 << 20, 8 << 20];
+/// Group sizes the edge writes at the suite's rates (4–64 KiB), also measured into a prepared file.
+const PREPARED_FSYNC_SIZES: [usize; 2] = [4 << 10, 64 << 10];
 /// The sustained run's group size: a group at 80 % load is 100–300 KiB.
 const SUSTAINED_GROUP: usize = 256 << 10;
 /// The forwarder's default frame size, used to cut the frames replayed into core.
@@ -173,9 +175,23 @@ impl BenchOptions {
     }
 }
 
+/// The file a raw fdatasync row writes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncFile {
+    /// Appends to a file that grows (a WAL segment with `wal.preallocate = "off"`).
+    Growing,
+    /// Writes into a file of zeros written and synced beforehand, round and round (a segment
+    /// prepared ahead): the file's size never changes.
+    Prepared,
+}
+
+/// The prepared file of the raw rows: a WAL segment's default size.
+const PREPARED_FILE_BYTES: usize = 64 << 20;
+
 #[derive(Debug, Clone)]
 pub struct FsyncRow {
     pub group_bytes: usize,
+    pub file: SyncFile,
     pub syncs: u64,
     pub elapsed: Duration,
     /// Latency of each write + fdatasync, microseconds.
@@ -461,13 +477,23 @@ fn runtime(threads: usize, name: &str) -> anyhow::Result<tokio::runtime::Runtime
         .with_context(|| format!("starting the {name} runtime"))
 }
 
-/// Appends each of `sizes` and fdatasyncs, like the WAL writer does, for `per_size` each.
-pub fn fsync_bandwidth(dir: &Path, sizes: &[usize], per_size: Duration) -> anyhow::Result<Vec<FsyncRow>> {
-    sizes.iter().map(|&size| append_and_sync(dir, size, per_size)).collect()
+/// Appends each of `sizes` and fdatasyncs, like the WAL writer does, for `per_size` each; then
+/// the same into a prepared file for each of `prepared` (group sizes the edge writes), so the
+/// two are compared in one run.
+pub fn fsync_bandwidth(
+    dir: &Path,
+    sizes: &[usize],
+    prepared: &[usize],
+    per_size: Duration,
+) -> anyhow::Result<Vec<FsyncRow>> {
+    let growing = sizes.iter().map(|&size| (size, SyncFile::Growing));
+    let prepared = prepared.iter().map(|&size| (size, SyncFile::Prepared));
+    growing.chain(prepared).map(|(size, file)| append_and_sync(dir, size, file, per_size)).collect()
 }
 
-/// Appends `size` bytes and fdatasyncs in a loop for `duration` (at least 3 times).
-pub fn append_and_sync(dir: &Path, size: usize, duration: Duration) -> anyhow::Result<FsyncRow> {
+/// Writes `size` bytes and fdatasyncs in a loop for `duration` (at least 3 times).
+pub fn append_and_sync(dir: &Path, size: usize, kind: SyncFile, duration: Duration) -> anyhow::Result<FsyncRow> {
+    use std::os::unix::fs::FileExt;
     let path = dir.join(format!("fsync-{size}.tmp"));
     let mut file = OpenOptions::new()
         .create(true)
@@ -475,15 +501,28 @@ pub fn append_and_sync(dir: &Path, size: usize, duration: Duration) -> anyhow::R
         .write(true)
         .open(&path)
         .with_context(|| format!("creating {}", path.display()))?;
+    let wrap = match kind {
+        SyncFile::Growing => u64::MAX,
+        SyncFile::Prepared => {
+            let zeros = vec![0u8; 1 << 20];
+            for _ in 0..PREPARED_FILE_BYTES / zeros.len() {
+                file.write_all(&zeros).context("writing the prepared file")?;
+            }
+            file.sync_data().context("fdatasync of the prepared file")?;
+            (PREPARED_FILE_BYTES / size * size).max(size) as u64
+        }
+    };
     let buf = vec![0x5au8; size];
+    let mut at = 0u64;
     let mut latency = Histogram::new_with_bounds(1, 60_000_000, 3).context("histogram")?;
     let started = Instant::now();
     let (mut second, mut second_bytes, mut per_second_mb) = (started, 0u64, Vec::new());
     let mut syncs = 0u64;
     while syncs < 3 || started.elapsed() < duration {
         let t = Instant::now();
-        file.write_all(&buf).context("writing")?;
+        file.write_all_at(&buf, at).context("writing")?;
         file.sync_data().context("fdatasync")?;
+        at = (at + size as u64) % wrap;
         latency.saturating_record(t.elapsed().as_micros() as u64);
         syncs += 1;
         second_bytes += size as u64;
@@ -492,7 +531,7 @@ pub fn append_and_sync(dir: &Path, size: usize, duration: Duration) -> anyhow::R
             (second, second_bytes) = (Instant::now(), 0);
         }
     }
-    let row = FsyncRow { group_bytes: size, syncs, elapsed: started.elapsed(), latency, per_second_mb };
+    let row = FsyncRow { group_bytes: size, file: kind, syncs, elapsed: started.elapsed(), latency, per_second_mb };
     drop(file);
     std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
     Ok(row)
@@ -800,9 +839,9 @@ pub fn run(opts: &BenchOptions, progress: &MultiProgress) -> anyhow::Result<Benc
     let bar = progress.add(ProgressBar::new(1).with_style(style).with_prefix("bench"));
 
     bar.set_message("raw fdatasync bandwidth");
-    let fsync = fsync_bandwidth(scratch.path(), &FSYNC_SIZES, opts.phases.fsync_per_size)?;
+    let fsync = fsync_bandwidth(scratch.path(), &FSYNC_SIZES, &PREPARED_FSYNC_SIZES, opts.phases.fsync_per_size)?;
     bar.set_message("sustained fdatasync bandwidth");
-    let sustained = append_and_sync(scratch.path(), SUSTAINED_GROUP, opts.phases.fsync_sustained)?;
+    let sustained = append_and_sync(scratch.path(), SUSTAINED_GROUP, SyncFile::Growing, opts.phases.fsync_sustained)?;
 
     // The generator's workers inherit its CPU from the thread that starts them.
     let lg = on_cpus(opts.loadgen_cpus().as_ref(), || runtime(opts.loadgen_threads, "loadgen"))
@@ -1460,13 +1499,20 @@ pub fn render(opts: &BenchOptions, r: &BenchResults, machine: &str) -> String {
         r.total.as_secs_f64()
     );
 
-    let _ = writeln!(s, "### 1. Raw fdatasync (append + fdatasync, one file)\n");
-    let _ = writeln!(s, "| group bytes | syncs | mean ms | p50 ms | p99 ms | MB/s |\n|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(s, "### 1. Raw fdatasync (write + fdatasync, one file)\n");
+    let _ = writeln!(
+        s,
+        "| group bytes | file | syncs | mean ms | p50 ms | p99 ms | MB/s |\n|---:|---|---:|---:|---:|---:|---:|"
+    );
     for f in &r.fsync {
         let _ = writeln!(
             s,
-            "| {} | {} | {:.2} | {} | {} | {:.1} |",
+            "| {} | {} | {} | {:.2} | {} | {} | {:.1} |",
             f.group_bytes,
+            match f.file {
+                SyncFile::Growing => "growing",
+                SyncFile::Prepared => "prepared",
+            },
             f.syncs,
             f.ms_per_sync(),
             ms(Duration::from_micros(f.latency.value_at_quantile(0.5))),
@@ -1474,7 +1520,19 @@ pub fn render(opts: &BenchOptions, r: &BenchResults, machine: &str) -> String {
             f.mb_per_sec()
         );
     }
-    let ceiling_mb = r.fsync.iter().map(FsyncRow::mb_per_sec).fold(0.0, f64::max);
+    for p in r.fsync.iter().filter(|f| f.file == SyncFile::Prepared) {
+        if let Some(g) = r.fsync.iter().find(|g| g.file == SyncFile::Growing && g.group_bytes == p.group_bytes) {
+            let _ = writeln!(
+                s,
+                "\n{} KiB groups: a prepared file takes {:.2}× the time per write + fdatasync of a growing one (p99 {:.2}×).",
+                p.group_bytes >> 10,
+                p.ms_per_sync() / g.ms_per_sync().max(1e-9),
+                p.latency.value_at_quantile(0.99) as f64 / g.latency.value_at_quantile(0.99).max(1) as f64,
+            );
+        }
+    }
+    let ceiling_mb =
+        r.fsync.iter().filter(|f| f.file == SyncFile::Growing).map(FsyncRow::mb_per_sec).fold(0.0, f64::max);
     let u = &r.sustained;
     let at = |q: f64| ms(Duration::from_micros(u.latency.value_at_quantile(q)));
     let _ = writeln!(
@@ -1765,10 +1823,13 @@ mod tests {
     #[test]
     fn fsync_rows_report_bandwidth() {
         let dir = tempfile::tempdir().unwrap();
-        let rows = fsync_bandwidth(dir.path(), &[4096], Duration::from_millis(20)).unwrap();
-        assert!(rows[0].syncs >= 3);
-        assert!(rows[0].mb_per_sec() > 0.0);
-        let long = append_and_sync(dir.path(), 4096, Duration::from_millis(2100)).unwrap();
+        let rows = fsync_bandwidth(dir.path(), &[4096], &[4096], Duration::from_millis(20)).unwrap();
+        assert_eq!(
+            rows.iter().map(|r| (r.group_bytes, r.file)).collect::<Vec<_>>(),
+            [(4096, SyncFile::Growing), (4096, SyncFile::Prepared)]
+        );
+        assert!(rows.iter().all(|r| r.syncs >= 3 && r.mb_per_sec() > 0.0));
+        let long = append_and_sync(dir.path(), 4096, SyncFile::Growing, Duration::from_millis(2100)).unwrap();
         // A window closes at the first sync after its second is up, so a slow sync can push the
         // second one past the end.
         assert!((1..=2).contains(&long.per_second_mb.len()), "one bandwidth per whole second");

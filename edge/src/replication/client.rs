@@ -323,10 +323,21 @@ impl PeerLink {
     /// One message on its own stream, bounded by the ack timeout (connecting included). A
     /// failure drops the connection, so the next exchange reconnects.
     async fn exchange(&mut self, msg: &PeerMessage) -> Result<PeerReply, String> {
+        self.exchange_on(msg, true).await
+    }
+
+    /// [`PeerLink::exchange`]; with `reconnect` false it fails rather than open a new
+    /// connection. Within a run, a new connection may reach a peer that restarted without
+    /// its copy, and the rest of the run was planned on that copy.
+    async fn exchange_on(&mut self, msg: &PeerMessage, reconnect: bool) -> Result<PeerReply, String> {
         let bytes = proto::encode_message(msg).map_err(|e| e.to_string())?;
         let timeout = self.timeout;
         let result = tokio::time::timeout(timeout, async {
-            let conn = self.connection().await?;
+            let conn = match self.open() {
+                Some(conn) => conn,
+                None if reconnect => self.connection().await?,
+                None => return Err("the connection to the peer closed during the run".to_string()),
+            };
             let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
             // The encoded message moves into quinn's send buffer as it is (no copy).
             send.write_chunk(Bytes::from(bytes)).await.map_err(|e| e.to_string())?;
@@ -342,11 +353,26 @@ impl PeerLink {
         result
     }
 
+    /// The connection, if it is still open.
+    fn open(&self) -> Option<quinn::Connection> {
+        self.conn.as_ref().filter(|c| c.close_reason().is_none()).cloned()
+    }
+
+    /// Opens a connection unless one is open, within the ack timeout: `true` if it is new.
+    async fn connect_if_closed(&mut self) -> Result<bool, String> {
+        if self.open().is_some() {
+            return Ok(false);
+        }
+        let timeout = self.timeout;
+        tokio::time::timeout(timeout, self.connection())
+            .await
+            .unwrap_or_else(|_| Err(format!("no connection within {timeout:?}")))?;
+        Ok(true)
+    }
+
     async fn connection(&mut self) -> Result<quinn::Connection, String> {
-        if let Some(c) = &self.conn
-            && c.close_reason().is_none()
-        {
-            return Ok(c.clone());
+        if let Some(c) = self.open() {
+            return Ok(c);
         }
         let (conn, addr) = self.connect().await?;
         tracing::debug!(peer = %self.peer.id, addr = %self.peer.addr, resolved = %addr, "replication: connected to peer");
@@ -448,6 +474,10 @@ impl PeerTask {
             } else {
                 run.iter().flat_map(|j| j.bytes.iter().copied()).collect()
             };
+            // Not connected: the run's first exchange fails, and the state takes it from there.
+            if self.link.connect_if_closed().await.unwrap_or(false) {
+                self.state.reconnected();
+            }
             self.state.run(run[0].at, bytes);
             self.drive().await
         };
@@ -503,7 +533,7 @@ impl PeerTask {
 
     async fn exchange(&mut self, msg: &PeerMessage) -> Result<PeerReply, String> {
         let started = Instant::now();
-        let reply = self.link.exchange(msg).await;
+        let reply = self.link.exchange_on(msg, false).await;
         self.round_trip.observe(started.elapsed().as_secs_f64());
         reply
     }

@@ -165,6 +165,14 @@ impl PeerState {
         }
     }
 
+    /// The link to the peer is a new connection, made between runs: the peer may have restarted
+    /// without its copy, and an empty copy accepts an append at the start of a segment, so
+    /// the next run first asks where the copy ends (`Locate`) instead of trusting the level.
+    pub fn reconnected(&mut self) {
+        debug_assert!(matches!(self.step, Step::Idle), "between runs");
+        self.level = None;
+    }
+
     /// The next thing to do, oldest first.
     pub fn poll(&mut self) -> Option<Command> {
         self.commands.pop_front()
@@ -704,6 +712,10 @@ mod tests {
         /// loss through that failure: an append at the start of a segment is accepted by an
         /// empty copy, so without it the copy would silently lack the segments before.
         CopyLost,
+        /// The replica restarts without its disk while no exchange is under way: nothing fails,
+        /// the driver's next run finds the connection closed and opens a new one, and tells the
+        /// state so ([`PeerState::reconnected`]).
+        CopyLostBetweenRuns,
         /// Core acked the oldest local segment: the origin and the copy delete it (the copy
         /// keeps its last segment, whose end it goes on from).
         Trim,
@@ -716,6 +728,7 @@ mod tests {
             2 => Just(Happening::Fail(Link::Lost)),
             2 => Just(Happening::Fail(Link::AnswerLost)),
             1 => Just(Happening::CopyLost),
+            1 => Just(Happening::CopyLostBetweenRuns),
             1 => Just(Happening::Trim),
         ]
     }
@@ -736,6 +749,7 @@ mod tests {
             let mut s = PeerState::new(origin(), 0);
             let mut now = Instant::now();
             let mut link = Link::Up;
+            let mut reconnect = false;
             let mut tag = 0u8;
             for happening in steps {
                 match happening {
@@ -749,6 +763,10 @@ mod tests {
                     Happening::CopyLost => {
                         w.copy.clear();
                         link = Link::Lost;
+                    }
+                    Happening::CopyLostBetweenRuns => {
+                        w.copy.clear();
+                        reconnect = true;
                     }
                     Happening::Trim => {
                         if w.local.len() > 1 {
@@ -767,6 +785,9 @@ mod tests {
                         seg.extend_from_slice(&bytes);
                         now += MAX_BACKOFF;
                         prop_assert!(s.admits(now));
+                        if std::mem::take(&mut reconnect) {
+                            s.reconnected();
+                        }
                         s.run(at, bytes);
                         let outcome = loop {
                             match s.poll().expect("a run ends with Done") {
