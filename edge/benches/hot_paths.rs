@@ -9,9 +9,9 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use sluice_edge::auth::Principal;
-use sluice_edge::body::BodyFormat;
 use sluice_edge::config::{LimitsConfig, PiiPolicy, ValidationConfig};
+use sluice_edge::ingest::auth::Principal;
+use sluice_edge::ingest::body::BodyFormat;
 use sluice_edge::ingest::{self, Prepared, Request};
 use sluice_wire::record::{encode_record, encode_record_compressed};
 use sluice_wire::{BatchRecord, Stream, frame};
@@ -134,7 +134,7 @@ fn parse_validate_normalize(c: &mut Criterion) {
     });
     let limit = fixture.limits.max_events;
     g.bench_function("batch::parse alone 100x300B", |b| {
-        b.iter(|| black_box(sluice_edge::batch::parse(black_box(&raw), BodyFormat::JsonArray, limit).unwrap()))
+        b.iter(|| black_box(sluice_edge::ingest::batch::parse(black_box(&raw), BodyFormat::JsonArray, limit).unwrap()))
     });
     g.finish();
 }
@@ -186,9 +186,9 @@ fn zstd_framing(c: &mut Criterion) {
 /// permits, the WAL-pressure check, the bucket charge on arrival and its settlement, and the
 /// usage record.
 fn admission(c: &mut Criterion) {
-    use sluice_edge::admission::Admission;
-    use sluice_edge::auth::KeyStore;
     use sluice_edge::config::AdmissionConfig;
+    use sluice_edge::ingest::admission::Admission;
+    use sluice_edge::ingest::auth::KeyStore;
     let refusals = prometheus::IntCounterVec::new(prometheus::Opts::new("r", "r"), &["reason"]).unwrap();
     // A quota no benchmark loop reaches, so every request is admitted.
     let config = AdmissionConfig { tenant_events_per_sec: u32::MAX / 4, ..AdmissionConfig::default() };

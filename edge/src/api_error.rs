@@ -9,10 +9,10 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use crate::admission::Refusal;
-use crate::admission::quota::{BURST_FACTOR, RateInfo};
-use crate::auth::AuthError;
-use crate::signature::SignatureError;
+use crate::ingest::admission::Refusal;
+use crate::ingest::admission::quota::{BURST_FACTOR, RateInfo};
+use crate::ingest::auth::AuthError;
+use crate::ingest::signature::SignatureError;
 
 pub(crate) const RATELIMIT_LIMIT: &str = "ratelimit-limit";
 pub(crate) const RATELIMIT_REMAINING: &str = "ratelimit-remaining";
@@ -127,7 +127,7 @@ impl From<SignatureError> for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::admission::Reason;
+    use crate::ingest::admission::Reason;
 
     /// A rate refusal answers 429 with its code for the responses metric, `Retry-After` rounded
     /// up to whole seconds, and the bucket in the `RateLimit-*` headers.

@@ -20,13 +20,13 @@ use sluice_wire::stored_response::StoredResponse;
 use tower_http::cors::{Any, CorsLayer};
 use tracing::Instrument;
 
-use crate::admission::Admission;
-use crate::admission::quota;
 use crate::api_error::{ApiError, ErrorCode, RATELIMIT_LIMIT, RATELIMIT_POLICY, RATELIMIT_REMAINING, RATELIMIT_RESET};
-use crate::auth::{AuthError, KeyRing};
 use crate::config::{HttpConfig, LimitsConfig, PiiConfig, ValidationConfig};
-use crate::idempotency::IdempotencyStore;
 use crate::ingest::PrepareError;
+use crate::ingest::admission::Admission;
+use crate::ingest::admission::quota;
+use crate::ingest::auth::{AuthError, KeyRing};
+use crate::ingest::idempotency::IdempotencyStore;
 use crate::link_health::LinkHealth;
 use crate::metrics::EdgeMetrics;
 use crate::server::PeerAddr;
@@ -54,7 +54,7 @@ pub struct AppState {
     pub admission: Arc<Admission>,
     /// The forwarder's link to core (`None` when forwarding is off), for readiness.
     pub link: Option<Arc<LinkHealth>>,
-    pub drain: Arc<crate::drain::Drain>,
+    pub drain: Arc<crate::operate::drain::Drain>,
 }
 
 impl AppState {
@@ -104,7 +104,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/ready", get(ready))
         .merge(sdk::routes())
         .fallback(not_found)
-        .layer(middleware::from_fn_with_state(state.drain.clone(), crate::drain::gate))
+        .layer(middleware::from_fn_with_state(state.drain.clone(), crate::operate::drain::gate))
         .with_state(state.clone());
     // CORS answers preflights in front of the routes: a layer on the routes themselves runs
     // inside each route's method router, which adds its own `Allow` (the route's methods) to the
@@ -117,7 +117,7 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 /// The client's address: the TCP peer, or the address a trusted proxy forwarded (see
-/// [`crate::client_ip`]). Absent when the router runs without a connection (tests).
+/// [`crate::ingest::client_ip`]). Absent when the router runs without a connection (tests).
 #[derive(Clone, Copy)]
 struct ClientIp(std::net::IpAddr);
 
@@ -162,7 +162,7 @@ async fn request_context(State(state): State<Arc<AppState>>, mut req: Request, n
     );
     let client = req.extensions().get::<PeerAddr>().map(|&PeerAddr(peer)| {
         let http = &state.http;
-        crate::client_ip::client_ip(peer.ip(), &http.trusted_proxies, http.client_ip_header, req.headers())
+        crate::ingest::client_ip::client_ip(peer.ip(), &http.trusted_proxies, http.client_ip_header, req.headers())
     });
     req.extensions_mut().insert(RequestId(id.clone()));
     if let Some(ip) = client {

@@ -1,18 +1,32 @@
 //! The request pipeline between the HTTP layer and the WAL, without IO: parse the body, validate
 //! and normalize every event, apply the PII policy, and build the WAL records. Shared by
 //! `POST /v1/events` and the `:debug` echo, so what debug reports is exactly what ingest does.
+//!
+//! Its submodules are the other things a request passes before its record is appended, in the
+//! order `http::steps` runs them: `client_ip`, `auth`, `admission`, `idempotency`, `signature`,
+//! `body`, then `batch` (parse), `validate`, `pii` and `compat` (what unmodified SDKs send).
+
+pub mod admission;
+pub mod auth;
+pub mod batch;
+pub mod body;
+pub mod client_ip;
+pub mod compat;
+pub mod idempotency;
+pub mod pii;
+pub mod signature;
+pub mod validate;
 
 use sluice_wire::record::{RecordError, encode_record, encode_record_compressed};
 use sluice_wire::{BatchRecord, EventRecord, Stream};
 use uuid::Uuid;
 
-use crate::auth::Principal;
-use crate::batch;
-use crate::body::{BodyError, BodyFormat};
-use crate::compat::Api;
 use crate::config::{LimitsConfig, PiiPolicy, ValidationConfig};
-use crate::pii::PiiViolation;
-use crate::validate::{self, BatchContext, Invalid, Reject};
+use crate::ingest::auth::Principal;
+use crate::ingest::body::{BodyError, BodyFormat};
+use crate::ingest::compat::Api;
+use crate::ingest::pii::PiiViolation;
+use crate::ingest::validate::{BatchContext, Invalid, Reject};
 
 pub struct Request<'a> {
     pub principal: &'a Principal,
@@ -121,7 +135,7 @@ impl Prepared {
     /// Encodes the WAL bytes for this request: the events record and, if any event was rejected,
     /// a dead-letter record, appended together so both are durable before the 202.
     /// `traceparent` is the request span's W3C trace context, carried to the Kafka headers.
-    /// `lane` is the stream of the accepted events ([`crate::auth::KeyRing::lane`]); dead letters
+    /// `lane` is the stream of the accepted events ([`crate::ingest::auth::KeyRing::lane`]); dead letters
     /// go to the dead-letter stream whatever the lane. Records are compressed at `zstd_level`
     /// (`0`: uncompressed).
     pub fn into_wal_bytes(

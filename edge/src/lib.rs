@@ -1,36 +1,30 @@
 //! Sluice edge collector: accepts event batches over HTTP, makes them durable in a local WAL with
 //! group commit, answers `202` only after `fdatasync`, and forwards the WAL to core over QUIC.
 //!
-//! Pure logic (`auth`, `body`, `validate`) is separate from IO (`http`, `wal`, `forward`).
+//! The modules follow an event down the pipeline (ARCHITECTURE.md has the map):
+//! `server` and `http` (connections, routes and the steps of a request), `ingest` (everything a
+//! request passes before it is appended: keys, admission, idempotency, body, validation, PII;
+//! pure where it can be), `wal` (group commit, recovery, the reader), `replication` (a group's
+//! copies on peer edges), `forward` (the WAL to core), and `operate` (the admin API, drain,
+//! operator metrics). `clock`, `api_error`, `link_health` and `forwarder_control` are leaves both
+//! sides import, so no two modules import each other.
 
-pub mod admin;
-pub mod admission;
 pub mod api_error;
-pub mod auth;
-pub mod batch;
-pub mod body;
 pub mod cli;
-pub mod client_ip;
 pub mod clock;
-pub mod compat;
 pub mod config;
-pub mod drain;
 pub mod forward;
 pub mod forwarder_control;
 pub mod http;
-pub mod idempotency;
 pub mod ingest;
 pub mod link_health;
 pub mod metrics;
-pub mod operator_metrics;
-pub mod pii;
+pub mod operate;
 pub mod replication;
 pub mod routing;
 pub mod server;
-pub mod signature;
 mod start;
 pub mod tls;
-pub mod validate;
 pub mod wal;
 
 use std::net::SocketAddr;
@@ -58,7 +52,7 @@ pub struct Edge {
     pub wal: Wal,
     pub metrics: Arc<metrics::EdgeMetrics>,
     /// Drain state: readiness, the ingest gate and the drain's outcome.
-    pub drain: Arc<drain::Drain>,
+    pub drain: Arc<operate::drain::Drain>,
     /// Pause/resume and state of the forwarder, when forwarding is enabled.
     pub forwarder_control: Option<Arc<forward::ForwarderControl>>,
     drain_deadline: Duration,

@@ -13,8 +13,8 @@ use prometheus::{
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
-use crate::admission::Admission;
-use crate::auth::KeyRing;
+use crate::ingest::admission::Admission;
+use crate::ingest::auth::KeyRing;
 use crate::link_health::LinkHealth;
 use crate::wal::Wal;
 
@@ -94,7 +94,7 @@ impl EdgeMetrics {
         )?;
         // At 0 from the start: a dashboard's rate() of a series that appears with its first
         // refusal misses that refusal, and a panel of an absent series shows "no data".
-        for reason in crate::admission::Reason::ALL {
+        for reason in crate::ingest::admission::Reason::ALL {
             admission_refusals.with_label_values(&[reason.code()]);
         }
         registry.register(Box::new(admission_refusals.clone()))?;

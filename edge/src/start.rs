@@ -15,14 +15,13 @@ use tokio_rustls::TlsAcceptor;
 use crate::clock::Clock;
 use crate::config::{EdgeConfig, HttpConfig};
 use crate::forward::ForwarderControl;
-use crate::idempotency::IdempotencyStore;
+use crate::ingest::idempotency::IdempotencyStore;
+use crate::ingest::{admission, auth, idempotency};
 use crate::link_health::LinkHealth;
 use crate::metrics::EdgeMetrics;
+use crate::operate::{admin, drain, operator_metrics};
 use crate::wal::{Wal, WalReader};
-use crate::{
-    Edge, admin, admission, auth, clock, drain, forward, http, idempotency, metrics, operator_metrics, replication,
-    server, tls, wal,
-};
+use crate::{Edge, clock, forward, http, metrics, replication, server, tls, wal};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {

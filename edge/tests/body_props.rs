@@ -6,10 +6,10 @@
 use std::io::Write;
 
 use proptest::prelude::*;
-use sluice_edge::batch::parse;
-use sluice_edge::body::{BodyError, BodyFormat, decode};
 use sluice_edge::config::{LimitsConfig, PiiPolicy, ValidationConfig};
-use sluice_edge::validate::{BatchContext, normalize, normalize_event};
+use sluice_edge::ingest::batch::parse;
+use sluice_edge::ingest::body::{BodyError, BodyFormat, decode};
+use sluice_edge::ingest::validate::{BatchContext, normalize, normalize_event};
 
 fn gzip(data: &[u8]) -> Vec<u8> {
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());

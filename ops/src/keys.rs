@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use anyhow::Context;
-use sluice_edge::auth::{KeysFile, TenantEnv, new_key, read_keys_file};
+use sluice_edge::ingest::auth::{KeysFile, TenantEnv, new_key, read_keys_file};
 
 fn load_or_empty(path: &Path) -> anyhow::Result<KeysFile> {
     if path.exists() { Ok(read_keys_file(path)?) } else { Ok(KeysFile::default()) }
@@ -111,15 +111,15 @@ mod tests {
         assert_eq!(file.keys.len(), 2);
         assert!(file.keys[0].revoked && !file.keys[1].revoked);
         assert_eq!(file.keys[1].signing_secret.as_ref().map(String::len), Some(64));
-        let store = sluice_edge::auth::KeyStore::load(&path).unwrap();
-        assert_eq!(store.authenticate(Some(&secret)), Err(sluice_edge::auth::AuthError::Revoked));
+        let store = sluice_edge::ingest::auth::KeyStore::load(&path).unwrap();
+        assert_eq!(store.authenticate(Some(&secret)), Err(sluice_edge::ingest::auth::AuthError::Revoked));
         assert!(store.authenticate(Some(&signed)).unwrap().signing_secret.is_some());
         assert!(revoke(&path, "key_missing").is_err());
     }
 
     #[test]
     fn quotas_and_kill_switch_round_trip_through_the_file() {
-        use sluice_edge::auth::AuthError;
+        use sluice_edge::ingest::auth::AuthError;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keys.toml");
         let (_, prod) = add(&path, "acme", "prod").unwrap();
@@ -127,11 +127,11 @@ mod tests {
         set_overflow(&path, "acme", true).unwrap();
         set_quota(&path, "acme", 250).unwrap();
         set_disabled(&path, "acme", Some("dev"), true).unwrap();
-        let store = sluice_edge::auth::KeyStore::load(&path).unwrap();
+        let store = sluice_edge::ingest::auth::KeyStore::load(&path).unwrap();
         assert_eq!(store.quota("acme"), Some(250));
         assert!(store.overflow_tenants().contains("acme"), "a quota change keeps the overflow route");
         set_overflow(&path, "acme", false).unwrap();
-        let store = sluice_edge::auth::KeyStore::load(&path).unwrap();
+        let store = sluice_edge::ingest::auth::KeyStore::load(&path).unwrap();
         assert!(store.overflow_tenants().is_empty());
         assert_eq!(store.quota("acme"), Some(250), "and un-routing keeps the quota");
         assert_eq!(store.authenticate(Some(&dev)), Err(AuthError::EnvDisabled));
@@ -139,11 +139,11 @@ mod tests {
         set_disabled(&path, "acme", None, true).unwrap();
         set_disabled(&path, "acme", None, true).unwrap();
         assert_eq!(list(&path).unwrap().disabled_tenants, vec!["acme".to_string()], "no duplicate entries");
-        let store = sluice_edge::auth::KeyStore::load(&path).unwrap();
+        let store = sluice_edge::ingest::auth::KeyStore::load(&path).unwrap();
         assert_eq!(store.authenticate(Some(&prod)), Err(AuthError::TenantDisabled));
         set_disabled(&path, "acme", None, false).unwrap();
         set_disabled(&path, "acme", Some("dev"), false).unwrap();
-        let store = sluice_edge::auth::KeyStore::load(&path).unwrap();
+        let store = sluice_edge::ingest::auth::KeyStore::load(&path).unwrap();
         assert!(store.authenticate(Some(&dev)).is_ok());
     }
 }

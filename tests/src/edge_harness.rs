@@ -81,8 +81,8 @@ pub fn config_in(dir: &std::path::Path) -> (EdgeConfig, String) {
 
 /// Rewrites a keys file (atomically, as `sluicectl keys` does) with `change` applied; a running
 /// edge picks it up at its next reload.
-pub fn edit_keys(path: &std::path::Path, change: impl FnOnce(&mut sluice_edge::auth::KeysFile)) {
-    let mut file = sluice_edge::auth::read_keys_file(path).expect("keys file");
+pub fn edit_keys(path: &std::path::Path, change: impl FnOnce(&mut sluice_edge::ingest::auth::KeysFile)) {
+    let mut file = sluice_edge::ingest::auth::read_keys_file(path).expect("keys file");
     change(&mut file);
     sluice_ops::keys::save(path, &file).expect("save keys file");
 }

@@ -20,18 +20,6 @@ impl FoundRecord {
     }
 }
 
-/// Waits until a writer that was stopped (its `Wal` and reader dropped) with everything up to
-/// `end` committed has cut its last segment, prepared ahead as zeros, to its records: a test that
-/// then edits the files must not race that cut.
-pub fn wait_until_cut(dir: &Path, end: sluice_wire::Position) {
-    let path = dir.join(sluice_wire::wal_files::segment_file_name(end.segment));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while std::fs::metadata(&path).map(|m| m.len()).ok() != Some(end.offset) {
-        assert!(std::time::Instant::now() < deadline, "{} was not cut to {} bytes", path.display(), end.offset);
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-}
-
 /// Live segment files (`*.wal`), sorted.
 pub fn segments(dir: &Path) -> Vec<PathBuf> {
     files_with_ext(dir, SEGMENT_EXT)

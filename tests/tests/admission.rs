@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use sluice_edge::auth::TenantEnv;
 use sluice_edge::clock::Clock;
+use sluice_edge::ingest::auth::TenantEnv;
 use sluice_tests::edge_harness::{InProcessEdge, edit_keys, set_quota};
 use sluice_tests::http::{Response, events_body, post_batch as post, post_events, request};
 use sluice_tests::metrics::sample;

@@ -57,7 +57,7 @@ async fn auth_missing_unknown_revoked_and_disabled_tenant() {
         let message = post(addr, EVENTS, &[json], &body).json()["error"]["message"].as_str().unwrap_or("").to_string();
         assert!(message.contains("?api_key="), "{message}");
 
-        let mut file = sluice_edge::auth::read_keys_file(&keys_file).unwrap();
+        let mut file = sluice_edge::ingest::auth::read_keys_file(&keys_file).unwrap();
         file.disabled_tenants.push("acme".into());
         sluice_ops::keys::save(&keys_file, &file).unwrap();
         let r = wait_for_status(addr, &key, &body, 403);
@@ -134,7 +134,7 @@ async fn key_rotation_under_load_drops_no_request() {
         wait_for_status(addr, &new_key, &body, 202);
         *current.lock().unwrap() = new_key;
         load_runs();
-        let old_id = sluice_edge::auth::read_keys_file(&keys_file).unwrap().keys[0].id.clone();
+        let old_id = sluice_edge::ingest::auth::read_keys_file(&keys_file).unwrap().keys[0].id.clone();
         assert_ne!(old_id, new_id);
         sluice_ops::keys::revoke(&keys_file, &old_id).unwrap();
         let r = wait_for_status(addr, &old_key, &body, 403);
@@ -253,8 +253,8 @@ async fn signatures_accept_reject_expire_and_replay() {
     let e = InProcessEdge::start(|_| {}).await;
     let (addr, keys_file) = (e.addr(), e.keys_file.clone());
     blocking(move || {
-        let mut file = sluice_edge::auth::read_keys_file(&keys_file).unwrap();
-        let (mut entry, key) = sluice_edge::auth::new_key("acme", "prod");
+        let mut file = sluice_edge::ingest::auth::read_keys_file(&keys_file).unwrap();
+        let (mut entry, key) = sluice_edge::ingest::auth::new_key("acme", "prod");
         entry.signing_secret = Some(hex::encode(b"top-secret"));
         file.keys.push(entry);
         sluice_ops::keys::save(&keys_file, &file).unwrap();
@@ -275,12 +275,12 @@ async fn signatures_accept_reject_expire_and_replay() {
             std::thread::sleep(Duration::from_millis(20));
         }
         assert_eq!(code(&send(None)), "signature_missing");
-        let good = sluice_edge::signature::sign(b"top-secret", now, &body);
+        let good = sluice_edge::ingest::signature::sign(b"top-secret", now, &body);
         assert_eq!(send(Some(&good)).status, 202);
         assert_eq!(code(&send(Some(&good))), "signature_replayed");
-        let wrong = sluice_edge::signature::sign(b"not-the-secret", now, &body);
+        let wrong = sluice_edge::ingest::signature::sign(b"not-the-secret", now, &body);
         assert_eq!(code(&send(Some(&wrong))), "signature_invalid");
-        let stale = sluice_edge::signature::sign(b"top-secret", now - 3600, &body);
+        let stale = sluice_edge::ingest::signature::sign(b"top-secret", now - 3600, &body);
         assert_eq!(code(&send(Some(&stale))), "signature_expired");
     })
     .await;

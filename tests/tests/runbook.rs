@@ -162,7 +162,7 @@ fn the_runbook_procedures_run_as_written() {
     let ledger = Ledger::new();
 
     let recovery: PathBuf = env.path().join("recovered-wal");
-    let old_key_id = sluice_edge::auth::read_keys_file(&env.keys_file).expect("keys").keys[0].id.clone();
+    let old_key_id = sluice_edge::ingest::auth::read_keys_file(&env.keys_file).expect("keys").keys[0].id.clone();
     let path = sluicectl_on_path(env.path());
     let vars = |extra: &[(&'static str, String)]| {
         let mut v = vec![

@@ -31,7 +31,7 @@ fn a_signed_request_is_accepted_once_across_restarts_and_across_the_pop() {
 
     let (body, ids) = events_body("signed", 5);
     let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs() as i64;
-    let signature = sluice_edge::signature::sign(SECRET, now, &body);
+    let signature = sluice_edge::ingest::signature::sign(SECRET, now, &body);
     let send = |addr: SocketAddr| -> Response {
         post_events(addr, &key, "application/json", &[("X-Signature", signature.as_str())], &body)
     };

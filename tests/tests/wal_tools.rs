@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use serde_json::json;
-use sluice_edge::config::WalConfig;
+use sluice_edge::config::{Preallocate, WalConfig};
 use sluice_edge::wal::{Position, Wal};
 use sluice_ops::wal::{self, DumpFilter};
 use sluice_tests::walfile;
@@ -40,19 +40,27 @@ fn encoded(i: u64) -> Vec<u8> {
     b
 }
 
+/// The tests below pin where each record is: segments that grow, rotated only when full (a
+/// writer on a growing segment moves to a prepared one as soon as it is ready, at any record).
+fn config(dir: &Path) -> WalConfig {
+    WalConfig {
+        dir: dir.to_path_buf(),
+        segment_bytes: 16 * 1024,
+        preallocate: Preallocate::Off,
+        ..WalConfig::default()
+    }
+}
+
 /// Six records through the real WAL writer with 16 KiB segments (two records per segment:
 /// segments 1, 2, 3), core having acked record 0 only.
 async fn fixture(dir: &Path) -> u64 {
-    let config = WalConfig { dir: dir.to_path_buf(), segment_bytes: 16 * 1024, ..WalConfig::default() };
+    let config = config(dir);
     let (wal, mut reader) = Wal::open(&config).expect("open");
     for i in 0..6 {
         wal.append(encoded(i)).await.expect("append");
     }
     let len = encoded(0).len() as u64;
     tokio::task::block_in_place(|| reader.ack(Position { segment: 1, offset: len })).expect("ack");
-    let end = wal.committed();
-    drop((wal, reader));
-    walfile::wait_until_cut(dir, end);
     len
 }
 
@@ -278,8 +286,7 @@ async fn tools_read_compressed_and_uncompressed_records_alike() {
     use sluice_ops::replay::{self, ReplayOptions, Target};
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("wal");
-    let config = WalConfig { dir: dir.clone(), segment_bytes: 16 * 1024, ..WalConfig::default() };
-    let (wal, mut reader) = Wal::open(&config).expect("open");
+    let (wal, mut reader) = Wal::open(&config(&dir)).expect("open");
     let mut sizes = Vec::new();
     for i in 0..6 {
         // Odd records compressed: segments hold both formats side by side.
@@ -296,9 +303,6 @@ async fn tools_read_compressed_and_uncompressed_records_alike() {
     }
     assert!(sizes[1] * 10 < sizes[0], "compressed {} vs {} bytes", sizes[1], sizes[0]);
     tokio::task::block_in_place(|| reader.ack(Position { segment: 1, offset: sizes[0] + sizes[1] })).expect("ack");
-    let end = wal.committed();
-    drop((wal, reader));
-    walfile::wait_until_cut(&dir, end);
 
     let inspection = serde_json::to_value(wal::inspect(&dir).expect("inspect")).expect("json");
     let totals = &inspection["totals"];
@@ -328,4 +332,23 @@ async fn tools_read_compressed_and_uncompressed_records_alike() {
     };
     replay::run(&opts, Target::File(file.clone()), &indicatif::ProgressBar::hidden()).await.expect("replay");
     assert_eq!(batch_ids_in(&file), (0..6).map(id).collect::<Vec<_>>());
+}
+
+/// The segment being written is prepared ahead: zeros after its records, up to its full size.
+/// The tools read a live WAL like that as it is, with no damage reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tools_read_a_segment_prepared_ahead_without_damage() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("wal");
+    // `Inline`: the first segment is prepared as the WAL opens.
+    let (wal, _reader) = Wal::open(&WalConfig { preallocate: Preallocate::Inline, ..config(&dir) }).expect("open");
+    for i in 0..3 {
+        wal.append(encoded(i)).await.expect("append");
+    }
+    let segment = walfile::segments(&dir).pop().expect("a segment");
+    assert_eq!(std::fs::metadata(&segment).expect("segment").len(), 16 * 1024, "prepared");
+    let report = wal::verify(&dir).expect("verify");
+    assert!(report.ok && report.damage.is_empty() && report.records == 3, "{report:?}");
+    let inspection = serde_json::to_value(wal::inspect(&dir).expect("inspect")).expect("json");
+    assert_eq!(inspection["totals"]["records"].as_u64(), Some(3), "{inspection}");
 }

@@ -1,5 +1,5 @@
 //! The routes unmodified PostHog and Segment SDKs send to: the body is translated by
-//! [`crate::compat`] and stored by the same steps as `POST /v1/events`, so the `200` these APIs
+//! [`crate::ingest::compat`] and stored by the same steps as `POST /v1/events`, so the `200` these APIs
 //! answer means what a `202` means (WAL fsync'd, on the replicas a `202` needs).
 //!
 //! Differences from `/v1/events`, all forced by the SDKs: the key may be in the body, so the body
@@ -22,8 +22,8 @@ use serde_json::json;
 use super::steps::{self, Committed, Rejected};
 use super::{AppState, ClientIp, RequestId, TraceParent, api_key};
 use crate::api_error::{ApiError, insert_rate_headers};
-use crate::body::{self, BodyFormat};
-use crate::compat::{Api, CompatError, Translated, posthog, segment};
+use crate::ingest::body::{self, BodyFormat};
+use crate::ingest::compat::{Api, CompatError, Translated, posthog, segment};
 
 /// PostHog's capture paths; each is served with and without a trailing slash.
 const POSTHOG_PATHS: [&str; 5] = ["/batch", "/e", "/capture", "/i/v0/e", "/track"];

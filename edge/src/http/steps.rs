@@ -16,16 +16,16 @@ use sluice_wire::seen_signature::SeenSignature;
 use sluice_wire::stored_response::StoredResponse;
 
 use super::{AppState, IDEMPOTENCY_KEY, api_key, json_response};
-use crate::admission::quota::RateInfo;
-use crate::admission::{self, Admitted, Refusal};
 use crate::api_error::{ApiError, insert_rate_headers};
-use crate::auth::{AuthError, Principal};
-use crate::body::{self, BodyError, BodyFormat};
 use crate::clock::now_ms;
 use crate::config::LimitsConfig;
-use crate::idempotency::{self, Lookup, StoreError};
+use crate::ingest::admission::quota::RateInfo;
+use crate::ingest::admission::{self, Admitted, Refusal};
+use crate::ingest::auth::{AuthError, Principal};
+use crate::ingest::body::{self, BodyError, BodyFormat};
+use crate::ingest::idempotency::{self, Lookup, StoreError};
+use crate::ingest::signature::{self, SignatureError, Verified};
 use crate::ingest::{self, PrepareError, Prepared};
-use crate::signature::{self, SignatureError, Verified};
 use crate::wal::WalError;
 
 /// The authenticated caller and the body's media type, known before the body is read.
@@ -335,7 +335,7 @@ pub(super) fn prepare(
     decoded: &[u8],
     format: BodyFormat,
     batch_id: uuid::Uuid,
-    api: Option<crate::compat::Api>,
+    api: Option<crate::ingest::compat::Api>,
 ) -> Result<Prepared, PrepareError> {
     let request = ingest::Request {
         principal,
@@ -355,7 +355,7 @@ pub(super) fn prepare(
 /// What a stored request reports.
 pub(super) struct Committed {
     accepted: usize,
-    rejected: Vec<crate::validate::Reject>,
+    rejected: Vec<crate::ingest::validate::Reject>,
     /// The tenant's bucket after the charge, when its rate is limited.
     pub(super) rate: Option<RateInfo>,
 }

@@ -388,9 +388,10 @@ mod tests {
         }
     }
 
-    /// Segments prepared ahead by the background thread: the one being written is full length
-    /// (zeros after its records), every finished one ends at its last record, the writer cuts
-    /// the last one when it stops, and everything reads back.
+    /// Segments prepared ahead by the background thread. The first segment after a start grows,
+    /// and gives way to a prepared one once the thread has one ready; the one being written is
+    /// full length (zeros after its records), every finished one ends at its last record, the
+    /// writer cuts the last one when it stops, and everything reads back.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn prepared_segments_are_cut_to_their_records_when_finished() {
         let dir = tempfile::tempdir().unwrap();
@@ -401,28 +402,28 @@ mod tests {
         let (wal, reader) = Wal::open(&config).unwrap();
         let rec = record(3000);
         let mut appended = 0usize;
-        // Past half of segment 1 the thread prepares the next one.
-        while wal.committed().offset < segment_bytes / 2 + 1 {
-            wal.append(rec.clone()).await.unwrap();
-            appended += 1;
-        }
-        let prepared = wal_dir.join(sluice_wire::wal_files::PREPARED_SEGMENT_FILE);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        while std::fs::metadata(&prepared).map_or(0, |m| m.len()) < segment_bytes {
-            assert!(std::time::Instant::now() < deadline, "no segment was prepared");
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-        // Its last sync.
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-        let mut first = wal.committed();
-        while wal.committed().segment == first.segment {
-            first = wal.committed();
-            wal.append(rec.clone()).await.unwrap();
-            appended += 1;
-        }
-        assert_eq!(len(first.segment), first.offset, "sealed at its last record");
-        assert_eq!(len(first.segment + 1), segment_bytes, "the segment being written was prepared");
-        assert!(!prepared.exists(), "renamed into place");
+        // Appends, one at a time, until the writer is in a segment other than `from`: returns
+        // where the segment it left ended.
+        let mut until_next = async |from: u64| {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            let mut end = wal.committed();
+            while wal.committed().segment == from {
+                assert!(std::time::Instant::now() < deadline, "still in segment {from}");
+                end = wal.committed();
+                wal.append(rec.clone()).await.unwrap();
+                appended += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+            end
+        };
+        let first = until_next(1).await;
+        assert!(first.offset < segment_bytes, "left before it was full, for the prepared one");
+        assert_eq!(len(1), first.offset, "a growing segment is as long as its records");
+        let second = wal.committed().segment;
+        assert_eq!(len(second), segment_bytes, "the segment being written was prepared");
+        let end = until_next(second).await;
+        assert_eq!(len(second), end.offset, "a prepared segment is cut to its records when finished");
+        assert!(end.offset + rec.len() as u64 > segment_bytes, "it was filled");
         let last = wal.committed();
         drop((wal, reader));
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);

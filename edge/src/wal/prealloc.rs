@@ -38,6 +38,8 @@ pub(super) struct Background {
     /// Asks the thread for one more prepared file (it holds at most one).
     want: SyncSender<()>,
     ready: Receiver<io::Result<Box<dyn StorageFile>>>,
+    /// What the thread handed over and the writer has not taken yet.
+    received: Option<io::Result<Box<dyn StorageFile>>>,
     /// A file was asked for and not yet taken.
     asked: bool,
 }
@@ -57,19 +59,30 @@ impl Preallocator {
                         }
                     }
                 })?;
-                Preallocator::Background(Background { want, ready, asked: false })
+                Preallocator::Background(Background { want, ready, received: None, asked: false })
             }
         })
     }
 
-    /// The writer has filled half its segment: time to start preparing the next one.
-    pub fn half_full(&mut self) {
+    /// Starts preparing the next segment, unless one is on its way: when the writer has filled
+    /// half a prepared segment, or is writing a growing one.
+    pub fn want_next(&mut self) {
         if let Preallocator::Background(b) = self
             && !b.asked
         {
             // The thread is gone only if it panicked; then segments simply grow.
             b.asked = b.want.try_send(()).is_ok();
         }
+    }
+
+    /// Whether a prepared file is ready to be taken (never in `Inline` mode, which prepares as
+    /// it is taken). A writer on a growing segment moves on to it at once.
+    pub fn ready(&mut self) -> bool {
+        let Preallocator::Background(b) = self else { return false };
+        if b.received.is_none() {
+            b.received = b.ready.try_recv().ok();
+        }
+        matches!(b.received, Some(Ok(_)))
     }
 
     /// A prepared file, renamed to segment `seq` and durable under that name, or `None` when
@@ -79,7 +92,7 @@ impl Preallocator {
         let prepared = match self {
             Preallocator::Off => return Ok(None),
             Preallocator::Inline { storage, dir, bytes } => prepare(&**storage, dir, *bytes),
-            Preallocator::Background(b) => match b.ready.try_recv() {
+            Preallocator::Background(b) => match b.received.take().map_or_else(|| b.ready.try_recv(), Ok) {
                 Ok(prepared) => {
                     b.asked = false;
                     prepared

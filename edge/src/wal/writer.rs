@@ -53,6 +53,9 @@ impl Writer {
         let mut prealloc =
             Preallocator::new(config.preallocate, storage.clone(), config.dir.clone(), config.segment_bytes)?;
         let (file, prepared) = start_segment(&mut prealloc, &*storage, &config.dir, seq)?;
+        if !prepared {
+            prealloc.want_next();
+        }
         Ok(Self {
             storage,
             dir: config.dir.clone(),
@@ -183,7 +186,10 @@ impl Writer {
             self.buf.extend_from_slice(&append.bytes);
         }
         let len = self.buf.len() as u64;
-        if self.pos.offset > 0 && self.pos.offset + len > self.segment_bytes {
+        // A growing segment (the first after a start, or a rotation that found nothing prepared)
+        // gives way to a prepared one as soon as there is one.
+        let leave_growing = !self.prepared && self.prealloc.ready();
+        if self.pos.offset > 0 && (self.pos.offset + len > self.segment_bytes || leave_growing) {
             self.next_segment()?;
         }
         let replicas = self.replicate.as_ref().map(|r| r.begin(self.pos, &self.buf));
@@ -202,8 +208,8 @@ impl Writer {
         self.shared.disk_bytes.fetch_add(len, Ordering::Relaxed);
         self.pos.offset += len;
         self.committed.send_replace(self.pos);
-        if self.pos.offset >= self.segment_bytes / 2 {
-            self.prealloc.half_full();
+        if !self.prepared || self.pos.offset >= self.segment_bytes / 2 {
+            self.prealloc.want_next();
         }
         Ok(())
     }

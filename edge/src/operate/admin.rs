@@ -7,7 +7,7 @@
 //!     record headers), age of the oldest unacked record, ack watermark, forwarder and drain state,
 //!     replication peers with their lag;
 //!   - `POST /drain[?wait=true]` (optional body `{"deadline_secs":n}`): graceful drain, then the
-//!     process exits (see [`crate::drain`]); with `wait` the answer carries the drain's report;
+//!     process exits (see [`crate::operate::drain`]); with `wait` the answer carries the drain's report;
 //!   - `POST /forwarder/pause`, `POST /forwarder/resume`: stop/restart sending frames to core (the
 //!     WAL keeps accepting up to its budget), e.g. during a core or broker incident.
 //!
@@ -33,12 +33,12 @@ use axum::{Json, Router};
 use serde_json::json;
 use subtle::ConstantTimeEq;
 
-use crate::auth::{Controls, KeyRing, TenantScope};
 use crate::config::{DegradedMode, PeerConfig};
-use crate::drain::Drain;
 use crate::forwarder_control::ForwarderControl;
-use crate::idempotency::IdempotencyStore;
+use crate::ingest::auth::{Controls, KeyRing, TenantScope};
+use crate::ingest::idempotency::IdempotencyStore;
 use crate::metrics::EdgeMetrics;
+use crate::operate::drain::Drain;
 use crate::replication::ReplicationMetrics;
 use crate::wal::{Position, Wal};
 

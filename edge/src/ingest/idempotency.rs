@@ -15,7 +15,7 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use crate::auth::Controls;
+use crate::ingest::auth::Controls;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use sluice_wire::seen_signature::SeenSignature;
 use sluice_wire::stored_response::StoredResponse;
@@ -249,7 +249,7 @@ mod tests {
 
     #[test]
     fn operator_controls_survive_a_reopen() {
-        use crate::auth::TenantScope;
+        use crate::ingest::auth::TenantScope;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("idem.redb");
         let mut controls = Controls::default();

@@ -13,7 +13,7 @@ pub mod segment;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use crate::body::BodyError;
+use crate::ingest::body::BodyError;
 
 /// The API a request came through; the normalized event records it as `api`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

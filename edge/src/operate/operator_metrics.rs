@@ -8,8 +8,8 @@ use prometheus::IntGauge;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 
-use crate::drain::Drain;
 use crate::forwarder_control::ForwarderControl;
+use crate::operate::drain::Drain;
 use crate::wal::Wal;
 
 pub struct OperatorCollector {

@@ -17,7 +17,7 @@ use base64::Engine;
 use serde_json::{Map, Value};
 
 use super::{CompatError, Translated, finish, identity, parse, str_member};
-use crate::body;
+use crate::ingest::body;
 
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 

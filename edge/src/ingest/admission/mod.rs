@@ -26,9 +26,9 @@ use std::time::Duration;
 use prometheus::IntCounterVec;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::auth::KeyStore;
 use crate::clock::Clock;
 use crate::config::AdmissionConfig;
+use crate::ingest::auth::KeyStore;
 use quota::{IpLimiter, Limited, Prepaid, RateInfo, TenantBucket};
 use shed::{Verdict, WalLevel};
 use usage::{Share, Usage};
@@ -353,8 +353,9 @@ mod tests {
         // A changed quota (reload) starts a fresh bucket.
         assert!(a.bucket("t", 20).is_some_and(|b| b.per_sec() == 20));
         assert!(a.bucket("t", 0).is_none(), "0 = unlimited");
-        let mut file = crate::auth::KeysFile::default();
-        file.tenants.insert("t".into(), crate::auth::TenantSettings { events_per_sec: Some(0), ..Default::default() });
+        let mut file = crate::ingest::auth::KeysFile::default();
+        file.tenants
+            .insert("t".into(), crate::ingest::auth::TenantSettings { events_per_sec: Some(0), ..Default::default() });
         a.forget_unlimited(&KeyStore::from_file(file).unwrap());
         assert!(a.tenants.read().unwrap().is_empty(), "the stale bucket is dropped");
     }

@@ -1,6 +1,6 @@
 //! Per-event validation and normalization. Pure: the caller supplies the clock and identity.
 //!
-//! Events arrive parsed by [`crate::batch`], their fields borrowed from the request body as raw
+//! Events arrive parsed by [`crate::ingest::batch`], their fields borrowed from the request body as raw
 //! JSON (no `serde_json::Value`), which is what keeps the hot path at millions of events per
 //! second per core: strings are copied into the output as the tokens the client sent (they are
 //! already valid JSON) instead of being decoded and re-escaped.
@@ -12,9 +12,9 @@ use serde_json::value::RawValue;
 use sluice_wire::EventRecord;
 use uuid::Uuid;
 
-use crate::batch::{self, Event};
 use crate::config::{FuturePolicy, LimitsConfig, PiiPolicy, ValidationConfig};
-use crate::pii::{self, PiiViolation};
+use crate::ingest::batch::{self, Event};
+use crate::ingest::pii::{self, PiiViolation};
 
 const MAX_NAME_LEN: usize = 200;
 const MAX_ID_LEN: usize = 200;

@@ -19,7 +19,7 @@ use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
-use crate::body::{BodyError, BodyFormat};
+use crate::ingest::body::{BodyError, BodyFormat};
 
 /// A parsed body.
 #[derive(Debug)]

@@ -1,4 +1,4 @@
-//! Request bodies: decompression under a hard size cap (then [`crate::batch`] parses them).
+//! Request bodies: decompression under a hard size cap (then [`crate::ingest::batch`] parses them).
 //!
 //! The size limit is enforced on the *decompressed* bytes while inflating, so a gzip bomb costs
 //! at most `max_bytes + 1` bytes of memory and fails fast with `TooLarge`.
