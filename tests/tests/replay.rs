@@ -81,12 +81,20 @@ fn replaying_a_killed_nodes_wal_delivers_everything_exactly_once() {
     assert_eq!((again.records, again.skipped_done), (0, 40), "{again:?}");
 
     // Resume from the middle (as after an interrupted run): only the rest is sent.
-    let segment = walfile::segments(&copied)[0].clone();
-    let records = walfile::records(&segment);
-    let mid = &records[25];
+    // The records may span segments: the first after a start gives way to a prepared one.
+    let records: Vec<(u64, walfile::FoundRecord)> = walfile::segments(&copied)
+        .iter()
+        .flat_map(|path| {
+            let seq: u64 =
+                path.file_stem().and_then(|s| s.to_str()).and_then(|s| s.parse().ok()).expect("segment name");
+            walfile::records(path).into_iter().map(move |r| (seq, r))
+        })
+        .collect();
+    assert_eq!(records.len(), 40);
+    let (mid_segment, mid) = &records[25];
     let mut state: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&state_file).expect("state")).expect("state json");
-    state["next"]["offset"] = serde_json::json!(mid.offset);
+    state["next"] = serde_json::json!({ "segment": mid_segment, "offset": mid.offset });
     std::fs::write(&state_file, serde_json::to_vec(&state).expect("json")).expect("write state");
     let resumed = run_replay(&env, core_addr, &ReplayOptions { frame_bytes: 1 << 20, ..opts.clone() });
     assert_eq!((resumed.records, resumed.skipped_done), (15, 25), "{resumed:?}");
