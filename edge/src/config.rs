@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::ingest::client_ip::{Cidr, ForwardedHeader};
+use crate::client_ip::{Cidr, ForwardedHeader};
 use crate::routing::{CoreNode, Rendezvous};
 
 #[derive(Debug, Clone, Deserialize)]

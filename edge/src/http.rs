@@ -117,7 +117,7 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 /// The client's address: the TCP peer, or the address a trusted proxy forwarded (see
-/// [`crate::ingest::client_ip`]). Absent when the router runs without a connection (tests).
+/// [`crate::client_ip`]). Absent when the router runs without a connection (tests).
 #[derive(Clone, Copy)]
 struct ClientIp(std::net::IpAddr);
 
@@ -162,7 +162,7 @@ async fn request_context(State(state): State<Arc<AppState>>, mut req: Request, n
     );
     let client = req.extensions().get::<PeerAddr>().map(|&PeerAddr(peer)| {
         let http = &state.http;
-        crate::ingest::client_ip::client_ip(peer.ip(), &http.trusted_proxies, http.client_ip_header, req.headers())
+        crate::client_ip::client_ip(peer.ip(), &http.trusted_proxies, http.client_ip_header, req.headers())
     });
     req.extensions_mut().insert(RequestId(id.clone()));
     if let Some(ip) = client {

@@ -3,14 +3,13 @@
 //! `POST /v1/events` and the `:debug` echo, so what debug reports is exactly what ingest does.
 //!
 //! Its submodules are the other things a request passes before its record is appended, in the
-//! order `http::steps` runs them: `client_ip`, `auth`, `admission`, `idempotency`, `signature`,
+//! order `http::steps` runs them: `auth`, `admission`, `idempotency`, `signature`,
 //! `body`, then `batch` (parse), `validate`, `pii` and `compat` (what unmodified SDKs send).
 
 pub mod admission;
 pub mod auth;
 pub mod batch;
 pub mod body;
-pub mod client_ip;
 pub mod compat;
 pub mod idempotency;
 pub mod pii;

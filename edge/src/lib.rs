@@ -6,11 +6,12 @@
 //! request passes before it is appended: keys, admission, idempotency, body, validation, PII;
 //! pure where it can be), `wal` (group commit, recovery, the reader), `replication` (a group's
 //! copies on peer edges), `forward` (the WAL to core), and `operate` (the admin API, drain,
-//! operator metrics). `clock`, `api_error`, `link_health` and `forwarder_control` are leaves both
+//! operator metrics). `clock`, `client_ip`, `api_error`, `link_health` and `forwarder_control` are leaves both
 //! sides import, so no two modules import each other.
 
 pub mod api_error;
 pub mod cli;
+pub mod client_ip;
 pub mod clock;
 pub mod config;
 pub mod forward;
