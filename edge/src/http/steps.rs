@@ -113,9 +113,7 @@ impl From<IdempotencyError> for ApiError {
                 "idempotency_key_in_flight",
                 "a request with this X-Idempotency-Key is still being processed; retry shortly",
             ),
-            IdempotencyError::Storage(e) => {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", e.to_string()).with_retry_after(1)
-            }
+            IdempotencyError::Storage(e) => store_unavailable(e),
             IdempotencyError::BodyMismatch => ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "idempotency_key_reused",
@@ -243,11 +241,15 @@ impl From<SignatureRefusal> for ApiError {
     fn from(e: SignatureRefusal) -> Self {
         match e {
             SignatureRefusal::Invalid(s) => s.into(),
-            SignatureRefusal::Storage(e) => {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", e.to_string())
-            }
+            SignatureRefusal::Storage(e) => store_unavailable(e),
         }
     }
+}
+
+/// The edge's own store (idempotency keys, seen signatures) failed: nothing was accepted, and the
+/// same request may succeed a second later.
+fn store_unavailable(e: StoreError) -> ApiError {
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", e.to_string()).with_retry_after(1)
 }
 
 /// Checks the request signature if the key requires one: valid, and never accepted before by
@@ -517,6 +519,20 @@ mod tests {
             let (status, retry, body) = answer(CommitError::Wal(e)).await;
             assert_eq!((status, retry.as_deref()), (StatusCode::SERVICE_UNAVAILABLE, Some("1")), "{code}");
             assert_eq!(body["error"]["code"], code);
+        }
+    }
+
+    /// A failed store read, for the idempotency key or the signature guard, is retried like a
+    /// refused append.
+    #[tokio::test]
+    async fn a_failed_store_is_retried_after_a_second() {
+        let failed = || StoreError("redb: I/O error".into());
+        for refusal in
+            [ApiError::from(IdempotencyError::Storage(failed())), ApiError::from(SignatureRefusal::Storage(failed()))]
+        {
+            let (status, retry, body) = answer(refusal).await;
+            assert_eq!((status, retry.as_deref()), (StatusCode::SERVICE_UNAVAILABLE, Some("1")));
+            assert_eq!(body["error"]["code"], "storage_unavailable");
         }
     }
 

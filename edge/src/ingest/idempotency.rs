@@ -38,7 +38,7 @@ pub const MAX_KEY_LEN: usize = 255;
 
 #[derive(Debug, thiserror::Error)]
 #[error("idempotency store: {0}")]
-pub struct StoreError(String);
+pub struct StoreError(pub(crate) String);
 
 fn err(e: impl std::fmt::Display) -> StoreError {
     StoreError(e.to_string())
