@@ -301,6 +301,11 @@ pub struct ForwarderConfig {
     pub ack_timeout_secs: u64,
     /// Frames on the wire at once, awaiting core's ack. Default 4.
     pub max_in_flight: usize,
+    /// Milliseconds a caught-up forwarder waits after new data is committed before it reads a
+    /// frame, so a frame carries several group commits: a frame's cost (a QUIC stream, core's
+    /// ack, a watermark write) is mostly fixed. Adds at most this much to end-to-end freshness;
+    /// the `202` does not wait for it. `0` reads at once. Default 10.
+    pub linger_ms: u64,
 }
 
 impl ForwarderConfig {
@@ -329,6 +334,7 @@ impl Default for ForwarderConfig {
             zstd_level: 3,
             ack_timeout_secs: 30,
             max_in_flight: 4,
+            linger_ms: 10,
         }
     }
 }

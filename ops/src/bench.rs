@@ -882,7 +882,7 @@ pub fn run(opts: &BenchOptions, progress: &MultiProgress) -> anyhow::Result<Benc
     let replication = replication_phases(opts, &edge_dir, &lg, &bar)?;
 
     bar.set_message("WAL bytes per event, compressed and not");
-    let compression = compression_table()?;
+    let compression = compression_table(&COMPRESSION_LEVELS)?;
 
     bar.set_message("core alone vs bare producer");
     let core = core_alone(p.core_events, &scratch.path().join("core"))?;
@@ -1065,6 +1065,7 @@ fn normalized_records(
 #[derive(Debug, Clone)]
 pub struct CompressionRow {
     pub corpus: &'static str,
+    pub level: i32,
     pub events_per_request: usize,
     pub json_bytes_per_event: f64,
     pub plain_bytes_per_event: f64,
@@ -1073,14 +1074,17 @@ pub struct CompressionRow {
     pub compress_cost_per_event: Duration,
 }
 
+/// The zstd levels the WAL bytes table compares: zstd's fast end, where literals are stored
+/// rather than Huffman-coded, and its default.
+const COMPRESSION_LEVELS: [i32; 4] = [-5, -1, 1, 3];
+
 /// [`CompressionRow`]s for the bench's own events (padded with `x`: they flatter compression) and
 /// for PostHog-like events (random IDs, URLs, a few browsers and screen sizes), at 1, 10 and 100
 /// events per request: what a request of each size costs in WAL bytes, the disk, the replicas
 /// and the forwarder then carry.
-pub fn compression_table() -> anyhow::Result<Vec<CompressionRow>> {
+pub fn compression_table(levels: &[i32]) -> anyhow::Result<Vec<CompressionRow>> {
     const EVENTS: usize = 20_000;
     let ts = "2026-01-01T00:00:00Z";
-    let level = WalConfig::default().zstd_level;
     let mut rows = Vec::new();
     let corpora: [(&'static str, &dyn Fn(usize) -> String); 2] = [
         ("bench (300 B, padded)", &|n| loadgen::event_json(300, n % 10_000, n, ts)),
@@ -1091,30 +1095,32 @@ pub fn compression_table() -> anyhow::Result<Vec<CompressionRow>> {
             let records = normalized_records(EVENTS, per_request, event)?;
             let json: usize = (0..EVENTS).map(|n| event(n).len()).sum();
             let mut out = Vec::with_capacity(1 << 20);
-            let mut encode = |compress: bool| -> anyhow::Result<(usize, Duration)> {
+            let mut encode = |level: Option<i32>| -> anyhow::Result<(usize, Duration)> {
                 let (mut bytes, started) = (0, Instant::now());
                 for r in &records {
                     out.clear();
-                    if compress {
-                        encode_record_compressed(r, level, &mut out)?;
-                    } else {
-                        encode_record(r, &mut out)?;
+                    match level {
+                        Some(level) => encode_record_compressed(r, level, &mut out)?,
+                        None => encode_record(r, &mut out)?,
                     }
                     bytes += out.len();
                 }
                 Ok((bytes, started.elapsed()))
             };
-            let (plain, plain_time) = encode(false)?;
-            let (compressed, compressed_time) = encode(true)?;
-            let per_event = |n: usize| n as f64 / EVENTS as f64;
-            rows.push(CompressionRow {
-                corpus,
-                events_per_request: per_request,
-                json_bytes_per_event: per_event(json),
-                plain_bytes_per_event: per_event(plain),
-                compressed_bytes_per_event: per_event(compressed),
-                compress_cost_per_event: compressed_time.saturating_sub(plain_time) / EVENTS as u32,
-            });
+            let (plain, plain_time) = encode(None)?;
+            for &level in levels {
+                let (compressed, compressed_time) = encode(Some(level))?;
+                let per_event = |n: usize| n as f64 / EVENTS as f64;
+                rows.push(CompressionRow {
+                    corpus,
+                    level,
+                    events_per_request: per_request,
+                    json_bytes_per_event: per_event(json),
+                    plain_bytes_per_event: per_event(plain),
+                    compressed_bytes_per_event: per_event(compressed),
+                    compress_cost_per_event: compressed_time.saturating_sub(plain_time) / EVENTS as u32,
+                });
+            }
         }
     }
     Ok(rows)
@@ -1641,17 +1647,18 @@ pub fn render(opts: &BenchOptions, r: &BenchResults, machine: &str) -> String {
 fn render_compression(s: &mut String, rows: &[CompressionRow]) {
     let _ = writeln!(
         s,
-        "\n#### WAL bytes per event: record version 3 (uncompressed) vs 5 (zstd level {}, the default)\n\n\
-         | corpus | events per request | event JSON bytes | v3 WAL bytes | v5 WAL bytes | v3 ÷ v5 | compression CPU µs per event |\n\
-         |---|---:|---:|---:|---:|---:|---:|",
+        "\n#### WAL bytes per event: record version 3 (uncompressed) vs 5 (zstd; `wal.zstd_level` defaults to {})\n\n\
+         | corpus | events per request | zstd level | event JSON bytes | v3 WAL bytes | v5 WAL bytes | v3 ÷ v5 | compression CPU µs per event |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|",
         WalConfig::default().zstd_level
     );
     for r in rows {
         let _ = writeln!(
             s,
-            "| {} | {} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} |",
+            "| {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} |",
             r.corpus,
             r.events_per_request,
+            r.level,
             r.json_bytes_per_event,
             r.plain_bytes_per_event,
             r.compressed_bytes_per_event,

@@ -129,7 +129,8 @@ impl Forwarder {
         let bind: SocketAddr = if ipv6 { "[::]:0" } else { "0.0.0.0:0" }.parse().map_err(std::io::Error::other)?;
         let mut endpoint = quinn::Endpoint::client(bind)?;
         endpoint.set_default_client_config(client);
-        let window = Window::new(config.max_in_flight, routing.nodes().len(), reader.acked(), rand::random());
+        let linger = Duration::from_millis(config.linger_ms);
+        let window = Window::new(config.max_in_flight, routing.nodes().len(), reader.acked(), linger, rand::random());
         Ok(Self {
             config,
             edge_id,
@@ -189,7 +190,7 @@ impl Forwarder {
             } else {
                 idle_paused.then(|| self.reader.committed())
             };
-            let wake = self.window.resume_at().map(|at| tokio::time::Instant::from_std(self.epoch + at));
+            let wake = self.window.wake_at().map(|at| tokio::time::Instant::from_std(self.epoch + at));
             // Biased, pause first: a pause the admin API acknowledged must hold for data committed
             // after it, even when both are ready at once (an unbiased select picks at random,
             // and would read and send that data first).
@@ -203,7 +204,7 @@ impl Forwarder {
                     }
                     Event::Committed
                 }
-                // The window's `poll` picks up where the backoff ends.
+                // The window's `poll` picks up where the backoff or the linger ends.
                 _ = tokio::time::sleep_until(wake.unwrap_or_else(tokio::time::Instant::now)), if wake.is_some() => continue,
                 _ = stop.changed() => continue,
             };

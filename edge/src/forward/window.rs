@@ -8,6 +8,11 @@
 //! - Frames are read from `next` and sent while fewer than the window are in flight: the
 //!   configured `max_in_flight` while the breaker is closed, one probe otherwise, none while an
 //!   operator paused forwarding (frames already out are still settled).
+//! - Caught up, the window waits `linger` after new data is committed before it reads: a frame
+//!   then carries what came meanwhile, not one group commit. A frame costs about the same
+//!   whatever it holds (a QUIC stream, core's ack, a watermark write), so under a steady load
+//!   the forwarder sends at most one short frame per `linger`, not one per group. A reader that
+//!   is behind reads full frames back to back, without waiting.
 //! - Core answers in any order, but answers are applied in WAL order: the watermark only ever
 //!   advances over a contiguous prefix of answered frames, and a failure counts once every frame
 //!   before it is settled.
@@ -122,6 +127,8 @@ enum Reading {
     Asked,
     /// Nothing committed past `next`: wait for [`Event::Committed`].
     UpToDate,
+    /// Data was committed while up to date: read at this time.
+    Lingering(Duration),
     /// A corrupt record at `next` waits for the frames before it to settle. Re-reading it before
     /// any of them is answered would only find it corrupt again.
     Corrupt,
@@ -130,6 +137,7 @@ enum Reading {
 #[derive(Debug)]
 pub struct Window {
     limit: usize,
+    linger: Duration,
     /// Per core node: routed around until its probe succeeds.
     down: Vec<bool>,
     /// Up to where core acked a contiguous prefix (acks still queued included): forwarding
@@ -156,10 +164,11 @@ pub struct Window {
 
 impl Window {
     /// `max_in_flight` frames at most (at least 1), `nodes` core nodes, resuming from the WAL's
-    /// `acked` position.
-    pub fn new(max_in_flight: usize, nodes: usize, acked: Position, seed: u64) -> Self {
+    /// `acked` position; once caught up, reads `linger` after new data is committed.
+    pub fn new(max_in_flight: usize, nodes: usize, acked: Position, linger: Duration, seed: u64) -> Self {
         Self {
             limit: max_in_flight.max(1),
+            linger,
             down: vec![false; nodes],
             acked,
             stored: acked,
@@ -211,9 +220,19 @@ impl Window {
             .unwrap_or(self.idle_oldest_ms)
     }
 
-    /// When a backoff ends; the driver calls [`Window::poll`] then.
+    /// When a backoff ends.
     pub fn resume_at(&self) -> Option<Duration> {
         self.resume_at
+    }
+
+    /// When the driver calls [`Window::poll`] again, whatever else happens: a backoff's end or
+    /// a linger's.
+    pub fn wake_at(&self) -> Option<Duration> {
+        let linger = match self.reading {
+            Reading::Lingering(at) => Some(at),
+            _ => None,
+        };
+        self.resume_at.into_iter().chain(linger).min()
     }
 
     /// The window has room and the reader is at the committed end: new data is worth waking for.
@@ -252,6 +271,12 @@ impl Window {
             // Past a send failure's backoff this turns the breaker half-open: one probe goes out.
             self.breaker.poll(now);
         }
+        if let Reading::Lingering(at) = self.reading {
+            if now < at {
+                return None;
+            }
+            self.reading = Reading::Ready;
+        }
         if self.reading == Reading::Ready && self.slots.len() < self.window() {
             self.reading = Reading::Asked;
             return Some(Command::Read { from: self.next });
@@ -260,8 +285,15 @@ impl Window {
     }
 
     pub fn handle(&mut self, now: Duration, event: Event) {
-        if matches!(self.reading, Reading::UpToDate | Reading::Corrupt) && !matches!(event, Event::Read(_)) {
-            self.reading = Reading::Ready;
+        match (self.reading, &event) {
+            // Only new data is worth reading for: an answer or an ack changes nothing at `next`.
+            (Reading::UpToDate, Event::Committed) => {
+                self.reading =
+                    if self.linger.is_zero() { Reading::Ready } else { Reading::Lingering(now + self.linger) };
+            }
+            // The frames before it may have settled, and the segment may now be quarantined.
+            (Reading::Corrupt, e) if !matches!(e, Event::Read(_)) => self.reading = Reading::Ready,
+            _ => {}
         }
         match event {
             Event::Read(outcome) => self.on_read(outcome, now),
@@ -285,6 +317,7 @@ impl Window {
                 self.stored = self.stored.max(at);
                 self.acked = self.acked.max(at);
                 self.next = self.acked;
+                self.reading = Reading::Ready;
                 self.wal_backoff = MIN_BACKOFF;
             }
             Event::WalFailed => {
@@ -394,6 +427,10 @@ impl Window {
                 }
             }
         }
+        // All read is acked, and at most a linger's worth of new data is not read yet.
+        if matches!(self.reading, Reading::UpToDate | Reading::Lingering(_)) {
+            self.idle_oldest_ms = 0;
+        }
     }
 
     /// A send failed: blame the node if it was unreachable, drop the window, back off.
@@ -494,8 +531,12 @@ mod tests {
 
     impl Sim {
         fn new(limit: usize, nodes: usize, segments: Vec<u64>) -> Self {
+            Self::lingering(limit, nodes, segments, Duration::ZERO)
+        }
+
+        fn lingering(limit: usize, nodes: usize, segments: Vec<u64>, linger: Duration) -> Self {
             Self {
-                w: Window::new(limit, nodes, Position::default(), 7),
+                w: Window::new(limit, nodes, Position::default(), linger, 7),
                 limit,
                 now: Duration::ZERO,
                 segments,
@@ -881,6 +922,45 @@ mod tests {
         assert_eq!(s.w.oldest_unacked_ms(), 0, "caught up");
     }
 
+    /// Caught up, new data waits out the linger and then goes in as few frames as the reads
+    /// allow; what is committed meanwhile does not restart the wait, and an answer or an ack
+    /// reads nothing.
+    #[test]
+    fn caught_up_new_data_waits_the_linger_and_answers_read_nothing() {
+        let mut s = Sim::lingering(4, 1, vec![1], 10 * MS);
+        s.run();
+        assert_eq!(s.starts(), [0], "data there at the start is read at once");
+        s.answer(0, Ok(()));
+        assert!(s.w.wants_data());
+        let reads = s.reads;
+        s.append(1);
+        assert_eq!((s.reads, s.w.wake_at()), (reads, Some(s.now + 10 * MS)), "new data waits the linger");
+        assert!(!s.w.wants_data(), "lingering, the driver does not wait for more commits");
+        s.advance(6 * MS);
+        s.append(1);
+        assert_eq!((s.reads, s.w.wake_at()), (reads, Some(s.now + 4 * MS)), "more data does not restart the wait");
+        s.advance(4 * MS);
+        assert_eq!(s.starts(), [0, 10, 20], "both records go out once the linger is over");
+        assert_eq!(s.w.wake_at(), None);
+        let reads = s.reads;
+        s.answer(0, Ok(()));
+        s.answer(0, Ok(()));
+        assert_eq!(s.reads, reads, "answers and acks while caught up read nothing");
+        assert_eq!(s.stored, pos(0, 30));
+    }
+
+    /// A reader that is behind reads back to back, linger or not.
+    #[test]
+    fn a_reader_behind_does_not_linger() {
+        let mut s = Sim::lingering(2, 1, vec![6], 10 * MS);
+        s.run();
+        while !s.out.is_empty() {
+            s.answer(0, Ok(()));
+        }
+        assert_eq!(s.now, Duration::ZERO);
+        assert_eq!(s.stored, pos(0, 60), "everything went out without the clock moving");
+    }
+
     proptest! {
         /// Whatever core answers and in whatever order (stored, retry, or an unreachable node),
         /// with any window and segment layout:
@@ -888,16 +968,22 @@ mod tests {
         /// - no more than the window is ever out, and a frame goes out again only after a
         ///   restart dropped its earlier send;
         /// - once core stores everything it is sent, the watermark reaches the committed end
-        ///   and every frame was acked (counted as forwarded) exactly once.
+        ///   and every frame was acked (counted as forwarded) exactly once;
+        /// - all of it with data committed meanwhile, with or without a linger.
         #[test]
         fn the_watermark_never_passes_an_unstored_frame_and_every_frame_is_acked_once(
             limit in 1usize..6,
             segments in proptest::collection::vec(1u64..6, 1..4),
-            answers in proptest::collection::vec((any::<u8>(), 0u8..5), 0..80),
+            linger in prop_oneof![Just(Duration::ZERO), Just(10 * MS)],
+            answers in proptest::collection::vec((any::<u8>(), 0u8..7), 0..80),
         ) {
-            let mut s = Sim::new(limit, 1, segments);
+            let mut s = Sim::lingering(limit, 1, segments, linger);
             s.run();
             for (pick, kind) in answers {
+                if kind >= 5 {
+                    s.append(u64::from(pick % 3) + 1);
+                    continue;
+                }
                 if s.out.is_empty() {
                     s.advance(MAX_BACKOFF);
                     continue;
