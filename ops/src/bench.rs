@@ -79,6 +79,9 @@ pub struct BenchOptions {
     pub peer_exe: Option<PathBuf>,
     /// Where the peer's WAL goes; default: next to the origin's, on the same disk.
     pub peer_dir: Option<PathBuf>,
+    /// Where the edge phases' WAL goes (sections 2 and 5); default: under `dir`, the disk the
+    /// raw rows measure. tmpfs shows the edge without its disk.
+    pub edge_dir: Option<PathBuf>,
     /// Whether the edge phases run the edge's forwarder (to a core that acks and drops), so the
     /// edge's CPU includes the framing and compression a production edge does.
     pub forwarder: bool,
@@ -170,6 +173,7 @@ impl BenchOptions {
             pinning: Pinning::first_two(),
             peer_exe: None,
             peer_dir: None,
+            edge_dir: None,
             forwarder: true,
         }
     }
@@ -846,7 +850,13 @@ pub fn run(opts: &BenchOptions, progress: &MultiProgress) -> anyhow::Result<Benc
     // The generator's workers inherit its CPU from the thread that starts them.
     let lg = on_cpus(opts.loadgen_cpus().as_ref(), || runtime(opts.loadgen_threads, "loadgen"))
         .context("pinning the load generator")??;
-    let edge_dir = scratch.path().join("edge");
+    let edge_scratch = match &opts.edge_dir {
+        Some(dir) => {
+            Some(tempfile::Builder::new().prefix("bench-edge-").tempdir_in(dir).context("edge WAL directory")?)
+        }
+        None => None,
+    };
+    let edge_dir = edge_scratch.as_ref().map_or(scratch.path(), |d| d.path()).join("edge");
     let p = opts.phases;
     let local = Replication::LocalOnly;
     let mut phases = Vec::new();
@@ -1486,6 +1496,9 @@ fn latency_targets(s: &mut String, rounds: &[EdgePhase]) {
 pub fn render(opts: &BenchOptions, r: &BenchResults, machine: &str) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "{machine}");
+    if let Some(dir) = &opts.edge_dir {
+        let _ = writeln!(s, "The edge phases' WAL (sections 2 and 5): {}", filesystem_of(dir));
+    }
     let (edge, lg) = (opts.server_threads, opts.loadgen_threads);
     let cores = match opts.pinning {
         Some(p) => format!(
@@ -1749,17 +1762,22 @@ pub fn run_replication(opts: &BenchOptions, progress: &MultiProgress) -> anyhow:
 /// One line about the machine: cores and the filesystem of `dir`.
 pub fn describe_machine(dir: &Path) -> String {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let fs = std::process::Command::new("df")
+    let fs = filesystem_of(dir);
+    let date =
+        time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+    format!("Machine: {cores} cores; WAL disk {fs}; {date}")
+}
+
+/// `df`'s device, type and size of the filesystem `dir` is on.
+fn filesystem_of(dir: &Path) -> String {
+    std::process::Command::new("df")
         .args(["-h", "--output=source,fstype,size"])
         .arg(dir)
         .output()
         .ok()
         .and_then(|o| String::from_utf8(o.stdout).ok())
         .and_then(|s| s.lines().nth(1).map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ")))
-        .unwrap_or_else(|| "unknown".into());
-    let date =
-        time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
-    format!("Machine: {cores} cores; WAL disk {fs}; {date}")
+        .unwrap_or_else(|| "unknown".into())
 }
 
 #[cfg(test)]

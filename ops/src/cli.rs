@@ -110,6 +110,10 @@ enum Command {
         /// disk as the origin's). Another disk, or tmpfs, shows what sharing one disk costs.
         #[arg(long)]
         peer_dir: Option<PathBuf>,
+        /// Where the edge phases keep their WAL (default: under `--dir`, the disk the raw rows
+        /// measure). tmpfs, for the edge's CPU without the disk (with `--peer-dir` on tmpfs too).
+        #[arg(long)]
+        edge_dir: Option<PathBuf>,
         /// Edge phases without the edge's forwarder (the suite before issue 18 ran this way):
         /// the edge's CPU then leaves out framing and zstd compression.
         #[arg(long)]
@@ -317,10 +321,17 @@ pub fn main() -> anyhow::Result<()> {
             no_pin,
             replication_only,
             peer_dir,
+            edge_dir,
             no_forwarder,
         } => {
-            let mut opts =
-                BenchOptions { server_threads, loadgen_threads, connections, peer_dir, ..BenchOptions::new(dir) };
+            let mut opts = BenchOptions {
+                server_threads,
+                loadgen_threads,
+                connections,
+                peer_dir,
+                edge_dir,
+                ..BenchOptions::new(dir)
+            };
             if no_pin {
                 opts.pinning = None;
             }
