@@ -8,7 +8,9 @@
 //! chosen when the directory was created, by which replicas tell a fresh WAL from one whose
 //! positions continue). Both small files are replaced atomically through their `.tmp` names.
 //! `next.wal.zeros` is a segment prepared ahead (zeros, synced) that becomes the next segment by
-//! a rename; it holds no data, and a WAL opening removes a leftover one.
+//! a rename; it holds no data, and a WAL opening removes a leftover one. `gone.wal.acked` is a
+//! segment core acknowledged, on its way out (renamed, then shrunk in steps, then removed); a
+//! WAL opening removes a leftover one too.
 
 use crate::Position;
 
@@ -21,6 +23,8 @@ pub const WAL_ID_FILE: &str = "wal.id";
 pub const WAL_ID_TMP: &str = "wal.id.tmp";
 /// Not a segment name (`parse_segment_file_name` refuses it), so nothing reads it as one.
 pub const PREPARED_SEGMENT_FILE: &str = "next.wal.zeros";
+/// Not a segment name either: an acknowledged segment being deleted.
+pub const DELETED_SEGMENT_FILE: &str = "gone.wal.acked";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum FileError {
@@ -125,8 +129,9 @@ mod tests {
     }
 
     #[test]
-    fn the_prepared_segment_is_not_a_segment() {
+    fn the_prepared_and_the_deleted_segment_are_not_segments() {
         assert_eq!(parse_segment_file_name(PREPARED_SEGMENT_FILE), None);
+        assert_eq!(parse_segment_file_name(DELETED_SEGMENT_FILE), None);
     }
 
     #[test]

@@ -28,7 +28,7 @@ use tokio::sync::watch;
 
 use self::rules::Placement;
 use super::reader::{WalReader, trim};
-use super::segment::{create_segment, list_segments, segment_path};
+use super::segment::{create_segment, list_segments, remove_leftovers, segment_path};
 use super::storage::{FileStorage, Storage, StorageFile};
 use super::{Position, Shared, recover_tail, watermark};
 
@@ -84,6 +84,7 @@ impl Mirror {
     pub fn open_on(storage: Arc<dyn Storage>, dir: &Path) -> io::Result<Mirror> {
         let s = &*storage;
         s.create_dir_all(dir)?;
+        remove_leftovers(s, dir)?;
         let segments = list_segments(s, dir)?;
         let end = match segments.last() {
             Some(&(seq, _)) => Position { segment: seq, offset: recover_tail(s, dir, seq)?.valid_bytes },

@@ -184,7 +184,7 @@ impl Wal {
         s.create_dir_all(&dir).map_err(err)?;
         let id = identity::load_or_create(s, &dir).map_err(err)?;
         let acked = watermark::load(s, &dir).map_err(err)?.unwrap_or_default();
-        prealloc::remove_leftover(s, &dir).map_err(err)?;
+        segment::remove_leftovers(s, &dir).map_err(err)?;
         let mut segments = list_segments(s, &dir).map_err(err)?;
         if let Some(&(last, _)) = segments.last() {
             let tail = recover_tail(s, &dir, last).map_err(err)?;

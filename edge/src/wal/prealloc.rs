@@ -134,14 +134,6 @@ fn prepare(storage: &dyn Storage, dir: &Path, bytes: u64) -> io::Result<Box<dyn 
     })
 }
 
-/// Removes a prepared file a previous run left (it holds no data).
-pub(super) fn remove_leftover(storage: &dyn Storage, dir: &Path) -> io::Result<()> {
-    match storage.remove(&dir.join(PREPARED_SEGMENT_FILE)) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
-    }
-}
-
 /// Cuts a prepared segment to its records before the writer leaves it, and syncs the new length.
 pub(super) fn seal(file: &mut dyn StorageFile, len: u64) -> io::Result<()> {
     file.set_len(len)?;

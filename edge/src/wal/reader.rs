@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use sluice_wire::record::{HEADER_LEN, RecordError, check_record, decoded_len};
 use tokio::sync::watch;
 
-use super::segment::{list_segments, quarantine, segment_path};
+use super::segment::{delete_segment, list_segments, quarantine, segment_path};
 use super::storage::Storage;
 use super::{Position, Request, Shared, watermark};
 
@@ -187,7 +187,7 @@ pub(super) fn trim(storage: &dyn Storage, dir: &Path, to: Position, shared: &Sha
         if seq >= to.segment {
             break;
         }
-        storage.remove(&segment_path(dir, seq))?;
+        delete_segment(storage, dir, seq)?;
         shared.disk_bytes.fetch_sub(len.min(shared.disk_bytes.load(Ordering::Relaxed)), Ordering::Relaxed);
         deleted = true;
     }
