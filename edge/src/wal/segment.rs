@@ -50,8 +50,8 @@ pub fn quarantine(storage: &dyn Storage, dir: &Path, seq: u64) -> io::Result<Pat
 /// a file system with online discard (ext4 `-o discard`, as here) the kernel trims them before
 /// the call returns, and a group commit's `fdatasync` waits behind the trim. Removing a 64 MiB
 /// segment at once held a concurrent 8 KiB `fdatasync` for up to 8.7 ms here; in 1 MiB steps, at
-/// most 1.2 ms (BENCHMARKS, "Deleting acked segments"). RocksDB's `DeleteScheduler` truncates in
-/// chunks for the same reason.
+/// most 1.2 ms (BENCHMARKS, "Where the half-load tail comes from: the forwarder's segment
+/// deletes"). RocksDB's `DeleteScheduler` truncates in chunks for the same reason.
 pub(super) const DELETE_STEP: u64 = 1024 * 1024;
 
 /// Deletes segment `seq`, every record of which core acknowledged, in steps the disk can
